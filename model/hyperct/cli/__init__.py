@@ -1,0 +1,1 @@
+"""The ``hyperct`` command line (headless)."""
