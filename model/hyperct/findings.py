@@ -102,7 +102,9 @@ def catalogue() -> Catalogue:
                 criterion=f.get("criterion"),
                 ct_rate_column=f.get("ct_rate_column"),
                 paper_auc=dict(f.get("paper_auc") or {}),
-                codes=tuple(Code(str(c["scheme"]), str(c["value"]), str(c["meaning"])) for c in f.get("codes", [])),
+                codes=tuple(
+                    Code(str(c["scheme"]), str(c["value"]), str(c["meaning"])) for c in f.get("codes", [])
+                ),
             )
         )
     return Catalogue(

@@ -35,4 +35,6 @@ def test_catalogue_matches_the_project_spec():
     for f in spec["findings"]:
         mine = cat[f["id"]]
         assert mine.name == f["name"] and mine.group == f["group"]
-        assert [(c.scheme, c.value) for c in mine.codes] == [(c["scheme"], c["value"]) for c in f.get("codes", [])]
+        assert [(c.scheme, c.value) for c in mine.codes] == [
+            (c["scheme"], c["value"]) for c in f.get("codes", [])
+        ]

@@ -1,0 +1,203 @@
+"""DINOv3 ViT backbone: named configurations, and loading users' weights from a local HF folder.
+
+Weights are only ever read from a local directory holding ``config.json`` + ``model.safetensors``
+(the layout of the official DINOv3 ViT-B/16 release). Nothing is downloaded. The loader checks
+every tensor's presence and shape and names what is wrong.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from transformers import DINOv3ViTConfig, DINOv3ViTModel
+
+from hyperct.errors import BackboneWeightsError
+
+# The paper's backbone: DINOv3 ViT-B/16 (D=768, 12 layers, 12 heads, MLP 3072, 4 registers).
+# image_size only sets the reference grid of the RoPE embedding; inputs are 144x144 (9x9 patches).
+_VITB16 = dict(
+    hidden_size=768,
+    intermediate_size=3072,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    num_register_tokens=4,
+    patch_size=16,
+    image_size=224,
+    num_channels=3,
+    hidden_act="gelu",
+    layer_norm_eps=1e-5,
+    layerscale_value=1.0,
+    rope_theta=100.0,
+    query_bias=True,
+    key_bias=False,
+    value_bias=True,
+    proj_bias=True,
+    mlp_bias=True,
+    use_gated_mlp=False,
+    drop_path_rate=0.0,
+)
+
+# Same structure, small enough to score 25 findings x 55 images on a laptop CPU.
+_DEMO = dict(_VITB16, hidden_size=96, intermediate_size=384, num_hidden_layers=4, num_attention_heads=3)
+
+BACKBONE_CONFIGS: dict[str, dict] = {"vitb16": _VITB16, "demo": _DEMO}
+
+INPUT_SIZE = 144  # pixels; 144 / 16 = 9 x 9 patches
+
+
+def backbone_config(name_or_dict: str | dict) -> DINOv3ViTConfig:
+    """A ``DINOv3ViTConfig`` from a named configuration or a config dict."""
+    if isinstance(name_or_dict, str):
+        if name_or_dict not in BACKBONE_CONFIGS:
+            raise BackboneWeightsError(
+                f"unknown backbone configuration {name_or_dict!r}",
+                hint=f"use one of {', '.join(BACKBONE_CONFIGS)} or a folder with config.json",
+            )
+        values = dict(BACKBONE_CONFIGS[name_or_dict])
+    else:
+        values = {k: v for k, v in name_or_dict.items() if not k.startswith("_")}
+    values.pop("model_type", None)
+    values.pop("architectures", None)
+    values.pop("transformers_version", None)
+    values.pop("torch_dtype", None)
+    values.pop("dtype", None)
+    cfg = DINOv3ViTConfig(**values)
+    cfg._attn_implementation = "sdpa"
+    return cfg
+
+
+def config_to_dict(cfg: DINOv3ViTConfig) -> dict:
+    """The structural fields of a backbone config (what the checkpoint manifest records)."""
+    return {k: getattr(cfg, k) for k in _VITB16}
+
+
+def build_backbone(config: str | dict | DINOv3ViTConfig, *, seed: int | None = None) -> DINOv3ViTModel:
+    """A randomly initialised backbone (deterministic when ``seed`` is given)."""
+    cfg = config if isinstance(config, DINOv3ViTConfig) else backbone_config(config)
+    cfg._attn_implementation = "sdpa"
+    if seed is not None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = DINOv3ViTModel(cfg)
+    else:
+        model = DINOv3ViTModel(cfg)
+    return model.eval()
+
+
+def encoder_layers(backbone: DINOv3ViTModel) -> torch.nn.ModuleList:
+    """The transformer blocks (``model.layer`` in transformers >= 5, ``layer`` before)."""
+    inner = getattr(backbone, "model", None)
+    if inner is not None and hasattr(inner, "layer"):
+        return inner.layer
+    return backbone.layer
+
+
+def _canonical_key(key: str) -> str:
+    """Map a tensor name from any DINOv3 HF export to our module's own name."""
+    for prefix in ("dinov3.", "backbone.", "vit."):
+        if key.startswith(prefix):
+            key = key[len(prefix) :]
+    if key.startswith("layer."):
+        key = "model." + key
+    return key
+
+
+def _official_key(key: str) -> str:
+    """Our module name -> the tensor name used in the official DINOv3 HF files."""
+    return key[len("model.") :] if key.startswith("model.layer.") else key
+
+
+def backbone_state_for_saving(model: DINOv3ViTModel) -> dict[str, torch.Tensor]:
+    return {
+        _official_key(k): v.detach().contiguous().cpu()
+        for k, v in model.state_dict().items()
+        if not k.endswith("inv_freq")
+    }
+
+
+def save_backbone(model: DINOv3ViTModel, directory: str | Path) -> Path:
+    """Write ``config.json`` + ``model.safetensors`` in the official DINOv3 HF layout."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    cfg = dict(config_to_dict(model.config))
+    cfg.update({"model_type": "dinov3_vit", "architectures": ["DINOv3ViTModel"]})
+    (directory / "config.json").write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
+    save_file(
+        backbone_state_for_saving(model), str(directory / "model.safetensors"), metadata={"format": "pt"}
+    )
+    return directory
+
+
+def load_backbone_state(model: DINOv3ViTModel, tensors: dict[str, torch.Tensor], *, source: str) -> None:
+    """Copy ``tensors`` (official or our names) into ``model``, checking completeness and shapes."""
+    expected = {k: v for k, v in model.state_dict().items() if not k.endswith("inv_freq")}
+    given = {_canonical_key(k): v for k, v in tensors.items()}
+    missing = sorted(set(expected) - set(given))
+    if missing:
+        shown = ", ".join(_official_key(m) for m in missing[:5])
+        more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
+        raise BackboneWeightsError(
+            f"backbone weights are missing {len(missing)} tensor(s): {shown}{more}",
+            path=source,
+            hint="use the complete model.safetensors of a DINOv3 ViT release matching config.json",
+        )
+    for name, ref in expected.items():
+        if tuple(given[name].shape) != tuple(ref.shape):
+            raise BackboneWeightsError(
+                f"tensor {_official_key(name)} has shape {tuple(given[name].shape)}, "
+                f"config.json implies {tuple(ref.shape)}",
+                path=source,
+                hint="config.json and model.safetensors come from different models",
+            )
+    with torch.no_grad():
+        model.load_state_dict({k: given[k] for k in expected}, strict=False)
+
+
+def load_backbone(directory: str | Path) -> DINOv3ViTModel:
+    """Load a DINOv3 ViT from a local HF-format folder (``config.json`` + ``model.safetensors``)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise BackboneWeightsError(
+            "backbone folder does not exist",
+            path=directory,
+            hint="pass the local folder of a DINOv3 ViT (config.json + model.safetensors); nothing is downloaded",
+        )
+    cfg_path, weights_path = directory / "config.json", directory / "model.safetensors"
+    for p in (cfg_path, weights_path):
+        if not p.is_file():
+            raise BackboneWeightsError(
+                f"{p.name} is missing from the backbone folder",
+                path=directory,
+                hint="a DINOv3 backbone folder holds config.json and model.safetensors (Hugging Face layout)",
+            )
+    try:
+        raw = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise BackboneWeightsError(f"config.json is not valid JSON ({exc})", path=cfg_path) from exc
+    if raw.get("model_type", "dinov3_vit") != "dinov3_vit":
+        raise BackboneWeightsError(
+            f"config.json describes a {raw.get('model_type')!r} model, not a DINOv3 ViT ('dinov3_vit')",
+            path=cfg_path,
+        )
+    try:
+        cfg = backbone_config(raw)
+    except (TypeError, ValueError) as exc:
+        raise BackboneWeightsError(f"config.json cannot be used: {exc}", path=cfg_path) from exc
+    model = build_backbone(cfg)
+    try:
+        with safe_open(str(weights_path), framework="pt") as f:
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:  # safetensors raises its own error types for corrupt files
+        raise BackboneWeightsError(
+            f"model.safetensors cannot be read ({exc})", path=weights_path, hint="re-copy the file"
+        ) from exc
+    load_backbone_state(model, tensors, source=str(weights_path))
+    return model.eval()
+
+
+def count_parameters(module: torch.nn.Module, *, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)

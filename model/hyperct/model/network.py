@@ -1,0 +1,276 @@
+"""HyperCT: a DINOv3 ViT whose q/k/v/o and MLP projections get task-specific LoRA updates generated
+by a hypernetwork, followed by a task-shared head on the mean CLS feature of the 55 slice triplets.
+
+Scoring any set of tasks for a batch of volumes is ONE backbone pass: the patch embedding (the only
+task-independent part) is computed once, the token batch is laid out task-major, and every
+``MultiTaskLoRALinear`` applies its base weight to all rows and the low-rank terms per task group.
+The generated factors do not depend on the scan, so in inference they are generated once per loaded
+checkpoint and cached (invalidated automatically when the hypernetwork's parameters change).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+from transformers import DINOv3ViTModel
+
+from hyperct.findings import NUM_FINDINGS
+from hyperct.model.backbone import build_backbone, config_to_dict, encoder_layers
+from hyperct.model.hypernet import HyperNetwork, LoRAFactors
+from hyperct.model.lora import LORA_TARGETS, GroupFactors, LoRAState, MultiTaskLoRALinear, wrap_backbone
+
+N_IMAGES = 55  # 165 slices / 3 (non-overlapping RGB triplets)
+
+
+@dataclass
+class HyperCTConfig:
+    """Architecture hyperparameters (recorded in every checkpoint manifest)."""
+
+    backbone: str | dict = "vitb16"
+    n_tasks: int = NUM_FINDINGS
+    task_dim: int = 512
+    pos_dim: int = 64
+    hyper_hidden: int = 64
+    rank: int = 16
+    alpha: float = 16.0
+    targets: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> HyperCTConfig:
+        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        return cls(**known)
+
+
+class SaliencyTap(nn.Identity):
+    """Identity on the (N, D, 9, 9) patch-token grid at the input of the last block.
+
+    Grad-CAM (captum ``LayerGradCam``) attaches here: channels = D, spatial = the 9x9 patch grid.
+    Only inserted while ``HyperCT.saliency_mode()`` is active.
+    """
+
+
+class HyperCT(nn.Module):
+    def __init__(self, config: HyperCTConfig | None = None, backbone: DINOv3ViTModel | None = None):
+        super().__init__()
+        self.config = config or HyperCTConfig()
+        self.backbone = backbone if backbone is not None else build_backbone(self.config.backbone)
+        if isinstance(self.config.backbone, str) is False:
+            self.config.backbone = config_to_dict(self.backbone.config)
+        bcfg = self.backbone.config
+        self.hidden_size = bcfg.hidden_size
+        self.n_prefix = 1 + bcfg.num_register_tokens
+        self.patch_size = bcfg.patch_size
+        self.lora_state = LoRAState()
+        layers = encoder_layers(self.backbone)
+        self._wrapped = wrap_backbone(layers, self.lora_state, list(self.config.targets))
+        dims = {
+            k: (self._wrapped[(0, k)].in_features, self._wrapped[(0, k)].out_features)
+            for k in self.config.targets
+        }
+        self.hypernet = HyperNetwork(
+            self.config.n_tasks,
+            len(layers),
+            dims,
+            task_dim=self.config.task_dim,
+            pos_dim=self.config.pos_dim,
+            hidden=self.config.hyper_hidden,
+            rank=self.config.rank,
+            alpha=self.config.alpha,
+        )
+        self.head = nn.Sequential(nn.LayerNorm(self.hidden_size), nn.Linear(self.hidden_size, 1))
+        self.saliency_tap = SaliencyTap()
+        self._tap_active = False
+        self._factor_cache: tuple[tuple, GroupFactors] | None = None
+        self.set_backbone_trainable(False)
+
+    # -- parameters -------------------------------------------------------------------------
+    def set_backbone_trainable(self, trainable: bool) -> None:
+        """Frozen (the paper) or trainable (allowed for the demo model only)."""
+        for p in self.backbone.parameters():
+            p.requires_grad_(trainable)
+
+    @property
+    def backbone_trainable(self) -> bool:
+        return any(p.requires_grad for p in self.backbone.parameters())
+
+    def train(self, mode: bool = True) -> HyperCT:
+        super().train(mode)
+        # The backbone always runs in eval mode: DINOv3's RoPE jitters patch coordinates in training
+        # mode, which would make a frozen backbone non-deterministic.
+        self.backbone.eval()
+        return self
+
+    def parameter_counts(self) -> dict[str, int]:
+        count = lambda ps: sum(p.numel() for p in ps)  # noqa: E731
+        return {
+            "backbone": count(self.backbone.parameters()),
+            "hypernetwork": count(self.hypernet.parameters()),
+            "head": count(self.head.parameters()),
+            "trainable": count(p for p in self.parameters() if p.requires_grad),
+            "total": count(self.parameters()),
+        }
+
+    # -- LoRA factors -----------------------------------------------------------------------
+    def lora_factors(self, tasks: torch.Tensor | None = None) -> LoRAFactors:
+        """Generated factors for ``tasks`` (all tasks when None), with gradients if enabled."""
+        if tasks is None:
+            tasks = torch.arange(self.config.n_tasks, device=self._device)
+        return self.hypernet(tasks.to(self._device))
+
+    def _cache_key(self) -> tuple:
+        return (self._device, tuple(p._version for p in self.hypernet.parameters()), id(self.hypernet))
+
+    def _grouped_factors(self, tasks: torch.Tensor) -> GroupFactors:
+        """Per-task factors, from the cache unless the hypernetwork must get gradients."""
+        needs_grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.hypernet.parameters())
+        if needs_grad:
+            return self.lora_factors(tasks).grouped()
+        key = self._cache_key()
+        if self._factor_cache is None or self._factor_cache[0] != key:
+            with torch.no_grad():
+                full = self.lora_factors(None).grouped()
+            self._factor_cache = (key, full)
+        return self._factor_cache[1].select(tasks.to(self._device))
+
+    def clear_factor_cache(self) -> None:
+        self._factor_cache = None
+
+    @property
+    def _device(self) -> torch.device:
+        return self.hypernet.task_embeddings.device
+
+    # -- forward ----------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def saliency_mode(self):
+        """Route the last block's input through ``saliency_tap`` (for Grad-CAM)."""
+        self._tap_active = True
+        try:
+            yield self.saliency_tap
+        finally:
+            self._tap_active = False
+
+    def _tap(self, h: torch.Tensor) -> torch.Tensor:
+        n, t, d = h.shape
+        side = int(round((t - self.n_prefix) ** 0.5))
+        prefix, patches = h[:, : self.n_prefix], h[:, self.n_prefix :]
+        grid = patches.transpose(1, 2).reshape(n, d, side, side)
+        grid = self.saliency_tap(grid)
+        return torch.cat([prefix, grid.reshape(n, d, side * side).transpose(1, 2)], dim=1)
+
+    def _blocks(self, h: torch.Tensor, pos: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        layers = encoder_layers(self.backbone)
+        last = len(layers) - 1
+        for i, layer in enumerate(layers):
+            if i == last and self._tap_active:
+                h = self._tap(h)
+            out = layer(h, position_embeddings=pos)
+            h = out[0] if isinstance(out, tuple) else out
+        return self.backbone.norm(h)
+
+    def _embed(
+        self, pixel_values: torch.Tensor
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor], int]:
+        if pixel_values.ndim != 5 or pixel_values.shape[2] != 3:
+            raise ValueError(
+                f"expected (batch, images, 3, H, W) pixel values, got {tuple(pixel_values.shape)}"
+            )
+        b, n_img = pixel_values.shape[:2]
+        flat = pixel_values.reshape(b * n_img, *pixel_values.shape[2:])
+        flat = flat.to(self.backbone.embeddings.patch_embeddings.weight.dtype)
+        h0 = self.backbone.embeddings(flat)  # (B*55, 86, D): shared by every task
+        pos = self.backbone.rope_embeddings(flat)
+        return h0, pos, n_img
+
+    def pooled_features(
+        self,
+        pixel_values: torch.Tensor,
+        tasks: torch.Tensor | None = None,
+        *,
+        paired: bool = False,
+        task_chunk: int | None = None,
+    ) -> torch.Tensor:
+        """Task-conditioned scan features (mean CLS over the images).
+
+        ``paired=False``: every task in ``tasks`` for every volume -> (B, T, D).
+        ``paired=True``: ``tasks[b]`` for volume ``b`` -> (B, D).
+        """
+        dev = self._device
+        b = pixel_values.shape[0]
+        if tasks is None:
+            tasks = torch.arange(self.config.n_tasks, device=dev)
+        tasks = torch.as_tensor(tasks, device=dev, dtype=torch.long).reshape(-1)
+        h0, pos, n_img = self._embed(pixel_values.to(dev))
+        d = h0.shape[-1]
+        try:
+            if paired:
+                if tasks.numel() != b:
+                    raise ValueError(
+                        f"paired scoring needs one task per volume: {tasks.numel()} tasks, {b} volumes"
+                    )
+                self.lora_state.current = self._grouped_factors(tasks)
+                h = self._blocks(h0, pos)
+                return h[:, 0].reshape(b, n_img, d).mean(dim=1)
+            chunk = task_chunk or tasks.numel()
+            outs = []
+            for start in range(0, tasks.numel(), chunk):
+                sub = tasks[start : start + chunk]
+                t = sub.numel()
+                self.lora_state.current = self._grouped_factors(sub)
+                h = h0.unsqueeze(0).expand(t, *h0.shape).reshape(t * h0.shape[0], *h0.shape[1:])
+                pos_t = tuple(p for p in pos)
+                h = self._blocks(h, pos_t)
+                outs.append(h[:, 0].reshape(t, b, n_img, d).mean(dim=2))  # (t, B, D)
+            return torch.cat(outs, dim=0).transpose(0, 1)
+        finally:
+            self.lora_state.current = None
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        tasks: torch.Tensor | None = None,
+        *,
+        paired: bool = False,
+        task_chunk: int | None = None,
+    ) -> torch.Tensor:
+        """Logits: (B, T) for every task in ``tasks`` (default: all 25), or (B,) when ``paired``."""
+        feats = self.pooled_features(pixel_values, tasks, paired=paired, task_chunk=task_chunk)
+        return self.head(feats).squeeze(-1)
+
+    # -- reference implementations (tests, analysis) ----------------------------------------
+    def backbone_only_logits(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The plain frozen backbone + head, through transformers' own forward (no LoRA): (B,)."""
+        b, n_img = pixel_values.shape[:2]
+        out = self.backbone(pixel_values=pixel_values.reshape(b * n_img, *pixel_values.shape[2:]))
+        cls = out.last_hidden_state[:, 0].reshape(b, n_img, -1).mean(dim=1)
+        return self.head(cls).squeeze(-1)
+
+    @torch.no_grad()
+    def merged_backbone(self, task: int) -> DINOv3ViTModel:
+        """A copy of the backbone with W + (alpha/r) B A merged in for one task (plain linears)."""
+        factors = self.lora_factors(torch.tensor([task], device=self._device))
+        merged = copy.deepcopy(self.backbone)
+        layers = encoder_layers(merged)
+        for (li, kind), _ in self._wrapped.items():
+            parent_path, attr = LORA_TARGETS[kind].rsplit(".", 1)
+            parent = layers[li].get_submodule(parent_path)
+            lin: MultiTaskLoRALinear = getattr(parent, attr)
+            plain = nn.Linear(lin.in_features, lin.out_features, bias=lin.bias is not None)
+            plain.weight = nn.Parameter(lin.weight + factors.delta_w(kind, li, 0))
+            if lin.bias is not None:
+                plain.bias = nn.Parameter(lin.bias.clone())
+            setattr(parent, attr, plain.to(lin.weight.device))
+        return merged
+
+    def merged_logits(self, pixel_values: torch.Tensor, task: int) -> torch.Tensor:
+        merged = self.merged_backbone(task)
+        b, n_img = pixel_values.shape[:2]
+        out = merged(pixel_values=pixel_values.reshape(b * n_img, *pixel_values.shape[2:]).to(self._device))
+        cls = out.last_hidden_state[:, 0].reshape(b, n_img, -1).mean(dim=1)
+        return self.head(cls).squeeze(-1)
