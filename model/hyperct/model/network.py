@@ -129,7 +129,11 @@ class HyperCT(nn.Module):
 
     def _grouped_factors(self, tasks: torch.Tensor) -> GroupFactors:
         """Per-task factors, from the cache unless the hypernetwork must get gradients."""
-        needs_grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.hypernet.parameters())
+        needs_grad = (
+            torch.is_grad_enabled()
+            and not self._tap_active  # saliency: gradients w.r.t. activations only, factors are constants
+            and any(p.requires_grad for p in self.hypernet.parameters())
+        )
         if needs_grad:
             return self.lora_factors(tasks).grouped()
         key = self._cache_key()

@@ -1,0 +1,86 @@
+"""Grad-CAM on the last block's input tokens, mapped back onto the CT's voxel grid."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from hyperct.model.backbone import encoder_layers
+from hyperct.preprocess import map_to_grid
+from hyperct.saliency import SaliencyMaps, compute_saliency, gradcam_token_maps
+from hyperct.volume import CTVolume
+from tests.engine.conftest import tiny_model
+
+
+@pytest.mark.parametrize("image,row,col", [(0, 0, 0), (20, 4, 6), (54, 8, 2)])
+def test_a_single_active_token_lands_on_its_16x16_pixel_block_and_3_slices(image, row, col):
+    tokens = np.zeros((55, 9, 9), np.float32)
+    tokens[image, row, col] = 1.0
+    model_grid = map_to_grid(tokens, (165, 144, 144))
+    hot = np.argwhere(model_grid > 0.5)
+    assert set(hot[:, 0]) == {3 * image, 3 * image + 1, 3 * image + 2}
+    assert hot[:, 1].min() == 16 * row and hot[:, 1].max() == 16 * row + 15
+    assert hot[:, 2].min() == 16 * col and hot[:, 2].max() == 16 * col + 15
+
+
+def test_last_block_output_patch_tokens_get_zero_gradient_but_its_input_does_not():
+    model = tiny_model()
+    px = torch.randn(1, 2, 3, 48, 48)
+    h0, pos, n_img = model._embed(px)
+    model.lora_state.current = model._grouped_factors(torch.tensor([5]))
+    layers = encoder_layers(model.backbone)
+    h = h0
+    for layer in layers[:-1]:
+        h = layer(h, position_embeddings=pos)
+    block_in = h.detach().requires_grad_(True)
+    block_out = layers[-1](block_in, position_embeddings=pos)
+    block_out.retain_grad()
+    feats = model.backbone.norm(block_out)[:, 0].reshape(1, n_img, -1).mean(dim=1)
+    model.head(feats).sum().backward()
+    model.lora_state.current = None
+    n = model.n_prefix
+    assert torch.count_nonzero(block_out.grad[:, n:]) == 0  # the pitfall: patch tokens of the output
+    assert block_out.grad[:, 0].abs().sum() > 0
+    assert block_in.grad[:, n:].abs().sum() > 0  # what Grad-CAM uses
+
+
+def test_all_findings_in_one_backward_equal_one_finding_at_a_time():
+    model = tiny_model(seed=3)
+    px = torch.randn(1, 55, 3, 48, 48)
+    together = gradcam_token_maps(model, px, list(range(25)))
+    assert together.shape == (25, 55, 3, 3)
+    for k in (0, 12, 24):
+        alone = gradcam_token_maps(model, px, [k])[0]
+        np.testing.assert_allclose(together[k], alone, atol=1e-6)
+    assert (together >= 0).all() and together.max() > 0
+    # findings get different maps
+    assert not np.allclose(together[0], together[24])
+    assert all(p.grad is None for p in model.parameters())  # activations only
+
+
+def test_maps_come_back_on_the_ct_grid_normalised_with_a_consistent_peak():
+    model = tiny_model(seed=4)
+    hu = np.random.default_rng(0).normal(-500, 300, (40, 64, 72)).astype(np.float32)
+    vol = CTVolume(hu=hu, spacing=(2.5, 0.7, 0.7), origin=(-25.0, -20.0, 100.0))
+    maps = compute_saliency(model, vol, ["lung_nodule", "cardiomegaly"])
+    assert isinstance(maps, SaliencyMaps) and maps.method == "gradcam"
+    m = maps.volume_map("lung_nodule")
+    assert m.shape == vol.shape and m.dtype == np.float32
+    assert m.max() == pytest.approx(1.0) and m.min() >= 0.0
+    k, j, i = maps.peak_index("lung_nodule")
+    assert m[k, j, i] > 0.9
+    s = maps.summary("lung_nodule", vol)
+    assert s.key_slice == k
+    np.testing.assert_allclose(s.peak_lps_mm, vol.index_to_lps([k, j, i]), atol=0.01)
+
+
+def test_integrated_gradients_is_selectable_and_lives_on_the_model_pixel_grid():
+    model = tiny_model(seed=5)
+    hu = np.random.default_rng(1).normal(-500, 300, (30, 48, 48)).astype(np.float32)
+    vol = CTVolume(hu=hu, spacing=(3.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0))
+    maps = compute_saliency(model, vol, ["emphysema"], method="integrated_gradients", n_steps=4)
+    assert maps.model_maps["emphysema"].shape == (165, 144, 144)
+    assert maps.volume_map("emphysema").shape == vol.shape
+    with pytest.raises(ValueError, match="choose one of gradcam"):
+        compute_saliency(model, vol, ["emphysema"], method="magic")
