@@ -1,0 +1,79 @@
+"""Per-viewer state shared by the HyperCT widgets, and the signals that link them.
+
+One ``Session`` per napari viewer (``session_for(viewer)``). The Findings widget and the Task
+Embeddings widget never talk to each other directly: they read the session and connect to its
+signals. Selecting a finding anywhere calls ``session.select_finding(fid)``; every widget that
+shows findings listens to ``session.finding_selected`` and updates itself (without re-emitting).
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import TYPE_CHECKING, Any
+
+from psygnal import Signal
+
+if TYPE_CHECKING:  # pragma: no cover
+    from hyperct.loading import LoadedModel
+    from hyperct.results import AnalysisResult
+    from hyperct.saliency import SaliencyMaps
+    from hyperct.volume import CTVolume
+
+
+class Session:
+    """What the HyperCT widgets of one viewer share."""
+
+    volume_changed = Signal(object)  # CTVolume | None: a new CT became the analysed one
+    model_changed = Signal(object)  # LoadedModel
+    result_changed = Signal(object)  # AnalysisResult | None
+    saliency_changed = Signal(object)  # SaliencyMaps | None
+    finding_selected = Signal(str)  # finding id ("" = none)
+
+    def __init__(self) -> None:
+        self.volume: CTVolume | None = None
+        self.ct_layer: Any = None
+        self.model: LoadedModel | None = None
+        self.result: AnalysisResult | None = None
+        self.saliency: SaliencyMaps | None = None
+        self.selected: str = ""
+
+    def set_volume(self, volume: CTVolume | None, layer: Any = None) -> None:
+        self.volume, self.ct_layer = volume, layer
+        self.result = None
+        self.saliency = None
+        self.volume_changed.emit(volume)
+        self.result_changed.emit(None)
+        self.saliency_changed.emit(None)
+
+    def set_model(self, model: LoadedModel) -> None:
+        self.model = model
+        self.result = None
+        self.saliency = None
+        self.model_changed.emit(model)
+        self.result_changed.emit(None)
+        self.saliency_changed.emit(None)
+
+    def set_result(self, result: AnalysisResult | None) -> None:
+        self.result = result
+        self.result_changed.emit(result)
+
+    def set_saliency(self, saliency: SaliencyMaps | None) -> None:
+        self.saliency = saliency
+        self.saliency_changed.emit(saliency)
+
+    def select_finding(self, finding_id: str) -> None:
+        if finding_id != self.selected:
+            self.selected = finding_id
+            self.finding_selected.emit(finding_id)
+
+
+_SESSIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def session_for(viewer: Any) -> Session:
+    """The session of ``viewer`` (created on first use, dropped with the viewer)."""
+    try:
+        return _SESSIONS[viewer]
+    except KeyError:
+        s = _SESSIONS[viewer] = Session()
+        return s
