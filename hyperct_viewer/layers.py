@@ -1,0 +1,101 @@
+"""napari layer data for a CT volume and its saliency maps (geometry from the canonical grid)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hyperct.volume import NAPARI_AXIS_LABELS, CTVolume
+
+# (window level, window width) in HU
+WINDOW_PRESETS: dict[str, tuple[float, float]] = {
+    "lung": (-600.0, 1500.0),
+    "mediastinum": (40.0, 400.0),
+    "bone": (400.0, 1800.0),
+}
+VOLUME_KEY = "hyperct_volume"
+SALIENCY_KEY = "hyperct_saliency"
+HEADER_KEYS = (
+    "SeriesDescription",
+    "StudyDescription",
+    "StudyDate",
+    "Modality",
+    "Manufacturer",
+    "ManufacturerModelName",
+    "ConvolutionKernel",
+    "KVP",
+    "SliceThickness",
+    "BodyPartExamined",
+    "SeriesInstanceUID",
+    "StudyInstanceUID",
+    "SelectionRule",
+)
+
+
+def window_limits(preset: str) -> tuple[float, float]:
+    level, width = WINDOW_PRESETS[preset]
+    return (level - width / 2.0, level + width / 2.0)
+
+
+def layer_name(volume: CTVolume) -> str:
+    desc = volume.metadata.get("SeriesDescription")
+    if desc:
+        return f"CT: {desc}"
+    if volume.source_paths:
+        p = Path(volume.source_paths[0])
+        return f"CT: {p.parent.name if volume.source_format == 'dicom' else p.name}"
+    return "CT"
+
+
+def header_summary(volume: CTVolume) -> dict[str, Any]:
+    md = volume.metadata
+    z, y, x = volume.shape
+    out = {k: md[k] for k in HEADER_KEYS if md.get(k) not in (None, "")}
+    out["Matrix"] = f"{x} x {y} x {z}"
+    out["Spacing (mm)"] = " x ".join(f"{s:.3g}" for s in volume.spacing[::-1])
+    out["Source"] = f"{volume.source_format}: {volume.source_paths[0] if volume.source_paths else '-'}"
+    return out
+
+
+def ct_layer_data(volume: CTVolume, name: str | None = None) -> tuple[np.ndarray, dict, str]:
+    """LayerDataTuple for the CT: HU data, mm scale/translate, lung window, metadata + QC warnings."""
+    kwargs = {
+        "name": name or layer_name(volume),
+        "scale": volume.napari_scale,
+        "translate": volume.napari_translate,
+        "units": ("mm", "mm", "mm"),
+        "axis_labels": NAPARI_AXIS_LABELS,
+        "colormap": "gray",
+        "contrast_limits": window_limits("lung"),
+        "metadata": {
+            VOLUME_KEY: volume,
+            "header": header_summary(volume),
+            "qc_warnings": [w.to_dict() for w in volume.warnings],
+        },
+    }
+    return (volume.hu, kwargs, "image")
+
+
+def saliency_layer_kwargs(ct_layer, finding_name: str, method: str) -> dict:
+    """Image-layer kwargs that put a map on exactly the CT layer's world grid."""
+    return {
+        "name": f"Saliency: {finding_name}",
+        "scale": tuple(ct_layer.scale),
+        "translate": tuple(ct_layer.translate),
+        "units": ("mm", "mm", "mm"),
+        "axis_labels": tuple(ct_layer.axis_labels),
+        "colormap": "inferno",
+        "blending": "additive",
+        "opacity": 0.6,
+        "contrast_limits": (0.0, 1.0),
+        "metadata": {SALIENCY_KEY: finding_name, "method": method},
+    }
+
+
+def volume_of(layer) -> CTVolume | None:
+    """The CTVolume behind a layer opened by the HyperCT reader/sample (None otherwise)."""
+    md = getattr(layer, "metadata", None) or {}
+    vol = md.get(VOLUME_KEY)
+    return vol if isinstance(vol, CTVolume) else None

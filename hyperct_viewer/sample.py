@@ -1,0 +1,56 @@
+"""napari sample data: a synthetic chest CT phantom (HyperCT) with known findings.
+
+Deterministic (fixed seed). The ground-truth masks of its findings come as a hidden labels layer,
+so the saliency overlay can be compared with where the findings really are.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from hyperct_viewer.layers import ct_layer_data
+
+SAMPLE_SEED = 20251
+SAMPLE_FINDINGS = {
+    "pleural_effusion": 0.8,
+    "lung_nodule": 0.8,
+    "cardiomegaly": 0.7,
+    "coronary_artery_wall_calcification": 0.8,
+    "emphysema": 0.6,
+}
+SAMPLE_MATRIX = 384
+
+
+def sample_phantom():
+    from hyperct.phantom import generate
+
+    return generate(SAMPLE_SEED, findings=dict(SAMPLE_FINDINGS), matrix=SAMPLE_MATRIX)
+
+
+def synthetic_chest_ct() -> list:
+    """Layer data: the CT (lung window) and the phantom's ground-truth finding masks (hidden)."""
+    from hyperct.findings import catalogue
+
+    ph = sample_phantom()
+    vol = ph.volume
+    vol.metadata.setdefault("SeriesDescription", "Synthetic chest CT (HyperCT phantom)")
+    layers = [ct_layer_data(vol, name="Synthetic chest CT (HyperCT)")]
+    if ph.masks:
+        labels = np.zeros(vol.shape, dtype=np.uint8)
+        for fid, mask in ph.masks.items():
+            labels[mask] = catalogue().index(fid) + 1
+        layers.append(
+            (
+                labels,
+                {
+                    "name": "Ground truth (phantom findings)",
+                    "scale": vol.napari_scale,
+                    "translate": vol.napari_translate,
+                    "visible": False,
+                    "opacity": 0.4,
+                    "metadata": {"findings": {catalogue().index(f) + 1: f for f in ph.masks}},
+                },
+                "labels",
+            )
+        )
+    return layers
