@@ -71,9 +71,14 @@ _SESSIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def session_for(viewer: Any) -> Session:
-    """The session of ``viewer`` (created on first use, dropped with the viewer)."""
+    """The session of ``viewer`` (created on first use, dropped with the viewer).
+
+    napari hands each plugin widget its own ``PublicOnlyProxy`` of the viewer; the session is keyed
+    on the real viewer behind it, so every widget of one viewer shares one session.
+    """
+    key = getattr(viewer, "__wrapped__", viewer)
     try:
-        return _SESSIONS[viewer]
+        return _SESSIONS[key]
     except KeyError:
-        s = _SESSIONS[viewer] = Session()
+        s = _SESSIONS[key] = Session()
         return s

@@ -37,7 +37,7 @@ def _fmt_count(n: int) -> str:
     return f"{n:,} ({n / 1e6:.2f} M)"
 
 
-def card(args: argparse.Namespace) -> dict:
+def card(args: argparse.Namespace, loaded=None) -> dict:
     import torch
 
     from hyperct.loading import load_model, resolve_device
@@ -61,7 +61,7 @@ def card(args: argparse.Namespace) -> dict:
             "device": str(device),
             "cuda": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         }
-    loaded = load_model(args.model, backbone_dir=args.backbone, device=device)
+    loaded = loaded or load_model(args.model, backbone_dir=args.backbone, device=device)
     raw = loaded.manifest.raw
     return {
         "model_name": loaded.name,
@@ -86,11 +86,18 @@ def card(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    info = card(args)
+    loaded = None
     if args.embeddings:
-        from hyperct.embeddings import write_embedding_report  # issue 8
+        if args.config:
+            raise SystemExit("hyperct info: --embeddings needs a trained checkpoint, not --config")
+        from hyperct.loading import load_model
 
-        written = write_embedding_report(args.model, args.embeddings, backbone_dir=args.backbone)
+        loaded = load_model(args.model, backbone_dir=args.backbone, device=args.device)
+    info = card(args, loaded)
+    if args.embeddings:
+        from hyperct.embeddings import write_embedding_report
+
+        written = write_embedding_report(loaded, args.embeddings)
         info["embeddings_written"] = [str(p) for p in written]
     if args.json:
         print(json.dumps(info, indent=2, default=str))

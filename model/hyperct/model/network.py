@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import threading
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -88,6 +89,9 @@ class HyperCT(nn.Module):
         self.saliency_tap = SaliencyTap()
         self._tap_active = False
         self._factor_cache: tuple[tuple, GroupFactors] | None = None
+        # One backbone pass at a time: the LoRA factors are handed to the layers through shared
+        # state, so concurrent callers (e.g. two viewer workers) must not interleave.
+        self._forward_lock = threading.RLock()
         self.set_backbone_trainable(False)
 
     # -- parameters -------------------------------------------------------------------------
@@ -206,10 +210,15 @@ class HyperCT(nn.Module):
         ``paired=True``: ``tasks[b]`` for volume ``b`` -> (B, D).
         """
         dev = self._device
-        b = pixel_values.shape[0]
         if tasks is None:
             tasks = torch.arange(self.config.n_tasks, device=dev)
         tasks = torch.as_tensor(tasks, device=dev, dtype=torch.long).reshape(-1)
+        with self._forward_lock:
+            return self._pooled_features_locked(pixel_values, tasks, paired=paired, task_chunk=task_chunk)
+
+    def _pooled_features_locked(self, pixel_values, tasks, *, paired, task_chunk) -> torch.Tensor:
+        dev = self._device
+        b = pixel_values.shape[0]
         h0, pos, n_img = self._embed(pixel_values.to(dev))
         d = h0.shape[-1]
         try:
