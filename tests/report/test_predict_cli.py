@@ -1,0 +1,230 @@
+"""``hyperct predict`` end to end on a tiny checkpoint: several inputs with one bad one, outputs,
+saliency maps in the input's geometry, overwrite protection, exit codes, and CLI == export()."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from pypdf import PdfReader
+
+from hyperct.checkpoint import build_manifest, save_checkpoint
+from hyperct.cli import predict
+from hyperct.cli.main import build_parser, main
+from hyperct.report.document import validate_document
+from tests.engine.conftest import tiny_model
+from tests.report.conftest import PHI_SEARCH
+from tests.report.series import oblique_order_nifti, write_dicom_series
+
+FINDINGS = "cardiomegaly,emphysema"  # two tasks keep the tiny model's passes short
+RID = "6f1c4c7e-9d1a-4c55-8a8e-2f6d3b1b2a90"
+CREATED = "2024-02-03T04:05:06+00:00"
+
+
+def _run(argv: list[str]) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main(argv)
+    return rc, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("predict")
+    model = tiny_model()
+    manifest = build_manifest(
+        model,
+        model_name="HyperCT-tiny",
+        model_version="0.0.7",
+        backbone_weights="included",
+        backbone_source="random",
+    )
+    save_checkpoint(model, root / "ckpt", manifest)
+    write_dicom_series(root / "dicom")
+    oblique_order_nifti(root / "oblique.nii.gz")
+    (root / "broken.nii.gz").write_bytes(b"this is not a NIfTI file")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HYPERCT_LINK_KEY", "cli-test-key")
+        mp.setenv("HYPERCT_CONFIG_DIR", str(root / "config"))
+        yield root
+
+
+def _common(env: Path) -> list[str]:
+    return ["--model", str(env / "ckpt"), "--device", "cpu", "--findings", FINDINGS]
+
+
+@pytest.fixture(scope="module")
+def batch(env):
+    out = env / "out"
+    argv = ["predict", str(env / "dicom"), str(env / "broken.nii.gz"), str(env / "oblique.nii.gz")]
+    argv += _common(env) + [
+        "--out",
+        str(out),
+        "--json",
+        "--pdf",
+        "--sr",
+        "--saliency-findings",
+        "cardiomegaly",
+    ]
+    rc, stdout, stderr = _run(argv)
+    return rc, stdout, stderr, out
+
+
+def test_a_bad_input_is_reported_and_the_others_are_written(batch, env):
+    rc, _, stderr, out = batch
+    assert rc == 1
+    bad = [line for line in stderr.splitlines() if "error:" in line]
+    assert len(bad) == 1 and str(env / "broken.nii.gz") in bad[0] and "not a readable NIfTI" in bad[0]
+    assert "2 of 3 input(s) done; 1 failed" in stderr
+    names = sorted(p.name for p in out.iterdir())
+    assert names == sorted(
+        [
+            "dicom.hyperct.json",
+            "dicom.hyperct.pdf",
+            "dicom.hyperct.sr.dcm",
+            "dicom.saliency.cardiomegaly.nii.gz",
+            "oblique.hyperct.json",
+            "oblique.hyperct.pdf",
+            "oblique.saliency.cardiomegaly.nii.gz",
+        ]
+    )
+    assert "oblique.nii.gz: DICOM SR skipped: the input is NIfTI" in stderr
+
+
+def test_written_json_validates_and_scores_only_the_asked_findings(batch):
+    out = batch[3]
+    for name in ("dicom.hyperct.json", "oblique.hyperct.json"):
+        doc = json.loads((out / name).read_text())
+        validate_document(doc)
+        assessed = {f["id"] for f in doc["findings"] if f["call"] != "not assessed"}
+        assert assessed == set(FINDINGS.split(","))
+        assert doc["model"]["name"] == "HyperCT-tiny" and doc["model"]["version"] == "0.0.7"
+        assert all(f["saliency"] is not None for f in doc["findings"] if f["id"] in assessed)
+    assert json.loads((out / "dicom.hyperct.json").read_text())["input"]["type"] == "dicom"
+
+
+def test_shareable_outputs_of_the_dicom_input_carry_no_identifiers(batch):
+    out = batch[3]
+    texts = [
+        (out / "dicom.hyperct.json").read_text(),
+        " ".join(p.extract_text() for p in PdfReader(out / "dicom.hyperct.pdf").pages),
+        (out / "dicom.hyperct.sr.dcm").read_bytes().decode("latin-1"),
+    ]
+    for text in texts:
+        for needle in PHI_SEARCH:
+            assert needle not in text
+
+
+def test_saliency_map_has_the_input_geometry(batch, env):
+    out = batch[3]
+    src = nib.load(str(env / "oblique.nii.gz"))
+    sal = nib.load(str(out / "oblique.saliency.cardiomegaly.nii.gz"))
+    assert sal.shape == src.shape
+    np.testing.assert_allclose(sal.affine, src.affine, atol=1e-5)
+    data = np.asarray(sal.dataobj)
+    assert data.min() >= 0 and data.max() == pytest.approx(1.0)
+    dcm_map = nib.load(str(out / "dicom.saliency.cardiomegaly.nii.gz"))
+    assert dcm_map.shape == (40, 40, 24)  # columns, rows, slices of the written series
+
+
+def test_existing_outputs_are_not_overwritten_without_the_flag(batch, env):
+    out = batch[3]
+    before = (out / "dicom.hyperct.json").read_bytes()
+    argv = ["predict", str(env / "dicom")] + _common(env) + ["--out", str(out), "--json"]
+    rc, _, stderr = _run(argv)
+    assert rc == 1
+    assert str(out / "dicom.hyperct.json") in stderr and "--overwrite" in stderr
+    assert (out / "dicom.hyperct.json").read_bytes() == before
+    rc, _, stderr = _run(argv + ["--overwrite"])
+    assert rc == 0, stderr
+    assert (out / "dicom.hyperct.json").read_bytes() != before  # a new report id and time
+
+
+def test_without_output_flags_a_table_is_printed(env):
+    rc, stdout, _ = _run(["predict", str(env / "oblique.nii.gz")] + _common(env))
+    assert rc == 0
+    from hyperct.findings import catalogue
+
+    for f in catalogue():
+        assert f.name in stdout
+    assert stdout.count("not assessed") == 23
+    assert "AI output, not a diagnosis." in stdout
+
+
+def test_json_dash_prints_the_document_to_stdout(env, tmp_path):
+    rc, stdout, _ = _run(["predict", "--json", "-", str(env / "oblique.nii.gz")] + _common(env))
+    assert rc == 0
+    doc = json.loads(stdout)
+    validate_document(doc)
+    assert len(doc["findings"]) == 25
+
+
+def test_manifest_rows_give_inputs_and_stems(env, tmp_path):
+    csv = tmp_path / "list.csv"
+    csv.write_text(f"path,id\n{env / 'oblique.nii.gz'},case-A\n", encoding="utf-8")
+    rc, _, stderr = _run(
+        ["predict", "--manifest", str(csv)] + _common(env) + ["--out", str(tmp_path), "--json"]
+    )
+    assert rc == 0, stderr
+    assert (tmp_path / "case-A.hyperct.json").is_file()
+
+
+@pytest.mark.slow  # two full pipelines (CLI + the viewer's calls): ~5-10 s on 2 cores
+def test_cli_files_equal_the_export_function_files(env, tmp_path, monkeypatch):
+    """What the viewer's Export buttons do (read, analyze, saliency_for_export, export) gives the CLI's bytes."""
+    from hyperct.inference import analyze
+    from hyperct.io import read_ct
+    from hyperct.loading import load_model
+    from hyperct.report import default_stem, export, saliency_for_export
+
+    monkeypatch.setattr(predict, "report_identity", lambda result: (RID, CREATED))
+    cli_out = tmp_path / "cli"
+    argv = ["predict", str(env / "dicom")] + _common(env) + ["--out", str(cli_out), "--json", "--pdf", "--sr"]
+    rc, _, stderr = _run(argv)
+    assert rc == 0, stderr
+
+    loaded = load_model(env / "ckpt", device="cpu")
+    volume = read_ct(env / "dicom")
+    result = analyze(loaded, volume, findings=FINDINGS.split(","))
+    saliency = saliency_for_export(loaded, volume, result)
+    paths = export(
+        result,
+        volume,
+        saliency,
+        tmp_path / "viewer",
+        stem=default_stem(env / "dicom"),
+        report_id=RID,
+        created=CREATED,
+    )
+    assert sorted(p.name for p in cli_out.iterdir()) == sorted(p.name for p in paths.values())
+    for fmt, path in paths.items():
+        assert (cli_out / path.name).read_bytes() == path.read_bytes(), fmt
+
+
+def test_exit_codes_for_usage_and_model_errors(env, tmp_path):
+    rc, _, stderr = _run(["predict"])
+    assert rc == 2 and "no inputs" in stderr
+    rc, _, stderr = _run(["predict", str(env / "oblique.nii.gz"), "--findings", "heart"])
+    assert rc == 2 and "unknown finding id 'heart'" in stderr
+    rc, _, stderr = _run(["predict", str(env / "oblique.nii.gz"), "--model", str(tmp_path / "nope")])
+    assert rc == 3 and "checkpoint folder does not exist" in stderr
+
+
+def test_help_documents_exit_codes_and_outputs():
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    text = sub.choices["predict"].format_help()
+    for needle in (
+        "exit status:",
+        "1  some inputs failed",
+        "3  the whole command failed",
+        ".hyperct.sr.dcm",
+        "HYPERCT_LINK_KEY",
+    ):
+        assert needle in text
+    assert "predict" in (__import__("hyperct.cli.main").cli.main.__doc__ or "")
