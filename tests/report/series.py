@@ -67,11 +67,9 @@ def write_nifti(path: Path, data_ijk: np.ndarray, affine_ras: np.ndarray) -> Non
 def oblique_order_nifti(
     path: Path, *, shape_ijk=(20, 36, 32), marker=(3, 25, 9)
 ) -> tuple[np.ndarray, np.ndarray]:
-    """A NIfTI whose axes are stored (A->P? no: P->A, S->I, R->L) -- far from canonical -- with a
-    bright marker voxel at ``marker`` (file index i, j, k) inside a chest-like body. Returns
-    (data, affine)."""
+    """A NIfTI far from canonical order: file axis i runs posterior->anterior, j superior->inferior,
+    k right->left; a bright marker voxel at ``marker`` (file index i, j, k). Returns (data, affine)."""
     ni, nj, nk = shape_ijk
-    # file axis i runs posterior->anterior, j runs superior->inferior, k runs right->left (RAS)
     affine = np.array(
         [
             [0.0, 0.0, -9.0, 140.0],  # x (R->L is -x in RAS) from k

@@ -106,7 +106,7 @@ def _fmt_created(created: str) -> str:
         t = _dt.datetime.fromisoformat(created.replace("Z", "+00:00"))
     except ValueError:
         return created
-    return t.strftime("%Y-%m-%d %H:%M %Z").replace("UTC", "UTC").strip()
+    return t.strftime("%Y-%m-%d %H:%M %Z").strip()
 
 
 # -- flowables ------------------------------------------------------------------------------------
