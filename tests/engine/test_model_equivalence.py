@@ -81,3 +81,13 @@ def test_lora_factors_are_generated_once_and_cached_until_weights_change(tiny, p
         changed = tiny(pixels)
     assert calls == [25, 25]
     assert not torch.allclose(changed, first)
+
+
+def test_a_deep_copy_is_independent_and_scores_the_same(tiny, pixels):
+    import copy
+
+    other = copy.deepcopy(tiny)
+    with torch.no_grad():
+        torch.testing.assert_close(other(pixels), tiny(pixels))
+        other.hypernet.heads["q_proj"].bias.add_(1.0)
+        assert not torch.allclose(other(pixels), tiny(pixels))

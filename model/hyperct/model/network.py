@@ -94,6 +94,16 @@ class HyperCT(nn.Module):
         self._forward_lock = threading.RLock()
         self.set_backbone_trainable(False)
 
+    def __getstate__(self) -> dict:  # deepcopy / pickle: the lock and the factor cache are not state
+        state = self.__dict__.copy()
+        state.pop("_forward_lock", None)
+        state["_factor_cache"] = None
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self._forward_lock = threading.RLock()
+
     # -- parameters -------------------------------------------------------------------------
     def set_backbone_trainable(self, trainable: bool) -> None:
         """Frozen (the paper) or trainable (allowed for the demo model only)."""
