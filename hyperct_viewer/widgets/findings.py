@@ -663,18 +663,44 @@ class FindingsWidget(QWidget):
             self._saliency_layer.visible = on
 
     # ------------------------------------------------------------------ export
+    def _export_stem(self) -> str | None:
+        """The same stem ``hyperct predict`` derives from the path the user opened."""
+        from hyperct.report import default_stem
+
+        layer = self.session.ct_layer
+        source = getattr(getattr(layer, "source", None), "path", None)
+        return default_stem(source) if source else None
+
+    def _export_saliency(self):
+        """Grad-CAM of every assessed finding, as the CLI computes for its exports (reuses the cache)."""
+        from hyperct.report import saliency_for_export
+        from hyperct.results import CALL_NOT_ASSESSED
+
+        result = self.session.result
+        cached = self._maps.get("gradcam")
+        assessed = [f.id for f in result.findings if f.call != CALL_NOT_ASSESSED]
+        if cached is not None and all(fid in cached for fid in assessed):
+            return cached
+        maps = saliency_for_export(self.session.model, self.session.volume, result, method="gradcam")
+        if maps is not None:
+            if cached is not None:
+                cached.update(maps)
+            else:
+                self._maps["gradcam"] = maps
+        return self._maps.get("gradcam")
+
     def export_files(self, formats, out_dir, *, mode: str | None = None, overwrite: bool = False, **kwargs):
-        """Write the reports of the current result (same code as ``hyperct predict``)."""
+        """Write the reports of the current result with the same code and inputs as ``hyperct predict``."""
         from hyperct.report import export
 
         result, volume = self.session.result, self.session.volume
         if result is None or volume is None:
             raise RuntimeError("no analysis result to export: press Analyze first")
-        saliency = self._maps.get("gradcam") or self._maps.get(self.saliency_method)
+        kwargs.setdefault("stem", self._export_stem())
         return export(
             result,
             volume,
-            saliency,
+            self._export_saliency(),
             out_dir,
             formats=tuple(formats),
             mode=mode or self.export_mode,
@@ -682,32 +708,45 @@ class FindingsWidget(QWidget):
             **kwargs,
         )
 
-    def export_clicked(self, formats):
-        from hyperct.errors import ExportError
-
+    def export_clicked(self, formats, overwrite: bool = False):
+        """Export in a background worker (saliency of all findings may need computing first)."""
         fmts = tuple(formats)
         if "sr" in fmts and self.session.volume is not None and not self.session.volume.is_dicom:
             show_warning("DICOM SR needs a DICOM input; this CT was not read from DICOM.")
             return None
-        out = Path(self.out_edit.text()).expanduser()
-        try:
-            written = self.export_files(fmts, out)
-        except ExportError as exc:
-            if (
-                "exists" in str(exc)
-                and QMessageBox.question(self, "Overwrite?", f"{exc}\n\nOverwrite?") == QMessageBox.Yes
-            ):
-                written = self.export_files(fmts, out, overwrite=True)
-            else:
-                show_error(str(exc))
-                return None
-        except Exception as exc:  # shown to the user, never swallowed silently
-            show_error(f"Export failed: {exc}")
+        if self._worker is not None or self._saliency_worker is not None:
+            show_warning("Wait for the running analysis to finish before exporting.")
             return None
+        out = Path(self.out_edit.text()).expanduser()
+        self.status.setText(f"Exporting {', '.join(fmts)} ({self.export_mode})…")
+        worker = _call_worker(lambda: self.export_files(fmts, out, overwrite=overwrite))
+        worker.returned.connect(self._on_exported)
+        worker.errored.connect(lambda exc: self._on_export_error(exc, fmts))
+        worker.start()
+        return worker
+
+    def _on_exported(self, written):
         paths = ", ".join(str(p) for p in written.values())
         show_info(f"Exported {paths}")
         self.status.setText(f"Exported ({self.export_mode}): {paths}")
-        return written
+
+    def _on_export_error(self, exc, fmts):
+        from hyperct.errors import ExportError
+
+        if isinstance(exc, ExportError) and "exists" in str(exc):
+            if (
+                QMessageBox.question(self, "Overwrite?", f"{exc}\n\nOverwrite?")
+                == QMessageBox.StandardButton.Yes
+            ):
+                self.export_clicked(fmts, overwrite=True)
+                return
+        self.status.setText(f"Export failed: {exc}")
+        show_error(f"Export failed: {exc}")
+
+
+@thread_worker
+def _call_worker(fn):
+    return fn()
 
 
 @thread_worker

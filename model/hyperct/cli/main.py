@@ -6,8 +6,8 @@ and ``run(args) -> int``; they are imported lazily so ``hyperct --help`` stays f
 Exit codes (all sub-commands):
 
 * 0: success;
-* 1: the work ran but some inputs failed (e.g. ``predict`` on many scans, one unreadable);
-* 2: usage error (bad arguments, missing file, invalid config);
+* 1: the work ran but some inputs failed (e.g. ``predict`` on many scans, one unreadable or missing);
+* 2: usage error (bad arguments, invalid or missing config/option file);
 * 3: input or model error that stopped the whole command (message on stderr);
 * 130: interrupted (Ctrl-C).
 """
