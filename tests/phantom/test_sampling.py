@@ -74,3 +74,10 @@ def test_random_phantom_has_missing_opportunistic_labels():
     # explicit findings never blank labels unless asked to
     ph2 = generate(seed, {}, matrix=48, n_slices=24)
     assert (ph2.labels == 0).all()
+
+
+def test_documented_prevalence_matches_the_sampler():
+    draws = _draws()
+    for f, expected in sampling.EXPECTED_PREVALENCE.items():
+        observed = sum(f in d for d in draws) / N
+        assert abs(observed - expected) < 0.045, (f, observed, expected)

@@ -91,6 +91,9 @@ class Body:
         self.stomach_gas = float(rng.uniform(0.1, 0.55))
         self.cartilage_calc = float(np.clip((hab.age - 45) / 40.0, 0.0, 1.0) * rng.uniform(0.3, 1.0))
         self.apex_k = float(rng.uniform(0.010, 0.016))
+        self.breast = float(rng.uniform(12.0, 30.0) + 0.6 * hab.fat) if hab.sex == "F" else 0.0
+        self.scap_top = float(rng.uniform(-22.0, -8.0))
+        self.scap_len = float(rng.uniform(0.5, 0.6) * L + 20.0)
         self.tex = SmoothField(stream(seed, "lung_texture"), (-260, -220, -60), (260, 220, 420), 9.0)
         self.softtex = SmoothField(stream(seed, "soft_texture"), (-260, -220, -60), (260, 220, 420), 14.0)
 
@@ -253,6 +256,7 @@ class Body:
         t_pect = gauss(phi, 2.55, 0.32).astype(F32)
         t_lat = gauss(phi, 1.15, 0.5).astype(F32)
         t_post = gauss(phi, 0.0, 0.36).astype(F32)
+        t_breast = gauss(phi, 2.42, 0.3).astype(F32)
         zd_s = (self.diaphragm(X, Y) * isz + 0.5).astype(F32)
         zap_s = (self.apex(X, Y) * isz - 0.5).astype(F32)
         z_apex_max = float(self.apex(X, Y).max())
@@ -275,6 +279,7 @@ class Body:
             * (1.0 - smoothstep(0.45, 0.75, tt))
         ).astype(F32)
         w_lat = (h.muscle * (6.0 + 42.0 * (1.0 - smoothstep(-0.05, 0.5, tt)))).astype(F32)
+        w_breast = (self.breast * smoothstep(0.22, 0.42, tt) * (1.0 - smoothstep(0.62, 0.88, tt))).astype(F32)
         w_post = np.maximum(F32(h.spine_depth) - 2.0 - fz * 0.72 - 11.0 - 3.0 * h.muscle, 8.0).astype(F32)
         lo_all, hi_all = self.mediastinum(Y[None], zz)  # (nz, ny, 1)
         lo_s = (lo_all * ipx + 0.5).astype(F32)
@@ -303,6 +308,12 @@ class Body:
             d_rad = R - r
             d = np.minimum(d_rad, y_back[ks] - Y)
             fat = t_fat * fz[ks]
+            if self.breast > 0:
+                bump = t_breast * w_breast[ks]
+                R += bump
+                d_rad += bump
+                d = np.minimum(d_rad, y_back[ks] - Y)
+                fat += bump
             mus = t_pect * w_pect[ks]
             mus += t_lat * w_lat[ks]
             mus += t_post * w_post[ks]
@@ -311,7 +322,11 @@ class Body:
             hu += a * (HU["skin"] - hu)
             lab[a > 0.5] = TISSUE["skin"]
             a = sat(d + F32(0.5 - 2.0 * ipx))
-            hu += a * (self.fat_hu - hu)
+            if self.breast > 0 and float(w_breast[ks].max()) > 1.0:
+                gland = sat(1.3 * self.softtex(x, y, z[ks]) - 0.1) * sat(bump * F32(1.0 / 8.0))
+                hu += a * (self.fat_hu + gland * (25.0 - self.fat_hu) - hu)
+            else:
+                hu += a * (self.fat_hu - hu)
             lab[a > 0.5] = TISSUE["fat"]
             d -= fat * ipx
             a = sat(d + F32(0.5 - 2.0 * ipx))
@@ -352,7 +367,8 @@ class Body:
                 self._render_abdomen(cv, k0, k1, X, Y, zs, self.diaphragm(X, Y), a_cav, ipx, isz)
             # ---- ribs and costal cartilage
             self._render_ribs(hu, lab, cv.lung[ks], R - wall + 1.0, r, phi, zs, drop, ipx, isz)
-            # ---- sternum, spine
+            # ---- scapulae, sternum, spine
+            self._render_scapulae(hu, lab, R - wall, r, phi, Y, zs, ipx, isz)
             self._render_sternum(cv, k0, k1, zs, ipx, isz)
             self._render_spine(cv, k0, k1, zs, ipx, isz)
 
@@ -457,6 +473,43 @@ class Body:
         lv[(a > 0.5) & (bone <= 0.5)] = TISSUE["cartilage"]
         lab[idx] = lv
         lung[idx] *= 1.0 - a
+
+    def _render_scapulae(self, hu, lab, r_cav, r, phi, Y, zs, ipx, isz) -> None:
+        """Shoulder blades: thin curved plates behind the ribs (posterolateral), thick lateral border
+        and the scapular spine near the top."""
+        z0, z1 = self.scap_top, self.scap_top + self.scap_len
+        if float(zs.max()) < z0 or float(zs.min()) > z1:
+            return
+        rows = np.nonzero(Y[:, 0] > -10.0)[0]
+        if len(rows) == 0:
+            return
+        sub = (slice(None), slice(rows[0], rows[-1] + 1), slice(None))
+        u = np.clip((zs - z0) / (z1 - z0), 0.0, 1.0)  # 0 at the top, 1 at the inferior angle
+        phi_med = 0.48 + 0.25 * u
+        phi_lat = 1.35 - 0.5 * u
+        rs = r_cav[sub] + F32(self.rib_t + 9.0)
+        rr = r[sub[1:]]
+        ph = phi[sub[1:]]
+        lat = sat((ph - phi_lat + 0.09) * 14.0)  # thick lateral border
+        thick = 2.2 + 3.5 * lat
+        a = sat((thick * 0.5 - np.abs(rr - rs)) * ipx + 0.5)
+        a *= sat((ph - phi_med) * rr * ipx + 0.5) * sat((phi_lat - ph) * rr * ipx + 0.5)
+        a *= sat((zs - z0) * isz + 0.5) * sat((z1 - zs) * isz + 0.5)
+        # the scapular spine: a ridge running outwards across the upper blade
+        zsp = z0 + 0.18 * (z1 - z0)
+        ridge = (
+            sat((5.0 - np.abs(zs - zsp)) * isz + 0.5)
+            * sat((rr - rs) * ipx + 0.5)
+            * sat((rs + 16.0 - rr) * ipx + 0.5)
+        )
+        ridge *= sat((ph - phi_med - 0.1) * 8.0) * sat((phi_lat - ph) * 8.0)
+        a = np.maximum(a, ridge)
+        if not np.any(a > 0):
+            return
+        h = hu[sub]
+        h += a * (HU["cortical"] * 0.75 - h)
+        lb = lab[sub]
+        lb[a > 0.5] = TISSUE["cortical_bone"]
 
     def _render_sternum(self, cv, k0, k1, zs, ipx, isz) -> None:
         lm = self.lm

@@ -478,34 +478,45 @@ def peribronchial_thickening(scene: Scene, sev: float, rng):
 
 
 def consolidation(scene: Scene, sev: float, rng):
+    """Segmental to lobar airspace consolidation: the lung around one bronchial subtree (so the
+    region is wedge-shaped, reaches the pleura and stops at the fissures), with air bronchograms."""
     ed = Edit(scene)
     lobe = str(rng.choice(list(LOBES), p=[0.15, 0.15, 0.3, 0.1, 0.3]))
     tree = scene.trees.trees.get(lobe)
     if tree is None:
         return ed.mask, {}
-    cand = np.nonzero((tree.gen >= 1) & (tree.gen <= 3) & (tree.count > 20))[0]
+    lo_gen = 1 if sev > 0.6 else 2
+    cand = np.nonzero((tree.gen >= lo_gen) & (tree.gen <= lo_gen + 1) & (tree.count > 12))[0]
     node = int(rng.choice(cand)) if len(cand) else 0
-    c = tree.centroid[node]
-    R = 22.0 + 45.0 * sev
-    bb = scene.grid.bbox(c - R * 1.4, c + R * 1.4)
-    Z, Y, X = scene.coords(bb)
-    dist = np.sqrt((X - F32(c[0])) ** 2 + (Y - F32(c[1])) ** 2 + (Z - F32(c[2])) ** 2)
-    f = scene.field(rng, bb, 14.0)
-    a = sat((F32(R) * (1.0 + 0.25 * f) - dist) / 4.0)
+    inside = tree.subtree(node)
+    s = tree.segments()
+    sub = s.select(inside[s.node])
+    grow = 9.0 + 9.0 * sev
+    lo, hi = sub.lo_hi(grow + 4.0)
+    bb = scene.grid.bbox(lo.min(0), hi.max(0))
+    if bb is None:
+        return ed.mask, {}
+    origin = tuple(v.start for v in bb)
+    shape = tuple(v.stop - v.start for v in bb)
+    # a smooth envelope of the subtree: capsules around its branches, edges roughened
+    env = segments_alpha(
+        scene.grid,
+        Segments(sub.p0, sub.p1, sub.r0 * 0 + grow, sub.r1 * 0 + grow),
+        np.zeros(shape, F32),
+        origin=origin,
+    )
+    f = scene.field(rng, bb, 10.0)
+    a = sat((env - 0.5 + 0.25 * f) * 3.0)
     a *= scene.lobes(bb) == LOBES.index(lobe)
     a *= _lung_weight(scene, bb, 1.5)
     ed.blend(bb, a, 34.0 + 8.0 * np.clip(f, -1, 1))
     # air bronchograms: the bronchi that run through the consolidated region stay aerated
-    inside = tree.subtree(node)
-    s = tree.segments()
-    sel = inside[s.node] & (s.r1 >= 0.8)
-    br = s.select(sel)
+    br = sub.select(sub.r1 >= 0.8)
     lumen = Segments(br.p0, br.p1, np.maximum(0.8 * br.r0, 1.0), np.maximum(0.8 * br.r1, 1.0))
-    origin = tuple(v.start for v in bb)
-    shape = tuple(v.stop - v.start for v in bb)
     a_l = segments_alpha(scene.grid, lumen, np.zeros(shape, F32), origin=origin)
     ed.blend(bb, a_l * a, -930.0)
-    return ed.mask, {"lobe": lobe, "radius_mm": round(R, 1), "centre_mm": [round(float(v), 1) for v in c]}
+    c = tree.centroid[node]
+    return ed.mask, {"lobe": lobe, "segment_node": node, "centre_mm": [round(float(v), 1) for v in c]}
 
 
 def bronchiectasis(scene: Scene, sev: float, rng):
