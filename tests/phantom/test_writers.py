@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
 
+from hyperct import io
 from hyperct.phantom import write_dicom_series, write_nifti
 from hyperct.phantom.dicom import TRANSFER_SYNTAXES
 
@@ -100,7 +102,6 @@ def test_localizer_and_second_series(ph, tmp_path):
     ],
 )
 def test_round_trip_through_reader(ph, tmp_path, kw):
-    io = pytest.importorskip("hyperct.io")
     write_dicom_series(ph.volume, tmp_path / "rt", **kw)
     vol = io.read_ct(tmp_path / "rt")
     assert vol.shape == ph.volume.shape
@@ -112,7 +113,6 @@ def test_round_trip_through_reader(ph, tmp_path, kw):
 
 
 def test_nifti_has_ras_affine(ph, tmp_path):
-    nib = pytest.importorskip("nibabel")
     p = write_nifti(ph.volume, tmp_path / "ct.nii.gz")
     img = nib.load(p)
     assert np.allclose(img.affine, np.diag([-1.0, -1.0, 1.0, 1.0]) @ ph.volume.affine, atol=1e-3)
@@ -128,7 +128,6 @@ def test_nifti_has_ras_affine(ph, tmp_path):
 
 
 def test_nifti_round_trip_through_reader(ph, tmp_path):
-    io = pytest.importorskip("hyperct.io")
     p = write_nifti(ph.volume, tmp_path / "ct.nii.gz")
     vol = io.read_ct(p)
     assert np.array_equal(vol.hu, np.rint(ph.volume.hu))
