@@ -330,3 +330,57 @@ def load_checkpoint(
         module.load_state_dict(part)
     model.set_backbone_trainable(False)
     return model.to(map_location).eval(), manifest
+
+
+# Fields that describe the weights themselves: never changed by ``update_manifest``.
+_FROZEN_FIELDS = (
+    "format",
+    "format_version",
+    "findings",
+    "architecture",
+    "backbone",
+    "weights_sha256",
+    "weights_file",
+)
+
+
+def update_manifest(directory: str | Path, **fields: Any) -> dict:
+    """Rewrite ``manifest.json`` with ``fields`` changed (atomic: temp file + rename).
+
+    For metadata such as thresholds, metrics or notes; the weights file is not touched, and the
+    fields that describe it (architecture, backbone, findings, weights_sha256, ...) may not change.
+    """
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    frozen = sorted(set(fields) & set(_FROZEN_FIELDS))
+    if frozen:
+        raise CheckpointError(
+            f"update_manifest cannot change {', '.join(frozen)} (they describe the weights)",
+            path=directory,
+            hint="save a new checkpoint with save_checkpoint instead",
+        )
+    if "thresholds" in fields:
+        ids = catalogue().ids
+        th = {k: float(v) for k, v in dict(fields["thresholds"]).items()}
+        unknown = sorted(set(th) - set(ids))
+        if unknown:
+            raise CheckpointError(f"thresholds for unknown findings: {', '.join(unknown)}", path=directory)
+        bad = [k for k, v in th.items() if not 0.0 <= v <= 1.0]
+        if bad:
+            raise CheckpointError(
+                f"thresholds must be probabilities in [0, 1] ({bad[0]}: {th[bad[0]]})", path=directory
+            )
+        fields["thresholds"] = {k: th.get(k, manifest.thresholds.get(k, 0.5)) for k in ids}
+    raw = dict(manifest.raw, **fields)
+    fd, tmp = tempfile.mkstemp(prefix=".manifest.", suffix=".json", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(json.dumps(raw, indent=2) + "\n")
+        os.replace(tmp, directory / MANIFEST)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return raw

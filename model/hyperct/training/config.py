@@ -1,0 +1,407 @@
+"""Training configuration: the paper's protocol as defaults, YAML files, ``--set a.b=value`` overrides.
+
+A configuration is a nested ``dict`` (what ``config.yaml`` in a run folder holds). ``DEFAULTS`` is
+the paper's protocol (Sec. 4.2: AdamW lr 1e-5, weight decay 0, 20 epochs, batch 8, lr x0.1 every
+15 epochs, one random available task per sample, BCE, best epoch by validation mean AUC, frozen
+DINOv3 ViT-B/16 backbone). ``load_config(path, overrides)`` merges a YAML file and command-line
+overrides onto the defaults and validates every field; a bad field raises ``ConfigError`` naming
+the file and the dotted field.
+
+Fields (dotted name: default: meaning)
+
+* ``seed``: 0: seeds the model initialisation, the data order and the task draws.
+* ``output_dir``: null: the run folder (``hyperct train --out`` overrides).
+* ``model.name`` / ``model.version``: "HyperCT" / "1.0": written into the checkpoint manifest.
+* ``model.demo``: false: mark the checkpoint as a demo model (synthetic training data).
+* ``model.backbone``: "vitb16": a named backbone configuration (``vitb16``, ``demo``) or a dict of
+  DINOv3 config fields; used with random initialisation when ``backbone_weights`` is null.
+* ``model.backbone_weights``: null: a local DINOv3 folder (``config.json`` + ``model.safetensors``);
+  its ``config.json`` then defines the architecture.
+* ``model.train_backbone``: false: train the backbone too (the demo model does; the paper does not).
+* ``model.rank`` / ``alpha`` / ``task_dim`` / ``pos_dim`` / ``hyper_hidden`` / ``targets``: the
+  ``HyperCTConfig`` fields (paper: 16 / 16 / 512 / 64 / 64 / all six projections).
+* ``data.train`` / ``data.valid``: dataset descriptions (see ``hyperct.training.datasets``):
+  ``{type: manifest, csv: FILE}``, ``{type: ct-rate, root: DIR, split: train, labels: CSV,
+  metadata: CSV}``, ``{type: phantom, count: N, first_seed: S, matrix: 256, findings: null}``.
+  ``data.valid`` may be null: then no validation is run and ``best/`` is the last epoch.
+* ``data.cache_dir``: null: preprocessing cache folder (strongly recommended for file datasets).
+* ``data.cache_dtype``: "uint8": ``uint8`` (the [-1000, 1000] HU window in 255 steps of 7.8 HU) or
+  ``float16`` (HU, 0.5 HU resolution near +-1000).
+* ``data.num_workers``: 0: DataLoader worker processes.
+* ``data.tasks``: null: restrict training and validation to these finding ids.
+* ``optim.lr`` / ``weight_decay`` / ``betas`` / ``eps`` / ``grad_clip``: AdamW (grad_clip: max
+  global gradient norm, null = off).
+* ``schedule.name``: "step": ``step`` (StepLR per epoch: lr x ``gamma`` every ``step_size``
+  epochs), ``cosine`` (per step, from lr down to ``lr * min_factor`` at the end), or ``constant``.
+  ``schedule.warmup_epochs`` (float, default 0): linear warm-up from ``warmup_start`` x lr.
+* ``train.epochs`` / ``train.batch_size``: 20 / 8. ``batch_size`` is the global batch: with N
+  processes (torchrun) each one takes batch_size / N samples per step.
+* ``train.micro_batch``: null: samples per forward/backward inside a batch (gradient accumulation
+  with identical maths; smaller is faster on CPU and needs less memory). null = whole local batch.
+* ``train.device``: "auto"; ``train.amp``: "auto" (bf16 autocast on CUDA) or "off".
+* ``train.valid_every``: 1: validate every N epochs (and always after the last).
+* ``train.valid_batch_size``: 8; ``train.task_chunk``: null: tasks per backbone pass in validation.
+* ``train.max_batches``: null: stop each epoch after this many batches (smoke tests).
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import math
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hyperct.errors import ConfigError
+
+DEFAULTS: dict[str, Any] = {
+    "seed": 0,
+    "output_dir": None,
+    "model": {
+        "name": "HyperCT",
+        "version": "1.0",
+        "demo": False,
+        "backbone": "vitb16",
+        "backbone_weights": None,
+        "train_backbone": False,
+        "rank": 16,
+        "alpha": 16.0,
+        "task_dim": 512,
+        "pos_dim": 64,
+        "hyper_hidden": 64,
+        "targets": ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"],
+    },
+    "data": {
+        "train": None,
+        "valid": None,
+        "cache_dir": None,
+        "cache_dtype": "uint8",
+        "num_workers": 0,
+        "tasks": None,
+    },
+    "optim": {
+        "name": "adamw",
+        "lr": 1.0e-5,
+        "weight_decay": 0.0,
+        "betas": [0.9, 0.999],
+        "eps": 1.0e-8,
+        "grad_clip": None,
+    },
+    "schedule": {
+        "name": "step",
+        "step_size": 15,
+        "gamma": 0.1,
+        "warmup_epochs": 0.0,
+        "warmup_start": 0.01,
+        "min_factor": 0.0,
+    },
+    "train": {
+        "epochs": 20,
+        "batch_size": 8,
+        "micro_batch": None,
+        "device": "auto",
+        "amp": "auto",
+        "valid_every": 1,
+        "valid_batch_size": 8,
+        "task_chunk": None,
+        "max_batches": None,
+    },
+}
+
+# Fields whose value is a free-form mapping (validated elsewhere) rather than a leaf.
+_FREE_FORM = {"data.train", "data.valid", "model.backbone"}
+
+
+def _num(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _pos_int(v):
+    return None if _int(v) and v > 0 else "a positive integer"
+
+
+def _nonneg_int(v):
+    return None if _int(v) and v >= 0 else "an integer >= 0"
+
+
+def _opt(check):
+    return lambda v: None if v is None else check(v)
+
+
+def _pos_num(v):
+    return None if _num(v) and v > 0 else "a positive number"
+
+
+def _nonneg_num(v):
+    return None if _num(v) and v >= 0 else "a number >= 0"
+
+
+def _unit(v):
+    return None if _num(v) and 0 <= v <= 1 else "a number in [0, 1]"
+
+
+def _bool(v):
+    return None if isinstance(v, bool) else "true or false"
+
+
+def _str(v):
+    return None if isinstance(v, str) and v.strip() else "a non-empty string"
+
+
+def _choice(*options):
+    return lambda v: None if v in options else f"one of {', '.join(map(str, options))}"
+
+
+def _betas(v):
+    ok = isinstance(v, list | tuple) and len(v) == 2 and all(_num(b) and 0 <= b < 1 for b in v)
+    return None if ok else "a list of two numbers in [0, 1), e.g. [0.9, 0.999]"
+
+
+def _targets(v):
+    from hyperct.model.lora import LORA_TARGETS
+
+    if not isinstance(v, list | tuple) or not v:
+        return f"a non-empty list of {', '.join(LORA_TARGETS)}"
+    bad = [t for t in v if t not in LORA_TARGETS]
+    return f"a list of {', '.join(LORA_TARGETS)} (unknown: {', '.join(map(str, bad))})" if bad else None
+
+
+def _backbone(v):
+    from hyperct.model.backbone import BACKBONE_CONFIGS
+
+    if isinstance(v, str):
+        return None if v in BACKBONE_CONFIGS else f"one of {', '.join(BACKBONE_CONFIGS)} or a config mapping"
+    return None if isinstance(v, dict) and v else f"one of {', '.join(BACKBONE_CONFIGS)} or a config mapping"
+
+
+def _dataset(v):
+    return (
+        None
+        if v is None or isinstance(v, dict)
+        else "a mapping with a 'type' field (manifest, ct-rate, phantom)"
+    )
+
+
+def _tasks(v):
+    from hyperct.findings import catalogue
+
+    if v is None:
+        return None
+    if not isinstance(v, list | tuple) or not v:
+        return "null or a non-empty list of finding ids"
+    ids = catalogue().ids
+    bad = [t for t in v if t not in ids]
+    if bad:
+        near = difflib.get_close_matches(str(bad[0]), ids, n=1)
+        return f"a list of finding ids (unknown: {bad[0]!r}" + (
+            f", did you mean {near[0]!r}?)" if near else ")"
+        )
+    return None
+
+
+CHECKS = {
+    "seed": _nonneg_int,
+    "output_dir": _opt(_str),
+    "model.name": _str,
+    "model.version": lambda v: (
+        None if isinstance(v, str | int | float) and str(v).strip() else "a version string"
+    ),
+    "model.demo": _bool,
+    "model.backbone": _backbone,
+    "model.backbone_weights": _opt(_str),
+    "model.train_backbone": _bool,
+    "model.rank": _pos_int,
+    "model.alpha": _pos_num,
+    "model.task_dim": _pos_int,
+    "model.pos_dim": lambda v: None if _int(v) and v > 0 and v % 2 == 0 else "a positive even integer",
+    "model.hyper_hidden": _pos_int,
+    "model.targets": _targets,
+    "data.train": _dataset,
+    "data.valid": _dataset,
+    "data.cache_dir": _opt(_str),
+    "data.cache_dtype": _choice("uint8", "float16"),
+    "data.num_workers": _nonneg_int,
+    "data.tasks": _tasks,
+    "optim.name": _choice("adamw"),
+    "optim.lr": _pos_num,
+    "optim.weight_decay": _nonneg_num,
+    "optim.betas": _betas,
+    "optim.eps": _pos_num,
+    "optim.grad_clip": _opt(_pos_num),
+    "schedule.name": _choice("step", "cosine", "constant"),
+    "schedule.step_size": _pos_int,
+    "schedule.gamma": _pos_num,
+    "schedule.warmup_epochs": _nonneg_num,
+    "schedule.warmup_start": _unit,
+    "schedule.min_factor": _unit,
+    "train.epochs": _pos_int,
+    "train.batch_size": _pos_int,
+    "train.micro_batch": _opt(_pos_int),
+    "train.device": _str,
+    "train.amp": _choice("auto", "off", "bf16"),
+    "train.valid_every": _pos_int,
+    "train.valid_batch_size": _pos_int,
+    "train.task_chunk": _opt(_pos_int),
+    "train.max_batches": _opt(_pos_int),
+}
+
+
+def _leaf_fields(tree: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k, v in tree.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, dict) and name not in _FREE_FORM:
+            out += _leaf_fields(v, name + ".")
+        else:
+            out.append(name)
+    return out
+
+
+FIELDS: tuple[str, ...] = tuple(_leaf_fields(DEFAULTS))
+
+
+def default_config() -> dict:
+    return copy.deepcopy(DEFAULTS)
+
+
+def _unknown(field: str, source: str | None) -> ConfigError:
+    near = difflib.get_close_matches(field, FIELDS, n=1, cutoff=0.6)
+    hint = (
+        f"did you mean {near[0]!r}?"
+        if near
+        else "`hyperct train --print-config` lists every field with its default"
+    )
+    return ConfigError(f"unknown configuration field {field!r}", path=source, hint=hint)
+
+
+def _merge(base: dict, update: dict, source: str | None, prefix: str = "") -> None:
+    for key, value in update.items():
+        name = f"{prefix}{key}"
+        if not isinstance(key, str) or key not in base:
+            raise _unknown(name, source)
+        if isinstance(base[key], dict) and name not in _FREE_FORM:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{name}: expected a mapping of fields, got {value!r}", path=source)
+            _merge(base[key], value, source, name + ".")
+        else:
+            base[key] = copy.deepcopy(value)
+
+
+def set_field(cfg: dict, dotted: str, value: Any, *, source: str | None = None) -> None:
+    """Set ``a.b.c`` in ``cfg`` (free-form mappings such as ``data.train.csv`` may be extended)."""
+    parts = dotted.split(".")
+    node = cfg
+    for i, part in enumerate(parts[:-1]):
+        name = ".".join(parts[: i + 1])
+        if name in _FREE_FORM:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+            for sub in parts[i + 1 : -1]:
+                node = node.setdefault(sub, {})
+            node[parts[-1]] = value
+            return
+        if not isinstance(node, dict) or part not in node or not isinstance(node[part], dict):
+            raise _unknown(dotted, source)
+        node = node[part]
+    if parts[-1] not in node:
+        raise _unknown(dotted, source)
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``optim.lr=3e-4`` -> ("optim.lr", 0.0003). Values are parsed as YAML (numbers, lists, null...)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not FIELD=VALUE", hint="e.g. --set optim.lr=3e-4")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override {text!r} has no field name", hint="e.g. --set optim.lr=3e-4")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: the value is not valid YAML ({exc})") from exc
+    if isinstance(value, str):  # YAML reads 3e-4 as a string (no dot): accept plain numbers
+        try:
+            value = float(value) if any(c in value for c in "eE.") else int(value)
+        except ValueError:
+            pass
+    return key, value
+
+
+def _fix_numbers(tree: Any) -> Any:
+    """PyYAML (YAML 1.1) reads ``1e-5`` as a string: turn such strings back into numbers."""
+    if isinstance(tree, dict):
+        return {k: _fix_numbers(v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_fix_numbers(v) for v in tree]
+    if isinstance(tree, str):
+        s = tree.strip()
+        if s and (s[0].isdigit() or s[0] in "+-.") and any(c in s for c in "eE"):
+            try:
+                return float(s)
+            except ValueError:
+                return tree
+    return tree
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError("configuration file does not exist", path=path, hint="pass --config FILE.yaml")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"not a readable YAML file ({exc})", path=path) from exc
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"the top level must be a mapping of fields, got {type(raw).__name__}", path=path)
+    return _fix_numbers(raw)
+
+
+def validate(cfg: dict, *, source: str | None = None) -> dict:
+    """Check every field; returns ``cfg``. Raises ``ConfigError`` naming the first bad field."""
+    for name in FIELDS:
+        node: Any = cfg
+        for part in name.split("."):
+            node = node[part]
+        problem = CHECKS[name](node)
+        if problem:
+            raise ConfigError(f"{name}: expected {problem}, got {node!r}", path=source)
+    return cfg
+
+
+def resolve(
+    file_cfg: dict | None = None,
+    overrides: list[str] | dict | None = None,
+    *,
+    source: str | None = None,
+    base: dict | None = None,
+) -> dict:
+    """Defaults (or ``base``) <- file mapping <- overrides, validated."""
+    cfg = copy.deepcopy(base) if base is not None else default_config()
+    if file_cfg:
+        _merge(cfg, file_cfg, source)
+    items = overrides.items() if isinstance(overrides, dict) else [parse_override(o) for o in overrides or []]
+    for key, value in items:
+        set_field(cfg, key, value, source="--set" if source is None else f"{source} (--set {key})")
+    validate(cfg, source=source)
+    return cfg
+
+
+def load_config(path: str | Path | None, overrides: list[str] | dict | None = None) -> dict:
+    """Read a YAML configuration (None: defaults only), apply ``--set`` overrides, validate."""
+    if path is None:
+        return resolve(None, overrides)
+    return resolve(read_yaml(path), overrides, source=str(path))
+
+
+def dump_config(cfg: dict) -> str:
+    return yaml.safe_dump(cfg, sort_keys=False, default_flow_style=None)

@@ -1,0 +1,106 @@
+"""Configuration: the paper's defaults, YAML + --set overrides, clear errors, the shipped configs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hyperct.errors import ConfigError
+from hyperct.training.config import DEFAULTS, FIELDS, load_config, parse_override, resolve
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+def test_defaults_are_the_papers_protocol():
+    cfg = load_config(None)
+    assert (
+        cfg["optim"]["name"] == "adamw" and cfg["optim"]["lr"] == 1e-5 and cfg["optim"]["weight_decay"] == 0
+    )
+    assert cfg["train"]["epochs"] == 20 and cfg["train"]["batch_size"] == 8
+    assert (
+        cfg["schedule"]["name"] == "step"
+        and cfg["schedule"]["step_size"] == 15
+        and cfg["schedule"]["gamma"] == 0.1
+    )
+    assert cfg["model"]["train_backbone"] is False and cfg["model"]["backbone"] == "vitb16"
+    assert (cfg["model"]["rank"], cfg["model"]["alpha"], cfg["model"]["task_dim"]) == (16, 16.0, 512)
+    assert (cfg["model"]["pos_dim"], cfg["model"]["hyper_hidden"]) == (64, 64)
+    assert len(cfg["model"]["targets"]) == 6
+
+
+def test_yaml_and_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("optim:\n  lr: 1e-4\ntrain:\n  epochs: 3\ndata:\n  train: {type: manifest, csv: a.csv}\n")
+    cfg = load_config(
+        path, ["optim.lr=3e-4", "optim.betas=[0.8, 0.99]", "data.train.csv=b.csv", "train.micro_batch=null"]
+    )
+    assert cfg["optim"]["lr"] == 3e-4 and cfg["train"]["epochs"] == 3  # PyYAML's '1e-4' string is a number
+    assert cfg["optim"]["betas"] == [0.8, 0.99] and cfg["data"]["train"] == {
+        "type": "manifest",
+        "csv": "b.csv",
+    }
+    assert (
+        cfg["train"]["micro_batch"] is None and cfg["train"]["batch_size"] == DEFAULTS["train"]["batch_size"]
+    )
+    assert parse_override("seed=7") == ("seed", 7) and parse_override("model.backbone=demo") == (
+        "model.backbone",
+        "demo",
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "overrides", "message"),
+    [
+        ("optim:\n  learning_rate: 1e-4\n", [], r"c.yaml.*unknown configuration field 'optim.learning_rate'"),
+        ("optim:\n  lr: -1\n", [], r"c.yaml.*optim.lr: expected a positive number, got -1"),
+        ("train:\n  epochs: 2.5\n", [], r"train.epochs: expected a positive integer"),
+        ("schedule:\n  name: linear\n", [], r"schedule.name: expected one of step, cosine, constant"),
+        ("model:\n  backbone: vitl16\n", [], r"model.backbone: expected one of vitb16, demo"),
+        ("model:\n  targets: [q_proj, qkv]\n", [], r"model.targets.*unknown: qkv"),
+        (
+            "data:\n  tasks: [pleural_efusion]\n",
+            [],
+            r"data.tasks.*'pleural_efusion'.*did you mean 'pleural_effusion'",
+        ),
+        ("- a\n- b\n", [], r"top level must be a mapping"),
+        ("optim: {lr: [1\n", [], r"not a readable YAML file"),
+        ("", ["optim.lrr=1"], r"unknown configuration field 'optim.lrr'.*did you mean 'optim.lr'"),
+        ("", ["optim.lr"], r"is not FIELD=VALUE"),
+        ("", ["train.batch_size=eight"], r"train.batch_size: expected a positive integer, got 'eight'"),
+    ],
+)
+def test_bad_configs_name_file_and_field(tmp_path, text, overrides, message):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_config(path, overrides)
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "none.yaml")
+
+
+def test_every_field_has_a_check():
+    cfg = resolve({})
+    assert set(FIELDS) >= {"optim.lr", "train.epochs", "data.cache_dtype", "model.train_backbone"}
+    assert cfg["seed"] == 0
+
+
+def test_shipped_configs_are_valid():
+    paper = load_config(CONFIGS / "paper.yaml")
+    defaults = load_config(None)
+    for section in ("optim", "schedule"):
+        assert paper[section] == defaults[section]
+    assert paper["train"]["epochs"] == 20 and paper["model"]["train_backbone"] is False
+    assert paper["model"]["backbone_weights"]  # external DINOv3 weights
+    demo = load_config(CONFIGS / "demo.yaml")
+    assert demo["model"]["backbone"] == "demo" and demo["model"]["train_backbone"] is True
+    assert demo["model"]["demo"] is True and demo["model"]["backbone_weights"] is None
+    tr, va = demo["data"]["train"], demo["data"]["valid"]
+    assert tr["type"] == va["type"] == "phantom" and tr["matrix"] in (192, 256)
+    train_seeds = set(range(tr["first_seed"], tr["first_seed"] + tr["count"]))
+    valid_seeds = set(range(va["first_seed"], va["first_seed"] + va["count"]))
+    assert not train_seeds & valid_seeds
+    assert demo["data"]["cache_dir"] and 3e-4 <= demo["optim"]["lr"] <= 1e-3

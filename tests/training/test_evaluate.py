@@ -1,0 +1,145 @@
+"""Evaluation report and threshold writing on a tiny checkpoint; the evaluate CLI on phantoms."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from hyperct.checkpoint import build_manifest, load_checkpoint, read_manifest, save_checkpoint, sha256_file
+from hyperct.cli.main import main
+from hyperct.errors import CheckpointError, ConfigError
+from hyperct.findings import catalogue
+from hyperct.loading import load_model
+from hyperct.training.evaluate import compute_metrics, evaluate, write_thresholds
+from hyperct.training.metrics import bootstrap_auc_ci, roc_auc, youden_threshold
+from tests.engine.conftest import tiny_model
+from tests.training.conftest import CM, PE, SignalDataset
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    model = tiny_model(seed=2)
+    manifest = build_manifest(
+        model, model_name="tiny", model_version="0.1", backbone_weights="included", backbone_source="test"
+    )
+    return save_checkpoint(model, tmp_path / "ckpt", manifest)
+
+
+def test_compute_metrics_matches_direct_computation():
+    rng = np.random.default_rng(0)
+    n = 80
+    labels = np.full((n, 25), -1, dtype=np.int8)
+    probs = np.full((n, 25), np.nan)
+    labels[:, PE] = rng.random(n) < 0.4
+    probs[:, PE] = np.clip(0.3 * labels[:, PE] + rng.random(n) * 0.7, 0, 1)
+    labels[:, CM] = 0  # one class only: reported, AUC n/a, not in the macro
+    probs[:, CM] = rng.random(n)
+    r = compute_metrics(labels, probs, n_boot=200, seed=4)
+    assert [m.finding for m in r.findings] == ["cardiomegaly", "pleural_effusion"]
+    pe = r.by_id("pleural_effusion")
+    assert pe.auc == pytest.approx(roc_auc(labels[:, PE], probs[:, PE]))
+    assert (pe.ci_low, pe.ci_high) == pytest.approx(
+        bootstrap_auc_ci(labels[:, PE], probs[:, PE], n_boot=200, seed=4)
+    )
+    assert pe.threshold == pytest.approx(youden_threshold(labels[:, PE], probs[:, PE])[0])
+    assert np.isnan(r.by_id("cardiomegaly").auc) and "cardiomegaly" not in r.youden_thresholds
+    assert r.macro_auc["overall"] == pytest.approx(pe.auc) and r.macro_auc["conventional"] == pytest.approx(
+        pe.auc
+    )
+    assert np.isnan(r.macro_auc["opportunistic"])
+
+
+def test_evaluate_writes_report_and_thresholds(tmp_path, checkpoint):
+    loaded = load_model(checkpoint, device="cpu")
+    data = SignalDataset(16, 9)
+    out = tmp_path / "eval"
+    report = evaluate(loaded, data, out, n_boot=100, data_label="synthetic", progress=False)
+    names = {p.name for p in out.iterdir()}
+    assert {
+        "metrics.csv",
+        "metrics.md",
+        "metrics.json",
+        "predictions.csv",
+        "roc_conventional.png",
+        "dca_conventional.png",
+    } <= names
+    assert "roc_opportunistic.png" not in names  # no opportunistic labels in these data
+    for png in out.glob("*.png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    assert [r["finding"] for r in rows] == ["cardiomegaly", "pleural_effusion"]
+    assert set(rows[0]) >= {
+        "group",
+        "n",
+        "positives",
+        "auc",
+        "ci_low",
+        "ci_high",
+        "threshold",
+        "sensitivity",
+        "specificity",
+    }
+    # the numbers agree with the predictions written next to them
+    preds = list(csv.DictReader(open(out / "predictions.csv")))
+    y = np.array([int(p["label_pleural_effusion"]) for p in preds])
+    p = np.array([float(p["prob_pleural_effusion"]) for p in preds])
+    assert float(rows[1]["auc"]) == pytest.approx(roc_auc(y, p), abs=1e-6)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["findings"]["pleural_effusion"]["auc"] == pytest.approx(
+        report.by_id("pleural_effusion").auc
+    )
+    assert (
+        metrics["bootstrap"]["resamples"] == 100
+        and metrics["model"]["weights_sha256"] == loaded.weights_sha256
+    )
+    md = (out / "metrics.md").read_text()
+    assert "| Pleural effusion |" in md and "Macro AUC" in md and "not a diagnosis" in md
+    with pytest.raises(ConfigError, match="already holds an evaluation"):
+        evaluate(loaded, data, out, n_boot=10, progress=False)
+
+    before = sha256_file(checkpoint / "model.safetensors")
+    write_thresholds(checkpoint, report, data_label="synthetic validation")
+    man = read_manifest(checkpoint)
+    assert sha256_file(checkpoint / "model.safetensors") == before == man.weights_sha256
+    assert man.thresholds["pleural_effusion"] == pytest.approx(report.youden_thresholds["pleural_effusion"])
+    assert man.thresholds["lung_nodule"] == 0.5  # not evaluated: unchanged
+    assert "Youden" in man.raw["threshold_method"] and "synthetic validation" in man.raw["threshold_method"]
+    _, reloaded = load_checkpoint(checkpoint)  # still loads (sha256 verified)
+    assert reloaded.thresholds == man.thresholds
+    assert not list(checkpoint.glob(".manifest*"))  # no temporary files left behind
+
+
+def test_update_manifest_refuses_weight_fields_and_bad_thresholds(checkpoint):
+    from hyperct.checkpoint import update_manifest
+
+    with pytest.raises(CheckpointError, match="cannot change weights_sha256"):
+        update_manifest(checkpoint, weights_sha256="0" * 64)
+    with pytest.raises(CheckpointError, match="probabilities"):
+        update_manifest(checkpoint, thresholds={"lung_nodule": 1.5})
+    with pytest.raises(CheckpointError, match="unknown findings"):
+        update_manifest(checkpoint, thresholds={"lung_nodul": 0.2})
+
+
+@pytest.mark.slow
+def test_evaluate_cli_on_phantoms(tmp_path, checkpoint, capsys):
+    pytest.importorskip("hyperct.phantom")
+    out = tmp_path / "report"
+    args = ["evaluate", "--model", str(checkpoint), "--data", "phantom:4:300", "--phantom-matrix", "32"]
+    args += ["--out", str(out), "--bootstrap", "50", "--device", "cpu", "--cache", str(tmp_path / "cache")]
+    assert main(args + ["--write-thresholds"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["data"]["n"] == 4 and metrics["data"]["label"] == "phantom:4:300"
+    assert {"metrics.csv", "metrics.md", "roc_conventional.png", "dca_conventional.png"} <= {
+        p.name for p in out.iterdir()
+    }
+    man = read_manifest(checkpoint)
+    for fid, thr in metrics["youden_thresholds"].items():
+        assert man.thresholds[fid] == pytest.approx(thr)
+    assert "macro AUC overall" in capsys.readouterr().out
+    assert main(args) == 2  # refuses to overwrite the report
+    assert "already holds an evaluation" in capsys.readouterr().err
+    ids = catalogue().ids
+    assert set(metrics["findings"]) <= set(ids)

@@ -1,0 +1,135 @@
+"""Metrics against answers computed independently (brute force, hand-worked examples, formulas)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hyperct.training.metrics import (
+    bootstrap_auc_ci,
+    finding_metrics,
+    labelled,
+    macro_auc,
+    net_benefit,
+    net_benefit_treat_all,
+    roc_auc,
+    roc_curve,
+    sens_spec,
+    youden_threshold,
+)
+
+
+def brute_force_auc(y, s):
+    pos, neg = s[y == 1], s[y == 0]
+    wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
+    return wins / (len(pos) * len(neg))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_auc_equals_pairwise_count_with_ties(seed):
+    rng = np.random.default_rng(seed)
+    y = (rng.random(60) < 0.3).astype(int)
+    s = np.round(rng.normal(size=60) + y, 1)  # rounding makes ties
+    assert len(np.unique(s)) < 60
+    assert roc_auc(y, s) == pytest.approx(brute_force_auc(y, s), abs=1e-12)
+
+
+def test_auc_edge_cases():
+    assert roc_auc([0, 0, 1, 1], [0.1, 0.2, 0.8, 0.9]) == 1.0
+    assert roc_auc([0, 0, 1, 1], [0.9, 0.8, 0.2, 0.1]) == 0.0
+    assert roc_auc([0, 1, 0, 1], [0.5, 0.5, 0.5, 0.5]) == 0.5
+    assert np.isnan(roc_auc([1, 1, 1], [0.1, 0.2, 0.3]))
+
+
+def test_labelled_drops_missing():
+    y, s = labelled(np.array([1, -1, 0, 1]), np.array([0.9, 0.5, 0.1, 0.8]))
+    assert y.tolist() == [1, 0, 1] and s.tolist() == [0.9, 0.1, 0.8]
+
+
+def test_bootstrap_ci_contains_estimate_shrinks_with_n_and_is_seeded():
+    rng = np.random.default_rng(0)
+
+    def data(n):
+        y = (rng.random(n) < 0.4).astype(int)
+        return y, rng.normal(size=n) + 1.0 * y
+
+    widths = []
+    for n in (40, 400, 4000):
+        y, s = data(n)
+        auc = roc_auc(y, s)
+        lo, hi = bootstrap_auc_ci(y, s, n_boot=500, seed=1)
+        assert lo <= auc <= hi
+        widths.append(hi - lo)
+    assert widths[0] > widths[1] > widths[2]
+    assert widths[2] < 0.05
+    y, s = data(100)
+    assert bootstrap_auc_ci(y, s, n_boot=200, seed=7) == bootstrap_auc_ci(y, s, n_boot=200, seed=7)
+    assert bootstrap_auc_ci(y, s, n_boot=200, seed=7) != bootstrap_auc_ci(y, s, n_boot=200, seed=8)
+
+
+def test_bootstrap_level_widens_the_interval():
+    rng = np.random.default_rng(3)
+    y = (rng.random(200) < 0.5).astype(int)
+    s = rng.normal(size=200) + y
+    lo90, hi90 = bootstrap_auc_ci(y, s, n_boot=400, seed=0, level=0.90)
+    lo99, hi99 = bootstrap_auc_ci(y, s, n_boot=400, seed=0, level=0.99)
+    assert lo99 <= lo90 and hi99 >= hi90
+
+
+def test_roc_curve_endpoints_and_area():
+    rng = np.random.default_rng(5)
+    y = (rng.random(80) < 0.5).astype(int)
+    s = rng.normal(size=80) + y
+    fpr, tpr, thr = roc_curve(y, s)
+    assert (fpr[0], tpr[0]) == (0.0, 0.0) and (fpr[-1], tpr[-1]) == (1.0, 1.0)
+    assert np.all(np.diff(fpr) >= 0) and np.all(np.diff(tpr) >= 0) and np.all(np.diff(thr) < 0)
+    assert np.trapezoid(tpr, fpr) == pytest.approx(roc_auc(y, s), abs=1e-12)
+
+
+def test_youden_on_separable_data_picks_the_lowest_positive_score():
+    y = np.array([0, 0, 0, 1, 1, 1])
+    s = np.array([0.1, 0.2, 0.3, 0.6, 0.7, 0.9])
+    thr, j = youden_threshold(y, s)
+    assert thr == 0.6 and j == 1.0
+    assert sens_spec(y, s, thr) == (1.0, 1.0)
+
+
+def test_youden_hand_worked_example():
+    # scores:  0.1 0.3 0.4 0.5 0.7 0.8 ; labels 0 0 1 0 1 1
+    y = np.array([0, 0, 1, 0, 1, 1])
+    s = np.array([0.1, 0.3, 0.4, 0.5, 0.7, 0.8])
+    # threshold 0.7: sens 2/3, spec 1 -> J 0.667; 0.4: sens 1, spec 2/3 -> J 0.667 (tie: higher wins)
+    thr, j = youden_threshold(y, s)
+    assert j == pytest.approx(2 / 3) and thr == 0.7
+    assert sens_spec(y, s, 0.4) == (pytest.approx(1.0), pytest.approx(2 / 3))
+    assert np.isnan(youden_threshold(np.ones(4), s[:4])[0])
+
+
+def test_net_benefit_formula():
+    y = np.array([1, 1, 0, 0, 0, 1, 0, 0, 0, 0])
+    p = np.array([0.9, 0.4, 0.35, 0.1, 0.05, 0.7, 0.6, 0.2, 0.3, 0.15])
+    pts = np.array([0.25, 0.5])
+    nb = net_benefit(y, p, pts)
+    # pt 0.25: called >= 0.25 -> idx 0,1,2,5,6,8: TP 3 (0,1,5), FP 3 (2,6,8); 3/10 - 3/10 * (1/3)
+    assert nb[0] == pytest.approx(0.3 - 0.3 / 3)
+    # pt 0.5: called 0,5,6: TP 2, FP 1 -> 0.2 - 0.1 * 1
+    assert nb[1] == pytest.approx(0.2 - 0.1)
+    all_ = net_benefit_treat_all(y, pts)
+    assert all_[0] == pytest.approx(0.3 - 0.7 / 3) and all_[1] == pytest.approx(0.3 - 0.7)
+    # a perfect classifier's net benefit is the prevalence at every threshold
+    perfect = net_benefit(y, y.astype(float), np.array([0.1, 0.5, 0.9]))
+    assert np.allclose(perfect, 0.3)
+
+
+def test_finding_metrics_and_macro():
+    rng = np.random.default_rng(9)
+    y = np.r_[(rng.random(50) < 0.3).astype(int), -np.ones(5, int)]
+    p = rng.random(55)
+    m = finding_metrics("lung_nodule", "conventional", y, p, n_boot=100)
+    assert m.n == 50 and m.positives == int((y == 1).sum()) and m.threshold_source == "youden"
+    assert m.ci_low <= m.auc <= m.ci_high
+    g = finding_metrics("lung_nodule", "conventional", y, p, threshold=0.5, n_boot=0)
+    assert g.threshold == 0.5 and np.isnan(g.ci_low)
+    assert (g.sensitivity, g.specificity) == sens_spec(y[:50], p[:50], 0.5)
+    assert macro_auc([0.6, float("nan"), 0.8]) == pytest.approx(0.7)
+    assert np.isnan(macro_auc([float("nan")]))
