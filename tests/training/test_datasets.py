@@ -283,3 +283,15 @@ def test_phantom_prevalence_and_severity_draws():
     assert draws[:5] == [ds.findings_for(i) for i in range(5)]  # seeded
     with pytest.raises(DatasetError, match="did you mean 'emphysema'"):
         PhantomDataset(2, 0, findings={"emphysma": 0.5}, prepare=False)
+
+
+def test_phantoms_prepared_by_two_worker_processes_equal_serial_preparation(tmp_path):
+    from hyperct.training.cache import PreprocessCache
+    from hyperct.training.datasets import PhantomDataset
+
+    kw = dict(matrix=48, n_slices=20, findings={"pleural_effusion": 0.5, "cardiomegaly": 0.5})
+    serial = PhantomDataset(3, 500, cache=PreprocessCache(tmp_path / "a"), **kw)
+    parallel = PhantomDataset(3, 500, cache=PreprocessCache(tmp_path / "b"), workers=2, **kw)
+    assert (serial.labels == parallel.labels).all()
+    for i in range(3):
+        assert (serial.model_hu(i) == parallel.model_hu(i)).all()

@@ -45,6 +45,11 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     p.add_argument("--device", help="auto, cuda, cuda:N or cpu (overrides train.device)")
     p.add_argument("--print-config", action="store_true", help="print the resolved configuration and exit")
+    p.add_argument(
+        "--prepare-only",
+        action="store_true",
+        help="only read/generate the datasets into the preprocessing cache (data.prepare_workers processes) and exit",
+    )
     return p
 
 
@@ -90,6 +95,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.print_config:
         sys.stdout.write(dump_config(cfg))
         return 0
+    if args.prepare_only:
+        return _prepare_only(cfg, source)
     if run_dir is None:
         raise ConfigError(
             "no run folder: pass --out DIR (or set output_dir in the configuration)", path=source
@@ -101,4 +108,29 @@ def _run(args: argparse.Namespace) -> int:
     best = f"{result.best_metric:.4f}" if result.best_metric is not None else "n/a"
     print(f"done: {result.epochs_done} epochs; best epoch {result.best_epoch} (validation mean AUC {best})")
     print(f"checkpoint: {result.run_dir / 'best'}")
+    return 0
+
+
+def _prepare_only(cfg: dict, source: str | None) -> int:
+    """Fill the preprocessing cache with the configured datasets (no run folder, no training)."""
+    from hyperct.errors import ConfigError
+    from hyperct.training.cache import PreprocessCache
+    from hyperct.training.datasets import build_dataset
+
+    if not cfg["data"]["cache_dir"]:
+        raise ConfigError("--prepare-only needs data.cache_dir (where the prepared volumes go)", path=source)
+    cache = PreprocessCache(cfg["data"]["cache_dir"], cfg["data"]["cache_dtype"])
+    for key in ("train", "valid"):
+        spec = cfg["data"][key]
+        if not spec:
+            continue
+        ds = build_dataset(
+            spec,
+            cache=cache,
+            field=f"data.{key}",
+            source=source,
+            progress=True,
+            workers=max(1, int(cfg["data"]["prepare_workers"])),
+        )
+        print(f"data.{key}: {len(ds)} volumes ready in {cache.directory} ({ds.summary()})")
     return 0

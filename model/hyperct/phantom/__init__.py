@@ -18,10 +18,11 @@ API::
 
 from __future__ import annotations
 
-from hyperct.phantom.generator import Phantom, generate, generate_from_spec
+from hyperct.phantom.generator import GENERATOR_VERSION, Phantom, generate, generate_from_spec
 from hyperct.phantom.sampling import sample_findings
 
 __all__ = [
+    "GENERATOR_VERSION",
     "Phantom",
     "generate",
     "generate_from_spec",

@@ -28,6 +28,8 @@ Fields (dotted name: default: meaning)
 * ``data.cache_dtype``: "uint8": ``uint8`` (the [-1000, 1000] HU window in 255 steps of 7.8 HU) or
   ``float16`` (HU, 0.5 HU resolution near +-1000).
 * ``data.num_workers``: 0: DataLoader worker processes.
+* ``data.prepare_workers``: 1: processes that generate phantoms into the cache before training
+  (phantom datasets with a ``cache_dir``; also ``hyperct train --prepare-only``).
 * ``data.tasks``: null: restrict training and validation to these finding ids.
 * ``optim.lr`` / ``weight_decay`` / ``betas`` / ``eps`` / ``grad_clip``: AdamW (grad_clip: max
   global gradient norm, null = off).
@@ -79,6 +81,7 @@ DEFAULTS: dict[str, Any] = {
         "cache_dir": None,
         "cache_dtype": "uint8",
         "num_workers": 0,
+        "prepare_workers": 1,
         "tasks": None,
     },
     "optim": {
@@ -227,6 +230,7 @@ CHECKS = {
     "data.cache_dir": _opt(_str),
     "data.cache_dtype": _choice("uint8", "float16"),
     "data.num_workers": _nonneg_int,
+    "data.prepare_workers": _nonneg_int,
     "data.tasks": _tasks,
     "optim.name": _choice("adamw"),
     "optim.lr": _pos_num,

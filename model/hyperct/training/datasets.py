@@ -527,6 +527,7 @@ class PhantomDataset(VolumeDataset):
         world: int = 1,
         barrier: Callable[[], None] | None = None,
         progress: bool = False,
+        workers: int = 1,
     ):
         if int(count) < 1:
             raise DatasetError(f"phantom count must be >= 1, got {count}")
@@ -542,7 +543,7 @@ class PhantomDataset(VolumeDataset):
         self.labels = np.full((len(self.seeds), N_FINDINGS), MISSING, dtype=np.int8)
         self._version = phantom_version()
         if prepare:
-            self.prepare(rank=rank, world=world, barrier=barrier, progress=progress)
+            self.prepare(rank=rank, world=world, barrier=barrier, progress=progress, workers=workers)
 
     def identity(self, i: int) -> dict:
         return {
@@ -589,17 +590,42 @@ class PhantomDataset(VolumeDataset):
         self.cache.put(self._key(i), hu, dict(self.cache_info(i), labels=labels.tolist()))
         return labels
 
-    def prepare(self, *, rank: int = 0, world: int = 1, barrier=None, progress: bool = False) -> None:
-        """Generate every phantom not in the cache yet (shared between ranks), then read the labels."""
+    def prepare(
+        self, *, rank: int = 0, world: int = 1, barrier=None, progress: bool = False, workers: int = 1
+    ) -> None:
+        """Generate every phantom not in the cache yet (shared between ranks, and between ``workers``
+        processes when the cache is on disk), then read the labels."""
         todo = [i for i in range(len(self)) if not self.cache.contains(self._key(i))]
         mine = todo if self.cache.directory is None else todo[rank::world]
-        it = mine
+        bar = None
         if progress and mine:
             from hyperct.training.progress import progress_bar
 
-            it = progress_bar(mine, desc=f"phantoms ({self.source})", unit="vol")
-        for i in it:
-            self.labels[i] = self._fill(i)
+            bar = progress_bar(total=len(mine), desc=f"phantoms ({self.source})", unit="vol")
+        if workers > 1 and self.cache.directory is not None and len(mine) > 1:
+            import multiprocessing as mp
+
+            state = (
+                self.seeds,
+                self.matrix,
+                self.n_slices,
+                self.findings,
+                self.severity,
+                str(self.cache.directory),
+                self.cache.dtype,
+            )
+            with mp.get_context("spawn").Pool(min(workers, len(mine)), initializer=_quiet_worker) as pool:
+                for i, labels in pool.imap_unordered(_fill_in_worker, [(state, i) for i in mine]):
+                    self.labels[i] = labels
+                    if bar is not None:
+                        bar.update(1)
+        else:
+            for i in mine:
+                self.labels[i] = self._fill(i)
+                if bar is not None:
+                    bar.update(1)
+        if bar is not None:
+            bar.close()
         if barrier is not None and world > 1:
             barrier()
         for i in range(len(self)):
@@ -609,6 +635,26 @@ class PhantomDataset(VolumeDataset):
             else:
                 self.labels[i] = np.asarray(info["labels"], dtype=np.int8)
         self.check_has_labels()
+
+
+def _quiet_worker() -> None:
+    torch.set_num_threads(1)
+
+
+def _fill_in_worker(job) -> tuple[int, np.ndarray]:
+    """Generate and cache one phantom in a worker process (``PhantomDataset.prepare(workers=N)``)."""
+    (seeds, matrix, n_slices, findings, severity, directory, dtype), i = job
+    ds = PhantomDataset(
+        len(seeds),
+        seeds[0],
+        matrix=matrix,
+        n_slices=n_slices,
+        findings=findings,
+        severity=severity,
+        cache=PreprocessCache(directory, dtype),
+        prepare=False,
+    )
+    return i, ds._fill(i)
 
 
 def _check_phantom_findings(findings: Any) -> Any:
@@ -661,6 +707,7 @@ def build_dataset(
     world: int = 1,
     barrier=None,
     progress: bool = False,
+    workers: int = 1,
 ) -> VolumeDataset:
     """A dataset from its description; errors name ``source`` (the config file) and ``field``."""
     from hyperct.errors import ConfigError
@@ -734,6 +781,7 @@ def build_dataset(
             world=world,
             barrier=barrier,
             progress=progress,
+            workers=workers,
         )
     except DatasetError as exc:
         if source and field:

@@ -454,6 +454,7 @@ def train(
                     world=dist.world,
                     barrier=lambda: D.barrier(dist),
                     progress=dist.is_main,
+                    workers=max(1, int(cfg["data"]["prepare_workers"])),
                 )
 
             train_ds, valid_ds = make("train"), make("valid")
