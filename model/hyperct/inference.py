@@ -50,13 +50,13 @@ def autocast_for(device: torch.device):
     return contextlib.nullcontext()
 
 
-def default_task_chunk(device: torch.device, model) -> int:
+def default_task_chunk(device: torch.device, model, batch: int = 1) -> int:
     """Tasks per backbone pass: all 25 on a GPU (one large batched pass). On a CPU, small chunks whose
-    largest activation (55 images x 86 tokens x MLP width) stays around 16 MB run fastest (measured:
-    demo config, 2 cores: 1.5 s with 1-3 tasks per pass vs 3.8 s with all 25)."""
+    largest activation (batch x 55 images x 86 tokens x MLP width) stays around 16 MB run fastest
+    (measured: demo config, 2 cores, one scan: 1.5 s with 1-3 tasks per pass vs 3.8 s with all 25)."""
     if device.type == "cuda":
         return 25
-    per_task = 55 * 86 * model.backbone.config.intermediate_size * 4
+    per_task = max(1, int(batch)) * 55 * 86 * model.backbone.config.intermediate_size * 4
     return max(1, min(25, int(16e6 // per_task)))
 
 
@@ -66,7 +66,7 @@ def score_pixels(
 ) -> np.ndarray:
     """Logits (B, len(tasks)) for a batch of preprocessed volumes (B, 55, 3, 144, 144)."""
     model = loaded.model
-    chunk = task_chunk or default_task_chunk(loaded.device, model)
+    chunk = task_chunk or default_task_chunk(loaded.device, model, pixel_values.shape[0])
     with autocast_for(loaded.device):
         logits = model(pixel_values.to(loaded.device), torch.as_tensor(list(tasks)), task_chunk=chunk)
     return logits.float().cpu().numpy()

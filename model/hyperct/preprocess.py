@@ -84,9 +84,9 @@ def resample_hu(
 
 
 def normalise(model_hu: torch.Tensor) -> torch.Tensor:
-    """(165, 144, 144) HU -> (55, 3, 144, 144) ImageNet-normalised RGB triplets."""
+    """(3n, H, W) HU (165 slices for a volume) -> (n, 3, H, W) ImageNet-normalised RGB triplets."""
     unit = ((model_hu.clamp(HU_MIN, HU_MAX) - HU_MIN) / (HU_MAX - HU_MIN)).to(torch.float32)
-    rgb = unit.reshape(N_IMAGES, 3, *unit.shape[1:])
+    rgb = unit.reshape(-1, 3, *unit.shape[1:])
     mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(1, 3, 1, 1)
     return (rgb - mean) / std

@@ -157,6 +157,34 @@ class PreprocessCache:
         except (OSError, ValueError):
             return None
 
+    def put_array(self, key: str, name: str, array: np.ndarray) -> None:
+        """Store an extra array beside entry ``key`` (e.g. token labels for backbone pretraining)."""
+        if self.directory is None:
+            self._memory[f"{key}.{name}"] = (np.asarray(array), {})
+            return
+        path = self._paths(key)[0].with_name(f"{key}.{name}.npy")
+        _atomic_write(path, lambda f: np.save(f, np.asarray(array), allow_pickle=False))
+
+    def get_array(self, key: str, name: str, mmap: bool = False) -> np.ndarray | None:
+        if self.directory is None:
+            hit = self._memory.get(f"{key}.{name}")
+            return None if hit is None else hit[0]
+        path = self._paths(key)[0].with_name(f"{key}.{name}.npy")
+        try:
+            return np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
+        except (OSError, ValueError):
+            return None
+
+    def stored(self, key: str, mmap: bool = True) -> np.ndarray | None:
+        """The stored (encoded) model-grid array, memory-mapped: cheap access to a few slices."""
+        if self.directory is None:
+            hit = self._memory.get(key)
+            return None if hit is None else hit[0]
+        try:
+            return np.load(self._paths(key)[0], allow_pickle=False, mmap_mode="r" if mmap else None)
+        except (OSError, ValueError):
+            return None
+
     def put(self, key: str, hu: np.ndarray, info: dict[str, Any]) -> np.ndarray:
         """Store ``hu``; returns what a later ``get`` gives (the decoded stored array), so the
         first epoch sees exactly what the cached epochs see."""

@@ -17,7 +17,11 @@ Fields (dotted name: default: meaning)
   DINOv3 config fields; used with random initialisation when ``backbone_weights`` is null.
 * ``model.backbone_weights``: null: a local DINOv3 folder (``config.json`` + ``model.safetensors``);
   its ``config.json`` then defines the architecture.
-* ``model.train_backbone``: false: train the backbone too (the demo model does; the paper does not).
+* ``model.train_backbone``: false: train the backbone too (the paper does not).
+* ``model.backbone_source``: null: how the manifest describes the backbone weights (default: derived
+  from ``model.backbone_weights`` / ``model.backbone``).
+* ``model.include_backbone``: false: store the backbone weights inside the checkpoint even when they
+  come from ``model.backbone_weights`` and stay frozen (a self-contained checkpoint, e.g. the demo).
 * ``model.rank`` / ``alpha`` / ``task_dim`` / ``pos_dim`` / ``hyper_hidden`` / ``targets``: the
   ``HyperCTConfig`` fields (paper: 16 / 16 / 512 / 64 / 64 / all six projections).
 * ``data.train`` / ``data.valid``: dataset descriptions (see ``hyperct.training.datasets``):
@@ -68,6 +72,8 @@ DEFAULTS: dict[str, Any] = {
         "backbone": "vitb16",
         "backbone_weights": None,
         "train_backbone": False,
+        "include_backbone": False,
+        "backbone_source": None,
         "rank": 16,
         "alpha": 16.0,
         "task_dim": 512,
@@ -219,6 +225,8 @@ CHECKS = {
     "model.backbone": _backbone,
     "model.backbone_weights": _opt(_str),
     "model.train_backbone": _bool,
+    "model.include_backbone": _bool,
+    "model.backbone_source": _opt(_str),
     "model.rank": _pos_int,
     "model.alpha": _pos_num,
     "model.task_dim": _pos_int,

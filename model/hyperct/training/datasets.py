@@ -582,20 +582,46 @@ class PhantomDataset(VolumeDataset):
         return self.generate(i).volume.hu
 
     def _fill(self, i: int) -> np.ndarray:
+        from hyperct.training.token_labels import TOKEN_LABELS, token_labels
+
         out = self.generate(i)
         labels = np.asarray(out.labels, dtype=np.int8).reshape(-1)
         if labels.size != N_FINDINGS:
             raise DatasetError(f"phantom {self.seeds[i]}: {labels.size} labels, expected {N_FINDINGS}")
         hu = resample_hu(out.volume.hu).numpy()
+        # where each finding is, per model token (for backbone pretraining): beside the volume
+        self.cache.put_array(
+            self._key(i), TOKEN_LABELS, np.packbits(token_labels(out.masks, out.volume.shape))
+        )
         self.cache.put(self._key(i), hu, dict(self.cache_info(i), labels=labels.tolist()))
         return labels
+
+    def token_labels(self, i: int) -> np.ndarray:
+        """(55, 9, 9, 25) bool: finding masks per model token (the generator's ground truth)."""
+        from hyperct.training.token_labels import TOKEN_LABELS, TOKEN_SHAPE
+
+        packed = self.cache.get_array(self._key(i), TOKEN_LABELS)
+        if packed is None:
+            self._fill(i)
+            packed = self.cache.get_array(self._key(i), TOKEN_LABELS)
+        n = int(np.prod(TOKEN_SHAPE))
+        return np.unpackbits(np.asarray(packed))[:n].reshape(TOKEN_SHAPE).astype(bool)
 
     def prepare(
         self, *, rank: int = 0, world: int = 1, barrier=None, progress: bool = False, workers: int = 1
     ) -> None:
         """Generate every phantom not in the cache yet (shared between ranks, and between ``workers``
         processes when the cache is on disk), then read the labels."""
-        todo = [i for i in range(len(self)) if not self.cache.contains(self._key(i))]
+        from hyperct.training.token_labels import TOKEN_LABELS
+
+        def missing(i: int) -> bool:
+            key = self._key(i)
+            return not self.cache.contains(key) or (
+                self.cache.directory is not None
+                and not self.cache._paths(key)[0].with_name(f"{key}.{TOKEN_LABELS}.npy").is_file()
+            )
+
+        todo = [i for i in range(len(self)) if missing(i)]
         mine = todo if self.cache.directory is None else todo[rank::world]
         bar = None
         if progress and mine:

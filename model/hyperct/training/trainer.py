@@ -222,7 +222,7 @@ def score_dataset(
 
     dist = dist or D.DistInfo()
     model.eval()
-    chunk = task_chunk or default_task_chunk(device, model)
+    chunk = task_chunk or default_task_chunk(device, model, batch_size)
     mine = list(range(len(data)))[dist.rank :: dist.world]
     batches = [list(range(s, min(s + batch_size, len(mine)))) for s in range(0, len(mine), batch_size)]
     out_idx, out_logits = [], []
@@ -315,7 +315,7 @@ def _manifest(model, cfg, *, epoch, val, data_desc, dist, device, backbone_sha):
     from hyperct.checkpoint import build_manifest
 
     mc = cfg["model"]
-    external = bool(mc["backbone_weights"]) and not mc["train_backbone"]
+    external = bool(mc["backbone_weights"]) and not mc["train_backbone"] and not mc["include_backbone"]
     if mc["backbone_weights"]:
         source = f"DINOv3 weights from {mc['backbone_weights']}" + (
             " (fine-tuned during training)" if mc["train_backbone"] else ""
@@ -325,6 +325,8 @@ def _manifest(model, cfg, *, epoch, val, data_desc, dist, device, backbone_sha):
         source = f"random initialisation of the '{name}' configuration (seed {cfg['seed']})" + (
             ", trained with the hypernetwork" if mc["train_backbone"] else ", frozen"
         )
+    if mc["backbone_source"]:
+        source = mc["backbone_source"]
     training = {
         "protocol": "HyperCT paper Sec. 4.2 (one random available task per volume, BCE, best epoch by validation mean AUC)",
         "seed": cfg["seed"],
