@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from hyperct.errors import ConfigError
 from hyperct.training.config import DEFAULTS, FIELDS, load_config, parse_override, resolve
@@ -96,8 +97,17 @@ def test_shipped_configs_are_valid():
     assert paper["train"]["epochs"] == 20 and paper["model"]["train_backbone"] is False
     assert paper["model"]["backbone_weights"]  # external DINOv3 weights
     demo = load_config(CONFIGS / "demo.yaml")
-    assert demo["model"]["backbone"] == "demo" and demo["model"]["train_backbone"] is True
-    assert demo["model"]["demo"] is True and demo["model"]["backbone_weights"] is None
+    # stage 2 of the demo: the backbone is frozen (as in the paper) and comes from stage 1,
+    # whose pretraining config uses the same phantoms and cache
+    assert demo["model"]["backbone"] == "demo" and demo["model"]["train_backbone"] is False
+    assert demo["model"]["demo"] is True and demo["model"]["include_backbone"] is True
+    stage1 = yaml.safe_load((CONFIGS / "demo_backbone.yaml").read_text())
+    assert stage1["backbone"] == demo["model"]["backbone"]
+    assert stage1["data"]["train"] == demo["data"]["train"] and stage1["data"]["valid"] == demo["data"]["valid"]
+    assert stage1["data"]["cache_dir"] == demo["data"]["cache_dir"]
+    assert demo["model"]["backbone_weights"] == "runs/demo-backbone"
+    script = (CONFIGS.parent / "scripts" / "train_demo.sh").read_text()
+    assert "--out \"$RUNS/demo-backbone\"" in script and "model.backbone_weights=$RUNS/demo-backbone" in script
     tr, va = demo["data"]["train"], demo["data"]["valid"]
     assert tr["type"] == va["type"] == "phantom" and tr["matrix"] in (192, 256)
     train_seeds = set(range(tr["first_seed"], tr["first_seed"] + tr["count"]))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 
 import pytest
 import torch
@@ -35,6 +36,10 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         WORLD_SIZE=str(world),
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(port),
+        # Rendezvous and transport on the loopback device: in containers the hostname may resolve
+        # to an address no peer can reach, and gloo would wait for it.
+        GLOO_SOCKET_IFNAME="lo",
+        HYPERCT_DIST_TIMEOUT_S="120",
     )
     os.environ["HYPERCT_NO_PROGRESS"] = "1"
     torch.set_num_threads(1)
@@ -49,7 +54,13 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
 
 @pytest.mark.slow
 def test_two_gloo_processes_keep_identical_parameters(tmp_path):
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    ctx = mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=False)
+    deadline = time.monotonic() + 300
+    while not ctx.join(timeout=5):  # re-raises a rank's exception
+        if time.monotonic() > deadline:
+            for proc in ctx.processes:
+                proc.kill()
+            pytest.fail("the two gloo ranks did not finish within 300 s")
     r0 = load_file(tmp_path / "rank0.safetensors")
     r1 = load_file(tmp_path / "rank1.safetensors")
     assert r0.keys() == r1.keys()

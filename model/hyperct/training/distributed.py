@@ -10,6 +10,7 @@ seed and the epoch), then takes its share of each global batch.
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from dataclasses import dataclass
 
 import torch
@@ -48,7 +49,10 @@ def init_distributed(device_type: str) -> DistInfo:
     backend = "nccl" if device_type == "cuda" else "gloo"
     if device_type == "cuda":
         torch.cuda.set_device(local)
-    dist.init_process_group(backend=backend, rank=rank, world_size=world)
+    # A rank that never arrives (or a peer address that cannot be reached) fails after this many
+    # seconds instead of torch's default 30 minutes.
+    timeout = timedelta(seconds=float(os.environ.get("HYPERCT_DIST_TIMEOUT_S", "600")))
+    dist.init_process_group(backend=backend, rank=rank, world_size=world, timeout=timeout)
     return DistInfo(rank, world, local, True)
 
 
