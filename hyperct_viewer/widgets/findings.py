@@ -663,13 +663,14 @@ class FindingsWidget(QWidget):
             self._saliency_layer.visible = on
 
     # ------------------------------------------------------------------ export
-    def _export_stem(self) -> str | None:
-        """The same stem ``hyperct predict`` derives from the path the user opened."""
-        from hyperct.report import default_stem
+    def _export_stem(self, mode: str) -> str | None:
+        """The same stem ``hyperct predict`` derives from the path the user opened (pseudonymous in
+        shareable mode when the path carries patient identifiers)."""
+        from hyperct.report import derived_stem
 
         layer = self.session.ct_layer
         source = getattr(getattr(layer, "source", None), "path", None)
-        return default_stem(source) if source else None
+        return derived_stem(source, self.session.volume, mode) if source else None
 
     def _export_saliency(self):
         """Grad-CAM of every assessed finding, as the CLI computes for its exports (reuses the cache)."""
@@ -696,14 +697,15 @@ class FindingsWidget(QWidget):
         result, volume = self.session.result, self.session.volume
         if result is None or volume is None:
             raise RuntimeError("no analysis result to export: press Analyze first")
-        kwargs.setdefault("stem", self._export_stem())
+        mode = mode or self.export_mode
+        kwargs.setdefault("stem", self._export_stem(mode))
         return export(
             result,
             volume,
             self._export_saliency(),
             out_dir,
             formats=tuple(formats),
-            mode=mode or self.export_mode,
+            mode=mode,
             overwrite=overwrite,
             **kwargs,
         )

@@ -9,7 +9,7 @@ import pytest
 
 from hyperct.errors import ExportError
 from hyperct.report import default_stem, export
-from tests.report.conftest import POSITIVE, make_result, make_saliency, make_volume
+from tests.report.conftest import PHI_SEARCH, POSITIVE, make_result, make_saliency, make_volume
 
 RID = "0f8fad5b-d9cb-469f-a165-70867728950e"
 CREATED = "2024-01-05T10:20:30+00:00"
@@ -92,3 +92,43 @@ def test_default_stem_is_the_input_name(source, stem, tmp_path):
     assert default_stem(source) == stem
     vol = make_volume()
     assert default_stem(vol) == "ct"  # the DICOM files' folder
+
+
+def _at(path: str, dicom: bool = False):
+    vol = make_volume(dicom=dicom)
+    vol.source_paths[:] = [path]
+    return vol
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/archive/QUIXOTE_ALONSO.nii.gz",  # the patient's name
+        "/archive/alonso-chest.nii.gz",  # one part of it, another case
+        "/archive/PID775533.nii.gz",  # the patient ID without its punctuation
+        "/archive/ct_19470321.nii.gz",  # the birth date
+        "/archive/ACC-99120.nii.gz",  # the accession number
+    ],
+)
+def test_shareable_default_stem_never_carries_patient_identifiers(link_env, tmp_path, result, path):
+    from hyperct.report import derived_stem
+
+    vol = _at(path)
+    stem = derived_stem(path, vol, "shareable")
+    assert stem.startswith("scan-") and len(stem) == len("scan-") + 12
+    assert stem == derived_stem(path, vol, "shareable")  # stable for the series
+    assert derived_stem(path, vol, "clinical") == default_stem(path)  # clinical files keep the name
+    paths = export(make_result(vol), vol, None, tmp_path, ("json", "pdf"))  # no stem given
+    names = " ".join(p.name for p in paths.values()).upper()
+    assert paths["json"].name == f"{stem}.hyperct.json"
+    assert not any(token.upper() in names for token in PHI_SEARCH + ("PID775533",))
+
+
+def test_a_neutral_or_explicit_stem_is_kept(link_env, tmp_path):
+    from hyperct.report import derived_stem
+
+    vol = _at("/archive/case_07.nii.gz")
+    assert derived_stem("/archive/case_07.nii.gz", vol, "shareable") == "case_07"
+    named = _at("/archive/QUIXOTE_ALONSO.nii.gz")
+    paths = export(make_result(named), named, None, tmp_path, ("json",), stem="my-choice")
+    assert paths["json"].name == "my-choice.hyperct.json"  # the user's own stem is theirs to choose

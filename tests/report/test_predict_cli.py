@@ -228,3 +228,19 @@ def test_help_documents_exit_codes_and_outputs():
     ):
         assert needle in text
     assert "predict" in (__import__("hyperct.cli.main").cli.main.__doc__ or "")
+
+
+def test_folder_named_after_the_patient_gives_pseudonymous_file_names(env, tmp_path):
+    import shutil
+
+    named = tmp_path / "in" / "QUIXOTE^ALONSO"
+    shutil.copytree(env / "dicom", named)
+    rc, _, stderr = _run(["predict", str(named)] + _common(env) + ["--out", str(tmp_path / "share"), "--json"])
+    assert rc == 0, stderr
+    (written,) = (tmp_path / "share").iterdir()
+    assert written.name.startswith("scan-") and "QUIXOTE" not in written.name.upper()
+    rc, _, stderr = _run(
+        ["predict", str(named)] + _common(env) + ["--out", str(tmp_path / "clin"), "--json", "--mode", "clinical"]
+    )
+    assert rc == 0, stderr
+    assert [p.name for p in (tmp_path / "clin").iterdir()] == ["QUIXOTE^ALONSO.hyperct.json"]

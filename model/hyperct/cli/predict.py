@@ -290,7 +290,7 @@ def _process(
     from hyperct.report.document import format_name
     from hyperct.report.export import (
         check_formats,
-        default_stem,
+        derived_stem,
         export,
         output_paths,
         render,
@@ -311,7 +311,7 @@ def _process(
     writes = bool(fmts) or maps_wanted
     stem = None
     if writes:
-        stem = _unique_stem(item.stem or default_stem(item.source), used)
+        stem = _unique_stem(item.stem or derived_stem(item.source, volume, args.mode), used)
         check_targets(output_paths(out_dir, stem, fmts).values(), overwrite=args.overwrite)  # before scoring
 
     result = analyze(loaded, volume, findings=findings)

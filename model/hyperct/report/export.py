@@ -15,6 +15,7 @@ written.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,8 +36,8 @@ def default_stem(source: str | os.PathLike[str] | Sequence[str | os.PathLike[str
 
     ``source`` is what was opened (path, list of paths) or a ``CTVolume`` (its source paths are
     used: one image file -> its name; several DICOM files -> their common folder's name). A
-    DICOMDIR gives its folder's name. The stem is the input's name: if file names carry patient
-    names, pass your own ``stem``.
+    DICOMDIR gives its folder's name. Exports use ``derived_stem``, which replaces a stem carrying
+    patient identifiers by a pseudonym in shareable mode.
     """
     if isinstance(source, CTVolume):
         paths = [Path(p) for p in source.source_paths]
@@ -66,6 +67,61 @@ def default_stem(source: str | os.PathLike[str] | Sequence[str | os.PathLike[str
     elif not name:
         name = p.resolve().name
     return _clean(name or "scan")
+
+
+def _identifier_tokens(metadata: dict) -> list[str]:
+    """Lower-case fragments of the patient identifiers that must not appear in a shareable file name."""
+    from hyperct.volume import PHI_KEYS
+
+    tokens: list[str] = []
+    for key in PHI_KEYS:
+        value = metadata.get(key)
+        if value is None:
+            continue
+        values = value if isinstance(value, list | tuple) else [value]
+        for v in values:
+            text = str(v).strip().lower()
+            if not text:
+                continue
+            if key == "PatientName":
+                # family, given, middle names: each part on its own ("DOE^JOHN" -> doe, john)
+                parts = [t for t in "".join(c if c.isalnum() else " " for c in text).split() if len(t) >= 3]
+                tokens.extend(parts)
+            elif len(text) >= 3:
+                tokens.append(text)
+    return tokens
+
+
+def reveals_identifiers(stem: str, metadata: dict) -> bool:
+    """Whether a file-name stem contains the patient's name, ID, birth date or accession number."""
+    low = stem.lower()
+    squeezed = "".join(c for c in low if c.isalnum())
+    for token in _identifier_tokens(metadata):
+        if token in low:
+            return True
+        t = "".join(c for c in token if c.isalnum())
+        if len(t) >= 3 and t in squeezed:
+            return True
+    return False
+
+
+def pseudonymous_stem(metadata: dict, fallback: str) -> str:
+    """``scan-<12 hex>``: stable for a series (a hash of its UID), meaningless without the data."""
+    uid = metadata.get("SeriesInstanceUID") or metadata.get("StudyInstanceUID") or fallback
+    return "scan-" + hashlib.sha256(f"hyperct-stem:{uid}".encode()).hexdigest()[:12]
+
+
+def derived_stem(source, volume: CTVolume, mode: str = deid.SHAREABLE) -> str:
+    """The default stem for ``source`` (``default_stem``), made safe for ``mode``.
+
+    In shareable mode a stem that carries the patient's name, ID, birth date or accession number
+    (DICOM folders are often named after the patient) is replaced by ``pseudonymous_stem``, so the
+    file names do not undo the de-identification of their content. An explicit stem is never changed.
+    """
+    stem = default_stem(source if source is not None else volume)
+    if deid.check_mode(mode) == deid.SHAREABLE and reveals_identifiers(stem, volume.metadata):
+        return pseudonymous_stem(volume.metadata, stem)
+    return stem
 
 
 def _clean(name: str) -> str:
@@ -201,7 +257,7 @@ def export(
             f"no saliency map was computed for {', '.join(missing)}",
             hint="compute saliency for these findings first (saliency_for_export(..., extra=ids))",
         )
-    stem = _clean(stem) if stem else default_stem(volume)
+    stem = _clean(stem) if stem else derived_stem(None, volume, mode)
     paths = output_paths(out_dir, stem, formats, maps)
     check_targets(paths.values(), overwrite=overwrite)
 
