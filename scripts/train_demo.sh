@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Train, evaluate and package the embedded demo model (one reproducible command; CPU is fine).
 #
-#   bash scripts/train_demo.sh            # about 2-3 hours on 2 CPU cores, minutes on a GPU
+#   bash scripts/train_demo.sh            # about 1 hour on 2 CPU cores (stage 1 25 min, stage 2 25 min)
 #
 # 1. stage 1: pretrain the small DINOv3-structured backbone on phantom slices (hyperct pretrain);
 # 2. stage 2: HyperCT training proper, backbone frozen, the paper's protocol (hyperct train);
