@@ -24,7 +24,7 @@ from hyperct.errors import ExportError
 from hyperct.report import deid
 from hyperct.report.atomic import check_targets, write_atomic
 from hyperct.results import CALL_NOT_ASSESSED, CALL_PRESENT, AnalysisResult
-from hyperct.volume import CTVolume
+from hyperct.volume import PHI_KEYS, CTVolume
 
 FORMATS = ("json", "pdf", "sr")
 SUFFIXES = {"json": ".hyperct.json", "pdf": ".hyperct.pdf", "sr": ".hyperct.sr.dcm"}
@@ -71,8 +71,6 @@ def default_stem(source: str | os.PathLike[str] | Sequence[str | os.PathLike[str
 
 def _identifier_tokens(metadata: dict) -> list[str]:
     """Lower-case fragments of the patient identifiers that must not appear in a shareable file name."""
-    from hyperct.volume import PHI_KEYS
-
     tokens: list[str] = []
     for key in PHI_KEYS:
         value = metadata.get(key)

@@ -10,8 +10,8 @@ seed and the epoch), then takes its share of each global batch.
 from __future__ import annotations
 
 import os
-from datetime import timedelta
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
