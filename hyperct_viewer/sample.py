@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from hyperct.volume import NAPARI_AXIS_LABELS
 from hyperct_viewer.layers import ct_layer_data
 
 SAMPLE_SEED = 20251
@@ -46,6 +47,8 @@ def synthetic_chest_ct() -> list:
                     "name": "Ground truth (phantom findings)",
                     "scale": vol.napari_scale,
                     "translate": vol.napari_translate,
+                    "units": ("mm", "mm", "mm"),  # as the CT layer (napari warns on mixed units)
+                    "axis_labels": NAPARI_AXIS_LABELS,
                     "visible": False,
                     "opacity": 0.4,
                     "metadata": {"findings": {catalogue().index(f) + 1: f for f in ph.masks}},

@@ -101,3 +101,84 @@ def test_pretrain_config_errors_name_the_field(tmp_path):
         )
     with pytest.raises(ConfigError, match="needs a phantom dataset"):
         load_pretrain_config(None, {"data": {"train": {"type": "manifest", "csv": "x.csv"}}})
+
+
+def test_volume_objective_pools_the_mean_cls_and_ignores_unlabelled_findings():
+    from hyperct.training.pretrain import PretrainHeads, masked_bce, volume_logits
+
+    torch.manual_seed(0)
+    heads = PretrainHeads(8, 3)
+    cls = torch.randn(2 * 55, 8)
+    got = volume_logits(heads, cls, 2)
+    want = heads.volume(torch.stack([cls[:55].mean(0), cls[55:].mean(0)]))
+    torch.testing.assert_close(got, want)
+
+    logits = torch.tensor([[0.3, -1.0, 2.0], [1.5, 0.2, -0.7]])
+    labels = torch.tensor([[1, -1, 0], [-1, 0, 1]])
+    pw = torch.tensor(2.0)
+    known = labels >= 0
+    ref = torch.nn.functional.binary_cross_entropy_with_logits(
+        logits[known], labels[known].float(), pos_weight=pw
+    )
+    torch.testing.assert_close(masked_bce(logits, labels, pw), ref)
+    moved = logits.clone()
+    moved[~known] += 5.0  # unlabelled entries carry no loss
+    torch.testing.assert_close(masked_bce(moved, labels, pw), ref)
+    assert float(masked_bce(logits, torch.full_like(labels, -1), pw)) == 0.0
+
+
+def test_volume_objective_needs_every_image_of_the_phantom():
+    from hyperct.errors import ConfigError
+    from hyperct.training.pretrain import load_pretrain_config
+
+    train = {"type": "phantom", "count": 2}
+    with pytest.raises(ConfigError, match="optim.volume_loss_weight.*images_per_phantom to 55"):
+        load_pretrain_config(None, {"data": {"train": train}, "optim": {"volume_loss_weight": 1.0}})
+    cfg = load_pretrain_config(
+        None, {"data": {"train": train}, "optim": {"volume_loss_weight": 1.0, "images_per_phantom": 55}}
+    )
+    assert cfg["optim"]["volume_loss_weight"] == 1.0
+
+
+@pytest.mark.slow
+def test_pretraining_can_continue_from_a_backbone_folder_with_the_volume_objective(tmp_path):
+    from hyperct.model.backbone import build_backbone, save_backbone
+    from hyperct.training.pretrain import load_pretrain_config, pretrain_backbone
+
+    start = build_backbone(dict(TINY_BACKBONE), seed=11)
+    save_backbone(start, tmp_path / "start")
+    phantoms = {"type": "phantom", "matrix": 48, "n_slices": 24, "findings": {"pleural_effusion": 0.5}}
+    base = {
+        "seed": 3,
+        "backbone": dict(TINY_BACKBONE),
+        "init": str(tmp_path / "start"),
+        "data": {
+            "train": dict(phantoms, count=4, first_seed=900),
+            "valid": dict(phantoms, count=4, first_seed=950),
+            "cache_dir": str(tmp_path / "cache"),
+        },
+        "optim": {
+            "epochs": 1,
+            "warmup_steps": 1,
+            "phantoms_per_step": 2,
+            "images_per_phantom": 55,
+            "volume_loss_weight": 1.0,
+            "lr": 0.0,  # nothing moves: the written backbone must be the init folder's
+        },
+        "valid": {"phantoms": 4},
+    }
+    out = pretrain_backbone(load_pretrain_config(None, base), tmp_path / "same")
+    written = load_backbone(out).state_dict()
+    for key, value in start.state_dict().items():
+        torch.testing.assert_close(written[key], value, msg=key)
+    report = json.loads((out / "pretrain.json").read_text())
+    assert "pleural_effusion" in report["log"][-1]["valid"]["volume_auc"]
+
+    base["optim"]["lr"] = 3e-3
+    moved = load_backbone(pretrain_backbone(load_pretrain_config(None, base), tmp_path / "moved"))
+    key = "model.layer.0.mlp.up_proj.weight"
+    assert not torch.equal(moved.state_dict()[key], start.state_dict()[key])
+
+    base["init"] = str(tmp_path / "nowhere")
+    with pytest.raises(Exception, match="backbone folder does not exist"):
+        pretrain_backbone(load_pretrain_config(None, base), tmp_path / "x")

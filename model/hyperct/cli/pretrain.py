@@ -1,6 +1,7 @@
 """``hyperct pretrain``: pretrain a DINOv3-structured backbone on phantom slices (stage 1 of the demo).
 
     hyperct pretrain --config configs/demo_backbone.yaml --out runs/demo-backbone
+    hyperct pretrain --config configs/demo_backbone_volume.yaml --init runs/demo-backbone --out runs/demo-backbone-v
 
 Writes a backbone folder in the Hugging Face layout (``config.json`` + ``model.safetensors``), which
 ``hyperct train`` then uses through ``model.backbone_weights``. See ``hyperct.training.pretrain``.
@@ -22,6 +23,11 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--config", metavar="FILE", required=True, help="YAML configuration (see hyperct.training.pretrain)"
     )
     p.add_argument("--out", metavar="DIR", required=True, help="backbone folder to write")
+    p.add_argument(
+        "--init",
+        metavar="DIR",
+        help="start from this backbone folder (overrides the config's 'init', e.g. to continue a stage-1 backbone)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     return p
 
@@ -29,13 +35,13 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     import sys
 
-    from hyperct.errors import ConfigError
+    from hyperct.errors import HyperCTError
     from hyperct.training.pretrain import load_pretrain_config, pretrain_backbone
 
     try:
-        cfg = load_pretrain_config(args.config)
+        cfg = load_pretrain_config(args.config, {"init": args.init} if args.init else None)
         out = pretrain_backbone(cfg, args.out, overwrite=args.overwrite, source=args.config)
-    except ConfigError as exc:
+    except HyperCTError as exc:  # config, dataset or init-backbone problems: one clear line
         print(f"hyperct pretrain: error: {exc}", file=sys.stderr)
         return 2
     print(f"backbone written to {out} (config.json + model.safetensors; report in pretrain.json)")

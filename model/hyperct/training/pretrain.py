@@ -10,7 +10,13 @@ pretrained first, the way a foundation backbone would be, but on the project's o
 * targets: where each of the 25 findings is, per patch token (``token_labels``: the phantom's ground
   truth masks) and per image (any token);
 * heads: a linear layer on every final patch token and one on the CLS token (both discarded after);
-* loss: binary cross-entropy on tokens and images, positives up-weighted.
+* loss: binary cross-entropy on tokens and images, positives up-weighted;
+* optionally (``optim.volume_loss_weight`` > 0, all 55 images per phantom) a volume-level head on the
+  mean CLS feature over the 55 images -- exactly the feature HyperCT's task-shared head reads -- with
+  the volume's 25 labels. Token and image supervision teach the backbone *where* findings are; the
+  volume objective teaches it to carry them into the pooled CLS feature, which a frozen backbone
+  must do for stage 2 to be learnable. ``init`` starts from an earlier backbone folder (a second,
+  shorter stage-1 run that adds this objective).
 
 The result is written as a DINOv3 folder in the Hugging Face layout (``config.json`` +
 ``model.safetensors``), exactly what a user's DINOv3 download looks like, so stage 2 is a normal
@@ -35,7 +41,13 @@ import yaml
 from torch import nn
 
 from hyperct.errors import ConfigError
-from hyperct.model.backbone import build_backbone, config_to_dict, encoder_layers, save_backbone
+from hyperct.model.backbone import (
+    build_backbone,
+    config_to_dict,
+    encoder_layers,
+    load_backbone,
+    save_backbone,
+)
 from hyperct.preprocess import N_IMAGES, normalise
 from hyperct.training.cache import PreprocessCache, decode
 from hyperct.training.datasets import PhantomDataset, build_dataset
@@ -45,6 +57,7 @@ from hyperct.training.progress import progress_bar
 DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "backbone": "demo",
+    "init": None,
     "data": {
         "train": None,
         "valid": None,
@@ -63,6 +76,8 @@ DEFAULTS: dict[str, Any] = {
         "images_per_phantom": 24,
         "token_pos_weight": 4.0,
         "image_pos_weight": 2.0,
+        "volume_loss_weight": 0.0,
+        "volume_pos_weight": 2.0,
     },
     "valid": {"phantoms": 60},
 }
@@ -94,6 +109,13 @@ def load_pretrain_config(path: str | Path | None, overrides: dict | None = None)
         raise ConfigError(
             "data.train: backbone pretraining needs a phantom dataset (finding masks)", path=path
         )
+    oc = cfg["optim"]
+    if float(oc["volume_loss_weight"]) > 0 and int(oc["images_per_phantom"]) != N_IMAGES:
+        raise ConfigError(
+            f"optim.volume_loss_weight: the volume objective pools all {N_IMAGES} images of a phantom; "
+            f"set optim.images_per_phantom to {N_IMAGES} (it is {oc['images_per_phantom']})",
+            path=path,
+        )
     return cfg
 
 
@@ -104,13 +126,30 @@ class PretrainHeads(nn.Module):
         super().__init__()
         self.token = nn.Linear(hidden, n_findings)
         self.image = nn.Linear(hidden, n_findings)
+        self.volume = nn.Linear(hidden, n_findings)
 
 
-def forward_heads(backbone, heads: PretrainHeads, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, 81, 25) token logits and (N, 25) image logits for (N, 3, 144, 144) images."""
+def volume_logits(heads: PretrainHeads, cls: torch.Tensor, n_phantoms: int) -> torch.Tensor:
+    """(P, 25) volume logits from the (P*55, D) final CLS features of P whole phantoms (mean over images)."""
+    return heads.volume(cls.reshape(n_phantoms, -1, cls.shape[-1]).mean(dim=1))
+
+
+def forward_heads(
+    backbone, heads: PretrainHeads, pixels: torch.Tensor, *, with_cls: bool = False
+) -> tuple[torch.Tensor, ...]:
+    """(N, 81, 25) token logits and (N, 25) image logits for (N, 3, 144, 144) images (+ the (N, D) CLS)."""
     out = backbone(pixel_values=pixels).last_hidden_state
     n_prefix = 1 + backbone.config.num_register_tokens
-    return heads.token(out[:, n_prefix:]), heads.image(out[:, 0])
+    res = (heads.token(out[:, n_prefix:]), heads.image(out[:, 0]))
+    return res + (out[:, 0],) if with_cls else res
+
+
+def masked_bce(logits: torch.Tensor, labels: torch.Tensor, pos_weight: torch.Tensor) -> torch.Tensor:
+    """BCE over the labelled entries only (labels -1 = not labelled); 0 when none is labelled."""
+    known = labels >= 0
+    if not bool(known.any()):
+        return logits.sum() * 0.0
+    return F.binary_cross_entropy_with_logits(logits[known], labels[known].float(), pos_weight=pos_weight)
 
 
 class _ImageSampler:
@@ -149,26 +188,31 @@ def validate(backbone, heads, ds: PhantomDataset, n_phantoms: int) -> dict:
     """Per-finding AUC of the image head (all images of the first ``n_phantoms`` phantoms) and of the token head."""
     backbone.eval()
     sampler = _ImageSampler(ds)
-    img_scores, img_labels, tok_scores, tok_labels = [], [], [], []
-    for i in range(min(n_phantoms, len(ds))):
+    img_scores, img_labels, tok_scores, tok_labels, vol_scores = [], [], [], [], []
+    n = min(n_phantoms, len(ds))
+    for i in range(n):
         pixels, tokens = sampler.images(i, np.arange(N_IMAGES))
-        tok, img = forward_heads(backbone, heads, pixels)
+        tok, img, cls = forward_heads(backbone, heads, pixels, with_cls=True)
+        vol_scores.append(volume_logits(heads, cls, 1).numpy())
         img_scores.append(img.numpy())
         img_labels.append(tokens.amax(dim=1).numpy())
         tok_scores.append(tok.reshape(-1, tok.shape[-1]).numpy())
         tok_labels.append(tokens.reshape(-1, tokens.shape[-1]).numpy())
-    out: dict[str, Any] = {"image_auc": {}, "token_auc": {}}
+    out: dict[str, Any] = {"image_auc": {}, "token_auc": {}, "volume_auc": {}}
     from hyperct.findings import catalogue
 
     for name, scores, labels in (
         ("image_auc", img_scores, img_labels),
         ("token_auc", tok_scores, tok_labels),
+        ("volume_auc", vol_scores, [np.asarray(ds.labels[:n])]),
     ):
         s, y = np.concatenate(scores), np.concatenate(labels)
         for k, fid in enumerate(catalogue().ids):
-            if 0 < y[:, k].sum() < len(y):
-                out[name][fid] = round(float(roc_auc(y[:, k], s[:, k])), 4)
-    for name in ("image_auc", "token_auc"):
+            known = y[:, k] >= 0
+            yk, sk = y[known, k], s[known, k]
+            if 0 < yk.sum() < len(yk):
+                out[name][fid] = round(float(roc_auc(yk, sk)), 4)
+    for name in ("image_auc", "token_auc", "volume_auc"):
         vals = list(out[name].values())
         out[f"mean_{name}"] = round(float(np.mean(vals)), 4) if vals else None
     return out
@@ -195,7 +239,11 @@ def pretrain_backbone(
             dc["valid"], cache=cache, field="data.valid", source=source, progress=True, workers=workers
         )
 
-    backbone = build_backbone(cfg["backbone"], seed=seed)
+    if cfg["init"]:
+        torch.manual_seed(seed)
+        backbone = load_backbone(cfg["init"])  # a ConfigError-style message if the folder is wrong
+    else:
+        backbone = build_backbone(cfg["backbone"], seed=seed)
     backbone.embeddings.mask_token.requires_grad_(False)  # unused (no masked-image modelling)
     heads = PretrainHeads(backbone.config.hidden_size, train.labels.shape[1])
     params = [p for p in list(backbone.parameters()) + list(heads.parameters()) if p.requires_grad]
@@ -213,6 +261,8 @@ def pretrain_backbone(
     total = steps_per_epoch * int(oc["epochs"])
     tok_pw = torch.tensor(float(oc["token_pos_weight"]))
     img_pw = torch.tensor(float(oc["image_pos_weight"]))
+    vol_w = float(oc["volume_loss_weight"])
+    vol_pw = torch.tensor(float(oc["volume_pos_weight"]))
     sampler = _ImageSampler(train)
     log: list[dict] = []
     step = 0
@@ -238,10 +288,13 @@ def pretrain_backbone(
                 group["lr"] = float(oc["lr"]) * _lr_factor(
                     step, total, int(oc["warmup_steps"]), float(oc["min_factor"])
                 )
-            tok_logits, img_logits = forward_heads(backbone, heads, pixels)
+            tok_logits, img_logits, cls = forward_heads(backbone, heads, pixels, with_cls=True)
             loss = F.binary_cross_entropy_with_logits(
                 tok_logits, tokens, pos_weight=tok_pw
             ) + F.binary_cross_entropy_with_logits(img_logits, tokens.amax(dim=1), pos_weight=img_pw)
+            if vol_w > 0:
+                vol_labels = torch.from_numpy(np.asarray(train.labels[idx], dtype=np.int64))
+                loss = loss + vol_w * masked_bce(volume_logits(heads, cls, len(idx)), vol_labels, vol_pw)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if oc["grad_clip"]:
@@ -261,7 +314,10 @@ def pretrain_backbone(
         log.append(entry)
         msg = f"pretrain epoch {epoch}: loss {entry['loss']:.4f}"
         if valid is not None:
-            msg += f"  image AUC {entry['valid']['mean_image_auc']}  token AUC {entry['valid']['mean_token_auc']}"
+            v = entry["valid"]
+            msg += f"  image AUC {v['mean_image_auc']}  token AUC {v['mean_token_auc']}"
+            if vol_w > 0:
+                msg += f"  volume AUC {v['mean_volume_auc']}"
         echo(msg)
 
     backbone.eval()
