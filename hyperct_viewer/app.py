@@ -49,6 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PNG",
         help="save a screenshot of the window when the analysis (and saliency) is done",
     )
+    p.add_argument(
+        "--front",
+        choices=["findings", "embeddings"],
+        default="findings",
+        help="which of the two tabbed widgets is in front (default: findings)",
+    )
     p.add_argument("--quit", action="store_true", help="quit after the screenshot (or after the analysis)")
     return p
 
@@ -71,10 +77,12 @@ def main(argv: list[str] | None = None) -> int:
 
     viewer = napari.Viewer(title="HyperCT Viewer")
     findings = FindingsWidget(viewer)
-    viewer.window.add_dock_widget(findings, name="HyperCT Findings", area="right")
+    docks = {"findings": viewer.window.add_dock_widget(findings, name="HyperCT Findings", area="right")}
     embeddings = TaskEmbeddingsWidget(viewer)
-    viewer.window.add_dock_widget(embeddings, name="HyperCT Task Embeddings", area="right", tabify=True)
-    findings.parent().raise_() if findings.parent() is not None else None
+    docks["embeddings"] = viewer.window.add_dock_widget(
+        embeddings, name="HyperCT Task Embeddings", area="right", tabify=True
+    )
+    docks[args.front].raise_()  # tabified docks: the one raised last is the visible tab
     findings.device_combo.setCurrentText({"auto": "Auto", "cuda": "CUDA", "cpu": "CPU"}[args.device])
     if args.model or args.backbone:
         findings.set_model_dirs(args.model, args.backbone)
@@ -94,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
             from qtpy.QtCore import QTimer
 
             def shoot():
+                docks[args.front].raise_()
                 viewer.screenshot(args.screenshot, canvas_only=False)
                 print(f"screenshot written to {args.screenshot}")
                 if args.quit:

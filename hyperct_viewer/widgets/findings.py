@@ -109,7 +109,7 @@ class FindingsWidget(QWidget):
 
     # ------------------------------------------------------------------ UI
     def _build_ui(self) -> None:
-        self.setMinimumWidth(380)
+        self.setMinimumWidth(470)  # room for the finding names next to the bars
         root = QVBoxLayout(self)
 
         self.banner = QLabel()
@@ -198,7 +198,7 @@ class FindingsWidget(QWidget):
         self.table.setUniformRowHeights(True)
         header = self.table.header()
         header.setSectionResizeMode(COL_NAME, QHeaderView.Stretch)
-        for col, width in ((COL_PROB, 110), (COL_THRESH, 70), (COL_CALL, 80)):
+        for col, width in ((COL_PROB, 100), (COL_THRESH, 66), (COL_CALL, 66)):
             header.setSectionResizeMode(col, QHeaderView.Fixed)
             self.table.setColumnWidth(col, width)
         self.table.setMinimumHeight(320)

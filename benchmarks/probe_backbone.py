@@ -1,0 +1,130 @@
+"""How much of each finding a frozen backbone's pooled features carry: linear-probe AUC.
+
+    python benchmarks/probe_backbone.py --backbone runs/demo-backbone [--train 800] [--valid 200] \
+        [--cache cache/hyperct-demo] [--out benchmarks/results/probe_demo_backbone.json]
+
+HyperCT's task-shared head reads the mean CLS feature over the 55 images. With a frozen backbone,
+a per-finding logistic regression on that feature (and on other poolings, for comparison) is a
+rough ceiling on what stage 2 can reach without changing the features much. Features of the
+training phantoms (seeds 100000..) and validation phantoms (seeds 200000..) at matrix 192 (the demo
+data; cached volumes are reused); L2-regularised logistic regression (LBFGS) per finding on the
+labelled volumes; AUC on the validation phantoms. Prints JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "model"))
+
+from hyperct.findings import catalogue  # noqa: E402
+from hyperct.model.backbone import load_backbone  # noqa: E402
+from hyperct.training.cache import PreprocessCache  # noqa: E402
+from hyperct.training.datasets import build_dataset  # noqa: E402
+from hyperct.training.metrics import roc_auc  # noqa: E402
+
+POOLINGS = {
+    "mean_cls": slice(0, 1),
+    "max_cls": slice(1, 2),
+    "mean_patch": slice(2, 3),
+    "max_patch": slice(3, 4),
+}
+
+
+@torch.no_grad()
+def pooled_features(backbone, ds) -> np.ndarray:
+    """(N, 4, D): mean/max over images of the final CLS; mean/max over all final patch tokens."""
+    n_prefix = 1 + backbone.config.num_register_tokens
+    out = []
+    for i in range(len(ds)):
+        px, _ = ds[i]
+        h = backbone(pixel_values=px).last_hidden_state  # (55, tokens, D)
+        cls, patches = h[:, 0], h[:, n_prefix:]
+        out.append(
+            torch.stack([cls.mean(0), cls.amax(0), patches.mean((0, 1)), patches.amax((0, 1))]).numpy()
+        )
+    return np.stack(out)
+
+
+def probe_auc(x: np.ndarray, y: np.ndarray, xv: np.ndarray, yv: np.ndarray, l2: float) -> float | None:
+    known, known_v = y >= 0, yv >= 0
+    if not (0 < y[known].sum() < known.sum() and 0 < yv[known_v].sum() < known_v.sum()):
+        return None
+    mu, sd = x.mean(0), x.std(0) + 1e-6
+    xt = torch.tensor((x[known] - mu) / sd, dtype=torch.float32)
+    yt = torch.tensor(y[known], dtype=torch.float32)
+    w = torch.zeros(xt.shape[1], requires_grad=True)
+    b = torch.zeros(1, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], max_iter=200)
+
+    def closure():
+        opt.zero_grad()
+        loss = F.binary_cross_entropy_with_logits(xt @ w + b, yt) + l2 * (w * w).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    xv_t = torch.tensor((xv[known_v] - mu) / sd, dtype=torch.float32)
+    return float(roc_auc(yv[known_v], (xv_t @ w + b).detach().numpy()))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument(
+        "--backbone", required=True, help="DINOv3 backbone folder (config.json + model.safetensors)"
+    )
+    ap.add_argument("--train", type=int, default=800, help="training phantoms (seeds 100000..)")
+    ap.add_argument("--valid", type=int, default=200, help="validation phantoms (seeds 200000..)")
+    ap.add_argument("--matrix", type=int, default=192)
+    ap.add_argument("--cache", default="cache/hyperct-demo", help="preprocessing cache (phantoms are reused)")
+    ap.add_argument("--l2", type=float, default=1e-2)
+    ap.add_argument("--out")
+    args = ap.parse_args()
+
+    t0 = time.time()
+    cache = PreprocessCache(args.cache, "uint8") if args.cache else PreprocessCache(None)
+    backbone = load_backbone(args.backbone).eval()
+    spec = {"type": "phantom", "matrix": args.matrix, "findings": None}
+    train = build_dataset(dict(spec, count=args.train, first_seed=100000), cache=cache, field="train")
+    valid = build_dataset(dict(spec, count=args.valid, first_seed=200000), cache=cache, field="valid")
+    ft, fv = pooled_features(backbone, train), pooled_features(backbone, valid)
+    ids = catalogue().ids
+    result: dict = {
+        "benchmark": "linear_probe_of_pooled_backbone_features",
+        "backbone": str(args.backbone),
+        "train_phantoms": args.train,
+        "valid_phantoms": args.valid,
+        "matrix": args.matrix,
+        "l2": args.l2,
+        "poolings": {},
+    }
+    for name, sl in POOLINGS.items():
+        x, xv = ft[:, sl].reshape(len(ft), -1), fv[:, sl].reshape(len(fv), -1)
+        aucs = {
+            fid: probe_auc(x, train.labels[:, k], xv, valid.labels[:, k], args.l2)
+            for k, fid in enumerate(ids)
+        }
+        vals = [v for v in aucs.values() if v is not None]
+        result["poolings"][name] = {
+            "macro_auc": round(float(np.mean(vals)), 3),
+            "min_auc": round(float(np.min(vals)), 3),
+            "per_finding": {k: (round(v, 3) if v is not None else None) for k, v in aucs.items()},
+        }
+    result["seconds"] = round(time.time() - t0, 1)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
