@@ -83,6 +83,7 @@ def test_pretraining_writes_a_dinov3_folder_that_stage_2_can_use(tmp_path):
     losses = [e["loss"] for e in report["log"]]
     assert len(losses) == 3 and losses[-1] < losses[0]
     assert "pleural_effusion" in report["log"][-1]["valid"]["image_auc"]
+    assert "volume_auc" not in report["log"][-1]["valid"]  # objective off: no volume head
     backbone = load_backbone(out)  # the users' DINOv3 path
     fresh = __import__("hyperct.model.backbone", fromlist=["x"]).build_backbone(dict(TINY_BACKBONE), seed=3)
     a = backbone.state_dict()["model.layer.0.mlp.up_proj.weight"]
@@ -125,6 +126,21 @@ def test_volume_objective_pools_the_mean_cls_and_ignores_unlabelled_findings():
     moved[~known] += 5.0  # unlabelled entries carry no loss
     torch.testing.assert_close(masked_bce(moved, labels, pw), ref)
     assert float(masked_bce(logits, torch.full_like(labels, -1), pw)) == 0.0
+
+
+def test_heads_without_the_volume_objective_draw_the_same_random_numbers_as_before():
+    # stage 1 of the shipped demo (volume objective off) must still reproduce its backbone
+    from hyperct.training.pretrain import PretrainHeads
+
+    torch.manual_seed(5)
+    heads = PretrainHeads(8, 3, volume=False)
+    after = torch.rand(4)
+    torch.manual_seed(5)
+    token, image = torch.nn.Linear(8, 3), torch.nn.Linear(8, 3)
+    torch.testing.assert_close(heads.token.weight, token.weight)
+    torch.testing.assert_close(heads.image.weight, image.weight)
+    torch.testing.assert_close(after, torch.rand(4))
+    assert heads.volume is None
 
 
 def test_volume_objective_needs_every_image_of_the_phantom():

@@ -14,9 +14,9 @@ pretrained first, the way a foundation backbone would be, but on the project's o
 * optionally (``optim.volume_loss_weight`` > 0, all 55 images per phantom) a volume-level head on the
   mean CLS feature over the 55 images -- exactly the feature HyperCT's task-shared head reads -- with
   the volume's 25 labels. Token and image supervision teach the backbone *where* findings are; the
-  volume objective teaches it to carry them into the pooled CLS feature, which a frozen backbone
-  must do for stage 2 to be learnable. ``init`` starts from an earlier backbone folder (a second,
-  shorter stage-1 run that adds this objective).
+  volume objective asks it to carry them into the pooled CLS feature, which is what a frozen
+  backbone must provide to stage 2 (measured gain so far: small, see
+  configs/demo_backbone_volume.yaml). ``init`` starts from an earlier backbone folder.
 
 The result is written as a DINOv3 folder in the Hugging Face layout (``config.json`` +
 ``model.safetensors``), exactly what a user's DINOv3 download looks like, so stage 2 is a normal
@@ -122,15 +122,19 @@ def load_pretrain_config(path: str | Path | None, overrides: dict | None = None)
 class PretrainHeads(nn.Module):
     """Token-level and image-level finding classifiers on top of the backbone (discarded after)."""
 
-    def __init__(self, hidden: int, n_findings: int):
+    def __init__(self, hidden: int, n_findings: int, *, volume: bool = True):
         super().__init__()
         self.token = nn.Linear(hidden, n_findings)
         self.image = nn.Linear(hidden, n_findings)
-        self.volume = nn.Linear(hidden, n_findings)
+        # Only built when the volume objective is on: an extra layer would shift the random stream
+        # and stage 1 (configs/demo_backbone.yaml) would no longer reproduce the shipped backbone.
+        self.volume = nn.Linear(hidden, n_findings) if volume else None
 
 
 def volume_logits(heads: PretrainHeads, cls: torch.Tensor, n_phantoms: int) -> torch.Tensor:
     """(P, 25) volume logits from the (P*55, D) final CLS features of P whole phantoms (mean over images)."""
+    if heads.volume is None:
+        raise ValueError("these pretraining heads have no volume head (volume objective off)")
     return heads.volume(cls.reshape(n_phantoms, -1, cls.shape[-1]).mean(dim=1))
 
 
@@ -193,7 +197,8 @@ def validate(backbone, heads, ds: PhantomDataset, n_phantoms: int) -> dict:
     for i in range(n):
         pixels, tokens = sampler.images(i, np.arange(N_IMAGES))
         tok, img, cls = forward_heads(backbone, heads, pixels, with_cls=True)
-        vol_scores.append(volume_logits(heads, cls, 1).numpy())
+        if heads.volume is not None:
+            vol_scores.append(volume_logits(heads, cls, 1).numpy())
         img_scores.append(img.numpy())
         img_labels.append(tokens.amax(dim=1).numpy())
         tok_scores.append(tok.reshape(-1, tok.shape[-1]).numpy())
@@ -204,15 +209,19 @@ def validate(backbone, heads, ds: PhantomDataset, n_phantoms: int) -> dict:
     for name, scores, labels in (
         ("image_auc", img_scores, img_labels),
         ("token_auc", tok_scores, tok_labels),
-        ("volume_auc", vol_scores, [np.asarray(ds.labels[:n])]),
+        ("volume_auc", vol_scores, [np.asarray(ds.labels[:n])] if vol_scores else []),
     ):
+        if not scores:
+            continue
         s, y = np.concatenate(scores), np.concatenate(labels)
         for k, fid in enumerate(catalogue().ids):
             known = y[:, k] >= 0
             yk, sk = y[known, k], s[known, k]
             if 0 < yk.sum() < len(yk):
                 out[name][fid] = round(float(roc_auc(yk, sk)), 4)
-    for name in ("image_auc", "token_auc", "volume_auc"):
+    if not vol_scores:
+        del out["volume_auc"]
+    for name in [k for k in ("image_auc", "token_auc", "volume_auc") if k in out]:
         vals = list(out[name].values())
         out[f"mean_{name}"] = round(float(np.mean(vals)), 4) if vals else None
     return out
@@ -241,11 +250,13 @@ def pretrain_backbone(
 
     if cfg["init"]:
         torch.manual_seed(seed)
-        backbone = load_backbone(cfg["init"])  # a ConfigError-style message if the folder is wrong
+        backbone = load_backbone(cfg["init"])  # BackboneWeightsError naming the folder if it is wrong
     else:
         backbone = build_backbone(cfg["backbone"], seed=seed)
     backbone.embeddings.mask_token.requires_grad_(False)  # unused (no masked-image modelling)
-    heads = PretrainHeads(backbone.config.hidden_size, train.labels.shape[1])
+    heads = PretrainHeads(
+        backbone.config.hidden_size, train.labels.shape[1], volume=float(oc["volume_loss_weight"]) > 0
+    )
     params = [p for p in list(backbone.parameters()) + list(heads.parameters()) if p.requires_grad]
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
