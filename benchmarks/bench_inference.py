@@ -12,7 +12,6 @@ The model is randomly initialised with non-zero LoRA (speed does not depend on t
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import resource
 import statistics
@@ -23,6 +22,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "model"))
+
+from _output import emit_json  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 from hyperct.inference import autocast_for, default_task_chunk  # noqa: E402
 from hyperct.model import HyperCT, HyperCTConfig  # noqa: E402
@@ -157,11 +158,7 @@ def main() -> None:
         result["achieved_tflops"] = round(tflops, 1)
         result["bf16_dense_peak_tflops"] = peak
         result["fraction_of_bf16_peak"] = round(tflops / peak, 3) if peak else None
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
+    emit_json(result, args.out)
 
 
 if __name__ == "__main__":

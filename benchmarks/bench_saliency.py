@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import sys
 import time
 from collections import defaultdict
@@ -33,6 +32,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "model"))
+
+from _output import emit_json  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 from hyperct.findings import catalogue  # noqa: E402
 from hyperct.loading import load_model  # noqa: E402
@@ -250,11 +251,7 @@ def main() -> None:
         "seconds": round(time.time() - t0, 1),
         "per_finding": dict(sorted(findings.items(), key=lambda kv: cat.index(kv[0]))),
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
+    emit_json(result, args.out)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ labelled volumes; AUC on the validation phantoms. Prints JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -24,6 +23,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "model"))
+
+from _output import emit_json  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 from hyperct.findings import catalogue  # noqa: E402
 from hyperct.model.backbone import load_backbone  # noqa: E402
@@ -119,11 +120,7 @@ def main() -> None:
             "per_finding": {k: (round(v, 3) if v is not None else None) for k, v in aucs.items()},
         }
     result["seconds"] = round(time.time() - t0, 1)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
+    emit_json(result, args.out)
 
 
 if __name__ == "__main__":
