@@ -203,25 +203,20 @@ def validate(backbone, heads, ds: PhantomDataset, n_phantoms: int) -> dict:
         img_labels.append(tokens.amax(dim=1).numpy())
         tok_scores.append(tok.reshape(-1, tok.shape[-1]).numpy())
         tok_labels.append(tokens.reshape(-1, tokens.shape[-1]).numpy())
-    out: dict[str, Any] = {"image_auc": {}, "token_auc": {}, "volume_auc": {}}
+    series = [("image_auc", img_scores, img_labels), ("token_auc", tok_scores, tok_labels)]
+    if vol_scores:  # volume objective on
+        series.append(("volume_auc", vol_scores, [np.asarray(ds.labels[:n])]))
+    out: dict[str, Any] = {name: {} for name, _, _ in series}
     from hyperct.findings import catalogue
 
-    for name, scores, labels in (
-        ("image_auc", img_scores, img_labels),
-        ("token_auc", tok_scores, tok_labels),
-        ("volume_auc", vol_scores, [np.asarray(ds.labels[:n])] if vol_scores else []),
-    ):
-        if not scores:
-            continue
+    for name, scores, labels in series:
         s, y = np.concatenate(scores), np.concatenate(labels)
         for k, fid in enumerate(catalogue().ids):
             known = y[:, k] >= 0
             yk, sk = y[known, k], s[known, k]
             if 0 < yk.sum() < len(yk):
                 out[name][fid] = round(float(roc_auc(yk, sk)), 4)
-    if not vol_scores:
-        del out["volume_auc"]
-    for name in [k for k in ("image_auc", "token_auc", "volume_auc") if k in out]:
+    for name, _, _ in series:
         vals = list(out[name].values())
         out[f"mean_{name}"] = round(float(np.mean(vals)), 4) if vals else None
     return out
@@ -249,6 +244,8 @@ def pretrain_backbone(
         )
 
     if cfg["init"]:
+        # reseed as build_backbone(seed=...) does below: the heads' initialisation must not depend
+        # on whether the phantoms above were generated or read from the cache
         torch.manual_seed(seed)
         backbone = load_backbone(cfg["init"])  # BackboneWeightsError naming the folder if it is wrong
     else:
