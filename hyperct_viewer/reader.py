@@ -55,7 +55,7 @@ def napari_get_reader(path):
 
 
 def read_ct_layers(path) -> list:
-    """Read the CT (typed, explained errors on bad input) and return one image layer."""
+    """Read the CT (typed, explained errors on bad input; tilted series resampled) and return one image layer."""
     from napari.utils.notifications import show_warning
 
     from hyperct.io import read_ct
@@ -63,7 +63,9 @@ def read_ct_layers(path) -> list:
     source = path if isinstance(path, (str, os.PathLike)) else [str(p) for p in path]
     if isinstance(source, list) and len(source) == 1:
         source = source[0]
-    volume = read_ct(source)
+    # A gantry-tilted series is resampled onto an orthogonal grid (a QC warning says so) rather than
+    # refused: a viewer user has no option to pass, and the resampled geometry is the correct one.
+    volume = read_ct(source, resample_tilt=True)
     others = volume.metadata.get("OtherSeries") or []
     if others:
         show_warning(

@@ -244,3 +244,53 @@ def test_folder_named_after_the_patient_gives_pseudonymous_file_names(env, tmp_p
     )
     assert rc == 0, stderr
     assert [p.name for p in (tmp_path / "clin").iterdir()] == ["QUIXOTE^ALONSO.hyperct.json"]
+
+
+def test_tilted_series_is_refused_unless_resample_tilt_is_given(env, tmp_path):
+    from tests.io.dicom_factory import asymmetric_phantom, write_series
+
+    ph = asymmetric_phantom(shape=(16, 24, 20), spacing=(2.0, 0.8, 0.7), seed=11)
+    write_series(ph, tmp_path / "tilted", shear_px=(1, 0), tags={"GantryDetectorTilt": 21.8})
+    rc, _, stderr = _run(["predict", str(tmp_path / "tilted"), *_common(env), "--out", str(tmp_path / "a")])
+    # the error names the option that is really there
+    assert rc == 1 and "gantry tilt of 21.8 degrees" in stderr and "hyperct predict --resample-tilt" in stderr
+    rc, _, stderr = _run(
+        [
+            "predict",
+            str(tmp_path / "tilted"),
+            *_common(env),
+            "--resample-tilt",
+            "--json",
+            "--out",
+            str(tmp_path / "b"),
+        ]
+    )
+    assert rc == 0, stderr
+    doc = json.loads(next((tmp_path / "b").glob("*.hyperct.json")).read_text())
+    assert "gantry_tilt_resampled" in [w["code"] for w in doc["input"]["qc_warnings"]]
+
+
+def test_min_slices_lowers_the_short_volume_limit(env, tmp_path):
+    img = nib.Nifti1Image(np.full((24, 24, 10), -800, np.int16), np.diag([8.0, 8.0, 5.0, 1.0]))
+    nib.save(img, tmp_path / "short.nii.gz")
+    rc, _, stderr = _run(
+        ["predict", str(tmp_path / "short.nii.gz"), *_common(env), "--out", str(tmp_path / "a")]
+    )
+    assert rc == 1 and "only 10 slice(s)" in stderr and "hyperct predict --min-slices N" in stderr
+    rc, _, stderr = _run(
+        [
+            "predict",
+            str(tmp_path / "short.nii.gz"),
+            *_common(env),
+            "--min-slices",
+            "8",
+            "--json",
+            "--out",
+            str(tmp_path / "b"),
+        ]
+    )
+    assert rc == 0, stderr
+    assert json.loads(next((tmp_path / "b").glob("*.hyperct.json")).read_text())["input"]["slices"] == 10
+    with pytest.raises(SystemExit) as exc, contextlib.redirect_stderr(io.StringIO()) as err:
+        main(["predict", str(tmp_path / "short.nii.gz"), "--min-slices", "1"])
+    assert exc.value.code == 2 and "must be at least 2" in err.getvalue()

@@ -32,6 +32,23 @@ def test_plugin_reader_opens_a_dicom_folder_as_a_ct_layer(make_napari_viewer_pro
     assert layers[0].metadata["header"]["Modality"] == "CT"
 
 
+def test_plugin_reader_resamples_a_tilted_series_and_says_so(make_napari_viewer_proxy, tmp_path):
+    # the CLI refuses a tilted series unless asked (--resample-tilt); a viewer user has nothing to
+    # pass, so the reader resamples it and the QC warning is in the layer's metadata
+    from hyperct_viewer.layers import volume_of
+    from tests.io.dicom_factory import asymmetric_phantom, write_series
+
+    ph = asymmetric_phantom(shape=(16, 24, 20), spacing=(2.0, 0.8, 0.7), seed=11)
+    write_series(ph, tmp_path / "tilted", shear_px=(1, 0), tags={"GantryDetectorTilt": 21.8})
+    viewer = make_napari_viewer_proxy()
+    layers = viewer.open(tmp_path / "tilted", plugin="hyperct-viewer")
+    vol = volume_of(layers[0])
+    assert vol.shape == ph.hu.shape
+    assert vol.metadata["GantryTiltResampledDegrees"] == pytest.approx(21.8, abs=0.05)
+    codes = [w["code"] for w in layers[0].metadata["qc_warnings"]]
+    assert "gantry_tilt_resampled" in codes
+
+
 def test_export_buttons_write_the_same_files_as_the_cli(
     make_napari_viewer_proxy, dicom_folder, tiny_checkpoint, tmp_path, qtbot, monkeypatch
 ):

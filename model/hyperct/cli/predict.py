@@ -69,6 +69,19 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument(
         "--series", metavar="UID", help="SeriesInstanceUID to analyse when an input holds several series"
     )
+    p.add_argument(
+        "--resample-tilt",
+        action="store_true",
+        help="resample a gantry-tilted DICOM series onto an orthogonal grid (QC warning in the outputs) "
+        "instead of refusing it",
+    )
+    p.add_argument(
+        "--min-slices",
+        type=_min_slices,
+        default=16,
+        metavar="N",
+        help="fewest slices accepted as a chest CT volume (default 16)",
+    )
     p.add_argument("--model", metavar="DIR", help="checkpoint folder (default: the embedded demo model)")
     p.add_argument(
         "--backbone", metavar="DIR", help="DINOv3 backbone folder for checkpoints with external weights"
@@ -103,6 +116,16 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=["shareable", "clinical"], default="shareable", help="export mode")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     return p
+
+
+def _min_slices(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if n < 2:
+        raise argparse.ArgumentTypeError(f"must be at least 2, got {n}")
+    return n
 
 
 @dataclass
@@ -298,7 +321,12 @@ def _process(
         saliency_targets,
     )
 
-    volume = read_ct(item.source, series_uid=item.series_uid or args.series)
+    volume = read_ct(
+        item.source,
+        series_uid=item.series_uid or args.series,
+        resample_tilt=args.resample_tilt,
+        min_slices=args.min_slices,
+    )
     fmts = list(formats)
     if "sr" in fmts and not volume.is_dicom:
         fmts.remove("sr")

@@ -259,7 +259,8 @@ def _build_candidate(
             TooFewSlicesError(
                 f"{label} in {source} has only {len(main)} slice(s) (e.g. '{main[0].name}'); a chest CT volume "
                 f"needs at least {min_slices}{one}",
-                hint="select the complete series, or pass min_slices=N if this short volume is intended",
+                hint="select the complete series, or if this short volume is intended lower the minimum "
+                "(hyperct predict --min-slices N; read_ct(..., min_slices=N))",
             ),
             f"too few slices ({len(main)} < {min_slices})",
         )

@@ -194,7 +194,8 @@ def sort_stack(
         raise SeriesGeometryError(
             f"{where}: gantry tilt of {tilt:.1f} degrees (the slice origins shift in-plane along the stack, "
             "so the voxels are sheared)",
-            hint="read it with resample_tilt=True (CLI: --resample-tilt) to resample onto an orthogonal grid, "
+            hint="resample it onto an orthogonal grid (hyperct predict --resample-tilt; read_ct(..., resample_tilt=True); "
+            "the viewer does this itself), "
             "or reconstruct the scan without tilt on the scanner",
         )
     geom.shift_px = d[:, None] * per_mm

@@ -61,7 +61,7 @@ def _check_orthogonal(affine_lps: np.ndarray, path: Path) -> None:
             "conversion)",
             path=path,
             hint="re-convert the DICOM with tilt correction (e.g. dcm2niix) or read the DICOM series with "
-            "resample_tilt=True",
+            "tilt resampling (hyperct predict --resample-tilt, or open the DICOM folder in the viewer)",
         )
 
 
@@ -86,7 +86,8 @@ def _to_volume(
             f"{path}: volume {source_shape[::-1]} has only {n_slices} slice(s) along its shortest axis; a chest "
             f"CT volume needs at least {min_slices}",
             path=path,
-            hint="open the complete volume, or pass min_slices=N if this short volume is intended",
+            hint="open the complete volume, or if this short volume is intended lower the minimum "
+            "(hyperct predict --min-slices N; read_ct(..., min_slices=N))",
         )
     hu = np.empty(layout.shape, dtype=np.float32)
     view = layout.reorientation.apply(raw_kji)
