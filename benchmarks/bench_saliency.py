@@ -1,6 +1,6 @@
 """Saliency quality on fresh phantoms with known finding masks (DESIGN.md section 5).
 
-    python benchmarks/bench_saliency.py --n 100 --seed 7000000 [--model DIR] [--out benchmarks/results/saliency_demo.json]
+    python benchmarks/bench_saliency.py --n 100 --seed 7000000 [--model DIR] [--block N] [--out benchmarks/results/saliency_demo.json]
 
 For every finding present in a phantom (and scored by the model), with Grad-CAM maps of all present
 findings from one batched backward:
@@ -15,7 +15,8 @@ findings from one batched backward:
   model after its hypernetwork is re-initialised, and after the task embeddings are permuted (should
   fall below 0.5).
 
-Prints JSON (per-finding and averaged over localisable findings).
+``--block N`` taps the input of backbone block N instead of the last block (the product's map), to
+compare where the model's evidence sits. Prints JSON (per-finding and averaged over localisable findings).
 """
 
 from __future__ import annotations
@@ -133,6 +134,11 @@ def main() -> None:
     ap.add_argument(
         "--min-probability", type=float, default=0.0, help="only findings the model scores at least this high"
     )
+    ap.add_argument(
+        "--block",
+        type=int,
+        help="Grad-CAM at the input of this backbone block (0-based; default the last, the product's map)",
+    )
     ap.add_argument("--out")
     args = ap.parse_args()
 
@@ -161,10 +167,10 @@ def main() -> None:
         keep = [(fid, t, p) for fid, t, p in zip(present, tasks, probs) if p >= args.min_probability]
         if not keep:
             continue
-        tok = gradcam_token_maps(model, px, [t for _, t, _ in keep])
+        tok = gradcam_token_maps(model, px, [t for _, t, _ in keep], block=args.block)
         maps = SaliencyMaps("gradcam", pre.source_shape, {fid: m for (fid, _, _), m in zip(keep, tok)})
-        tok_r = gradcam_token_maps(rand_model, px, [t for _, t, _ in keep])
-        tok_p = gradcam_token_maps(perm_model, px, [t for _, t, _ in keep])
+        tok_r = gradcam_token_maps(rand_model, px, [t for _, t, _ in keep], block=args.block)
+        tok_p = gradcam_token_maps(perm_model, px, [t for _, t, _ in keep], block=args.block)
         for idx, (fid, task, p) in enumerate(keep):
             mask = ph.masks[fid]
             vmap = maps.volume_map(fid)
@@ -206,6 +212,7 @@ def main() -> None:
         "first_seed": args.seed,
         "matrix": args.matrix,
         "dilate_mm": args.dilate_mm,
+        "gradcam_block": "last" if args.block is None else args.block,
         "localisable_findings": len(localisable),
         "pointing_game_mean_over_findings": round(
             float(np.mean([v["pointing_game"] for v in localisable.values()])), 3

@@ -102,9 +102,17 @@ def _model_and_device(model_or_loaded) -> tuple[torch.nn.Module, torch.device]:
 
 
 def gradcam_token_maps(
-    model, pixel_values: torch.Tensor, tasks: list[int], *, task_chunk: int | None = None
+    model,
+    pixel_values: torch.Tensor,
+    tasks: list[int],
+    *,
+    task_chunk: int | None = None,
+    block: int | None = None,
 ) -> np.ndarray:
-    """Grad-CAM on the last block's input tokens: (len(tasks), 55, 9, 9), ReLU'd, not normalised."""
+    """Grad-CAM on the last block's input tokens: (len(tasks), 55, 9, 9), ReLU'd, not normalised.
+
+    ``block``: tap the input of this block instead (0-based; default the last), for comparison.
+    """
     dev = next(model.parameters()).device
     px = pixel_values.to(dev)
     if px.ndim == 4:
@@ -120,7 +128,7 @@ def gradcam_token_maps(
             def summed(x, sub=sub):
                 return model(x, sub, task_chunk=len(sub)).float().sum(dim=1, keepdim=True)
 
-            with model.saliency_mode() as tap, autocast_for(dev):
+            with model.saliency_mode(block) as tap, autocast_for(dev):
                 attr = LayerGradCam(summed, tap).attribute(px, target=0, relu_attributions=True)
             n_img = px.shape[1]
             out.append(attr.detach().float().reshape(len(sub), n_img, *attr.shape[-2:]).cpu().numpy())

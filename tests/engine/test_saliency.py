@@ -59,6 +59,21 @@ def test_all_findings_in_one_backward_equal_one_finding_at_a_time():
     assert all(p.grad is None for p in model.parameters())  # activations only
 
 
+def test_an_earlier_block_can_be_tapped_for_comparison_and_the_default_is_the_last():
+    model = tiny_model(seed=3)
+    n_blocks = len(encoder_layers(model.backbone))
+    px = torch.randn(1, 4, 3, 48, 48)
+    default = gradcam_token_maps(model, px, [0, 7])
+    np.testing.assert_array_equal(gradcam_token_maps(model, px, [0, 7], block=n_blocks - 1), default)
+    earlier = gradcam_token_maps(model, px, [0, 7], block=0)
+    assert earlier.shape == default.shape and earlier.max() > 0
+    assert not np.allclose(earlier, default)
+    # the tap is undone after use: a later plain call gives the last block's maps again
+    np.testing.assert_array_equal(gradcam_token_maps(model, px, [0, 7]), default)
+    with pytest.raises(ValueError, match=f"between 0 and {n_blocks - 1}"):
+        gradcam_token_maps(model, px, [0], block=n_blocks)
+
+
 def test_maps_come_back_on_the_ct_grid_normalised_with_a_consistent_peak():
     model = tiny_model(seed=4)
     hu = np.random.default_rng(0).normal(-500, 300, (40, 64, 72)).astype(np.float32)

@@ -88,6 +88,7 @@ class HyperCT(nn.Module):
         self.head = nn.Sequential(nn.LayerNorm(self.hidden_size), nn.Linear(self.hidden_size, 1))
         self.saliency_tap = SaliencyTap()
         self._tap_active = False
+        self._tap_block: int | None = None  # None: the last block
         self._factor_cache: tuple[tuple, GroupFactors] | None = None
         # One backbone pass at a time: the LoRA factors are handed to the layers through shared
         # state, so concurrent callers (e.g. two viewer workers) must not interleave.
@@ -166,13 +167,24 @@ class HyperCT(nn.Module):
 
     # -- forward ----------------------------------------------------------------------------
     @contextlib.contextmanager
-    def saliency_mode(self):
-        """Route the last block's input through ``saliency_tap`` (for Grad-CAM)."""
+    def saliency_mode(self, block: int | None = None):
+        """Route the input of block ``block`` (default: the last) through ``saliency_tap`` (Grad-CAM).
+
+        The product's maps use the last block, as the paper's model would; an earlier block is for
+        comparing where the model's evidence sits (``benchmarks/bench_saliency.py --block``).
+        """
+        n_blocks = len(encoder_layers(self.backbone))
+        if block is not None and not 0 <= int(block) < n_blocks:
+            raise ValueError(
+                f"block must be between 0 and {n_blocks - 1} (this backbone has {n_blocks}), got {block}"
+            )
         self._tap_active = True
+        self._tap_block = None if block is None else int(block)
         try:
             yield self.saliency_tap
         finally:
             self._tap_active = False
+            self._tap_block = None
 
     def _tap(self, h: torch.Tensor) -> torch.Tensor:
         n, t, d = h.shape
@@ -184,9 +196,9 @@ class HyperCT(nn.Module):
 
     def _blocks(self, h: torch.Tensor, pos: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         layers = encoder_layers(self.backbone)
-        last = len(layers) - 1
+        tap_at = len(layers) - 1 if self._tap_block is None else self._tap_block
         for i, layer in enumerate(layers):
-            if i == last and self._tap_active:
+            if i == tap_at and self._tap_active:
                 h = self._tap(h)
             out = layer(h, position_embeddings=pos)
             h = out[0] if isinstance(out, tuple) else out
