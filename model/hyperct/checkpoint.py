@@ -25,6 +25,7 @@ from safetensors.torch import save_file
 
 from hyperct import INTENDED_USE, __version__
 from hyperct.errors import BackboneWeightsError, CheckpointError
+from hyperct.filemodes import set_default_modes
 from hyperct.findings import catalogue
 from hyperct.model.backbone import (
     backbone_config,
@@ -183,6 +184,7 @@ def save_checkpoint(
             mode = "wb" if isinstance(content, bytes) else "w"
             with open(tmp / name, mode, **({} if mode == "wb" else {"encoding": "utf-8"})) as f:
                 f.write(content)
+        set_default_modes(tmp)
         if directory.exists():
             old = directory.with_name(f".{directory.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -376,6 +378,7 @@ def update_manifest(directory: str | Path, **fields: Any) -> dict:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(json.dumps(raw, indent=2) + "\n")
+        set_default_modes(tmp)
         os.replace(tmp, directory / MANIFEST)
     except BaseException:
         try:

@@ -101,3 +101,27 @@ def test_bad_manifests_are_explained(tmp_path):
     m.write_text("{not json")
     with pytest.raises(CheckpointError, match="not valid JSON"):
         read_manifest(tmp_path / "ckpt")
+
+
+def test_written_checkpoints_and_backbones_get_ordinary_permissions(tmp_path):
+    # temp files/folders (and safetensors) are 0600/0700; a checkpoint in a shared folder must be
+    # readable by whoever the umask lets read the user's other files
+    import os
+    import stat
+
+    from hyperct.checkpoint import update_manifest
+
+    umask = os.umask(0o022)
+    os.umask(umask)
+    file_mode, dir_mode = 0o666 & ~umask, 0o777 & ~umask
+    model = tiny_model(seed=2)
+    ckpt = _save(model, tmp_path / "ckpt")
+    update_manifest(ckpt, thresholds={"lung_nodule": 0.4})
+    save_backbone(model.backbone, tmp_path / "backbone")
+
+    def mode(p):
+        return stat.S_IMODE(os.stat(p).st_mode)
+
+    assert mode(ckpt) == dir_mode
+    for p in (ckpt / "model.safetensors", ckpt / "manifest.json", tmp_path / "backbone" / "model.safetensors"):
+        assert mode(p) == file_mode, p

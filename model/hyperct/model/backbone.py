@@ -16,6 +16,7 @@ from safetensors.torch import save_file
 from transformers import DINOv3ViTConfig, DINOv3ViTModel
 
 from hyperct.errors import BackboneWeightsError
+from hyperct.filemodes import set_default_modes
 
 # The paper's backbone: DINOv3 ViT-B/16 (D=768, 12 layers, 12 heads, MLP 3072, 4 registers).
 # image_size only sets the reference grid of the RoPE embedding; inputs are 144x144 (9x9 patches).
@@ -129,6 +130,7 @@ def save_backbone(model: DINOv3ViTModel, directory: str | Path) -> Path:
     save_file(
         backbone_state_for_saving(model), str(directory / "model.safetensors"), metadata={"format": "pt"}
     )
+    set_default_modes(directory / "model.safetensors")  # safetensors writes 0600
     return directory
 
 

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from hyperct.errors import ExportError
+from hyperct.filemodes import UMASK
 
 
 def check_targets(paths: Iterable[str | os.PathLike[str]], *, overwrite: bool) -> None:
@@ -46,7 +47,7 @@ def write_atomic(path: str | os.PathLike[str], data: bytes | str, *, overwrite: 
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o644 & ~_UMASK)
+        os.chmod(tmp, 0o644 & ~UMASK)
         if not overwrite:
             # A file may have appeared meanwhile: link() fails if it exists, so nothing is replaced.
             try:
@@ -78,12 +79,3 @@ def write_atomic(path: str | os.PathLike[str], data: bytes | str, *, overwrite: 
 def _remove(path: str) -> None:
     with contextlib.suppress(OSError):
         os.unlink(path)
-
-
-def _read_umask() -> int:
-    mask = os.umask(0o022)  # read once at import (os.umask can only be read by setting it)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _read_umask()

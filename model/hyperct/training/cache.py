@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from hyperct import __version__
+from hyperct.filemodes import set_default_modes
 from hyperct.preprocess import HU_MAX, HU_MIN, IMAGE_SIZE, N_SLICES
 
 # Bump the suffix when hyperct.preprocess.resample_hu changes its output.
@@ -91,6 +92,7 @@ def _atomic_write(path: Path, writer) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             writer(f)
+        set_default_modes(tmp)
         os.replace(tmp, path)
     except BaseException:
         try:

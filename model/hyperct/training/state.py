@@ -23,6 +23,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from hyperct.errors import CheckpointError
+from hyperct.filemodes import set_default_modes
 
 STATE_FORMAT = "hyperct-train-state"
 STATE_VERSION = 1
@@ -119,6 +120,7 @@ def save_state(
             rng=rng_meta,
         )
         (tmp / "state.json").write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+        set_default_modes(tmp)
         if directory.exists():
             old = directory.with_name(f".{directory.name}.old")
             shutil.rmtree(old, ignore_errors=True)
