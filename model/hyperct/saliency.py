@@ -6,7 +6,8 @@ last block's own output would get zero gradient: only the CLS token feeds the he
 run back through the last block only (the LoRA factors are cached constants and nothing upstream
 requires grad), and one backward of the summed task scores gives every task's map at once: tasks
 are independent along the batch (task-major rows), so d(sum)/d(activations of task k) is task k's
-own gradient.
+own gradient. (``block=`` taps an earlier block's input instead, to compare layers; gradients then
+run back through the blocks from there on.)
 
 Integrated gradients (for comparison): captum ``IntegratedGradients`` on the model input pixels,
 one finding at a time, from an all-air baseline (-1000 HU). Channel c of RGB image n is model slice
