@@ -266,7 +266,7 @@ def test_tilted_series_is_refused_unless_resample_tilt_is_given(env, tmp_path):
         ]
     )
     assert rc == 0, stderr
-    doc = json.loads(next((tmp_path / "b").glob("*.hyperct.json")).read_text())
+    doc = json.loads((tmp_path / "b" / "tilted.hyperct.json").read_text())
     assert "gantry_tilt_resampled" in [w["code"] for w in doc["input"]["qc_warnings"]]
 
 
@@ -290,7 +290,7 @@ def test_min_slices_lowers_the_short_volume_limit(env, tmp_path):
         ]
     )
     assert rc == 0, stderr
-    assert json.loads(next((tmp_path / "b").glob("*.hyperct.json")).read_text())["input"]["slices"] == 10
+    assert json.loads((tmp_path / "b" / "short.hyperct.json").read_text())["input"]["slices"] == 10
     with pytest.raises(SystemExit) as exc, contextlib.redirect_stderr(io.StringIO()) as err:
         main(["predict", str(tmp_path / "short.nii.gz"), "--min-slices", "1"])
     assert exc.value.code == 2 and "must be at least 2" in err.getvalue()
