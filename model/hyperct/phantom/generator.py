@@ -101,6 +101,7 @@ def generate(
     missing_labels: bool | None = None,
     noise: bool = True,
     tree_density: float = 2.5,
+    lesion_variant: int = 0,
 ) -> Phantom:
     """Generate phantom ``seed``.
 
@@ -111,13 +112,17 @@ def generate(
     spacing then follows the patient's chest length; default: a clinical slice thickness, 100-300
     slices). Labels: 1 present / 0 absent; cardiac labels threshold the (noisy) echo quantities;
     ``missing_labels`` (default: only in random mode) blanks labels to -1 as in the paper's data;
-    ``labels_from_findings=False`` gives an unlabelled scan (all -1).
+    ``labels_from_findings=False`` gives an unlabelled scan (all -1). ``lesion_variant`` (> 0) redraws
+    where and how each conventional finding is drawn (e.g. the side of an effusion) on the very same
+    anatomy, noise and severities: variants of one seed differ only inside their findings' masks.
     """
     seed = int(seed)
     if seed < 0:
         raise ValueError(f"seed must be >= 0, got {seed}")
     if not 32 <= int(matrix) <= 1024:
         raise ValueError(f"matrix must be between 32 and 1024, got {matrix}")
+    if int(lesion_variant) < 0:
+        raise ValueError(f"lesion_variant must be >= 0, got {lesion_variant}")
     if n_slices is not None and not 8 <= int(n_slices) <= 1000:
         raise ValueError(f"n_slices must be between 8 and 1000, got {n_slices}")
     requested = _normalise_findings(seed, findings)
@@ -169,6 +174,7 @@ def generate(
         trees=trees,
         med=med,
         heart_render=hr,
+        lesion_variant=int(lesion_variant),
     )
 
     masks: dict[str, np.ndarray] = {}
@@ -230,6 +236,7 @@ def generate(
         "missing_labels": missing_labels,
         "noise": bool(noise),
         "tree_density": float(tree_density),
+        "lesion_variant": int(lesion_variant),
         "habitus": asdict(hab),
         "scan": asdict(scan),
         "severities": dict(severities),
@@ -274,6 +281,7 @@ def generate_from_spec(spec: dict) -> Phantom:
         missing_labels=spec.get("missing_labels"),
         noise=spec.get("noise", True),
         tree_density=spec.get("tree_density", 2.5),
+        lesion_variant=spec.get("lesion_variant", 0),
     )
 
 

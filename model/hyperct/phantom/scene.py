@@ -38,10 +38,12 @@ class Scene:
     trees: LungTrees
     med: Mediastinum
     heart_render: dict = field(default_factory=dict)
+    lesion_variant: int = 0  # > 0: another draw of every finding's position/shape on the same anatomy
     _cache: dict = field(default_factory=dict)
 
     def rng(self, fid: str, *extra: int) -> np.random.Generator:
-        return stream(self.seed, "finding/" + fid, *extra)
+        name = "finding/" + fid if not self.lesion_variant else f"finding/{fid}/variant/{self.lesion_variant}"
+        return stream(self.seed, name, *extra)
 
     def lung_box(self, side: str | None = None, margin: float = 4.0):
         """Index box of the lungs (both, or side 'R'/'L'), from the anatomy's lung fraction."""
