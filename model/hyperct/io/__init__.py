@@ -80,6 +80,12 @@ def _paths(source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) ->
             raise UnsupportedInputError(
                 f"{p}: no such file or folder", path=p, hint=f"select {_SUPPORTED_TEXT}"
             )
+        if not p.is_dir() and not dicom_scan.is_regular_file(p):
+            raise UnsupportedInputError(
+                f"{p}: {dicom_scan.file_kind(p)}, not a regular file; only regular files are read",
+                path=p,
+                hint=f"select {_SUPPORTED_TEXT}",
+            )
     return items, label
 
 

@@ -9,6 +9,8 @@ Grouping into series and choosing one is ``dicom_series``.
 from __future__ import annotations
 
 import os
+import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -130,7 +132,67 @@ class ScanResult:
     non_images: list[NonImageFile] = field(default_factory=list)
     unreadable: list[tuple[str, str]] = field(default_factory=list)
     not_dicom: list[str] = field(default_factory=list)
+    special: list[str] = field(default_factory=list)  # named pipes, devices, sockets: never opened
     n_files: int = 0
+
+
+# --- opening files safely ----------------------------------------------------------------------
+
+
+def is_regular_file(path: str | os.PathLike[str]) -> bool:
+    """True for a regular file (symlinks followed); False for FIFOs, devices, sockets, folders, missing."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return False
+
+
+def open_regular(path: str | os.PathLike[str]) -> Any:
+    """Open ``path`` for binary reading, refusing anything but a regular file.
+
+    The file is opened non-blocking (so a named pipe cannot block the open) and checked with
+    ``fstat`` on the open descriptor (so it cannot be swapped for a pipe between check and open).
+    Raises ``OSError`` for a non-regular file.
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise OSError(f"not a regular file ({_file_kind(mode)}); only regular files are read")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _file_kind(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "a named pipe"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    return "not a regular file"
+
+
+def file_kind(path: str | os.PathLike[str]) -> str:
+    """'a named pipe', 'a device', ... for a path that is not a regular file."""
+    try:
+        return _file_kind(os.stat(path).st_mode)
+    except OSError as exc:
+        return f"not readable ({exc.strerror or exc})"
+
+
+def _finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return bool(np.isfinite(value))
+    if isinstance(value, list):
+        return all(_finite(v) for v in value)
+    return True
 
 
 def _plain(value: Any) -> Any:
@@ -198,8 +260,8 @@ def _metadata(ds: Any) -> dict[str, Any]:
             value = _plain(ds.get(kw))
         except Exception:  # noqa: BLE001 - an unreadable optional tag is simply left out
             continue
-        if value is None or value == "" or value == []:
-            continue
+        if value is None or value == "" or value == [] or not _finite(value):
+            continue  # NaN/inf header values are left out (they are not data, and not valid JSON)
         if isinstance(value, list):
             value = "\\".join(str(v) for v in value)
         meta[kw] = value
@@ -243,10 +305,9 @@ def _enhanced_frames(ds: Any, base: SliceHeader) -> list[SliceHeader]:
         h.ipp = _floats(ipp, 3, "ImagePositionPatient") if ipp is not None else None
         h.iop = _floats(iop, 6, "ImageOrientationPatient") if iop is not None else None
         h.pixel_spacing = tuple(_floats(ps, 2, "PixelSpacing")) if ps is not None else None
-        h.slice_thickness = float(th) if th not in (None, "") else base.slice_thickness
+        h.slice_thickness = _thickness(th) if th not in (None, "") else base.slice_thickness
         if slope is not None or inter is not None:
-            h.slope = float(slope) if slope not in (None, "") else 1.0
-            h.intercept = float(inter) if inter not in (None, "") else 0.0
+            h.slope, h.intercept = _rescale(slope, inter, h)
             h.has_rescale = True
         if ftype:
             h.image_type = tuple(str(v).upper() for v in ftype)
@@ -270,6 +331,53 @@ def _check_complete(ds: Any, pos: int, size: int) -> None:
         raise EOFError(
             f"{size - tell - length} stray byte(s) after the last complete element (the file is cut short)"
         )
+
+
+def _thickness(value: Any) -> float:
+    t = float(value)
+    if not np.isfinite(t):
+        raise ValueError(f"SliceThickness {value!r} is not a finite number")
+    return t
+
+
+def _rescale(slope: Any, inter: Any, h: SliceHeader) -> tuple[float, float]:
+    """(RescaleSlope, RescaleIntercept) as floats; refuse values that are unusable or overflow float32 HU."""
+    s = float(slope) if slope not in (None, "") else 1.0
+    b = float(inter) if inter not in (None, "") else 0.0
+    if not (np.isfinite(s) and np.isfinite(b)) or s == 0:
+        raise ValueError(f"RescaleSlope/RescaleIntercept {slope!r}/{inter!r} are not usable")
+    bits = min(max(int(h.bits_stored), 1), 64)
+    if abs(s) * float(2**bits) + abs(b) > FLOAT32_MAX:
+        raise ValueError(
+            f"RescaleSlope/RescaleIntercept {slope!r}/{inter!r} overflow: stored values would become infinite HU"
+        )
+    return s, b
+
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def expected_pixel_bytes(h: SliceHeader, n_frames: int = 1) -> int:
+    """Bytes of uncompressed pixel data that Rows x Columns x frames x samples x BitsAllocated need."""
+    bits = h.rows * h.cols * max(n_frames, 1) * max(h.samples_per_pixel, 1) * h.bits_allocated
+    return (bits + 7) // 8
+
+
+def _check_pixel_length(h: SliceHeader, n_frames: int, size: int) -> None:
+    """Native pixel data: the element must hold exactly what the header declares, and be in the file."""
+    if h.pixel_offset is None or h.pixel_nbytes is None:
+        return
+    need = expected_pixel_bytes(h, n_frames)
+    have = h.pixel_nbytes
+    dims = f"Rows x Columns{' x frames' if n_frames > 1 else ''} x samples x bytes"
+    if have < need:
+        raise ValueError(f"pixel data is too short: it holds {have} bytes, but {dims} = {need}")
+    if have > need + (need % 2):  # one byte of padding to an even length is allowed
+        raise ValueError(
+            f"pixel data holds {have} bytes, more than {dims} = {need} (the header does not describe the image)"
+        )
+    if h.pixel_offset + need > size:
+        raise ValueError(f"pixel data is cut short ({max(size - h.pixel_offset, 0)} of {need} bytes present)")
 
 
 NATIVE_LITTLE_ENDIAN = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}
@@ -302,7 +410,7 @@ def read_header(
     """
     native = None
     try:
-        with open(path, "rb") as fp:
+        with open_regular(path) as fp:
             ds = pydicom.dcmread(fp, stop_before_pixels=True, force=force)
             pos, size = fp.tell(), os.fstat(fp.fileno()).st_size
             _check_complete(ds, pos, size)
@@ -336,6 +444,15 @@ def read_header(
             description,
             series_number,
         )
+    if sop_class in CT_SOP_CLASSES and ("Rows" not in ds or "Columns" not in ds or pos >= size):
+        # a CT image object without its matrix size or pixel data: a slice cut short, not a non-image
+        what = "Rows/Columns" if ("Rows" not in ds or "Columns" not in ds) else "pixel data"
+        raise CorruptFileError(
+            f"{path}: not readable as DICOM (a {CT_SOP_CLASSES[sop_class]} file without {what}; the file is cut "
+            "short or damaged)",
+            path=path,
+            hint="the file is truncated or damaged; copy it again from the source media or PACS",
+        )
     if "Rows" not in ds or "Columns" not in ds:
         return NonImageFile(
             path,
@@ -366,16 +483,18 @@ def read_header(
         h.pixel_representation = int(_get(ds, "PixelRepresentation", 0))
         h.bits_allocated = int(_get(ds, "BitsAllocated", 16))
         h.bits_stored = int(_get(ds, "BitsStored", h.bits_allocated))
+        if not (1 <= h.samples_per_pixel <= 4 and h.bits_allocated in (1, 8, 16, 32, 64)):
+            raise ValueError(
+                f"SamplesPerPixel {h.samples_per_pixel} / BitsAllocated {h.bits_allocated} are not plausible"
+            )
         thickness = _get(ds, "SliceThickness")
-        h.slice_thickness = float(thickness) if thickness is not None else None
+        h.slice_thickness = _thickness(thickness) if thickness is not None else None
         slope, inter = _get(ds, "RescaleSlope"), _get(ds, "RescaleIntercept")
         h.has_rescale = slope is not None or inter is not None
-        h.slope = float(slope) if slope is not None else 1.0
-        h.intercept = float(inter) if inter is not None else 0.0
-        if not (np.isfinite(h.slope) and np.isfinite(h.intercept)) or h.slope == 0:
-            raise ValueError(f"RescaleSlope/RescaleIntercept {slope!r}/{inter!r} are not usable")
+        h.slope, h.intercept = _rescale(slope, inter, h)
         h.padding = _padding_range(ds, h.pixel_representation, h.bits_allocated)
         n_frames = int(_get(ds, "NumberOfFrames", 1) or 1)
+        _check_pixel_length(h, n_frames, size)
         if n_frames > 1 or "PerFrameFunctionalGroupsSequence" in ds:
             return _enhanced_frames(ds, h)
         ipp, iop, ps = (
@@ -399,7 +518,7 @@ def read_header(
 def looks_like_dicom(path: str) -> tuple[bool, bool]:
     """(is DICOM, needs force): 'DICM' at offset 128, or a bare dataset starting with group 0x0008."""
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
             head = f.read(132)
     except OSError:
         return False, False
@@ -410,11 +529,20 @@ def looks_like_dicom(path: str) -> tuple[bool, bool]:
     return False, False
 
 
-def _walk(folder: str) -> list[str]:
+def _walk(folder: str, special: list[str] | None = None) -> list[str]:
+    """Regular files under ``folder`` (hidden ones skipped); named pipes, devices and sockets are never
+    opened (reading a pipe would block forever): they are listed in ``special``."""
     out = []
     for root, dirs, files in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        out.extend(os.path.join(root, name) for name in sorted(files) if not name.startswith("."))
+        for name in sorted(files):
+            if name.startswith("."):
+                continue
+            path = os.path.join(root, name)
+            if is_regular_file(path):
+                out.append(path)
+            elif special is not None:
+                special.append(path)
     return out
 
 
@@ -423,20 +551,26 @@ def _dicomdir_files(path: str) -> list[str]:
     try:
         from pydicom.fileset import FileSet
 
-        fs = FileSet(pydicom.dcmread(path))
+        with open_regular(path) as fp:
+            fs = FileSet(pydicom.dcmread(fp))
+        root = os.path.realpath(os.path.dirname(path))
         files = [str(inst.path) for inst in fs]
-        if files and all(os.path.isfile(f) for f in files):
+        inside = all(os.path.commonpath([root, os.path.realpath(f)]) == root for f in files)
+        if files and inside and all(is_regular_file(f) for f in files):
             return files
     except Exception:  # noqa: BLE001 - a broken index falls back to a folder scan
         pass
     return _walk(str(Path(path).parent))
 
 
-def collect_files(sources: list[Path]) -> list[str]:
+def collect_files(sources: list[Path], special: list[str] | None = None) -> list[str]:
     files: list[str] = []
     for src in sources:
         if src.is_dir():
-            files.extend(_walk(str(src)))
+            files.extend(_walk(str(src), special))
+        elif not is_regular_file(src):
+            if special is not None:
+                special.append(str(src))
         elif src.name.upper() == "DICOMDIR":
             files.append(str(src))
             files.extend(_dicomdir_files(str(src)))
@@ -456,7 +590,7 @@ def scan(sources: list[Path], label: str) -> ScanResult:
     """Read the headers of every DICOM file under ``sources``."""
     result = ScanResult(source=label)
     meta_cache: dict[str, dict[str, Any]] = {}
-    for path in collect_files(sources):
+    for path in collect_files(sources, result.special):
         result.n_files += 1
         is_dicom, force = looks_like_dicom(path)
         if not is_dicom:
@@ -474,4 +608,42 @@ def scan(sources: list[Path], label: str) -> ScanResult:
             result.non_images.append(headers)
         else:
             result.images.extend(headers)
+    _flag_lookalikes(result)
     return result
+
+
+def name_pattern(name: str) -> str:
+    """A file name with its runs of digits and dots collapsed: 'IM0020' and 'IM0001' give 'IM#',
+    '1.2.840.1.55' and '1.3.6.7' give '#', 'IM0001.dcm' gives 'IM#dcm'."""
+    return re.sub(r"[0-9.]+", "#", name.lower())
+
+
+def _flag_lookalikes(result: ScanResult) -> None:
+    """Non-DICOM files named like the DICOM image files in their folder are damaged slices, not strangers.
+
+    An empty or truncated slice has no 'DICM' marker, so it would otherwise be passed over as a
+    non-DICOM file and the series would silently lose it (at either end of the stack nothing else
+    would notice). Such files are listed as unreadable, with the reason."""
+    patterns: dict[str, set[str]] = {}
+    for h in result.images:
+        patterns.setdefault(os.path.dirname(h.path), set()).add(name_pattern(os.path.basename(h.path)))
+    if not patterns:
+        return
+    kept = []
+    for path in result.not_dicom:
+        pats = patterns.get(os.path.dirname(path))
+        if not pats or name_pattern(os.path.basename(path)) not in pats:
+            kept.append(path)
+            continue
+        try:
+            size = os.stat(path).st_size
+        except OSError:
+            size = -1
+        what = "an empty file (0 bytes)" if size == 0 else f"no DICOM header ({size} bytes, no 'DICM' marker)"
+        exc = CorruptFileError(
+            f"{path}: not readable as DICOM ({what}), although it is named like the DICOM images beside it",
+            path=path,
+            hint="the file is truncated or damaged; copy it again from the source media or PACS",
+        )
+        result.unreadable.append((path, str(exc)))
+    result.not_dicom = kept

@@ -249,6 +249,21 @@ def _build_candidate(
             "not CT (colour images)",
         )
 
+    without_rescale = [h for h in main if not h.has_rescale]
+    if without_rescale and len(without_rescale) < len(main):
+        miss = without_rescale[0]
+        return fail(
+            CorruptFileError(
+                f"{label} in {source}: RescaleSlope/RescaleIntercept are missing in '{miss.name}' "
+                f"({len(without_rescale)} of {len(main)} slices) while the other slices have them, so its stored "
+                "values cannot be converted to HU like theirs",
+                path=miss.path,
+                hint="the file is damaged or does not belong to the series; copy the series again from the source "
+                "media or PACS",
+            ),
+            f"RescaleSlope/Intercept missing in {len(without_rescale)} slice(s)",
+        )
+
     def too_few() -> Candidate:
         one = (
             " (a single file is one slice: open the folder that holds the whole series)"

@@ -17,7 +17,7 @@ from scipy import ndimage
 
 from hyperct.errors import CorruptFileError, MissingCodecError, NotCTError
 from hyperct.io import geometry, quality
-from hyperct.io.dicom_scan import SliceHeader
+from hyperct.io.dicom_scan import SliceHeader, open_regular
 from hyperct.io.dicom_series import Candidate, series_label
 from hyperct.volume import CTVolume, QCWarning
 
@@ -84,7 +84,7 @@ def _read_native(h: SliceHeader, where: str) -> np.ndarray | None:
     if h.pixel_nbytes is None or h.pixel_nbytes < nbytes:
         return None  # let pydicom report the inconsistency
     try:
-        with open(h.path, "rb") as f:
+        with open_regular(h.path) as f:
             f.seek(h.pixel_offset)
             buf = f.read(nbytes)
     except OSError as exc:
@@ -112,7 +112,8 @@ def _decode(h: SliceHeader, where: str) -> np.ndarray:
         if fast is not None:
             return fast
     try:
-        arr = pixel_array(h.path) if h.frame is None else pixel_array(h.path, index=h.frame)
+        with open_regular(h.path) as fp:
+            arr = pixel_array(fp) if h.frame is None else pixel_array(fp, index=h.frame)
     except NotImplementedError as exc:
         raise MissingCodecError(
             f"{where}: cannot decode '{h.name}': {exc}",
@@ -164,6 +165,7 @@ def assemble(
     n, rows, cols = len(slices), slices[0].rows, slices[0].cols
     source_shape = (n, rows, cols)
     source_affine = geom.affine()
+    geometry.check_volume_size(source_shape, where, path=slices[0].path)
     layout = geometry.canonical_layout(source_affine, source_shape, where)
     reo = layout.reorientation
     slice_axis = reo.perm.index(0)  # canonical axis that runs along the slices
@@ -181,6 +183,13 @@ def assemble(
         slope, intercept = rescale if rescale is not None else (h.slope, h.intercept)
         np.multiply(raw, slope, out=plane, casting="unsafe")
         plane += np.float32(intercept)
+        if not np.isfinite(plane).all():
+            raise CorruptFileError(
+                f"{where}: rescaling '{h.name}' (slope {slope:g}, intercept {intercept:g}) gives infinite or NaN HU",
+                path=h.path,
+                hint="the RescaleSlope/RescaleIntercept values are damaged; copy the series again, or override "
+                "them (read_ct(..., rescale=(slope, intercept)))",
+            )
         if h.padding is not None:
             lo, hi = h.padding
             plane[(raw >= lo) & (raw <= hi)] = AIR_HU
@@ -227,7 +236,8 @@ def assemble(
 
 def _decode_all_frames(h: SliceHeader, where: str) -> np.ndarray:
     try:
-        arr = pixel_array(h.path)
+        with open_regular(h.path) as fp:
+            arr = pixel_array(fp)
     except Exception as exc:  # noqa: BLE001
         raise _corrupt(h, where, exc) from exc
     if arr.ndim != 3 or arr.shape[1:] != (h.rows, h.cols):

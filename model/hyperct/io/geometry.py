@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from hyperct.errors import SeriesGeometryError
+from hyperct.errors import SeriesGeometryError, UnsupportedInputError
 from hyperct.volume import Reorientation
 
 # Tolerances (documented in the io package docstring).
@@ -29,6 +29,10 @@ SPACING_REL_TOL = 0.10  # a step may differ from the median step by at most 10 %
 SPACING_ABS_TOL_MM = 0.05  # ... or by this much, whichever is larger
 SHEAR_TOL_PX = 0.5  # in-plane drift of slice origins (pixels) ignored as rounding
 OBLIQUE_TOL_DEG = 0.1  # deviation from the nearest axis above which the volume is called oblique
+
+# The largest volume the reader accepts (voxels): 2**30 = 1024 x 1024 x 1024, 4 GiB as float32 HU. Sizes
+# declared in a header are checked against it (and against the bytes present) before anything is allocated.
+MAX_VOXELS = 2**30
 
 # Canonical array axis -> (LPS axis, sign) it runs along.
 _CANONICAL_TARGETS = ((2, -1.0), (1, 1.0), (0, 1.0))
@@ -65,6 +69,28 @@ class StackGeometry:
             m[:3, 2] += self.col_dir * dy * per_slice[0] + self.row_dir * dx * per_slice[1]
         m[:3, 3] = self.origin
         return m
+
+
+def check_volume_size(shape: tuple[int, ...], where: str, *, path: object = None) -> None:
+    """Refuse a declared volume size above ``MAX_VOXELS`` (or with a non-positive dimension)."""
+    dims = [int(n) for n in shape]
+    if any(n <= 0 for n in dims):
+        raise UnsupportedInputError(
+            f"{where}: the header declares an empty volume ({' x '.join(map(str, dims))} voxels)",
+            path=path,
+            hint="the header is damaged; re-export or re-convert the volume",
+        )
+    total = 1
+    for n in dims:
+        total *= n
+    if total > MAX_VOXELS:
+        raise UnsupportedInputError(
+            f"{where}: the header declares {' x '.join(map(str, dims))} = {total:,} voxels, more than the reader's "
+            f"limit of {MAX_VOXELS:,} (1024 x 1024 x 1024)",
+            path=path,
+            hint="if the header is right, crop or downsample the volume before opening it; otherwise the header "
+            "is damaged",
+        )
 
 
 def _unit(v: np.ndarray, what: str, where: str) -> np.ndarray:
