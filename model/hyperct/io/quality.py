@@ -3,7 +3,14 @@
 ``assess_quality(vol)`` looks at the HU array (on a ~4 mm subsample, so it is cheap) and at the
 header metadata. It never raises for odd content: it warns. Codes:
 
-* ``not_chest``: little or no lung air inside the body (lungs < 5 % of the body volume), or no body;
+* ``not_chest``: little or no lung air inside the body, or no body. The body is the largest 3-D
+  connected region denser than -500 HU (so the table and other objects lying apart are not body);
+  in each axial slice its largest 2-D part (the torso: arms lie apart) is closed by its convex hull,
+  which keeps lungs that a tight field of view cuts off at the image edge inside the body (a hole
+  fill loses them: they touch the outside). Lung air = connected air (< -500 HU) inside those hulls
+  that spans at least ``LUNG_MIN_EXTENT`` (25 %) of the body's slices (lungs run along a chest
+  scan; bowel gas pockets and the lung bases at the top of an abdomen scan do not); less than
+  ``MIN_LUNG_FRACTION`` (5 %) of the hull volume fires the warning;
 * ``contrast``: a ContrastBolusAgent is recorded, or a large bright blood pool (a connected region of
   more than 100 mL at 150-600 HU: heart/aorta with iodine); the model expects non-contrast CT;
 * ``thick_slices``: slice thickness (or, without the tag, the coarsest spacing) above 5 mm;
@@ -13,6 +20,11 @@ header metadata. It never raises for odd content: it warns. Codes:
 
 The reader adds its own codes: ``gantry_tilt_resampled``, ``unreadable_files``, ``nonfinite_values``,
 ``series_skipped``.
+
+``SCOPE_CODES`` are the warnings that say the input is outside what the model is meant for (not a
+chest CT, contrast, implausible HU): the reports show them on page 1 beside the findings, the SR
+carries them in its content tree and ``hyperct predict`` prints them. ``check_scorable`` refuses a
+constant volume (nothing to score) with a typed error.
 """
 
 from __future__ import annotations
@@ -20,6 +32,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from hyperct.errors import InputError
 from hyperct.volume import CANONICAL_DIRECTION, CTVolume, QCWarning
 
 NOT_CHEST = "not_chest"
@@ -39,10 +52,87 @@ BLOOD_POOL_MIN_ML = 100.0
 OBLIQUE_TOL_DEG = 0.1
 _SAMPLE_MM = 4.0
 _NO_AGENT = {"", "NONE", "NO", "N", "NA", "N/A", "0", "NIL", "WITHOUT"}
+SCOPE_CODES = (NOT_CHEST, CONTRAST, IMPLAUSIBLE_HU)
+AIR_HU = -500.0
+LUNG_GRID_MIN_PX = 64  # a small field of view is sampled finer than 4 mm for the lung measure
+LUNG_MIN_EXTENT = 0.25  # lung air = air regions inside the body spanning >= 25 % of the body's slices
 
 
-def _subsample(vol: CTVolume) -> tuple[np.ndarray, tuple[float, float, float]]:
-    steps = tuple(max(1, int(_SAMPLE_MM // s)) if s > 0 else 1 for s in vol.spacing)
+class ConstantVolumeError(InputError):
+    """Every voxel has the same value: there is no image to score."""
+
+
+def out_of_scope(warnings) -> list[QCWarning]:
+    """The warnings (QCWarning or {"code", "message"} dicts) saying the input is out of the model's scope."""
+    out = []
+    for w in warnings:
+        code = w["code"] if isinstance(w, dict) else w.code
+        message = w["message"] if isinstance(w, dict) else w.message
+        if code in SCOPE_CODES:
+            out.append(QCWarning(code, message))
+    return out
+
+
+def check_scorable(vol: CTVolume, label: str | None = None) -> None:
+    """Refuse (``ConstantVolumeError``) a volume without any contrast between voxels."""
+    finite = vol.hu[np.isfinite(vol.hu)]
+    if finite.size == 0 or float(finite.max()) - float(finite.min()) < 1e-3:
+        value = "no finite value" if finite.size == 0 else f"every voxel is {float(finite.min()):.0f} HU"
+        src = label or (vol.source_paths[0] if vol.source_paths else None)
+        raise ConstantVolumeError(
+            f"constant volume ({value}): there is no image to score" + (f" ({src})" if src else ""),
+            hint="check the export of this series (blank or padding-only images); nothing was written",
+        )
+
+
+def _lungs_and_body(sub: np.ndarray) -> tuple[int, int]:
+    """(lung-air voxels, body voxels) on the subsampled grid (see the module docstring)."""
+    from skimage.morphology import convex_hull_image
+
+    dense = np.isfinite(sub) & (sub > AIR_HU)
+    air = np.isfinite(sub) & (sub <= AIR_HU)
+    labels, n = ndimage.label(dense)
+    if n == 0:
+        return 0, 0
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    body = labels == int(np.argmax(sizes))
+    hull = np.zeros_like(body)
+    for k in range(body.shape[0]):
+        sl = body[k]
+        if not sl.any():
+            continue
+        lab2, m = ndimage.label(sl)
+        if m > 1:
+            s2 = np.bincount(lab2.ravel())
+            s2[0] = 0
+            sl = lab2 == int(np.argmax(s2))
+        if sl.sum() >= 3:
+            hull[k] = convex_hull_image(sl)
+    body_n = int(hull.sum())
+    if body_n == 0:
+        return 0, 0
+    # lungs run along most of a chest scan; bowel gas pockets and lung bases seen on an abdomen scan do not
+    n_slices = int(np.count_nonzero(hull.any(axis=(1, 2))))
+    min_extent = max(2, int(np.ceil(LUNG_MIN_EXTENT * n_slices)))
+    # one voxel in from the hull's edge: the hull of a pixelated outline adds a rim of air voxels
+    core = ndimage.binary_erosion(hull, structure=np.ones((1, 3, 3), dtype=bool), border_value=1)
+    inside, m = ndimage.label(core & air)
+    lungs_n = 0
+    if m:
+        counts = np.bincount(inside.ravel())
+        for idx, box in enumerate(ndimage.find_objects(inside), start=1):
+            if box is not None and box[0].stop - box[0].start >= min_extent:
+                lungs_n += int(counts[idx])
+    return lungs_n, body_n
+
+
+def _subsample(vol: CTVolume, min_inplane: int = 1) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """Every n-th voxel (about ``_SAMPLE_MM`` apart), keeping at least ``min_inplane`` rows/columns."""
+    steps = [max(1, int(_SAMPLE_MM // s)) if s > 0 else 1 for s in vol.spacing]
+    for ax in (1, 2):
+        steps[ax] = max(1, min(steps[ax], vol.shape[ax] // max(1, min_inplane)))
+    steps = tuple(steps)
     sub = vol.hu[:: steps[0], :: steps[1], :: steps[2]]
     return sub, tuple(s * st for s, st in zip(vol.spacing, steps))
 
@@ -117,18 +207,17 @@ def assess_quality(vol: CTVolume) -> list[QCWarning]:
 
     # -- anatomy: body, lungs, blood pool ---------------------------------------------------------
     if hu_ok:
-        body = sub > -500.0
-        filled = ndimage.binary_fill_holes(body, structure=np.ones((1, 3, 3), dtype=bool))
-        body_n = int(filled.sum())
-        lungs_n = int(np.count_nonzero(filled & ~body))
+        lung_grid, lung_spacing = _subsample(vol, min_inplane=LUNG_GRID_MIN_PX)
+        lungs_n, body_n = _lungs_and_body(lung_grid)
+        voxel_ml_lung = float(np.prod(lung_spacing)) / 1000.0
         if body_n == 0:
             out.append(QCWarning(NOT_CHEST, "no body found (nothing denser than -500 HU)"))
         elif lungs_n / body_n < MIN_LUNG_FRACTION:
             out.append(
                 QCWarning(
                     NOT_CHEST,
-                    f"little or no lung air (air inside the body is {100.0 * lungs_n / body_n:.1f} % of the body "
-                    f"volume, {lungs_n * voxel_ml:.0f} mL): this does not look like a chest CT",
+                    f"little or no lung air (air along the body inside its outline is {100.0 * lungs_n / body_n:.1f} % of the body "
+                    f"volume, {lungs_n * voxel_ml_lung:.0f} mL): this does not look like a chest CT",
                 )
             )
         if not contrast_noted:
