@@ -16,6 +16,12 @@ Storage (``np.save`` / ``np.load(allow_pickle=False)``; never pickle):
   10-30 HU in soft tissue), but it does merge e.g. fat at -100 and -95 HU.
 * ``float16`` (6.8 MB per scan): clipped HU, resolution 0.5 HU near +-1000 and finer closer to 0.
 
+``compress=True`` writes new entries as zlib (level 1) compressed ``.npy`` bytes (``KEY.npy.z``):
+a uint8 phantom volume shrinks from 3.4 MB to about 1.4 MB for ~0.04 s per write and ~0.01 s per
+read (whole volume; no memory map). Reads accept both forms whatever the flag, and the key does
+not depend on it, so compressed and plain caches can share a folder. ``delete(key)`` removes an
+entry and its extra arrays (stage-1 pretraining on fresh phantoms drops each block after use).
+
 Writes are atomic (temporary file + rename), so several processes (DataLoader workers, torchrun
 ranks) may fill the same cache. Each entry has a small ``.json`` sidecar with the source
 description (and, for phantoms, the labels).
@@ -24,9 +30,11 @@ description (and, for phantoms, the labels).
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import tempfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -105,11 +113,12 @@ def _atomic_write(path: Path, writer) -> None:
 class PreprocessCache:
     """Model-grid HU volumes on disk (``directory``) or in memory (``directory=None``)."""
 
-    def __init__(self, directory: str | Path | None, dtype: str = "uint8"):
+    def __init__(self, directory: str | Path | None, dtype: str = "uint8", *, compress: bool = False):
         if dtype not in DTYPES:
             raise ValueError(f"unknown cache dtype {dtype!r}; use one of {DTYPES}")
         self.directory = Path(directory) if directory is not None else None
         self.dtype = dtype
+        self.compress = bool(compress)
         self._memory: dict[str, tuple[np.ndarray, dict]] = {}
         if self.directory is not None:
             self.directory.mkdir(parents=True, exist_ok=True)
@@ -118,6 +127,7 @@ class PreprocessCache:
         return {
             "directory": str(self.directory) if self.directory else None,
             "dtype": self.dtype,
+            "compress": self.compress,
             "preprocess": PREPROCESS_ID,
         }
 
@@ -129,21 +139,45 @@ class PreprocessCache:
         sub = self.directory / key[:2]
         return sub / f"{key}.npy", sub / f"{key}.json"
 
+    def _load_volume(self, key: str, mmap: bool = False) -> np.ndarray:
+        """The stored array of ``key`` from ``KEY.npy`` or ``KEY.npy.z`` (OSError/ValueError if neither)."""
+        npy = self._paths(key)[0]
+        if npy.is_file():
+            return np.load(npy, allow_pickle=False, mmap_mode="r" if mmap else None)
+        try:
+            blob = zlib.decompress(_zpath(npy).read_bytes())
+        except zlib.error as exc:
+            raise ValueError(f"corrupt compressed cache entry ({exc})") from exc
+        return np.load(io.BytesIO(blob), allow_pickle=False)
+
     def contains(self, key: str) -> bool:
         if self.directory is None:
             return key in self._memory
         npy, meta = self._paths(key)
-        return npy.is_file() and meta.is_file()
+        return (npy.is_file() or _zpath(npy).is_file()) and meta.is_file()
+
+    def delete(self, key: str) -> None:
+        """Remove entry ``key`` (volume, sidecar and extra arrays); absent entries are fine."""
+        if self.directory is None:
+            for k in [k for k in self._memory if k == key or k.startswith(f"{key}.")]:
+                del self._memory[k]
+            return
+        npy, meta = self._paths(key)
+        for path in [meta, npy, _zpath(npy), *npy.parent.glob(f"{key}.*.npy")]:
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                pass
 
     def get(self, key: str) -> tuple[np.ndarray, dict] | None:
         """(float32 HU on the model grid, sidecar dict) or None when absent/unreadable."""
         if self.directory is None:
             hit = self._memory.get(key)
             return (decode(hit[0]), dict(hit[1])) if hit else None
-        npy, meta = self._paths(key)
+        meta = self._paths(key)[1]
         try:
             info = json.loads(meta.read_text(encoding="utf-8"))
-            stored = np.load(npy, allow_pickle=False)
+            stored = self._load_volume(key)
         except (OSError, ValueError):
             return None
         if stored.shape != MODEL_GRID:
@@ -178,12 +212,12 @@ class PreprocessCache:
             return None
 
     def stored(self, key: str, mmap: bool = True) -> np.ndarray | None:
-        """The stored (encoded) model-grid array, memory-mapped: cheap access to a few slices."""
+        """The stored (encoded) model-grid array, memory-mapped (plain entries): cheap access to a few slices."""
         if self.directory is None:
             hit = self._memory.get(key)
             return None if hit is None else hit[0]
         try:
-            return np.load(self._paths(key)[0], allow_pickle=False, mmap_mode="r" if mmap else None)
+            return self._load_volume(key, mmap=mmap)
         except (OSError, ValueError):
             return None
 
@@ -198,7 +232,17 @@ class PreprocessCache:
             self._memory[key] = (stored, info)
             return decode(stored)
         npy, meta = self._paths(key)
-        _atomic_write(npy, lambda f: np.save(f, stored, allow_pickle=False))
+        if self.compress:
+            buf = io.BytesIO()
+            np.save(buf, stored, allow_pickle=False)
+            blob = zlib.compress(buf.getbuffer(), 1)
+            _atomic_write(_zpath(npy), lambda f: f.write(blob))
+        else:
+            _atomic_write(npy, lambda f: np.save(f, stored, allow_pickle=False))
         text = json.dumps(info, indent=1, default=str).encode("utf-8")
         _atomic_write(meta, lambda f: f.write(text))  # sidecar last: it marks the entry complete
         return decode(stored)
+
+
+def _zpath(npy: Path) -> Path:
+    return npy.with_name(npy.name + ".z")

@@ -23,6 +23,10 @@ Sources (``build_dataset(spec)`` with a mapping, ``parse_data_spec(text)`` for t
   severity: null}``: N synthetic phantoms from ``hyperct.phantom.generate`` with seeds
   S .. S+N-1 (see ``PhantomDataset``), generated once, then cached by generator version, seed
   and parameters; without a cache folder they are kept in memory (3.4 MB each).
+  ``pair: normal`` (or ``variant``) makes it 2N volumes in pairs that share the anatomy: item 2j
+  is seed S+j as drawn, item 2j+1 its twin, the same patient without any finding (``normal``) or
+  with every finding redrawn elsewhere (``variant``, ``lesion_variant=1``); the two differ only
+  inside the findings' masks.
 
 CLI specs: ``FILE.csv``, ``ct-rate:ROOT:SPLIT``, ``phantom:N:SEED``.
 """
@@ -528,25 +532,33 @@ class PhantomDataset(VolumeDataset):
         barrier: Callable[[], None] | None = None,
         progress: bool = False,
         workers: int = 1,
+        pair: str | None = None,
     ):
         if int(count) < 1:
             raise DatasetError(f"phantom count must be >= 1, got {count}")
+        if pair not in PAIRS:
+            raise DatasetError(f"phantom pair must be null, 'normal' or 'variant', got {pair!r}")
         last = int(first_seed) + int(count) - 1
-        super().__init__(source=f"phantoms seeds {first_seed}..{last} matrix {matrix}", cache=cache)
-        self.seeds = list(range(int(first_seed), int(first_seed) + int(count)))
+        source = f"phantoms seeds {first_seed}..{last} matrix {matrix}"
+        super().__init__(source=source + (f" in pairs ({pair} twin)" if pair else ""), cache=cache)
+        self.pair = pair
+        seeds = list(range(int(first_seed), int(first_seed) + int(count)))
+        # item i: seed self.seeds[i]; twin[i]: 0 = as drawn, 1 = the pair's twin
+        self.seeds = [s for s in seeds for _ in range(2)] if pair else seeds
+        self.twin = [i % 2 for i in range(len(self.seeds))] if pair else [0] * len(self.seeds)
         self.matrix = int(matrix)
         self.n_slices = None if n_slices is None else int(n_slices)
         self.findings = _check_phantom_findings(findings)
         self.severity = None if severity is None else [float(severity[0]), float(severity[1])]
         self.cache = cache if cache is not None else PreprocessCache(None)
-        self.names = [f"phantom-{s}" for s in self.seeds]
+        self.names = [f"phantom-{s}" + (f"-{pair}" if t else "") for s, t in zip(self.seeds, self.twin)]
         self.labels = np.full((len(self.seeds), N_FINDINGS), MISSING, dtype=np.int8)
         self._version = phantom_version()
         if prepare:
             self.prepare(rank=rank, world=world, barrier=barrier, progress=progress, workers=workers)
 
     def identity(self, i: int) -> dict:
-        return {
+        ident = {
             "phantom": self._version,
             "seed": self.seeds[i],
             "matrix": self.matrix,
@@ -554,9 +566,20 @@ class PhantomDataset(VolumeDataset):
             "findings": self.findings,
             "severity": self.severity,
         }
+        if self.twin[i]:  # (the drawn item keeps the key of an unpaired dataset's phantom)
+            ident["twin"] = self.pair
+        return ident
+
+    def pair_of(self, i: int) -> int:
+        """The index of item ``i``'s twin (``pair`` datasets only)."""
+        if not self.pair:
+            raise ValueError("this phantom dataset has no pairs (pair: null)")
+        return i ^ 1
 
     def findings_for(self, i: int):
         """What ``generate`` is asked for phantom ``i`` (None = the generator's random draw)."""
+        if self.twin[i] and self.pair == "normal":
+            return {}
         if not isinstance(self.findings, dict):
             return self.findings
         rng = np.random.default_rng([self.seeds[i], 0xF1D5])
@@ -575,6 +598,8 @@ class PhantomDataset(VolumeDataset):
         kwargs: dict[str, Any] = {"matrix": self.matrix}
         if self.n_slices is not None:
             kwargs["n_slices"] = self.n_slices
+        if self.twin[i] and self.pair == "variant":
+            kwargs["lesion_variant"] = 1
         request = self.findings_for(i)
         return ph.generate(self.seeds[i], request, **kwargs)
 
@@ -616,10 +641,7 @@ class PhantomDataset(VolumeDataset):
 
         def missing(i: int) -> bool:
             key = self._key(i)
-            return not self.cache.contains(key) or (
-                self.cache.directory is not None
-                and not self.cache._paths(key)[0].with_name(f"{key}.{TOKEN_LABELS}.npy").is_file()
-            )
+            return not self.cache.contains(key) or self.cache.get_array(key, TOKEN_LABELS) is None
 
         todo = [i for i in range(len(self)) if missing(i)]
         mine = todo if self.cache.directory is None else todo[rank::world]
@@ -631,15 +653,7 @@ class PhantomDataset(VolumeDataset):
         if workers > 1 and self.cache.directory is not None and len(mine) > 1:
             import multiprocessing as mp
 
-            state = (
-                self.seeds,
-                self.matrix,
-                self.n_slices,
-                self.findings,
-                self.severity,
-                str(self.cache.directory),
-                self.cache.dtype,
-            )
+            state = self.worker_state()
             with mp.get_context("spawn").Pool(min(workers, len(mine)), initializer=_quiet_worker) as pool:
                 for i, labels in pool.imap_unordered(_fill_in_worker, [(state, i) for i in mine]):
                     self.labels[i] = labels
@@ -662,6 +676,22 @@ class PhantomDataset(VolumeDataset):
                 self.labels[i] = np.asarray(info["labels"], dtype=np.int8)
         self.check_has_labels()
 
+    def worker_state(self) -> tuple:
+        """What a worker process needs to rebuild this dataset (``_fill_in_worker``)."""
+        first, count = self.seeds[0], len(self.seeds) // (2 if self.pair else 1)
+        return (
+            first,
+            count,
+            self.matrix,
+            self.n_slices,
+            self.findings,
+            self.severity,
+            str(self.cache.directory),
+            self.cache.dtype,
+            self.cache.compress,
+            self.pair,
+        )
+
 
 def _quiet_worker() -> None:
     torch.set_num_threads(1)
@@ -669,18 +699,22 @@ def _quiet_worker() -> None:
 
 def _fill_in_worker(job) -> tuple[int, np.ndarray]:
     """Generate and cache one phantom in a worker process (``PhantomDataset.prepare(workers=N)``)."""
-    (seeds, matrix, n_slices, findings, severity, directory, dtype), i = job
+    (first, count, matrix, n_slices, findings, severity, directory, dtype, compress, pair), i = job
     ds = PhantomDataset(
-        len(seeds),
-        seeds[0],
+        count,
+        first,
         matrix=matrix,
         n_slices=n_slices,
         findings=findings,
         severity=severity,
-        cache=PreprocessCache(directory, dtype),
+        cache=PreprocessCache(directory, dtype, compress=compress),
         prepare=False,
+        pair=pair,
     )
     return i, ds._fill(i)
+
+
+PAIRS = (None, "normal", "variant")
 
 
 def _check_phantom_findings(findings: Any) -> Any:
@@ -713,7 +747,7 @@ _TYPES = {"manifest": ("csv",), "ct-rate": ("root",), "phantom": ("count",)}
 _ALLOWED = {
     "manifest": {"type", "csv", "ignore_columns", "unknown_columns"},
     "ct-rate": {"type", "root", "split", "labels", "metadata", "skip_missing", "limit"},
-    "phantom": {"type", "count", "first_seed", "matrix", "n_slices", "findings", "severity"},
+    "phantom": {"type", "count", "first_seed", "matrix", "n_slices", "findings", "severity", "pair"},
 }
 
 
@@ -795,6 +829,10 @@ def build_dataset(
                 f"{field}.severity: expected null or [low, high] with 0 < low <= high <= 1, got {sev!r}",
                 path=source,
             )
+        if spec.get("pair") not in PAIRS:
+            raise ConfigError(
+                f"{field}.pair: expected null, normal or variant, got {spec.get('pair')!r}", path=source
+            )
         return PhantomDataset(
             spec["count"],
             spec.get("first_seed", 0),
@@ -808,6 +846,7 @@ def build_dataset(
             barrier=barrier,
             progress=progress,
             workers=workers,
+            pair=spec.get("pair"),
         )
     except DatasetError as exc:
         if source and field:
