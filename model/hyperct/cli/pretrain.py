@@ -2,6 +2,8 @@
 
     hyperct pretrain --config configs/demo_backbone.yaml --out runs/demo-backbone
     hyperct pretrain --config configs/demo_backbone_volume.yaml --init runs/demo-backbone --out runs/demo-backbone-v
+    hyperct pretrain --config configs/demo_backbone_v1.yaml --out runs/demo-backbone-v1
+    hyperct pretrain --resume runs/demo-backbone-v1 [--epochs 120]   # continue on new seeds
 
 Writes a backbone folder in the Hugging Face layout (``config.json`` + ``model.safetensors``), which
 ``hyperct train`` then uses through ``model.backbone_weights``. See ``hyperct.training.pretrain``.
@@ -20,9 +22,22 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "finding masks, and write it as a Hugging Face DINOv3 folder for `hyperct train`.",
     )
     p.add_argument(
-        "--config", metavar="FILE", required=True, help="YAML configuration (see hyperct.training.pretrain)"
+        "--config",
+        metavar="FILE",
+        help="YAML configuration (see hyperct.training.pretrain); not with --resume",
     )
-    p.add_argument("--out", metavar="DIR", required=True, help="backbone folder to write")
+    p.add_argument("--out", metavar="DIR", help="backbone folder to write")
+    p.add_argument(
+        "--resume",
+        metavar="DIR",
+        help="continue the run in DIR with its saved configuration (fresh-seed runs go on with new seeds)",
+    )
+    p.add_argument(
+        "--epochs",
+        type=int,
+        metavar="N",
+        help="total epochs (overrides optim.epochs; e.g. to extend a resumed run)",
+    )
     p.add_argument(
         "--init",
         metavar="DIR",
@@ -36,11 +51,27 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from hyperct.errors import HyperCTError
-    from hyperct.training.pretrain import load_pretrain_config, pretrain_backbone
+    from hyperct.training.pretrain import load_pretrain_config, pretrain_backbone, resume_config
 
+    if bool(args.resume) == bool(args.config) or (args.resume and (args.out or args.init)):
+        print(
+            "hyperct pretrain: error: give --config FILE --out DIR (a new run) or --resume DIR (continue one)",
+            file=sys.stderr,
+        )
+        return 2
+    if args.config and not args.out:
+        print("hyperct pretrain: error: --out DIR is required with --config", file=sys.stderr)
+        return 2
     try:
-        cfg = load_pretrain_config(args.config, {"init": args.init} if args.init else None)
-        out = pretrain_backbone(cfg, args.out, overwrite=args.overwrite, source=args.config)
+        if args.resume:
+            cfg = resume_config(args.resume, args.epochs)
+            out = pretrain_backbone(cfg, args.resume, resume=True, source=args.resume)
+        else:
+            over: dict = {"init": args.init} if args.init else {}
+            if args.epochs:
+                over["optim"] = {"epochs": args.epochs}
+            cfg = load_pretrain_config(args.config, over or None)
+            out = pretrain_backbone(cfg, args.out, overwrite=args.overwrite, source=args.config)
     except HyperCTError as exc:  # config, dataset or init-backbone problems: one clear line
         print(f"hyperct pretrain: error: {exc}", file=sys.stderr)
         return 2

@@ -18,11 +18,38 @@ pretrained first, the way a foundation backbone would be, but on the project's o
   backbone must provide to stage 2 (measured gain so far: small, see
   configs/demo_backbone_volume.yaml). ``init`` starts from an earlier backbone folder.
 
+Stage 1 v1 (``configs/demo_backbone_v1.yaml``; issue 18) adds what the pooled feature needs:
+
+* **bag objective** (``optim.bag_loss_weight`` > 0): per phantom a random bag of ``bag_min`` ..
+  ``bag_max`` of its 55 images; a linear head on the bag's MEAN CLS feature (how HyperCT reads the
+  backbone) predicts the 25 findings, labelled exactly from the token masks (``bag_labels``: a
+  finding is present in the bag when any token of any bag image is positive; a bag without
+  positive tokens is negative for every finding);
+* **positive-aware sampling** (``sample_bag``): at least ``positive_fraction`` of a bag's images
+  contain a positive token whenever the phantom has that many such images, picked finding by
+  finding so that a nodule seen in two images is drawn as often as an effusion seen in forty;
+* **per-finding balanced loss** (``optim.loss: balanced`` or ``focal``, ``finding_loss``): every
+  finding's positives and negatives weigh half each, so large findings do not drown small ones;
+* **pairs** (``data.train.pair: normal``): each seed comes with its twin, the same anatomy without
+  findings; the twin gets the very same bag of image indices, so the two bags differ only inside
+  the lesion masks and the backbone cannot score a finding from where it usually is;
+* **fresh seeds** (``data.fresh_seeds``): the training phantoms come in blocks of ``count`` seeds;
+  a block is used for ``data.block_epochs`` epochs, then the next block of new seeds follows
+  (generated in the background by ``data.prepare_workers`` processes while the current block
+  trains); ``data.keep_blocks: false`` deletes a used block from the (zlib-compressed,
+  ``data.cache_compress``) cache;
+* **stop and continue**: after every epoch the run folder gets the backbone (``config.json`` +
+  ``model.safetensors``), ``log.jsonl`` (one line of metrics per epoch) and ``last/`` (resume
+  state: backbone, heads, AdamW moments, the next block). ``hyperct pretrain --resume DIR
+  [--epochs N]`` continues on a NEW block of seeds (never re-reading the block it stopped in).
+
 The result is written as a DINOv3 folder in the Hugging Face layout (``config.json`` +
 ``model.safetensors``), exactly what a user's DINOv3 download looks like, so stage 2 is a normal
 ``hyperct train`` with ``model.backbone_weights`` pointing at it.
 
     hyperct pretrain --config configs/demo_backbone.yaml --out runs/demo-backbone
+    hyperct pretrain --config configs/demo_backbone_v1.yaml --out runs/demo-backbone-v1
+    hyperct pretrain --resume runs/demo-backbone-v1 --epochs 120
 """
 
 from __future__ import annotations
@@ -30,6 +57,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -54,16 +82,23 @@ from hyperct.training.datasets import PhantomDataset, build_dataset
 from hyperct.training.metrics import roc_auc
 from hyperct.training.progress import progress_bar
 
+LOSSES = ("bce", "balanced", "focal")
+
 DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "backbone": "demo",
     "init": None,
+    "device": "cpu",
     "data": {
         "train": None,
         "valid": None,
         "cache_dir": None,
         "cache_dtype": "uint8",
+        "cache_compress": False,
         "prepare_workers": 1,
+        "fresh_seeds": False,
+        "block_epochs": 1,
+        "keep_blocks": True,
     },
     "optim": {
         "epochs": 4,
@@ -78,9 +113,59 @@ DEFAULTS: dict[str, Any] = {
         "image_pos_weight": 2.0,
         "volume_loss_weight": 0.0,
         "volume_pos_weight": 2.0,
+        "loss": "bce",
+        "focal_gamma": 2.0,
+        "bag_loss_weight": 0.0,
+        "bag_min": 8,
+        "bag_max": N_IMAGES,
+        "positive_fraction": 0.5,
     },
     "valid": {"phantoms": 60},
 }
+
+CONFIG_FILE = "pretrain_config.yaml"
+LOG_FILE = "log.jsonl"
+STATE_DIR = "last"
+
+
+def _check(cfg: dict, path) -> None:
+    oc, dc = cfg["optim"], cfg["data"]
+    if float(oc["volume_loss_weight"]) > 0 and int(oc["images_per_phantom"]) != N_IMAGES:
+        raise ConfigError(
+            f"optim.volume_loss_weight: the volume objective pools all {N_IMAGES} images of a phantom; "
+            f"set optim.images_per_phantom to {N_IMAGES} (it is {oc['images_per_phantom']})",
+            path=path,
+        )
+    if oc["loss"] not in LOSSES:
+        raise ConfigError(f"optim.loss: expected one of {', '.join(LOSSES)}, got {oc['loss']!r}", path=path)
+    bag = float(oc["bag_loss_weight"]) > 0
+    if bag:
+        if float(oc["volume_loss_weight"]) > 0:
+            raise ConfigError(
+                "optim.bag_loss_weight: the bag objective replaces the volume objective; set "
+                "optim.volume_loss_weight to 0",
+                path=path,
+            )
+        lo, hi = int(oc["bag_min"]), int(oc["bag_max"])
+        if not 1 <= lo <= hi <= N_IMAGES:
+            raise ConfigError(
+                f"optim.bag_min/bag_max: expected 1 <= bag_min <= bag_max <= {N_IMAGES}, got {lo}, {hi}",
+                path=path,
+            )
+        if not 0.0 <= float(oc["positive_fraction"]) <= 1.0:
+            raise ConfigError("optim.positive_fraction: expected a number in [0, 1]", path=path)
+    if dc["train"].get("pair") and not bag:
+        raise ConfigError(
+            "data.train.pair: paired phantoms are used by the bag objective (set optim.bag_loss_weight > 0)",
+            path=path,
+        )
+    if int(dc["block_epochs"]) < 1:
+        raise ConfigError("data.block_epochs: expected an integer >= 1", path=path)
+    if dc["fresh_seeds"] and not dc["cache_dir"]:
+        raise ConfigError(
+            "data.fresh_seeds: needs data.cache_dir (blocks are generated into it in the background)",
+            path=path,
+        )
 
 
 def load_pretrain_config(path: str | Path | None, overrides: dict | None = None) -> dict:
@@ -109,26 +194,22 @@ def load_pretrain_config(path: str | Path | None, overrides: dict | None = None)
         raise ConfigError(
             "data.train: backbone pretraining needs a phantom dataset (finding masks)", path=path
         )
-    oc = cfg["optim"]
-    if float(oc["volume_loss_weight"]) > 0 and int(oc["images_per_phantom"]) != N_IMAGES:
-        raise ConfigError(
-            f"optim.volume_loss_weight: the volume objective pools all {N_IMAGES} images of a phantom; "
-            f"set optim.images_per_phantom to {N_IMAGES} (it is {oc['images_per_phantom']})",
-            path=path,
-        )
+    _check(cfg, path)
     return cfg
 
 
 class PretrainHeads(nn.Module):
     """Token-level and image-level finding classifiers on top of the backbone (discarded after)."""
 
-    def __init__(self, hidden: int, n_findings: int, *, volume: bool = True):
+    def __init__(self, hidden: int, n_findings: int, *, volume: bool = True, bag: bool = False):
         super().__init__()
         self.token = nn.Linear(hidden, n_findings)
         self.image = nn.Linear(hidden, n_findings)
         # Only built when the volume objective is on: an extra layer would shift the random stream
         # and stage 1 (configs/demo_backbone.yaml) would no longer reproduce the shipped backbone.
         self.volume = nn.Linear(hidden, n_findings) if volume else None
+        # the bag objective's head on the mean CLS of a bag of images (built last, same reason)
+        self.bag = nn.Linear(hidden, n_findings) if bag else None
 
 
 def volume_logits(heads: PretrainHeads, cls: torch.Tensor, n_phantoms: int) -> torch.Tensor:
@@ -136,6 +217,100 @@ def volume_logits(heads: PretrainHeads, cls: torch.Tensor, n_phantoms: int) -> t
     if heads.volume is None:
         raise ValueError("these pretraining heads have no volume head (volume objective off)")
     return heads.volume(cls.reshape(n_phantoms, -1, cls.shape[-1]).mean(dim=1))
+
+
+def bag_labels(tokens: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """(25,) labels of a bag from its images' token labels (n_images, ..., 25): a finding is present
+    in the bag when any token of any image in the bag is positive; a bag without a positive token is
+    negative for every finding."""
+    t = torch.as_tensor(np.asarray(tokens) if isinstance(tokens, np.ndarray) else tokens)
+    return t.reshape(-1, t.shape[-1]).amax(dim=0).float()
+
+
+def bag_logits(heads: PretrainHeads, cls: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+    """(len(sizes), 25) logits of the bag head on the mean CLS of consecutive bags of ``sizes`` images."""
+    if heads.bag is None:
+        raise ValueError("these pretraining heads have no bag head (bag objective off)")
+    means = torch.stack([part.mean(dim=0) for part in torch.split(cls, list(sizes))])
+    return heads.bag(means)
+
+
+def sample_bag(
+    image_pos: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    size_min: int = 8,
+    size_max: int = N_IMAGES,
+    positive_fraction: float = 0.5,
+) -> np.ndarray:
+    """Sorted image indices of one bag. ``image_pos`` (n_images, 25) bool: which findings each image
+    has a positive token for.
+
+    The bag size is uniform in [size_min, size_max]. ``ceil(positive_fraction * size)`` images are
+    taken among the images with a positive token, finding by finding (a finding present in the
+    phantom is picked at random, then one of its images not taken yet), so small findings are seen
+    as often as large ones; the rest are drawn uniformly from the remaining images. When the phantom
+    has too few positive images for the fraction, the bag shrinks (not below ``size_min``) so the
+    fraction still holds where it can; a phantom without any positive token gives an all-negative bag.
+    """
+    n = image_pos.shape[0]
+    size_max = min(int(size_max), n)
+    size = int(rng.integers(int(size_min), size_max + 1))
+    positive = np.flatnonzero(image_pos.any(axis=1))
+    frac = float(positive_fraction)
+    if frac > 0 and positive.size and math.ceil(frac * size) > positive.size:
+        size = max(min(size, int(positive.size / frac)), min(int(size_min), n))
+    need = min(math.ceil(frac * size), positive.size)
+    chosen: list[int] = []
+    taken = np.zeros(n, dtype=bool)
+    present = list(np.flatnonzero(image_pos.any(axis=0)))
+    while len(chosen) < need and present:
+        j = int(rng.integers(len(present)))
+        options = np.flatnonzero(image_pos[:, present[j]] & ~taken)
+        if options.size == 0:
+            present.pop(j)
+            continue
+        pick = int(options[rng.integers(options.size)])
+        chosen.append(pick)
+        taken[pick] = True
+    rest = np.flatnonzero(~taken)
+    if size > len(chosen):
+        chosen += [int(i) for i in rng.choice(rest, size=size - len(chosen), replace=False)]
+    return np.sort(np.asarray(chosen, dtype=np.int64))
+
+
+def finding_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    mode: str = "bce",
+    pos_weight: torch.Tensor | None = None,
+    gamma: float = 2.0,
+) -> torch.Tensor:
+    """Loss over (..., K) logits and 0/1 labels.
+
+    ``bce``: plain BCE with ``pos_weight`` (stage 1 v0). ``balanced``: per finding, the mean BCE of
+    its positives and the mean BCE of its negatives weigh half each (a finding without positives in
+    the batch: its negatives' half only), then the mean over findings, so a finding with 3 positive
+    tokens weighs as much as one with 3000. ``focal``: the same balancing of focal terms
+    (BCE x (1 - p_t)^gamma).
+    """
+    k = logits.shape[-1]
+    lg = logits.reshape(-1, k)
+    y = labels.reshape(-1, k).to(lg.dtype)
+    if mode == "bce":
+        return F.binary_cross_entropy_with_logits(lg, y, pos_weight=pos_weight)
+    ce = F.binary_cross_entropy_with_logits(lg, y, reduction="none")
+    if mode == "focal":
+        p = torch.sigmoid(lg)
+        pt = p * y + (1 - p) * (1 - y)
+        ce = ce * (1 - pt).pow(float(gamma))
+    elif mode != "balanced":
+        raise ValueError(f"unknown loss {mode!r}; use one of {LOSSES}")
+    pos, neg = y, 1 - y
+    mean_pos = (ce * pos).sum(0) / pos.sum(0).clamp_min(1)
+    mean_neg = (ce * neg).sum(0) / neg.sum(0).clamp_min(1)
+    return (0.5 * (mean_pos + mean_neg)).mean()
 
 
 def forward_heads(
@@ -188,17 +363,25 @@ def _lr_factor(step: int, total: int, warmup: int, min_factor: float) -> float:
 
 
 @torch.no_grad()
-def validate(backbone, heads, ds: PhantomDataset, n_phantoms: int) -> dict:
-    """Per-finding AUC of the image head (all images of the first ``n_phantoms`` phantoms) and of the token head."""
+def validate(backbone, heads, ds: PhantomDataset, n_phantoms: int, device=None) -> dict:
+    """Per-finding AUC of the image head (all images of the first ``n_phantoms`` phantoms) and of the
+    token head; with the volume objective the volume head (volume labels); with the bag objective the
+    bag head on the mean CLS over all 55 images (labels from the token masks)."""
     backbone.eval()
+    device = torch.device(device or "cpu")
     sampler = _ImageSampler(ds)
     img_scores, img_labels, tok_scores, tok_labels, vol_scores = [], [], [], [], []
+    bag_scores, bag_truth = [], []
     n = min(n_phantoms, len(ds))
     for i in range(n):
         pixels, tokens = sampler.images(i, np.arange(N_IMAGES))
-        tok, img, cls = forward_heads(backbone, heads, pixels, with_cls=True)
+        tok, img, cls = forward_heads(backbone, heads, pixels.to(device), with_cls=True)
         if heads.volume is not None:
-            vol_scores.append(volume_logits(heads, cls, 1).numpy())
+            vol_scores.append(volume_logits(heads, cls, 1).float().cpu().numpy())
+        if heads.bag is not None:
+            bag_scores.append(bag_logits(heads, cls, [len(cls)]).float().cpu().numpy())
+            bag_truth.append(bag_labels(tokens)[None].numpy())
+        tok, img = tok.float().cpu(), img.float().cpu()
         img_scores.append(img.numpy())
         img_labels.append(tokens.amax(dim=1).numpy())
         tok_scores.append(tok.reshape(-1, tok.shape[-1]).numpy())
@@ -206,6 +389,8 @@ def validate(backbone, heads, ds: PhantomDataset, n_phantoms: int) -> dict:
     series = [("image_auc", img_scores, img_labels), ("token_auc", tok_scores, tok_labels)]
     if vol_scores:  # volume objective on
         series.append(("volume_auc", vol_scores, [np.asarray(ds.labels[:n])]))
+    if bag_scores:  # bag objective on: the whole phantom as one bag
+        series.append(("bag_auc", bag_scores, bag_truth))
     out: dict[str, Any] = {name: {} for name, _, _ in series}
     from hyperct.findings import catalogue
 
@@ -222,121 +407,500 @@ def validate(backbone, heads, ds: PhantomDataset, n_phantoms: int) -> dict:
     return out
 
 
+# --- fresh blocks of phantoms ------------------------------------------------------------------
+
+
+def block_spec(spec: dict, block: int) -> dict:
+    """The training dataset description of block ``block`` (``count`` new seeds per block)."""
+    return dict(spec, first_seed=int(spec.get("first_seed", 0)) + int(block) * int(spec["count"]))
+
+
+def _check_block_seeds(spec: dict, valid_spec: dict | None, block: int) -> None:
+    if not valid_spec:
+        return
+    first = int(spec.get("first_seed", 0))
+    lo, hi = first, first + int(spec["count"])
+    vlo = int(valid_spec.get("first_seed", 0))
+    vhi = vlo + int(valid_spec["count"])
+    if lo < vhi and vlo < hi:
+        raise ConfigError(
+            f"data.train: block {block} of fresh seeds ({lo}..{hi - 1}) reaches the validation seeds "
+            f"({vlo}..{vhi - 1})",
+            hint="move data.train.first_seed (e.g. to 1000000) so the blocks never meet the validation "
+            "or test seeds",
+        )
+
+
+class _Blocks:
+    """Training phantoms block by block; the next block is generated in the background."""
+
+    def __init__(self, cfg: dict, cache: PreprocessCache, source: str | None):
+        self.cfg, self.cache, self.source = cfg, cache, source
+        dc = cfg["data"]
+        self.workers = max(0, int(dc["prepare_workers"]))
+        self.pool = None
+        self.pending: tuple[int, PhantomDataset, Any] | None = None
+
+    def _dataset(self, block: int, prepare: bool) -> PhantomDataset:
+        dc = self.cfg["data"]
+        spec = block_spec(dc["train"], block) if dc["fresh_seeds"] else dc["train"]
+        if dc["fresh_seeds"]:
+            _check_block_seeds(spec, dc["valid"], block)
+        return (
+            build_dataset(
+                spec,
+                cache=self.cache,
+                field="data.train",
+                source=self.source,
+                progress=prepare,
+                workers=max(1, self.workers),
+            )
+            if prepare
+            else PhantomDataset(
+                spec["count"],
+                spec.get("first_seed", 0),
+                matrix=spec.get("matrix", 256),
+                n_slices=spec.get("n_slices"),
+                findings=spec.get("findings"),
+                severity=spec.get("severity"),
+                cache=self.cache,
+                prepare=False,
+                pair=spec.get("pair"),
+            )
+        )
+
+    def prefetch(self, block: int) -> None:
+        """Start generating ``block`` in worker processes (nothing to do without workers)."""
+        if self.workers < 1 or self.cache.directory is None or not self.cfg["data"]["fresh_seeds"]:
+            return
+        import multiprocessing as mp
+
+        from hyperct.training.datasets import _fill_in_worker, _quiet_worker
+
+        ds = self._dataset(block, prepare=False)
+        jobs = [(ds.worker_state(), i) for i in range(len(ds)) if not self.cache.contains(ds._key(i))]
+        if self.pool is None:
+            self.pool = mp.get_context("spawn").Pool(self.workers, initializer=_quiet_worker)
+        self.pending = (block, ds, self.pool.map_async(_fill_in_worker, jobs, chunksize=1))
+
+    def get(self, block: int) -> PhantomDataset:
+        """Block ``block``, ready (waits for its background generation when one is running)."""
+        if self.pending is not None and self.pending[0] == block:
+            self.pending[2].get()
+            self.pending = None
+        elif self.pending is not None:  # a prefetched block that is no longer wanted
+            self.pending[2].wait()
+            self.pending = None
+        return self._dataset(block, prepare=True)
+
+    def drop(self, ds: PhantomDataset) -> None:
+        for i in range(len(ds)):
+            self.cache.delete(ds._key(i))
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.terminate()
+            self.pool.join()
+            self.pool = None
+
+
+# --- resume state ------------------------------------------------------------------------------
+
+
+def _save_run_state(out: Path, module: nn.Module, optimizer, names: list[list[str]], state: dict) -> None:
+    """``out/last``: backbone + heads, AdamW moments per parameter name, state.json (atomic)."""
+    import os
+    import tempfile
+
+    from safetensors.torch import save_file
+
+    from hyperct.filemodes import set_default_modes
+
+    tmp = Path(tempfile.mkdtemp(prefix=".last.", dir=out))
+    try:
+        sd = {
+            k: v.detach().contiguous().cpu()
+            for k, v in module.state_dict().items()
+            if not k.endswith("inv_freq")
+        }
+        save_file(sd, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        opt = optimizer.state_dict()
+        flat = [n for group in names for n in group]
+        tensors, scalars = {}, {}
+        for idx, st in opt["state"].items():
+            for key, value in st.items():
+                if torch.is_tensor(value):
+                    tensors[f"{flat[idx]}::{key}"] = value.detach().contiguous().cpu()
+                else:
+                    scalars.setdefault(flat[idx], {})[key] = value
+        save_file(tensors, str(tmp / "optimizer.safetensors"), metadata={"format": "pt"})
+        groups = [{k: v for k, v in g.items() if k != "params"} for g in opt["param_groups"]]
+        doc = dict(
+            state,
+            format="hyperct-pretrain-state",
+            format_version=1,
+            param_names=names,
+            param_groups=groups,
+            optimizer_scalars=scalars,
+        )
+        (tmp / "state.json").write_text(json.dumps(doc, indent=1, default=str) + "\n", encoding="utf-8")
+        set_default_modes(tmp)
+        final = out / STATE_DIR
+        old = out / f".{STATE_DIR}.old"
+        shutil.rmtree(old, ignore_errors=True)
+        if final.exists():
+            os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _load_run_state(out: Path, module: nn.Module, optimizer, names: list[list[str]]) -> dict:
+    from hyperct.errors import CheckpointError
+    from hyperct.training.state import _read_tensors
+
+    path = out / STATE_DIR / "state.json"
+    if not path.is_file():
+        raise ConfigError(
+            "cannot resume: no last/state.json in the folder",
+            path=out,
+            hint="resume a folder written by `hyperct pretrain` after at least one epoch",
+        )
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    if doc.get("format") != "hyperct-pretrain-state" or doc.get("param_names") != names:
+        raise CheckpointError(
+            "the resume state does not match this backbone and its heads",
+            path=path,
+            hint="resume with the configuration the run was started with",
+        )
+    tensors = _read_tensors(out / STATE_DIR / "model.safetensors")
+    module.load_state_dict(tensors, strict=False)
+    opt_tensors = _read_tensors(out / STATE_DIR / "optimizer.safetensors")
+    flat = [n for group in names for n in group]
+    state: dict[int, dict] = {}
+    for idx, name in enumerate(flat):
+        st = {k.split("::", 1)[1]: v for k, v in opt_tensors.items() if k.split("::", 1)[0] == name}
+        st.update(doc.get("optimizer_scalars", {}).get(name, {}))
+        if st:
+            state[idx] = st
+    groups, offset = [], 0
+    for g, group_names in zip(doc["param_groups"], names):
+        groups.append(dict(g, params=list(range(offset, offset + len(group_names)))))
+        offset += len(group_names)
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
+    return doc
+
+
+def _append_log(out: Path, entry: dict) -> None:
+    with open(out / LOG_FILE, "a", encoding="utf-8") as f:
+        f.write(json.dumps(entry, default=str) + "\n")
+
+
+def _read_log(out: Path, upto: int) -> list[dict]:
+    path = out / LOG_FILE
+    if not path.is_file():
+        return []
+    rows = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+    return [r for r in rows if int(r.get("epoch", 0)) <= upto]
+
+
+def resume_config(out: str | Path, epochs: int | None = None) -> dict:
+    """The configuration a run folder was started with (``pretrain_config.yaml``), with new ``epochs``."""
+    path = Path(out) / CONFIG_FILE
+    if not path.is_file():
+        raise ConfigError(
+            f"cannot resume: no {CONFIG_FILE} in the folder",
+            path=out,
+            hint="resume a folder written by `hyperct pretrain` after at least one epoch",
+        )
+    return load_pretrain_config(path, {"optim": {"epochs": int(epochs)}} if epochs else None)
+
+
+# --- the run -----------------------------------------------------------------------------------
+
+
 def pretrain_backbone(
-    cfg: dict, out_dir: str | Path, *, overwrite: bool = False, source: str | None = None
+    cfg: dict,
+    out_dir: str | Path,
+    *,
+    overwrite: bool = False,
+    source: str | None = None,
+    resume: bool = False,
+    stop_after: int | None = None,
 ) -> Path:
-    """Run stage 1 and write the backbone folder (``config.json``, ``model.safetensors``, ``pretrain.json``)."""
+    """Run stage 1 and write the backbone folder (``config.json``, ``model.safetensors``,
+    ``pretrain.json``, ``log.jsonl``, ``pretrain_config.yaml`` and the resume state ``last/``).
+
+    ``resume``: continue the run in ``out_dir`` (its saved configuration should be passed as
+    ``cfg``, see ``resume_config``); with fresh seeds it goes on with a new block of seeds.
+    ``stop_after``: stop after that many epochs of this call (tests: an interruption).
+    """
     out = Path(out_dir)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise ConfigError("the output folder already exists", path=out, hint="pass --overwrite to replace it")
+    if resume:
+        if not (out / STATE_DIR / "state.json").is_file():
+            raise ConfigError(
+                "cannot resume: no last/state.json in the folder",
+                path=out,
+                hint="resume a folder written by `hyperct pretrain` after at least one epoch",
+            )
+    elif out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise ConfigError(
+                "the output folder already exists", path=out, hint="pass --overwrite to replace it"
+            )
+        for name in (STATE_DIR, LOG_FILE, CONFIG_FILE, "pretrain.json", "config.json", "model.safetensors"):
+            p = out / name
+            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     seed = int(cfg["seed"])
     torch.manual_seed(seed)
     oc, dc = cfg["optim"], cfg["data"]
-    cache = PreprocessCache(dc["cache_dir"], dc["cache_dtype"]) if dc["cache_dir"] else PreprocessCache(None)
+    device = torch.device(
+        "cuda"
+        if cfg["device"] == "auto" and torch.cuda.is_available()
+        else ("cpu" if cfg["device"] == "auto" else cfg["device"])
+    )
+    cache = (
+        PreprocessCache(dc["cache_dir"], dc["cache_dtype"], compress=bool(dc["cache_compress"]))
+        if dc["cache_dir"]
+        else PreprocessCache(None)
+    )
     workers = max(1, int(dc["prepare_workers"]))
-    train = build_dataset(
-        dc["train"], cache=cache, field="data.train", source=source, progress=True, workers=workers
-    )
-    valid = None
-    if dc["valid"]:
-        valid = build_dataset(
-            dc["valid"], cache=cache, field="data.valid", source=source, progress=True, workers=workers
-        )
+    bag_mode = float(oc["bag_loss_weight"]) > 0
+    fresh = bool(dc["fresh_seeds"])
+    blocks = _Blocks(cfg, cache, source)
+    try:
+        if fresh:
+            train = None  # the first block is chosen below (a resumed run starts a new one)
+        else:
+            train = build_dataset(
+                dc["train"], cache=cache, field="data.train", source=source, progress=True, workers=workers
+            )
+        valid = None
+        if dc["valid"]:
+            valid = build_dataset(
+                dc["valid"], cache=cache, field="data.valid", source=source, progress=True, workers=workers
+            )
+        from hyperct.findings import catalogue
 
-    if cfg["init"]:
-        # reseed as build_backbone(seed=...) does below: the heads' initialisation must not depend
-        # on whether the phantoms above were generated or read from the cache
-        torch.manual_seed(seed)
-        backbone = load_backbone(cfg["init"])  # BackboneWeightsError naming the folder if it is wrong
-    else:
-        backbone = build_backbone(cfg["backbone"], seed=seed)
-    backbone.embeddings.mask_token.requires_grad_(False)  # unused (no masked-image modelling)
-    heads = PretrainHeads(
-        backbone.config.hidden_size, train.labels.shape[1], volume=float(oc["volume_loss_weight"]) > 0
-    )
-    params = [p for p in list(backbone.parameters()) + list(heads.parameters()) if p.requires_grad]
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": decay, "weight_decay": float(oc["weight_decay"])},
-            {"params": no_decay, "weight_decay": 0.0},
-        ],
-        lr=float(oc["lr"]),
-    )
-    per_step, per_phantom = int(oc["phantoms_per_step"]), int(oc["images_per_phantom"])
-    steps_per_epoch = math.ceil(len(train) / per_step)
-    total = steps_per_epoch * int(oc["epochs"])
-    tok_pw = torch.tensor(float(oc["token_pos_weight"]))
-    img_pw = torch.tensor(float(oc["image_pos_weight"]))
-    vol_w = float(oc["volume_loss_weight"])
-    vol_pw = torch.tensor(float(oc["volume_pos_weight"]))
-    sampler = _ImageSampler(train)
-    log: list[dict] = []
-    step = 0
-    start = time.time()
-    for epoch in range(1, int(oc["epochs"]) + 1):
-        backbone.train()
-        encoder_layers(backbone)  # (structure check: a DINOv3 ViT)
-        rng = np.random.default_rng([seed, epoch])
-        order = rng.permutation(len(train))
-        losses = []
-        bar = progress_bar(range(steps_per_epoch), desc=f"pretrain epoch {epoch}/{oc['epochs']}", unit="step")
-        for s in bar:
-            idx = order[s * per_step : (s + 1) * per_step]
-            batch = [
-                sampler.images(
-                    int(i), np.sort(rng.choice(N_IMAGES, size=min(per_phantom, N_IMAGES), replace=False))
-                )
-                for i in idx
-            ]
-            pixels = torch.cat([b[0] for b in batch])
-            tokens = torch.cat([b[1] for b in batch])
-            for group in optimizer.param_groups:
-                group["lr"] = float(oc["lr"]) * _lr_factor(
-                    step, total, int(oc["warmup_steps"]), float(oc["min_factor"])
-                )
-            tok_logits, img_logits, cls = forward_heads(backbone, heads, pixels, with_cls=True)
-            loss = F.binary_cross_entropy_with_logits(
-                tok_logits, tokens, pos_weight=tok_pw
-            ) + F.binary_cross_entropy_with_logits(img_logits, tokens.amax(dim=1), pos_weight=img_pw)
+        n_findings = len(catalogue())
+        if resume:  # the folder holds the backbone of its last epoch (the state below overwrites it)
+            torch.manual_seed(seed)
+            backbone = load_backbone(out)
+        elif cfg["init"]:
+            # reseed as build_backbone(seed=...) does below: the heads' initialisation must not depend
+            # on whether the phantoms above were generated or read from the cache
+            torch.manual_seed(seed)
+            backbone = load_backbone(cfg["init"])  # BackboneWeightsError naming the folder if it is wrong
+        else:
+            backbone = build_backbone(cfg["backbone"], seed=seed)
+        backbone.embeddings.mask_token.requires_grad_(False)  # unused (no masked-image modelling)
+        heads = PretrainHeads(
+            backbone.config.hidden_size, n_findings, volume=float(oc["volume_loss_weight"]) > 0, bag=bag_mode
+        )
+        module = nn.ModuleDict({"backbone": backbone, "heads": heads}).to(device)
+        named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+        decay = [(n, p) for n, p in named if p.ndim >= 2]
+        no_decay = [(n, p) for n, p in named if p.ndim < 2]
+        names = [[n for n, _ in decay], [n for n, _ in no_decay]]
+        params = [p for _, p in named]  # (this order: the gradient-norm clipping sums in it)
+        optimizer = torch.optim.AdamW(
+            [
+                {"params": [p for _, p in decay], "weight_decay": float(oc["weight_decay"])},
+                {"params": [p for _, p in no_decay], "weight_decay": 0.0},
+            ],
+            lr=float(oc["lr"]),
+        )
+        per_step, per_phantom = int(oc["phantoms_per_step"]), int(oc["images_per_phantom"])
+        units = int(dc["train"]["count"])  # seeds per epoch (pairs in a paired dataset)
+        steps_per_epoch = math.ceil(units / per_step)
+        tok_pw = torch.tensor(float(oc["token_pos_weight"]), device=device)
+        img_pw = torch.tensor(float(oc["image_pos_weight"]), device=device)
+        vol_w = float(oc["volume_loss_weight"])
+        vol_pw = torch.tensor(float(oc["volume_pos_weight"]), device=device)
+        bag_w = float(oc["bag_loss_weight"])
+        mode, gamma = str(oc["loss"]), float(oc["focal_gamma"])
+        log: list[dict] = []
+        step, first_epoch, block, epoch_in_block = 0, 1, 0, 0
+        if resume:
+            doc = _load_run_state(out, module, optimizer, names)
+            step, first_epoch = int(doc["step"]), int(doc["epoch"]) + 1
+            block, epoch_in_block = int(doc["next_block"]), 0  # new seeds, never the block it stopped in
+            if fresh and not dc["keep_blocks"]:  # the block it stopped in is not used again
+                blocks.drop(blocks._dataset(int(doc["block"]), prepare=False))
+            log = _read_log(out, first_epoch - 1)
+            (out / LOG_FILE).write_text(
+                "".join(json.dumps(e, default=str) + "\n" for e in log), encoding="utf-8"
+            )
+        else:
+            (out / CONFIG_FILE).write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
+        epochs = int(oc["epochs"])
+        total = steps_per_epoch * epochs
+        start = time.time()
+        if fresh and first_epoch <= epochs:
+            train = blocks.get(block)
+        done = 0
+        for epoch in range(first_epoch, epochs + 1):
+            if fresh and epoch_in_block == int(dc["block_epochs"]):
+                old = train
+                block, epoch_in_block = block + 1, 0
+                train = blocks.get(block)
+                if not dc["keep_blocks"]:
+                    blocks.drop(old)
+            if fresh and epoch_in_block == int(dc["block_epochs"]) - 1 and epoch < epochs:
+                blocks.prefetch(block + 1)  # generated while this epoch trains
+            sampler = _ImageSampler(train)
+            module.train()
+            encoder_layers(backbone)  # (structure check: a DINOv3 ViT)
+            if bag_mode or fresh:
+                rng = np.random.default_rng([seed, epoch, block, 0xBA6])
+            else:
+                rng = np.random.default_rng([seed, epoch])  # stage 1 v0: its own stream, unchanged
+            pairs = bool(getattr(train, "pair", None))
+            order = rng.permutation(units)
+            sums = {"loss": [], "token": [], "image": [], "bag": [], "volume": []}
+            n_images = n_positive_images = n_bags = n_positive_bags = 0
+            bar = progress_bar(range(steps_per_epoch), desc=f"pretrain epoch {epoch}/{epochs}", unit="step")
+            for s in bar:
+                idx = order[s * per_step : (s + 1) * per_step]
+                sizes: list[int] = []
+                if bag_mode:
+                    batch = []
+                    for u in idx:
+                        i = 2 * int(u) if pairs else int(u)
+                        grid = train.token_labels(i)  # (55, 9, 9, 25)
+                        which = sample_bag(
+                            grid.any(axis=(1, 2)),
+                            rng,
+                            size_min=int(oc["bag_min"]),
+                            size_max=int(oc["bag_max"]),
+                            positive_fraction=float(oc["positive_fraction"]),
+                        )
+                        batch.append(sampler.images(i, which))
+                        sizes.append(len(which))
+                        if pairs:  # the twin: the very same image indices
+                            batch.append(sampler.images(train.pair_of(i), which))
+                            sizes.append(len(which))
+                else:
+                    batch = [
+                        sampler.images(
+                            int(i),
+                            np.sort(rng.choice(N_IMAGES, size=min(per_phantom, N_IMAGES), replace=False)),
+                        )
+                        for i in idx
+                    ]
+                pixels = torch.cat([b[0] for b in batch]).to(device)
+                tokens = torch.cat([b[1] for b in batch]).to(device)
+                for group in optimizer.param_groups:
+                    group["lr"] = float(oc["lr"]) * _lr_factor(
+                        step, total, int(oc["warmup_steps"]), float(oc["min_factor"])
+                    )
+                tok_logits, img_logits, cls = forward_heads(backbone, heads, pixels, with_cls=True)
+                image_truth = tokens.amax(dim=1)
+                tok_loss = finding_loss(tok_logits, tokens, mode=mode, pos_weight=tok_pw, gamma=gamma)
+                img_loss = finding_loss(img_logits, image_truth, mode=mode, pos_weight=img_pw, gamma=gamma)
+                loss = tok_loss + img_loss
+                if vol_w > 0:
+                    vol_labels = torch.from_numpy(np.asarray(train.labels[idx], dtype=np.int64)).to(device)
+                    vol_loss = masked_bce(volume_logits(heads, cls, len(idx)), vol_labels, vol_pw)
+                    loss = loss + vol_w * vol_loss
+                    sums["volume"].append(float(vol_loss.detach()))
+                if bag_mode:
+                    truth = torch.stack([bag_labels(b[1]) for b in batch]).to(device)
+                    b_loss = finding_loss(
+                        bag_logits(heads, cls, sizes), truth, mode=mode, pos_weight=img_pw, gamma=gamma
+                    )
+                    loss = loss + bag_w * b_loss
+                    sums["bag"].append(float(b_loss.detach()))
+                    n_bags += len(sizes)
+                    n_positive_bags += int((truth.amax(dim=1) > 0).sum())
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if oc["grad_clip"]:
+                    torch.nn.utils.clip_grad_norm_(params, float(oc["grad_clip"]))
+                optimizer.step()
+                sums["loss"].append(float(loss.detach()))
+                sums["token"].append(float(tok_loss.detach()))
+                sums["image"].append(float(img_loss.detach()))
+                drawn = image_truth.amax(dim=1) > 0
+                if pairs:  # the positive fraction of the drawn phantoms' images (twins mirror them)
+                    drawn = torch.cat([d for j, d in enumerate(torch.split(drawn, sizes)) if j % 2 == 0])
+                n_images += int(drawn.numel())
+                n_positive_images += int(drawn.sum())
+                step += 1
+                if hasattr(bar, "set_postfix"):
+                    bar.set_postfix(loss=f"{np.mean(sums['loss'][-50:]):.4f}")
+            entry: dict[str, Any] = {
+                "epoch": epoch,
+                "step": step,
+                "lr": round(float(optimizer.param_groups[0]["lr"]), 8),
+                "loss": round(float(np.mean(sums["loss"])), 5),
+                "token_loss": round(float(np.mean(sums["token"])), 5),
+                "image_loss": round(float(np.mean(sums["image"])), 5),
+                "positive_image_fraction": round(n_positive_images / max(n_images, 1), 4),
+                "seconds": round(time.time() - start, 1),
+            }
+            if bag_mode:
+                entry["bag_loss"] = round(float(np.mean(sums["bag"])), 5)
+                entry["positive_bag_fraction"] = round(n_positive_bags / max(n_bags, 1), 4)
             if vol_w > 0:
-                vol_labels = torch.from_numpy(np.asarray(train.labels[idx], dtype=np.int64))
-                loss = loss + vol_w * masked_bce(volume_logits(heads, cls, len(idx)), vol_labels, vol_pw)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if oc["grad_clip"]:
-                torch.nn.utils.clip_grad_norm_(params, float(oc["grad_clip"]))
-            optimizer.step()
-            losses.append(float(loss.detach()))
-            step += 1
-            if hasattr(bar, "set_postfix"):
-                bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
-        entry: dict[str, Any] = {
-            "epoch": epoch,
-            "loss": round(float(np.mean(losses)), 5),
-            "seconds": round(time.time() - start, 1),
-        }
-        if valid is not None:
-            entry["valid"] = validate(backbone, heads, valid, int(cfg["valid"]["phantoms"]))
-        log.append(entry)
-        msg = f"pretrain epoch {epoch}: loss {entry['loss']:.4f}"
-        if valid is not None:
-            v = entry["valid"]
-            msg += f"  image AUC {v['mean_image_auc']}  token AUC {v['mean_token_auc']}"
-            if vol_w > 0:
-                msg += f"  volume AUC {v['mean_volume_auc']}"
-        echo(msg)
+                entry["volume_loss"] = round(float(np.mean(sums["volume"])), 5)
+            if fresh:
+                entry["block"] = block
+                entry["seeds"] = [int(train.seeds[0]), int(train.seeds[-1])]
+            if valid is not None:
+                entry["valid"] = validate(
+                    backbone, heads, valid, int(cfg["valid"]["phantoms"]), device=device
+                )
+            log.append(entry)
+            epoch_in_block += 1
+            msg = f"pretrain epoch {epoch}: loss {entry['loss']:.4f}"
+            if valid is not None:
+                v = entry["valid"]
+                msg += f"  image AUC {v['mean_image_auc']}  token AUC {v['mean_token_auc']}"
+                if vol_w > 0:
+                    msg += f"  volume AUC {v['mean_volume_auc']}"
+                if bag_mode:
+                    msg += f"  bag AUC {v['mean_bag_auc']}"
+            echo(msg)
+            # after every epoch: the backbone so far, the log line and the resume state
+            backbone.eval()
+            save_backbone(backbone.cpu(), out)
+            backbone.to(device)
+            _append_log(out, entry)
+            _save_run_state(
+                out,
+                module,
+                optimizer,
+                names,
+                {
+                    "epoch": epoch,
+                    "step": step,
+                    "block": block,
+                    "next_block": block + 1,
+                    "epochs_planned": epochs,
+                    "saved": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                },
+            )
+            done += 1
+            if stop_after is not None and done >= stop_after:
+                break
+    finally:
+        blocks.close()
 
     backbone.eval()
-    save_backbone(backbone, out)
+    save_backbone(backbone.cpu(), out)
     report = {
-        "stage": "backbone pretraining on phantom slices (token-level finding masks)",
+        "stage": "backbone pretraining on phantom slices (token-level finding masks"
+        + (", bag objective on the mean CLS" if bag_mode else "")
+        + ")",
         "backbone": config_to_dict(backbone.config),
         "config": cfg,
-        "train": train.describe(),
+        "train": train.describe() if train is not None else None,
         "valid": valid.describe() if valid is not None else None,
-        "log": log,
+        "log": log if not resume else _read_log(out, 10**9),
     }
     (out / "pretrain.json").write_text(json.dumps(report, indent=1, default=str) + "\n", encoding="utf-8")
     return out

@@ -1,0 +1,358 @@
+"""Stage 1 v1 (issue 18): the bag objective, positive-aware bag sampling, the per-finding balanced
+loss, paired phantoms, fresh seed blocks with resume, the compressed cache, and stage 2's
+positive-balanced task draws."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hyperct.findings import catalogue
+from hyperct.training.cache import PreprocessCache
+from hyperct.training.datasets import PhantomDataset, build_dataset
+from hyperct.training.pretrain import (
+    bag_labels,
+    finding_loss,
+    load_pretrain_config,
+    pretrain_backbone,
+    resume_config,
+    sample_bag,
+)
+from hyperct.training.token_labels import TOKEN_SHAPE, token_labels
+from tests.engine.conftest import TINY_BACKBONE
+
+NODULE = catalogue().index("lung_nodule")
+EFFUSION = catalogue().index("pleural_effusion")
+
+
+# --- bag labels ---------------------------------------------------------------------------------
+
+
+def test_bag_labels_come_from_the_token_masks_of_the_bag_images():
+    shape = (165, 144, 144)  # the model grid: image n = slices 3n..3n+2
+    nodule = np.zeros(shape, bool)
+    nodule[30:33, 70:74, 40:44] = True  # image 10 only
+    effusion = np.zeros(shape, bool)
+    effusion[90:150, 100:140, 10:60] = True  # images 30..49
+    grid = token_labels({"lung_nodule": nodule, "pleural_effusion": effusion}, shape)
+    flat = torch.from_numpy(grid.reshape(TOKEN_SHAPE[0], -1, TOKEN_SHAPE[-1]))
+
+    with_nodule = bag_labels(flat[[3, 10, 20]])
+    assert with_nodule[NODULE] == 1 and with_nodule[EFFUSION] == 0
+    assert with_nodule.sum() == 1
+    both = bag_labels(flat[[10, 35]])
+    assert both[NODULE] == 1 and both[EFFUSION] == 1 and both.sum() == 2
+    # a bag without any positive token is negative for every finding
+    empty = bag_labels(flat[[0, 1, 2, 20, 54]])
+    assert empty.shape == (25,) and empty.sum() == 0
+    # numpy grids of (images, 9, 9, 25) give the same labels
+    assert torch.equal(bag_labels(grid[[3, 10, 20]]), with_nodule)
+
+
+# --- bag sampling ---------------------------------------------------------------------------------
+
+
+def _image_pos(nodule_images=(10, 11), effusion_images=range(30, 50)):
+    pos = np.zeros((55, 25), bool)
+    pos[list(nodule_images), NODULE] = True
+    pos[list(effusion_images), EFFUSION] = True
+    return pos
+
+
+def test_bags_hold_at_least_half_positive_images_and_see_small_findings():
+    rng = np.random.default_rng(0)
+    pos = _image_pos()
+    sizes, fractions, nodule_seen = [], [], 0
+    for _ in range(400):
+        bag = sample_bag(pos, rng, size_min=8, size_max=55, positive_fraction=0.5)
+        assert np.array_equal(bag, np.unique(bag)) and bag.min() >= 0 and bag.max() < 55
+        sizes.append(len(bag))
+        fractions.append(pos[bag].any(axis=1).mean())
+        nodule_seen += bool(pos[bag, NODULE].any())
+    assert min(fractions) >= 0.5
+    assert 8 <= min(sizes) and max(sizes) <= 44  # 22 positive images: at most 44 keeps the fraction
+    assert max(sizes) > 30  # sizes vary over the range
+    # bags of 8 images: uniform sampling would include one of the 2 nodule images in ~27 % of bags;
+    # drawing positives finding by finding includes it in nearly all
+    small = [sample_bag(pos, rng, size_min=8, size_max=8) for _ in range(300)]
+    assert np.mean([pos[b, NODULE].any() for b in small]) > 0.8
+    uniform = [sample_bag(pos, rng, size_min=8, size_max=8, positive_fraction=0.0) for _ in range(300)]
+    assert np.mean([pos[b, NODULE].any() for b in uniform]) < 0.45
+
+
+def test_bags_of_a_phantom_without_findings_are_negative_and_deterministic():
+    pos = np.zeros((55, 25), bool)
+    a = sample_bag(pos, np.random.default_rng(3), size_min=8, size_max=20)
+    b = sample_bag(pos, np.random.default_rng(3), size_min=8, size_max=20)
+    assert np.array_equal(a, b) and 8 <= len(a) <= 20
+    assert bag_labels(np.zeros((len(a), 81, 25))).sum() == 0
+    # too few positive images for half of the bag: the bag shrinks, not below the minimum
+    few = _image_pos(nodule_images=(5, 6, 7), effusion_images=())
+    for seed in range(20):
+        bag = sample_bag(few, np.random.default_rng(seed), size_min=4, size_max=55)
+        assert 4 <= len(bag) <= 6 and few[bag].any(axis=1).mean() >= 0.5
+
+
+# --- balanced loss --------------------------------------------------------------------------------
+
+
+def test_balanced_loss_weighs_every_finding_equally_whatever_its_size():
+    torch.manual_seed(0)
+    logits = torch.randn(200, 2)
+    labels = torch.zeros(200, 2)
+    labels[:3, 0] = 1  # a small finding: 3 positive tokens
+    labels[:150, 1] = 1  # a large one: 150
+    got = finding_loss(logits, labels, mode="balanced")
+    ce = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")
+    want = torch.stack(
+        [0.5 * (ce[labels[:, k] == 1, k].mean() + ce[labels[:, k] == 0, k].mean()) for k in range(2)]
+    ).mean()
+    torch.testing.assert_close(got, want)
+    # twice as many negatives (each one repeated) change plain BCE, not the balanced loss
+    x, y = logits[:, :1], labels[:, :1]
+    x2, y2 = torch.cat([x, x[y == 0][:, None]]), torch.cat([y, torch.zeros(int((y == 0).sum()), 1)])
+    torch.testing.assert_close(finding_loss(x2, y2, mode="balanced"), finding_loss(x, y, mode="balanced"))
+    assert not torch.allclose(finding_loss(x2, y2, mode="bce"), finding_loss(x, y, mode="bce"))
+    # a finding without positives in the batch: its negatives' half only, no NaN
+    none = finding_loss(logits, torch.zeros_like(labels), mode="balanced")
+    assert torch.isfinite(none)
+    # focal: confident correct entries weigh less than in the balanced BCE
+    confident = torch.where(labels > 0, 6.0, -6.0)
+    assert finding_loss(confident, labels, mode="focal") < 1e-3 * finding_loss(
+        confident, labels, mode="balanced"
+    )
+
+
+# --- paired phantoms ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("pair", ["normal", "variant"])
+def test_paired_phantoms_share_anatomy_and_differ_only_inside_the_lesion_masks(pair):
+    findings = {"pleural_effusion": 1.0, "lung_nodule": 1.0}
+    ds = PhantomDataset(2, 4100, matrix=48, n_slices=24, findings=findings, pair=pair)
+    assert len(ds) == 4 and ds.seeds == [4100, 4100, 4101, 4101]
+    assert [ds.pair_of(i) for i in range(4)] == [1, 0, 3, 2]
+    drawn, twin = ds.generate(0), ds.generate(1)
+    lesion = np.zeros(drawn.volume.shape, bool)
+    for m in list(drawn.masks.values()) + list(twin.masks.values()):
+        lesion |= np.asarray(m, bool)
+    changed = drawn.volume.hu != twin.volume.hu
+    assert changed.any() and not (changed & ~lesion).any()
+    assert ds.labels[0, EFFUSION] == 1 and ds.labels[0, NODULE] == 1
+    if pair == "normal":
+        assert (ds.labels[1] == 0).all() and not ds.token_labels(1).any()
+    else:  # the same findings drawn elsewhere
+        assert ds.labels[1, EFFUSION] == 1
+        assert not np.array_equal(ds.token_labels(0), ds.token_labels(1))
+    # the drawn item is the unpaired dataset's phantom (same cache key, same volume)
+    single = PhantomDataset(2, 4100, matrix=48, n_slices=24, findings=findings, prepare=False)
+    assert single.identity(0) == ds.identity(0) and ds.identity(1) != ds.identity(0)
+
+
+def test_pair_is_checked_in_dataset_descriptions(tmp_path):
+    from hyperct.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="data.train.pair"):
+        build_dataset({"type": "phantom", "count": 1, "pair": "twin"}, field="data.train")
+
+
+# --- the compressed cache -------------------------------------------------------------------------
+
+
+def test_compressed_cache_round_trip_shares_keys_and_deletes(tmp_path):
+    from hyperct.preprocess import IMAGE_SIZE, N_SLICES
+
+    hu = np.full((N_SLICES, IMAGE_SIZE, IMAGE_SIZE), -1000.0, np.float32)
+    hu[40:90, 30:100, 30:100] = 40.0
+    plain = PreprocessCache(tmp_path, "uint8")
+    packed = PreprocessCache(tmp_path, "uint8", compress=True)
+    packed.put("a" * 64, hu, {"x": 1})
+    packed.put_array("a" * 64, "tokens", np.arange(5))
+    npy = tmp_path / "aa" / f"{'a' * 64}.npy"
+    z = npy.with_name(npy.name + ".z")
+    assert z.is_file() and not npy.exists() and z.stat().st_size < 0.2 * hu.size
+    for cache in (plain, packed):  # either reads it, whatever its own flag
+        got, info = cache.get("a" * 64)
+        assert info["x"] == 1 and np.abs(got - hu).max() < 4.0
+        assert cache.contains("a" * 64)
+        assert np.array_equal(np.asarray(cache.stored("a" * 64))[45], packed.stored("a" * 64)[45])
+    plain.delete("a" * 64)
+    assert not packed.contains("a" * 64) and not any((tmp_path / "aa").iterdir())
+
+
+# --- fresh seeds, stop and resume -----------------------------------------------------------------
+
+
+def _v1_config(tmp_path, **optim):
+    phantoms = {
+        "type": "phantom",
+        "matrix": 48,
+        "n_slices": 24,
+        "findings": {"pleural_effusion": 0.7, "lung_nodule": 0.7},
+    }
+    return load_pretrain_config(
+        None,
+        {
+            "seed": 5,
+            "backbone": dict(TINY_BACKBONE),
+            "data": {
+                "train": dict(phantoms, count=2, first_seed=60000, pair="normal"),
+                "valid": dict(phantoms, count=3, first_seed=950),
+                "cache_dir": str(tmp_path / "cache"),
+                "cache_compress": True,
+                "prepare_workers": 0,
+                "fresh_seeds": True,
+                "block_epochs": 2,
+                "keep_blocks": False,
+            },
+            "optim": dict(
+                {
+                    "epochs": 2,
+                    "warmup_steps": 1,
+                    "phantoms_per_step": 2,
+                    "lr": 3e-3,
+                    "loss": "balanced",
+                    "bag_loss_weight": 1.0,
+                    "bag_min": 4,
+                    "bag_max": 10,
+                },
+                **optim,
+            ),
+            "valid": {"phantoms": 3},
+        },
+    )
+
+
+@pytest.mark.slow
+def test_bag_pretraining_logs_every_epoch_and_resume_continues_on_new_seeds(tmp_path):
+    cfg = _v1_config(tmp_path)
+    out = tmp_path / "bb"
+    pretrain_backbone(cfg, out, stop_after=1)  # interrupted after epoch 1 of 2 (block 0 has 2 epochs)
+    first = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in first] == [1] and first[0]["block"] == 0
+    assert first[0]["seeds"] == [60000, 60001]
+    assert first[0]["positive_image_fraction"] >= 0.5
+    assert first[0]["valid"]["bag_auc"] and first[0]["valid"]["mean_bag_auc"] is not None
+    assert (out / "last" / "state.json").is_file() and (out / "model.safetensors").is_file()
+    saved = {
+        k: v.clone()
+        for k, v in __import__("hyperct.model.backbone", fromlist=["x"])
+        .load_backbone(out)
+        .state_dict()
+        .items()
+    }
+
+    again = resume_config(out, epochs=3)
+    assert again["optim"]["epochs"] == 3 and again["data"]["fresh_seeds"]
+    pretrain_backbone(again, out, resume=True)
+    log = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in log] == [1, 2, 3]
+    # the resumed run does not go back to the block it stopped in: new seeds, a new block
+    assert log[1]["block"] == 1 and log[1]["seeds"] == [60002, 60003]
+    assert log[2]["block"] == 1  # block 1 runs its two epochs
+    assert log[1]["step"] == 2 and log[2]["step"] == 3  # the step count (lr schedule) continues
+    # block 0 was dropped from the cache when block 1 began (keep_blocks: false); validation stays
+    old = PhantomDataset(
+        2,
+        60000,
+        matrix=48,
+        n_slices=24,
+        findings=cfg["data"]["train"]["findings"],
+        cache=PreprocessCache(tmp_path / "cache"),
+        prepare=False,
+        pair="normal",
+    )
+    assert not any(old.cache.contains(old._key(i)) for i in range(4))
+    report = json.loads((out / "pretrain.json").read_text())
+    assert len(report["log"]) == 3
+    moved = __import__("hyperct.model.backbone", fromlist=["x"]).load_backbone(out).state_dict()
+    assert any(not torch.equal(moved[k], saved[k]) for k in saved)
+
+
+@pytest.mark.slow
+def test_resume_starts_from_the_saved_weights(tmp_path):
+    from hyperct.model.backbone import load_backbone
+
+    cfg = _v1_config(tmp_path, epochs=1)
+    out = tmp_path / "bb"
+    pretrain_backbone(cfg, out)
+    before = load_backbone(out).state_dict()
+    again = resume_config(out, epochs=2)
+    again["optim"]["lr"] = 0.0  # nothing moves: the resumed weights are the saved ones
+    pretrain_backbone(again, out, resume=True)
+    after = load_backbone(out).state_dict()
+    for key, value in before.items():
+        torch.testing.assert_close(after[key], value, msg=key)
+    with pytest.raises(Exception, match="already exists"):
+        pretrain_backbone(cfg, out)
+
+
+def test_v1_config_checks():
+    from hyperct.errors import ConfigError
+
+    train = {"type": "phantom", "count": 2, "pair": "normal"}
+    with pytest.raises(ConfigError, match="data.train.pair"):
+        load_pretrain_config(None, {"data": {"train": train}})
+    with pytest.raises(ConfigError, match="optim.loss"):
+        load_pretrain_config(
+            None, {"data": {"train": {"type": "phantom", "count": 2}}, "optim": {"loss": "l2"}}
+        )
+    with pytest.raises(ConfigError, match="bag_min"):
+        load_pretrain_config(
+            None, {"data": {"train": train}, "optim": {"bag_loss_weight": 1.0, "bag_min": 9, "bag_max": 8}}
+        )
+    with pytest.raises(ConfigError, match="fresh_seeds"):
+        load_pretrain_config(
+            None, {"data": {"train": train, "fresh_seeds": True}, "optim": {"bag_loss_weight": 1.0}}
+        )
+
+
+def test_fresh_seed_blocks_never_reach_the_validation_seeds(tmp_path):
+    from hyperct.errors import ConfigError
+    from hyperct.training.pretrain import _check_block_seeds, block_spec
+
+    spec = {"type": "phantom", "count": 100, "first_seed": 199800}
+    valid = {"type": "phantom", "count": 200, "first_seed": 200000}
+    assert block_spec(spec, 1)["first_seed"] == 199900
+    _check_block_seeds(block_spec(spec, 1), valid, 1)
+    with pytest.raises(ConfigError, match="validation seeds"):
+        _check_block_seeds(block_spec(spec, 2), valid, 2)
+
+
+# --- stage 2: task draws balanced toward positives ------------------------------------------------
+
+
+def test_positive_task_draws_favour_each_volumes_positive_findings():
+    from hyperct.training.trainer import epoch_plan
+
+    rng = np.random.default_rng(1)
+    n = 400
+    available = rng.random((n, 25)) < 0.9
+    positive = available & (rng.random((n, 25)) < 0.1)  # ~2 positives of ~22 tasks per volume
+    order, tasks = epoch_plan(7, 0, available)
+    o0, t0 = epoch_plan(7, 0, available, positive=positive, positive_draw=0.0)
+    assert np.array_equal(order, o0) and np.array_equal(tasks, t0)  # off: the paper's plan, unchanged
+    o5, t5 = epoch_plan(7, 0, available, positive=positive, positive_draw=0.5)
+    assert np.array_equal(order, o5)  # the same volume order
+    assert all(available[i, t] for i, t in zip(o5, t5))
+    has_pos = positive[o5].any(axis=1)
+    uniform_rate = positive[order, tasks][has_pos].mean()
+    balanced_rate = positive[o5, t5][has_pos].mean()
+    assert uniform_rate < 0.2 and balanced_rate >= 0.5
+    o6, t6 = epoch_plan(7, 0, available, positive=positive, positive_draw=0.5)
+    assert np.array_equal(t5, t6)  # deterministic from (seed, epoch)
+
+
+def test_positive_task_draw_is_a_config_option_off_by_default():
+    from hyperct.errors import ConfigError
+    from hyperct.training.config import default_config, load_config
+
+    assert default_config()["train"]["task_draw"] == "uniform"
+    cfg = load_config(None, ["train.task_draw=positive", "train.positive_draw=0.7"])
+    assert cfg["train"]["task_draw"] == "positive" and cfg["train"]["positive_draw"] == 0.7
+    with pytest.raises(ConfigError, match="train.task_draw"):
+        load_config(None, ["train.task_draw=weighted"])
