@@ -48,6 +48,9 @@ Fields (dotted name: default: meaning)
 * ``train.valid_every``: 1: validate every N epochs (and always after the last).
 * ``train.valid_batch_size``: 8; ``train.task_chunk``: null: tasks per backbone pass in validation.
 * ``train.max_batches``: null: stop each epoch after this many batches (smoke tests).
+* ``train.task_draw``: "uniform": the paper's draw, one available task per volume uniformly;
+  ``positive``: a volume with positive findings draws one of them with probability
+  ``train.positive_draw`` (0.5), otherwise uniformly (balances each finding toward its positives).
 """
 
 from __future__ import annotations
@@ -116,6 +119,8 @@ DEFAULTS: dict[str, Any] = {
         "valid_batch_size": 8,
         "task_chunk": None,
         "max_batches": None,
+        "task_draw": "uniform",
+        "positive_draw": 0.5,
     },
 }
 
@@ -261,6 +266,8 @@ CHECKS = {
     "train.valid_batch_size": _pos_int,
     "train.task_chunk": _opt(_pos_int),
     "train.max_batches": _opt(_pos_int),
+    "train.task_draw": _choice("uniform", "positive"),
+    "train.positive_draw": _unit,
 }
 
 

@@ -122,11 +122,22 @@ def lr_factor(sched: dict, epoch: int, step: int, steps_per_epoch: int, epochs: 
     return f_warm * main
 
 
-def epoch_plan(seed: int, epoch: int, available: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def epoch_plan(
+    seed: int,
+    epoch: int,
+    available: np.ndarray,
+    positive: np.ndarray | None = None,
+    positive_draw: float = 0.0,
+) -> tuple[np.ndarray, np.ndarray]:
     """(volume order, drawn task per position) for one epoch, from (seed, epoch) only.
 
     ``available`` (N, 25) bool: the tasks each volume may be trained on. Volumes without any are
-    left out.
+    left out. The paper's draw (default) is uniform over a volume's available tasks. With
+    ``positive`` (N, 25) bool (the volume's positive findings among the available ones) and
+    ``positive_draw`` p > 0 (``train.task_draw: positive``), a volume with positive findings draws
+    one of them with probability p (uniformly), otherwise uniformly over all its available tasks, so
+    each finding is trained on more of its positives than the ~prevalence share the uniform draw
+    gives. The extra random numbers come from a separate stream: p = 0 gives the paper's plan.
     """
     usable = np.flatnonzero(available.any(axis=1))
     rng = np.random.default_rng([int(seed), int(epoch), 0x48C7])
@@ -136,6 +147,13 @@ def epoch_plan(seed: int, epoch: int, available: np.ndarray) -> tuple[np.ndarray
     for pos, idx in enumerate(order):
         options = np.flatnonzero(available[idx])
         tasks[pos] = options[min(int(u[pos] * options.size), options.size - 1)]
+    if positive is not None and positive_draw > 0:
+        rng_pos = np.random.default_rng([int(seed), int(epoch), 0xB05])
+        coin, pick = rng_pos.random(order.size), rng_pos.random(order.size)
+        for pos, idx in enumerate(order):
+            options = np.flatnonzero(positive[idx] & available[idx])
+            if options.size and coin[pos] < positive_draw:
+                tasks[pos] = options[min(int(pick[pos] * options.size), options.size - 1)]
     return order, tasks
 
 
@@ -545,7 +563,13 @@ def train(
             )
         for epoch in range(start_epoch, epochs):
             t0 = time.perf_counter()
-            order, tasks = epoch_plan(seed, epoch, available)
+            order, tasks = epoch_plan(
+                seed,
+                epoch,
+                available,
+                positive=(train_ds.labels == 1) if tc["task_draw"] == "positive" else None,
+                positive_draw=float(tc["positive_draw"]) if tc["task_draw"] == "positive" else 0.0,
+            )
             batches = rank_batches(len(order), bs, dist.rank, dist.world)
             if tc["max_batches"]:
                 batches = batches[: tc["max_batches"]]
