@@ -2,6 +2,12 @@
 
     python benchmarks/probe_backbone.py --backbone runs/demo-backbone [--train 800] [--valid 200] \
         [--cache cache/hyperct-demo] [--out benchmarks/results/probe_demo_backbone.json]
+    python benchmarks/probe_backbone.py --backbone assets/demo_model ...   # a checkpoint's own backbone
+
+``--backbone`` is a DINOv3 folder (``config.json`` + ``model.safetensors``, what ``hyperct pretrain``
+writes) or a HyperCT checkpoint folder with the backbone included (``manifest.json``, e.g. the
+shipped demo model). ``--workers N`` generates missing phantoms in N processes. The gate of issue 18
+before stage 2: mean_cls macro >= 0.92 and every finding >= 0.80 (``gate`` in the JSON).
 
 HyperCT's task-shared head reads the mean CLS feature over the 55 images. With a frozen backbone,
 a per-finding logistic regression on that feature (and on other poolings, for comparison) is a
@@ -55,6 +61,17 @@ def pooled_features(backbone, ds) -> np.ndarray:
     return np.stack(out)
 
 
+def load_any_backbone(path: str):
+    """A DINOv3 folder, or the backbone inside a HyperCT checkpoint folder (manifest.json)."""
+    folder = Path(path)
+    if (folder / "manifest.json").is_file():
+        from hyperct.checkpoint import load_checkpoint
+
+        model, _ = load_checkpoint(folder, map_location="cpu")
+        return model.backbone
+    return load_backbone(folder)
+
+
 def probe_auc(x: np.ndarray, y: np.ndarray, xv: np.ndarray, yv: np.ndarray, l2: float) -> float | None:
     known, known_v = y >= 0, yv >= 0
     if not (0 < y[known].sum() < known.sum() and 0 < yv[known_v].sum() < known_v.sum()):
@@ -87,15 +104,20 @@ def main() -> None:
     ap.add_argument("--matrix", type=int, default=192)
     ap.add_argument("--cache", default="cache/hyperct-demo", help="preprocessing cache (phantoms are reused)")
     ap.add_argument("--l2", type=float, default=1e-2)
+    ap.add_argument("--workers", type=int, default=1, help="processes generating missing phantoms")
+    ap.add_argument("--train-seed", type=int, default=100000, help="first training seed")
+    ap.add_argument("--valid-seed", type=int, default=200000, help="first validation seed")
     ap.add_argument("--out")
     args = ap.parse_args()
 
     t0 = time.time()
     cache = PreprocessCache(args.cache, "uint8") if args.cache else PreprocessCache(None)
-    backbone = load_backbone(args.backbone).eval()
+    backbone = load_any_backbone(args.backbone).eval()
     spec = {"type": "phantom", "matrix": args.matrix, "findings": None}
-    train = build_dataset(dict(spec, count=args.train, first_seed=100000), cache=cache, field="train")
-    valid = build_dataset(dict(spec, count=args.valid, first_seed=200000), cache=cache, field="valid")
+    kw = {"cache": cache, "workers": args.workers}
+    train = build_dataset(dict(spec, count=args.train, first_seed=args.train_seed), field="train", **kw)
+    valid = build_dataset(dict(spec, count=args.valid, first_seed=args.valid_seed), field="valid", **kw)
+    t_data = time.time() - t0
     ft, fv = pooled_features(backbone, train), pooled_features(backbone, valid)
     ids = catalogue().ids
     result: dict = {
@@ -103,6 +125,8 @@ def main() -> None:
         "backbone": str(args.backbone),
         "train_phantoms": args.train,
         "valid_phantoms": args.valid,
+        "train_seeds": [args.train_seed, args.train_seed + args.train - 1],
+        "valid_seeds": [args.valid_seed, args.valid_seed + args.valid - 1],
         "matrix": args.matrix,
         "l2": args.l2,
         "poolings": {},
@@ -119,6 +143,12 @@ def main() -> None:
             "min_auc": round(float(np.min(vals)), 3),
             "per_finding": {k: (round(v, 3) if v is not None else None) for k, v in aucs.items()},
         }
+    mc = result["poolings"]["mean_cls"]
+    result["gate"] = {
+        "rule": "mean_cls macro >= 0.92 and every finding >= 0.80 (issue 18)",
+        "met": bool(mc["macro_auc"] >= 0.92 and mc["min_auc"] >= 0.80),
+    }
+    result["seconds_data"] = round(t_data, 1)
     result["seconds"] = round(time.time() - t0, 1)
     emit_json(result, args.out)
 
