@@ -356,3 +356,26 @@ def test_positive_task_draw_is_a_config_option_off_by_default():
     assert cfg["train"]["task_draw"] == "positive" and cfg["train"]["positive_draw"] == 0.7
     with pytest.raises(ConfigError, match="train.task_draw"):
         load_config(None, ["train.task_draw=weighted"])
+
+
+@pytest.mark.parametrize("draw", ["uniform", "positive"])
+def test_trainer_hands_the_task_draw_to_the_epoch_plan(tmp_path, synthetic, monkeypatch, draw):
+    import hyperct.training.trainer as T
+    from tests.training.conftest import tiny_config
+
+    seen = []
+    plan = T.epoch_plan
+
+    def spy(seed, epoch, available, positive=None, positive_draw=0.0):
+        seen.append((None if positive is None else positive.copy(), positive_draw))
+        return plan(seed, epoch, available, positive, positive_draw)
+
+    monkeypatch.setattr(T, "epoch_plan", spy)
+    cfg = tiny_config(train={"epochs": 1, "task_draw": draw, "positive_draw": 0.7})
+    T.train(cfg, tmp_path / "run", datasets=synthetic, echo=None)
+    assert len(seen) == 1
+    positive, p = seen[0]
+    if draw == "uniform":
+        assert positive is None and p == 0.0
+    else:
+        assert p == 0.7 and np.array_equal(positive, synthetic[0].labels == 1)

@@ -749,8 +749,8 @@ def pretrain_backbone(
                 train = blocks.get(block)
                 if not dc["keep_blocks"]:
                     blocks.drop(old)
-            if fresh and epoch_in_block == int(dc["block_epochs"]) - 1 and epoch < epochs:
-                blocks.prefetch(block + 1)  # generated while this epoch trains
+            if fresh and epoch_in_block == 0 and epoch + int(dc["block_epochs"]) <= epochs:
+                blocks.prefetch(block + 1)  # generated while this block's epochs train
             sampler = _ImageSampler(train)
             module.train()
             encoder_layers(backbone)  # (structure check: a DINOv3 ViT)
