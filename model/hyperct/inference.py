@@ -22,6 +22,7 @@ from hyperct.loading import LoadedModel
 from hyperct.preprocess import HU_MAX, HU_MIN, IMAGE_SIZE, N_IMAGES, N_SLICES, Preprocessed, preprocess
 from hyperct.results import (
     CALL_ABSENT,
+    CALL_NO_SCORE,
     CALL_NOT_ASSESSED,
     CALL_PRESENT,
     AnalysisResult,
@@ -154,13 +155,14 @@ def analysis_steps(
         logits[sub] = score_pixels(loaded, pixels, sub, task_chunk=chunk)[0]
     thresholds = loaded.thresholds
     results = []
+    asked = set(int(t) for t in tasks)
     for f in cat:
         lg = logits[f.index]
-        if np.isnan(lg):
+        if f.index not in asked or not np.isfinite(lg):
+            # not asked: "not assessed"; asked but NaN/inf from the model: "no valid score" (a failure)
+            call = CALL_NOT_ASSESSED if f.index not in asked else CALL_NO_SCORE
             results.append(
-                FindingResult(
-                    f.index, f.id, f.name, f.group, None, None, float(thresholds[f.index]), CALL_NOT_ASSESSED
-                )
+                FindingResult(f.index, f.id, f.name, f.group, None, None, float(thresholds[f.index]), call)
             )
             continue
         p = float(1.0 / (1.0 + np.exp(-lg)))

@@ -7,9 +7,18 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from hyperct.errors import HyperCTError
 from hyperct.volume import QCWarning
 
 CALL_PRESENT, CALL_ABSENT, CALL_NOT_ASSESSED = "present", "absent", "not assessed"
+# The finding was scored but the model's output was not a finite number (NaN/inf logit): a failure,
+# not the same as "not assessed" (excluded on purpose, e.g. with --findings).
+CALL_NO_SCORE = "no valid score"
+SCORED_CALLS = (CALL_PRESENT, CALL_ABSENT)
+
+
+class NoValidScoreError(HyperCTError):
+    """The model gave a non-finite output (NaN/inf) for findings it was asked to score."""
 
 
 @dataclass
@@ -83,3 +92,41 @@ class AnalysisResult:
 
     def probabilities(self) -> dict[str, float | None]:
         return {f.id: f.probability for f in self.findings}
+
+    @property
+    def scored(self) -> list[FindingResult]:
+        """Findings with a valid probability (present or absent)."""
+        return [f for f in self.findings if f.call in SCORED_CALLS]
+
+    @property
+    def no_score(self) -> list[FindingResult]:
+        """Findings the model was asked to score but gave no finite output for."""
+        return [f for f in self.findings if f.call == CALL_NO_SCORE]
+
+
+_SCORE_HINT = (
+    "the model's weights may be broken or the input's values extreme: check the model folder "
+    "(hyperct info --model DIR) and the input's QC warnings"
+)
+
+
+def check_scores(result: AnalysisResult, label: str = "") -> NoValidScoreError | None:
+    """Raise ``NoValidScoreError`` when no asked finding got a valid score; return one (to raise
+    after the outputs are written) when only some did; None when every asked finding was scored."""
+    bad = result.no_score
+    if not bad:
+        return None
+    where = f" ({label})" if label else ""
+    ids = ", ".join(f.id for f in bad)
+    if not result.scored:
+        raise NoValidScoreError(
+            f"the model produced no valid score (non-finite output) for any of the {len(bad)} finding(s) "
+            f"it was asked to score{where}; nothing was written",
+            hint=_SCORE_HINT,
+        )
+    return NoValidScoreError(
+        f"the model produced no valid score (non-finite output) for {len(bad)} of "
+        f"{len(bad) + len(result.scored)} finding(s): {ids}{where}; they are marked 'no valid score' "
+        "in the outputs",
+        hint=_SCORE_HINT,
+    )

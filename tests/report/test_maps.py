@@ -32,10 +32,27 @@ def test_a_marker_on_the_canonical_grid_lands_on_the_same_voxel_of_the_input_fil
     np.testing.assert_allclose(img.affine, affine, atol=1e-5)
     np.testing.assert_allclose(img.get_sform(), affine, atol=1e-5)
     assert int(img.header["sform_code"]) == 1 and int(img.header["qform_code"]) == 1
-    out = np.asarray(img.dataobj)
-    assert out.dtype == np.float32
-    assert tuple(int(v) for v in np.argwhere(out == 1)[0]) == marker
-    assert out.sum() == 1
+    # compact: uint8 on disk, the scaling (1/255) in the header, read back as [0, 1]
+    assert img.get_data_dtype() == np.uint8
+    stored = np.asarray(img.dataobj.get_unscaled())
+    assert stored.dtype == np.uint8 and tuple(int(v) for v in np.argwhere(stored == 255)[0]) == marker
+    assert img.dataobj.slope == pytest.approx(1 / 255) and img.dataobj.inter == 0
+    out = img.get_fdata()
+    assert out.max() == pytest.approx(1.0) and out.sum() == pytest.approx(1.0)
+    assert "uint8 x 1/255" in img.header["descrip"].tobytes().decode()
+
+
+def test_maps_are_compact_and_keep_their_values():
+    from hyperct.report.maps import saliency_nifti_bytes as nifti
+    from hyperct.volume import CTVolume
+
+    vol = CTVolume(hu=np.zeros((40, 128, 128), np.float32), spacing=(2, 1, 1), origin=(0, 0, 0))
+    k, j, i = np.indices(vol.shape)
+    m = np.exp(-((k - 20) ** 2 + (j - 60) ** 2 + (i - 70) ** 2) / 200.0).astype(np.float32)
+    blob = nifti(vol, m)
+    assert len(blob) < m.nbytes / 20  # float32 would be 2.6 MB; uint8 + gzip is far smaller
+    back = _load(blob).get_fdata().transpose(2, 1, 0)
+    assert np.abs(back - m).max() <= 0.5 / 255 + 1e-6
 
 
 def test_dicom_input_map_uses_the_series_own_grid(tmp_path):
@@ -45,7 +62,7 @@ def test_dicom_input_map_uses_the_series_own_grid(tmp_path):
     m[2, 5, 7] = 1.0  # canonical (k, j, i)
     img = _load(saliency_nifti_bytes(vol, m))
     assert img.shape == (20, 24, 18)  # (columns, rows, slices)
-    i, j, k = np.argwhere(np.asarray(img.dataobj) == 1)[0]
+    i, j, k = np.argwhere(np.asarray(img.dataobj.get_unscaled()) == 255)[0]
     ras = img.affine @ [i, j, k, 1]
     lps = vol.index_to_lps([2, 5, 7])
     np.testing.assert_allclose([-ras[0], -ras[1], ras[2]], lps, atol=1e-4)

@@ -93,7 +93,9 @@ def test_a_bad_input_is_reported_and_the_others_are_written(batch, env):
             "oblique.saliency.cardiomegaly.nii.gz",
         ]
     )
-    assert "oblique.nii.gz: DICOM SR skipped: the input is NIfTI" in stderr
+    (skip,) = [line for line in stderr.splitlines() if "DICOM SR skipped" in line]
+    assert skip.startswith("hyperct predict: warning: DICOM SR skipped: a DICOM SR needs DICOM input")
+    assert "the input is NIfTI" in skip and "oblique.nii.gz" in skip and "the JSON and PDF are written" in skip
 
 
 def test_written_json_validates_and_scores_only_the_asked_findings(batch):
@@ -271,7 +273,9 @@ def test_tilted_series_is_refused_unless_resample_tilt_is_given(env, tmp_path):
 
 
 def test_min_slices_lowers_the_short_volume_limit(env, tmp_path):
-    img = nib.Nifti1Image(np.full((24, 24, 10), -800, np.int16), np.diag([8.0, 8.0, 5.0, 1.0]))
+    arr = np.full((24, 24, 10), -800, np.int16)
+    arr[8:16, 8:16] = 40  # not constant (a constant volume is refused)
+    img = nib.Nifti1Image(arr, np.diag([8.0, 8.0, 5.0, 1.0]))
     nib.save(img, tmp_path / "short.nii.gz")
     rc, _, stderr = _run(
         ["predict", str(tmp_path / "short.nii.gz"), *_common(env), "--out", str(tmp_path / "a")]

@@ -24,14 +24,36 @@ inputs:
   with a header row: column 'path' (required; relative to the CSV's folder), optional 'series_uid'
   and 'id' (used as the output file stem instead of the input's name).
 
-outputs (per input, in --out, default: the current folder):
+studies and series:
+  An input may hold several studies and series. One report is made per study (StudyInstanceUID),
+  of the series chosen by these rules: CT images only (no localizer/scout, non-CT or non-image
+  series); readable as one regular volume with at least --min-slices slices; axial; thinnest
+  slices within the chest range (slice thickness up to 5 mm first); most slices; then the lowest
+  SeriesNumber. --series UID scores that series only; --all-series scores every usable CT series.
+  What was skipped, and why, is printed and recorded in each report (JSON input.series_selection,
+  a line on the PDF's first page). A study with CT series of which none can be read is a failed
+  input; a study without CT images (MR, only a localizer, only an SR) is listed as skipped.
+  With several reports from one input, each file stem gets a tag: <stem>-<12 hex> (a hash of the
+  SeriesInstanceUID, so it carries no identifier).
+
+outputs (per report, in --out, default: the current folder):
   <stem>.hyperct.json          --json      report document (schema: hyperct/assets/report.schema.json)
   <stem>.hyperct.pdf           --pdf       PDF report with key images
-  <stem>.hyperct.sr.dcm        --sr        DICOM SR (TID 1500); DICOM inputs only, skipped otherwise
-  <stem>.saliency.<id>.nii.gz  --saliency  saliency maps in the input's own geometry
+  <stem>.hyperct.sr.dcm        --sr        DICOM SR (TID 1500); skipped with a warning (the other files
+                                           are written) for NIfTI/NRRD/MHA inputs and for DICOM series
+                                           without Study/Series Instance UIDs (anonymised exports)
+  <stem>.saliency.<id>.nii.gz  --saliency  saliency maps in the input's own geometry: uint8, gzip-
+                                           compressed, value = stored x scl_slope (1/255), 1 = the
+                                           map's maximum; the total size is printed
   Without output flags a table of the 25 findings is printed; '--json -' prints the JSON document
   to stdout instead (one document per line when there are several inputs).
   Existing files are never replaced without --overwrite.
+  A warning that the input is out of scope (not a chest CT, contrast, implausible HU values) is
+  printed, shown on the PDF's first page and written into the SR; a constant volume is refused.
+
+progress:
+  Per input and step on stderr: a progress bar on a terminal, plain lines otherwise (-q or
+  HYPERCT_NO_PROGRESS=1 turns them off).
 
 export modes:
   shareable (default): no name, birth date, patient ID or accession number; IDs become link IDs
@@ -43,8 +65,9 @@ export modes:
 
 exit status:
   0  every input was scored (and written)
-  1  some inputs failed: missing, unreadable or not CT, or an output file exists without --overwrite
-     (each reported on stderr with its file and the reason); the other inputs were done
+  1  some inputs failed: missing, unreadable or not CT, a constant volume, no valid model score
+     (non-finite output), or an output file exists without --overwrite (each reported on stderr:
+     the cause, the file, what to do); the other inputs were done
   2  usage error (bad arguments, no inputs, unreadable manifest)
   3  the whole command failed (e.g. the model cannot be loaded)
   130 interrupted
@@ -67,7 +90,14 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--manifest", metavar="CSV", help="CSV listing inputs (column 'path'; optional 'series_uid', 'id')"
     )
     p.add_argument(
-        "--series", metavar="UID", help="SeriesInstanceUID to analyse when an input holds several series"
+        "--series",
+        metavar="UID",
+        help="score only this SeriesInstanceUID (default: one series per study, chosen by the rules below)",
+    )
+    p.add_argument(
+        "--all-series",
+        action="store_true",
+        help="score every usable CT series of every study (one report each) instead of one per study",
     )
     p.add_argument(
         "--resample-tilt",
@@ -115,6 +145,12 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     p.add_argument("--mode", choices=["shareable", "clinical"], default="shareable", help="export mode")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="no progress lines (errors, warnings and skipped series still print)",
+    )
     return p
 
 
@@ -208,19 +244,23 @@ def _table(result, label: str) -> str:
     lines = [f"{label}", f"  {m.name} v{m.version} on {result.device}{demo}. {DISCLAIMER}"]
     lines.append(f"  {'Finding':<40} {'Group':<14} {'Prob.':>7} {'Thr.':>6}  Call")
     for f in result.findings:
-        p = f"{f.probability:.3f}" if f.probability is not None else "-"
+        p = (
+            f"{f.probability:.3f}" if f.probability is not None else "-"
+        )  # None: not assessed / no valid score
         mark = "*" if f.call == "present" else " "
         lines.append(f"{mark} {f.name:<40} {GROUP_LABELS[f.group]:<14} {p:>7} {f.threshold:>6.2f}  {f.call}")
+    from hyperct.io.quality import out_of_scope
+
+    scope = out_of_scope(result.warnings)
+    if scope:
+        lines.insert(
+            2,
+            "  WARNING: input out of scope, the scores may be meaningless: "
+            + "; ".join(w.message for w in scope),
+        )
     for w in result.warnings:
         lines.append(f"  QC {w.code}: {w.message}")
     return "\n".join(lines)
-
-
-def _err(label: str, exc: BaseException) -> None:
-    text = str(exc)
-    if label not in text:
-        text = f"{label}: {text}"
-    print(f"hyperct predict: error: {text}", file=sys.stderr)
 
 
 def _unique_stem(stem: str, used: set[str]) -> str:
@@ -230,6 +270,106 @@ def _unique_stem(stem: str, used: set[str]) -> str:
         n += 1
     used.add(out)
     return out
+
+
+class _Progress:
+    """Progress per input and step on stderr: a tqdm bar on a terminal, plain lines otherwise.
+
+    ``mode``: "bar", "lines" or "off" (``--quiet`` or ``HYPERCT_NO_PROGRESS``). Messages go through
+    ``say`` so they do not break the bar.
+    """
+
+    def __init__(self, total: int, mode: str):
+        self.total, self.mode = total, mode
+        self.index, self.label, self.t0 = 0, "", 0.0
+        self._last = ""
+        self.bar = None
+        if mode == "bar":
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc="predict", unit="input", file=sys.stderr, dynamic_ncols=True)
+
+    def begin(self, label: str) -> None:
+        import time
+
+        self.index += 1
+        self.label, self.t0, self._last = label, time.perf_counter(), ""
+
+    def step(self, text: str) -> None:
+        if text == self._last:
+            return
+        self._last = text
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"{Path(self.label).name[-30:]}: {text}", refresh=True)
+        elif self.mode == "lines":
+            print(
+                f"hyperct predict: [{self.index}/{self.total}] {self.label}: {text}",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def end(self) -> None:
+        import time
+
+        if self.mode == "lines":
+            print(
+                f"hyperct predict: [{self.index}/{self.total}] {self.label}: finished in "
+                f"{time.perf_counter() - self.t0:.1f} s",
+                file=sys.stderr,
+                flush=True,
+            )
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def say(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.write(text, file=sys.stderr)
+        else:
+            print(text, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _progress_mode(args) -> str:
+    if getattr(args, "quiet", False) or os.environ.get("HYPERCT_NO_PROGRESS"):
+        return "off"
+    return "bar" if sys.stderr.isatty() else "lines"
+
+
+def _format_error(label: str, exc: BaseException) -> str:
+    """'cause (file) -> what to do': the reader's 'path: cause -> hint' reordered, cause first."""
+    text = str(exc)
+    path = getattr(exc, "path", None)
+    where = None
+    if path and text.startswith(f"{path}: "):
+        text, where = text[len(path) + 2 :], path
+    cause, sep, hint = text.partition(" -> ")
+    if where is None and label not in cause:
+        where = label
+    out = cause + (f" ({where})" if where else "")
+    return out + (f" -> {hint}" if sep else "")
+
+
+def _say_plan(progress: _Progress, label: str, plan) -> None:
+    """What an input holds, what is scored and what is skipped (always printed: it is a result)."""
+    if plan.choices and plan.choices[0].info is None and not plan.skipped:
+        return  # a single image file: nothing was chosen
+    n = len(plan.choices)
+    if n == 1 and not plan.skipped:
+        return
+    studies = "1 study" if plan.n_studies == 1 else f"{plan.n_studies} studies"
+    progress.say(
+        f"hyperct predict: {label}: {studies}, {n} report{'s' if n != 1 else ''} "
+        f"(series chosen by: {plan.choices[0].rule})"
+    )
+    for c in plan.choices:
+        if c.info is not None:
+            progress.say(f"  scoring {c.describe()} of study {c.study_uid or '(no StudyInstanceUID)'}")
+    for s in plan.skipped:
+        study = f", study {s.study_uid}" if s.study_uid else ""
+        progress.say(f"  skipped {s.label()}{study}: {s.reason}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -248,6 +388,8 @@ def run(args: argparse.Namespace) -> int:
             items += _read_manifest(args.manifest)
         if not items:
             raise UsageError("no inputs: give INPUT paths/globs or --manifest CSV")
+        if args.all_series and args.series:
+            raise UsageError("--series and --all-series exclude each other: give one of them")
         findings = _finding_list(args.findings)
         if args.saliency_findings and args.saliency_findings != "all":
             _finding_list(args.saliency_findings)
@@ -255,9 +397,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"hyperct predict: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
 
-    from tqdm import tqdm
-
     from hyperct.errors import HyperCTError
+    from hyperct.io.selection import plan_input
     from hyperct.loading import load_model
 
     loaded = load_model(args.model, backbone_dir=args.backbone, device=args.device)  # errors: exit 3
@@ -265,37 +406,78 @@ def run(args: argparse.Namespace) -> int:
     out_dir = Path(args.out) if args.out else Path.cwd()
     used: set[str] = set()
     failed: list[str] = []
-    show = not os.environ.get("HYPERCT_NO_PROGRESS") and sys.stderr.isatty()
-    bar = tqdm(items, desc="predict", unit="scan", disable=not show, file=sys.stderr)
-    for item in bar:
-        bar.set_postfix_str(Path(item.label).name[-30:])
-        try:
-            _process(
-                item,
-                loaded,
-                args,
-                formats=formats,
-                findings=findings,
-                maps_wanted=maps_wanted,
-                json_stdout=json_stdout,
-                many=len(items) > 1,
-                out_dir=out_dir,
-                used=used,
-            )
-        except KeyboardInterrupt:
-            raise
-        except HyperCTError as exc:
-            failed.append(item.label)
-            bar.clear()
-            _err(item.label, exc)
-        except Exception as exc:  # noqa: BLE001 - keep going past an unexpected failure, but say what it was
-            failed.append(item.label)
-            bar.clear()
-            _err(item.label, RuntimeError(f"unexpected {type(exc).__name__}: {exc}"))
-    bar.close()
-    if failed:
+    units = 0
+    progress = _Progress(len(items), _progress_mode(args))
+    state = {"map_bytes": 0, "maps": 0, "reports": 0}
+    json_lines = len(items) > 1
+    try:
+        for item in items:
+            progress.begin(item.label)
+            progress.step("listing series")
+            try:
+                plan = plan_input(
+                    item.source,
+                    min_slices=args.min_slices,
+                    resample_tilt=args.resample_tilt,
+                    series_uid=item.series_uid or args.series,
+                    all_series=args.all_series,
+                )
+            except KeyboardInterrupt:
+                raise
+            except HyperCTError as exc:
+                units += 1
+                failed.append(item.label)
+                progress.say(f"hyperct predict: error: {_format_error(item.label, exc)}")
+                progress.end()
+                continue
+            _say_plan(progress, item.label, plan)
+            json_lines = json_lines or len(plan.choices) > 1
+            for k, choice in enumerate(plan.choices):
+                units += 1
+                label = (
+                    item.label if len(plan.choices) == 1 else f"{item.label} [{k + 1}/{len(plan.choices)}]"
+                )
+                try:
+                    _process(
+                        item,
+                        choice,
+                        plan,
+                        loaded,
+                        args,
+                        formats=formats,
+                        findings=findings,
+                        maps_wanted=maps_wanted,
+                        json_stdout=json_stdout,
+                        many=json_lines,
+                        out_dir=out_dir,
+                        used=used,
+                        label=label,
+                        progress=progress,
+                        state=state,
+                    )
+                except KeyboardInterrupt:
+                    raise
+                except HyperCTError as exc:
+                    failed.append(label)
+                    progress.say(f"hyperct predict: error: {_format_error(label, exc)}")
+                except Exception as exc:  # noqa: BLE001 - keep going past an unexpected failure, but say what it was
+                    failed.append(label)
+                    progress.say(
+                        f"hyperct predict: error: unexpected {type(exc).__name__}: {exc} ({label}) -> "
+                        "please report this with the command line"
+                    )
+            progress.end()
+    finally:
+        progress.close()
+    if state["maps"]:
         print(
-            f"hyperct predict: {len(items) - len(failed)} of {len(items)} input(s) done; "
+            f"hyperct predict: {state['maps']} saliency map(s), {_size(state['map_bytes'])} in total",
+            file=sys.stderr,
+        )
+    if failed:
+        what = "input(s)" if units == len(items) else "scan(s)"
+        print(
+            f"hyperct predict: {units - len(failed)} of {units} {what} done; "
             f"{len(failed)} failed: {', '.join(failed)}",
             file=sys.stderr,
         )
@@ -303,14 +485,45 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _size(n: int) -> str:
+    if n < 1024 * 1024:
+        return f"{n / 1024:.1f} KB"
+    return f"{n / (1024 * 1024):.1f} MB"
+
+
+def _series_tag(volume, choice, base: str, k: int) -> str:
+    """A short tag telling apart the reports of one input (a hash of the series UID: shareable)."""
+    from hyperct.report.export import pseudonymous_stem
+
+    md = dict(volume.metadata)
+    if not md.get("SeriesInstanceUID"):
+        md = {"SeriesInstanceUID": f"{base}#{choice.study_uid}#{k}"}
+    return pseudonymous_stem(md, base)[len("scan-") :]
+
+
 def _process(
-    item: Item, loaded, args, *, formats, findings, maps_wanted, json_stdout, many, out_dir, used
+    item: Item,
+    choice,
+    plan,
+    loaded,
+    args,
+    *,
+    formats,
+    findings,
+    maps_wanted,
+    json_stdout,
+    many,
+    out_dir,
+    used,
+    label,
+    progress,
+    state,
 ) -> None:
-    """Read, score and write one input (raises on failure; the caller reports it and goes on)."""
+    """Read, score and write one report of an input (raises on failure; the caller reports it)."""
     from hyperct.inference import analyze
     from hyperct.io import read_ct
+    from hyperct.io.quality import check_scorable, out_of_scope
     from hyperct.report.atomic import check_targets
-    from hyperct.report.document import format_name
     from hyperct.report.export import (
         check_formats,
         derived_stem,
@@ -320,44 +533,67 @@ def _process(
         saliency_for_export,
         saliency_targets,
     )
+    from hyperct.report.sr import sr_skip_reason
+    from hyperct.results import check_scores
 
+    progress.step("reading")
     volume = read_ct(
         item.source,
-        series_uid=item.series_uid or args.series,
+        series_uid=choice.series_uid if choice.pass_uid else (item.series_uid or args.series),
         resample_tilt=args.resample_tilt,
         min_slices=args.min_slices,
     )
+    check_scorable(volume, label)  # a constant volume is refused, not scored
     fmts = list(formats)
-    if "sr" in fmts and not volume.is_dicom:
-        fmts.remove("sr")
-        print(
-            f"hyperct predict: {item.label}: DICOM SR skipped: the input is {format_name(volume.source_format)}, "
-            "not DICOM (an SR must reference DICOM images)",
-            file=sys.stderr,
-        )
+    if "sr" in fmts:
+        why = sr_skip_reason(volume)
+        if why:
+            fmts.remove("sr")
+            others = " and ".join(f.upper() for f in fmts)
+            progress.say(
+                f"hyperct predict: warning: DICOM SR skipped: {why} ({label})"
+                + (f"; the {others} are written" if others else "")
+            )
     check_formats(fmts, volume)
     writes = bool(fmts) or maps_wanted
     stem = None
     if writes:
-        stem = _unique_stem(item.stem or derived_stem(item.source, volume, args.mode), used)
+        base = item.stem or derived_stem(item.source, volume, args.mode)
+        if len(plan.choices) > 1:
+            base = f"{base}-{_series_tag(volume, choice, base, plan.choices.index(choice))}"
+        stem = _unique_stem(base, used)
         check_targets(output_paths(out_dir, stem, fmts).values(), overwrite=args.overwrite)  # before scoring
 
-    result = analyze(loaded, volume, findings=findings)
+    def on_step(p) -> None:
+        progress.step(p.message if p.stage == "score" else p.stage)
+
+    progress.step("preprocessing")
+    result = analyze(loaded, volume, findings=findings, progress=on_step)
+    if choice.skipped or len(plan.choices) > 1:  # a single-series input reports as the viewer does
+        result.input["series_selection"] = {
+            "rule": choice.rule,
+            "skipped": [dict(s.to_dict(shareable=False), category=s.category) for s in choice.skipped],
+        }
+    problem = check_scores(result, label)  # raises when no finding has a valid score
     report_id, created = report_identity(result)
 
     if not writes and not json_stdout:
-        print(_table(result, item.label))
+        print(_table(result, label))
         print()
+        if problem:
+            raise problem
         return
+
+    scope = out_of_scope(result.warnings)
+    for w in scope:
+        progress.say(f"hyperct predict: warning: input out of scope: {w.code}: {w.message} ({label})")
 
     map_ids: list[str] = []
     if maps_wanted:
         map_ids = saliency_targets(result, args.saliency_findings or "positive")
         if not map_ids:
-            print(
-                f"hyperct predict: {item.label}: no positive finding, so no saliency map was written",
-                file=sys.stderr,
-            )
+            progress.say(f"hyperct predict: {label}: no positive finding, so no saliency map was written")
+    progress.step("saliency")
     saliency = saliency_for_export(loaded, volume, result, method=args.saliency_method, extra=map_ids)
 
     if json_stdout:
@@ -366,6 +602,7 @@ def _process(
         ]
         print(json.dumps(doc, ensure_ascii=False) if many else json.dumps(doc, indent=2, ensure_ascii=False))
     if fmts or map_ids:
+        progress.step("writing")
         written = export(
             result,
             volume,
@@ -379,5 +616,10 @@ def _process(
             report_id=report_id,
             created=created,
         )
-        for path in written.values():
-            print(f"hyperct predict: wrote {path}", file=sys.stderr)
+        for key, path in written.items():
+            if key.startswith("saliency:"):
+                state["maps"] += 1
+                state["map_bytes"] += path.stat().st_size
+            progress.say(f"hyperct predict: wrote {path}")
+    if problem:
+        raise problem

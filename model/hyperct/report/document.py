@@ -18,7 +18,7 @@ from hyperct.errors import ExportError
 from hyperct.findings import GROUP_LABELS, catalogue
 from hyperct.report import deid
 from hyperct.report.coding import finding_codes
-from hyperct.results import CALL_NOT_ASSESSED, AnalysisResult
+from hyperct.results import CALL_NO_SCORE, SCORED_CALLS, AnalysisResult
 from hyperct.volume import CTVolume
 
 SCHEMA_FILE = "report.schema.json"
@@ -151,7 +151,34 @@ def _input_block(result: AnalysisResult, mode: str) -> dict:
     }
     if mode == deid.CLINICAL:
         out["source_paths"] = list(src.get("source_paths") or [])
+    selection = src.get("series_selection")
+    if selection:
+        out["series_selection"] = _selection_block(selection, mode)
     return out
+
+
+def _selection_block(selection: dict, mode: str) -> dict:
+    """How the series was chosen and which series of the input were skipped, and why.
+
+    Shareable mode keeps only words from the project's own vocabulary (``category``); clinical mode
+    the reader's full reason. Series descriptions are never included.
+    """
+    skipped = []
+    for s in selection.get("skipped") or []:
+        entry = {k: s.get(k) for k in _SKIPPED_KEYS}
+        entry["reason"] = s.get("reason") if mode == deid.CLINICAL else (s.get("category") or s.get("reason"))
+        skipped.append(entry)
+    return {"rule": str(selection.get("rule") or ""), "skipped": skipped}
+
+
+_SKIPPED_KEYS = (
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "SeriesNumber",
+    "modality",
+    "slices",
+    "slice_thickness_mm",
+)
 
 
 def _float_or_none(v: Any) -> float | None:
@@ -186,7 +213,7 @@ def build_document(
     findings = []
     for f in result.findings:
         entry = cat[f.id]
-        assessed = f.call != CALL_NOT_ASSESSED and f.probability is not None
+        assessed = f.call in SCORED_CALLS and f.probability is not None
         findings.append(
             {
                 "index": int(f.index),
@@ -234,8 +261,9 @@ def build_document(
         "saliency_method": sorted(methods)[0] if len(methods) == 1 else (None if not methods else "mixed"),
         "findings": findings,
         "summary": {
-            "assessed": sum(1 for x in findings if x["call"] != CALL_NOT_ASSESSED),
+            "assessed": sum(1 for x in findings if x["call"] in SCORED_CALLS),
             "present": [x["id"] for x in findings if x["call"] == "present"],
+            "no_valid_score": [x["id"] for x in findings if x["call"] == CALL_NO_SCORE],
         },
         "limitations": list(LIMITATIONS),
     }

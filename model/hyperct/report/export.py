@@ -6,7 +6,8 @@ Files, in ``out_dir``, for a ``stem`` (default: from the input's name, see ``def
 * ``<stem>.hyperct.json``: the report document (schema ``assets/report.schema.json``);
 * ``<stem>.hyperct.pdf``: the PDF report;
 * ``<stem>.hyperct.sr.dcm``: DICOM Comprehensive 3D SR, TID 1500 (DICOM input only);
-* ``<stem>.saliency.<finding>.nii.gz``: saliency maps in the input's geometry (``saliency_findings``).
+* ``<stem>.saliency.<finding>.nii.gz``: saliency maps in the input's geometry (``saliency_findings``),
+  uint8 with the scaling 1/255 in the header, gzip-compressed (``hyperct.report.maps``).
 
 Everything is rendered in memory first; then each file is written atomically. Nothing is
 replaced unless ``overwrite=True``: if any target exists, ``ExportError`` names it and nothing is
@@ -23,7 +24,7 @@ from pathlib import Path
 from hyperct.errors import ExportError
 from hyperct.report import deid
 from hyperct.report.atomic import check_targets, write_atomic
-from hyperct.results import CALL_NOT_ASSESSED, CALL_PRESENT, AnalysisResult
+from hyperct.results import CALL_PRESENT, SCORED_CALLS, AnalysisResult
 from hyperct.volume import PHI_KEYS, CTVolume
 
 FORMATS = ("json", "pdf", "sr")
@@ -160,7 +161,7 @@ def saliency_targets(result: AnalysisResult, saliency_findings: Sequence[str] | 
     """Finding ids whose maps are written: ``"all"`` (assessed ones), ``"positive"``, a list, or none."""
     if saliency_findings is None:
         return []
-    assessed = [f.id for f in result.findings if f.call != CALL_NOT_ASSESSED]
+    assessed = [f.id for f in result.findings if f.call in SCORED_CALLS]
     if isinstance(saliency_findings, str):
         if saliency_findings == "all":
             return assessed
@@ -181,7 +182,7 @@ def saliency_targets(result: AnalysisResult, saliency_findings: Sequence[str] | 
     not_assessed = [fid for fid in ids if fid not in assessed]
     if not_assessed:
         raise ExportError(
-            f"no saliency map for finding(s) not assessed: {', '.join(not_assessed)}",
+            f"no saliency map for finding(s) without a score: {', '.join(not_assessed)}",
             hint="score these findings too (drop --findings), or choose assessed findings",
         )
     return list(dict.fromkeys(ids))
@@ -205,7 +206,7 @@ def saliency_for_export(
     from hyperct.report.pdf import MAX_KEY_IMAGES
     from hyperct.saliency import compute_saliency
 
-    assessed = [f.id for f in result.findings if f.call != CALL_NOT_ASSESSED]
+    assessed = [f.id for f in result.findings if f.call in SCORED_CALLS]
     if not assessed:
         return None
     if method == "gradcam":

@@ -6,7 +6,10 @@ flips of the reader), and written with the input's own affine: ``CTVolume.source
 source index (i, j, k) to LPS millimetres; NIfTI is RAS, so x and y change sign. The NIfTI data
 array is indexed (i, j, k), i.e. the source-grid array (k, j, i) transposed. For a NIfTI input this
 reproduces its array shape and affine exactly; for DICOM, the grid is the series' own (columns,
-rows, slices sorted along the slice normal). Values are float32 in [0, 1] (1 = the map's maximum).
+rows, slices sorted along the slice normal). Values are in [0, 1] (1 = the map's maximum), stored
+compactly: uint8 with the NIfTI scaling ``scl_slope`` = 1/255, ``scl_inter`` = 0 in the header (every
+NIfTI reader applies it: nibabel's ``get_fdata()`` gives the [0, 1] values back, to 1/510), and the
+file is gzip-compressed. A 512 x 512 x 300 map takes a few MB instead of 300 MB as float32.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from hyperct.volume import CTVolume
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 SUFFIX = ".nii.gz"
+LEVELS = 255  # stored value = round(map * 255); value = stored * scl_slope (1/255)
+SCALE_NOTE = "uint8 x 1/255"
 
 
 def source_affine_ras(volume: CTVolume) -> np.ndarray:
@@ -41,12 +46,16 @@ def saliency_nifti_bytes(volume: CTVolume, canonical_map: np.ndarray, descriptio
     import nibabel as nib
 
     data = to_source_array(volume, canonical_map)
+    data = np.nan_to_num(data, nan=0.0, posinf=1.0, neginf=0.0)
+    stored = np.rint(np.clip(data, 0.0, 1.0) * LEVELS).astype(np.uint8)
     affine = source_affine_ras(volume)
-    img = nib.Nifti1Image(data, affine)
+    img = nib.Nifti1Image(stored, affine)
+    img.header.set_slope_inter(1.0 / LEVELS, 0.0)
     img.set_sform(affine, code=1)
     img.set_qform(affine, code=1)
     img.header.set_xyzt_units("mm")
-    img.header["descrip"] = description.encode("ascii", "replace")[:79]
+    text = f"{description} [{SCALE_NOTE}]" if description else SCALE_NOTE
+    img.header["descrip"] = text.encode("ascii", "replace")[:79]
     img.header["cal_min"], img.header["cal_max"] = 0.0, 1.0
     raw = BytesIO()
     file_map = nib.Nifti1Image.make_file_map({"image": raw, "header": raw})

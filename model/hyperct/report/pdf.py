@@ -308,9 +308,79 @@ def _summary(doc: dict, st):
         )
     else:
         text = f"None of the {n_assessed} assessed findings is at or above its threshold."
-    if n_assessed < len(doc["findings"]):
-        text += f" {len(doc['findings']) - n_assessed} finding(s) were not assessed."
+    no_score = doc["summary"].get("no_valid_score") or []
+    n_excluded = len(doc["findings"]) - n_assessed - len(no_score)
+    if no_score:
+        text += (
+            f' <font color="{PRESENT}"><b>{len(no_score)} finding(s) got no valid score</b></font> '
+            "(the model's output was not a finite number): these are failures, not negatives."
+        )
+    if n_excluded:
+        text += f" {n_excluded} finding(s) were not assessed (excluded from scoring)."
     return Paragraph(text, st["base"])
+
+
+def _scope_box(doc: dict, st, width: float):
+    """Out-of-scope QC warnings on page 1, beside the findings (None when there are none)."""
+    from reportlab.lib.colors import HexColor
+    from reportlab.platypus import Paragraph, Table, TableStyle
+
+    from hyperct.io.quality import out_of_scope
+
+    scope = out_of_scope(doc["input"]["qc_warnings"])
+    if not scope:
+        return None
+    rows = [
+        [
+            Paragraph(
+                f'<font color="{PRESENT}"><b>Input out of scope: the results below may be meaningless.</b></font> '
+                "The model is meant for non-contrast chest CT in Hounsfield units; quality control found:",
+                st["base"],
+            )
+        ]
+    ]
+    for w in scope:
+        rows.append(
+            [Paragraph(f"<b>{_esc(w.code)}</b>: {_esc(w.message)}", st["bullet"], bulletText="\u2022")]
+        )
+    t = Table(rows, colWidths=[width])
+    t.setStyle(
+        TableStyle(
+            [
+                ("BACKGROUND", (0, 0), (-1, -1), HexColor(PRESENT_BG)),
+                ("BOX", (0, 0), (-1, -1), 1.4, HexColor(PRESENT)),
+                ("LEFTPADDING", (0, 0), (-1, -1), 8),
+                ("TOPPADDING", (0, 0), (0, 0), 5),
+                ("TOPPADDING", (0, 1), (-1, -1), 1),
+                ("BOTTOMPADDING", (0, -1), (-1, -1), 5),
+            ]
+        )
+    )
+    return t
+
+
+def _selection_line(doc: dict, st):
+    """One line on page 1: which series of the input were not used for this report, and why."""
+    from reportlab.platypus import Paragraph
+
+    sel = doc["input"].get("series_selection")
+    if not sel or not sel.get("skipped"):
+        return None
+    parts = []
+    for sk in sel["skipped"]:
+        num = f"series {sk['SeriesNumber']}" if sk.get("SeriesNumber") is not None else "a series"
+        what = ", ".join(
+            x
+            for x in (
+                sk.get("modality"),
+                f"{sk['slices']} slices" if sk.get("slices") else None,
+                f"{sk['slice_thickness_mm']:g} mm" if sk.get("slice_thickness_mm") else None,
+            )
+            if x
+        )
+        parts.append(f"{num}{f' ({what})' if what else ''}: {sk['reason']}")
+    text = f"<b>Skipped series ({len(parts)}):</b> " + _esc("; ".join(parts)) + "."
+    return Paragraph(text, st["small"])
 
 
 def _findings_table(doc: dict, st, width: float):
@@ -358,6 +428,7 @@ def _findings_table(doc: dict, st, width: float):
                 "present": f'<font color="{PRESENT}"><b>Present</b></font>',
                 "absent": "Absent",
                 "not assessed": f'<font color="{MUTED}"><i>Not assessed</i></font>',
+                "no valid score": f'<font color="{PRESENT}"><b><i>No valid score</i></b></font>',
             }[f["call"]]
             data.append(
                 [
@@ -592,8 +663,14 @@ def render_pdf(doc: dict, volume=None, saliency=None, *, key_findings: list[str]
             ]
         )
     )
-    story += [blocks, Spacer(1, 6)]
+    story += [blocks, Spacer(1, 4)]
+    line = _selection_line(doc, st)
+    if line is not None:
+        story += [line, Spacer(1, 4)]
     story.append(Paragraph("Findings", st["h2"]))
+    scope = _scope_box(doc, st, width)
+    if scope is not None:
+        story += [scope, Spacer(1, 4)]
     story.append(_summary(doc, st))
     story.append(Spacer(1, 4))
     story.append(_findings_table(doc, st, width))

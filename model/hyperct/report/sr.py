@@ -43,26 +43,38 @@ def _uid_from(report_id: str, label: str) -> str:
     return f"2.25.{u.int}"
 
 
-def check_sr_input(volume: CTVolume) -> None:
-    """Refuse (``ExportError``) when the input is not a DICOM series with referenced images."""
+def sr_skip_reason(volume: CTVolume) -> str | None:
+    """Why no DICOM SR can be made for ``volume`` (None: it can). Plain words, for users."""
     if not volume.is_dicom:
-        src = volume.source_paths[0] if volume.source_paths else None
-        raise ExportError(
-            f"a DICOM SR needs DICOM input, but this scan was read from {format_name(volume.source_format)}: "
-            "the SR must reference the source DICOM images",
-            path=src,
-            hint="export JSON or PDF for this scan, or open the original DICOM series",
+        return (
+            f"a DICOM SR needs DICOM input, but the input is {format_name(volume.source_format)} "
+            "(an SR must reference DICOM images)"
         )
     md = volume.metadata
     missing = [k for k in ("StudyInstanceUID", "SeriesInstanceUID") if not md.get(k)]
-    if missing or not md.get("ReferencedInstances"):
-        raise ExportError(
-            "the DICOM input lacks "
-            + (", ".join(missing) if missing else "the list of its images (ReferencedInstances)")
-            + ", so the SR cannot reference it",
-            path=volume.source_paths[0] if volume.source_paths else None,
-            hint="re-read the series with hyperct.io.read_ct",
+    if missing:
+        return (
+            f"the DICOM series has no {' and no '.join(missing)} (common in anonymised exports), and an SR "
+            "must reference its images by these UIDs"
         )
+    if not md.get("ReferencedInstances"):
+        return (
+            "the list of the series' images (SOP Instance UIDs) is not known, so the SR cannot reference them"
+        )
+    return None
+
+
+def check_sr_input(volume: CTVolume) -> None:
+    """Refuse (``ExportError``) when the input is not a DICOM series with referenced images."""
+    why = sr_skip_reason(volume)
+    if why is None:
+        return
+    src = volume.source_paths[0] if volume.source_paths else None
+    raise ExportError(
+        f"no DICOM SR for this scan: {why}" + (f" ({src})" if src else ""),
+        hint="export the JSON or PDF report instead; an SR needs the original DICOM series with its "
+        "Study and Series Instance UIDs",
+    )
 
 
 def _evidence(volume: CTVolume, doc: dict):
@@ -139,7 +151,7 @@ def build_sr(doc: dict, volume: CTVolume):
             ],
         )
         measurements, evaluations, sources = [], [], []
-        if f["call"] != "not assessed":
+        if f["call"] in ("present", "absent"):  # not "not assessed" nor "no valid score"
             measurements.append(hd.sr.Measurement(name=probability, value=f["probability"], unit=unit))
             evaluations.append(
                 hd.sr.QualitativeEvaluation(
@@ -169,6 +181,7 @@ def build_sr(doc: dict, volume: CTVolume):
         imaging_measurements=groups,
         title=codes.DCM.ImagingMeasurementReport,
     )
+    _add_qc_evaluations(report, doc)
     description = ("HyperCT DEMO - " if model["demo"] else "HyperCT - ") + DISCLAIMER
     sr = hd.sr.Comprehensive3DSR(
         evidence=_evidence(volume, doc),
@@ -204,6 +217,40 @@ def build_sr(doc: dict, volume: CTVolume):
         sr.PatientIdentityRemoved = "YES"
         sr.DeidentificationMethod = "HyperCT shareable export: identifiers removed, IDs keyed-hashed"
     return sr
+
+
+QUALITATIVE_EVALUATIONS = ("C0034375", "UMLS", "Qualitative Evaluations")  # TID 1500 row 12
+QUALITY_ISSUE = ("113010", "DCM", "Quality Issue")
+OUT_OF_SCOPE_TEXT = "Input out of scope for the model; the probabilities may be meaningless"
+
+
+def _add_qc_evaluations(report, doc: dict) -> None:
+    """Out-of-scope QC warnings as TEXT items in TID 1500's root "Qualitative Evaluations" container.
+
+    highdicom's MeasurementReport does not build that container, so it is appended to the root's
+    content: CONTAINER (C0034375, UMLS, "Qualitative Evaluations") CONTAINS TEXT (113010, DCM,
+    "Quality Issue") items, the first saying the input is out of scope, then one per warning.
+    """
+    import highdicom as hd
+
+    from hyperct.io.quality import out_of_scope
+
+    scope = out_of_scope(doc["input"]["qc_warnings"])
+    if not scope:
+        return
+    name = hd.sr.CodedConcept(*QUALITY_ISSUE)
+    items = [hd.sr.TextContentItem(name=name, value=OUT_OF_SCOPE_TEXT, relationship_type="CONTAINS")]
+    for w in scope:
+        items.append(
+            hd.sr.TextContentItem(
+                name=name, value=f"{w.code}: {w.message}"[:1024], relationship_type="CONTAINS"
+            )
+        )
+    container = hd.sr.ContainerContentItem(
+        name=hd.sr.CodedConcept(*QUALITATIVE_EVALUATIONS), relationship_type="CONTAINS"
+    )
+    container.ContentSequence = hd.sr.ContentSequence(items)
+    report[0].ContentSequence.append(container)
 
 
 def _tz_offset(t: _dt.datetime) -> str:
