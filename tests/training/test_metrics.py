@@ -133,3 +133,29 @@ def test_finding_metrics_and_macro():
     assert (g.sensitivity, g.specificity) == sens_spec(y[:50], p[:50], 0.5)
     assert macro_auc([0.6, float("nan"), 0.8]) == pytest.approx(0.7)
     assert np.isnan(macro_auc([float("nan")]))
+
+
+def test_auc_ci_is_not_estimable_below_the_minimum_per_class():
+    from hyperct.training.metrics import MIN_CI_PER_CLASS, finding_metrics
+
+    rng = np.random.default_rng(2)
+    # one positive, perfectly separated: the bootstrap interval would be 1.000-1.000
+    y = np.array([1] + [0] * 60)
+    s = np.concatenate([[5.0], rng.normal(size=60)])
+    assert roc_auc(y, s) == 1.0
+    lo, hi = bootstrap_auc_ci(y, s, n_boot=200, seed=0)
+    assert np.isnan(lo) and np.isnan(hi)
+    m = finding_metrics("pleural_effusion", "conventional", y, s, n_boot=200)
+    assert m.auc == 1.0 and np.isnan(m.ci_low)
+    assert (
+        m.ci_note
+        == f"not estimable: 1 positive(s), 60 negative(s); needs at least {MIN_CI_PER_CLASS} of each"
+    )
+    # at the minimum of each class the interval exists
+    y2 = np.array([1] * MIN_CI_PER_CLASS + [0] * MIN_CI_PER_CLASS)
+    s2 = rng.normal(size=y2.size) + y2
+    lo, hi = bootstrap_auc_ci(y2, s2, n_boot=200, seed=0)
+    assert lo < roc_auc(y2, s2) < hi
+    assert finding_metrics("pleural_effusion", "conventional", y2, s2, n_boot=200).ci_note == ""
+    y3 = np.array([1] * 30 + [0] * (MIN_CI_PER_CLASS - 1))  # too few negatives
+    assert np.isnan(bootstrap_auc_ci(y3, rng.normal(size=y3.size), n_boot=50)[0])

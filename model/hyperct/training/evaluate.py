@@ -30,6 +30,7 @@ from hyperct.errors import ConfigError, DatasetError
 from hyperct.findings import GROUP_LABELS, catalogue
 from hyperct.training.datasets import VolumeDataset
 from hyperct.training.metrics import (
+    MIN_CI_PER_CLASS,
     FindingMetrics,
     finding_metrics,
     labelled,
@@ -124,6 +125,7 @@ TABLE_COLUMNS = (
     "threshold_source",
     "sensitivity",
     "specificity",
+    "ci_note",
 )
 
 
@@ -145,6 +147,7 @@ def _rows(report: EvaluationReport) -> list[dict]:
                 "threshold_source": m.threshold_source,
                 "sensitivity": m.sensitivity,
                 "specificity": m.specificity,
+                "ci_note": m.ci_note,
             }
         )
     return rows
@@ -168,7 +171,9 @@ def metrics_markdown(report: EvaluationReport, *, title: str, notes: list[str]) 
         "|---|---|---:|---:|---:|---|---:|---:|---:|",
     ]
     for r in _rows(report):
-        ci = f"{_fmt(r['ci_low'])}-{_fmt(r['ci_high'])}" if np.isfinite(r["ci_low"]) else "n/a"
+        ci = (
+            f"{_fmt(r['ci_low'])}-{_fmt(r['ci_high'])}" if np.isfinite(r["ci_low"]) else r["ci_note"] or "n/a"
+        )
         lines.append(
             f"| {r['name']} | {GROUP_LABELS.get(r['group'], r['group'])} | {r['n']} | {r['positives']} | "
             f"{_fmt(r['auc'])} | {ci} | {_fmt(r['threshold'])} | {_fmt(r['sensitivity'])} | {_fmt(r['specificity'])} |"
@@ -286,7 +291,8 @@ def evaluate(
         f"Model: {loaded.name} v{loaded.version} (weights sha256 {loaded.weights_sha256[:12]}...)"
         + (" - DEMO model trained on synthetic phantoms" if loaded.is_demo else ""),
         f"Data: {label} ({len(data)} volumes)",
-        f"AUC 95 % CI: stratified percentile bootstrap, {n_boot} resamples, seed {seed}.",
+        f"AUC 95 % CI: stratified percentile bootstrap, {n_boot} resamples, seed {seed}; not estimable "
+        f"(not given) for findings with fewer than {MIN_CI_PER_CLASS} positives or {MIN_CI_PER_CLASS} negatives.",
         thr_note,
         "AI output, not a diagnosis.",
     ]
@@ -335,14 +341,22 @@ def evaluate(
             "demo": loaded.is_demo,
         },
         "data": {"label": label, "n": len(data), "description": data.describe()},
-        "bootstrap": {"resamples": n_boot, "seed": seed, "level": level, "method": "stratified percentile"},
+        "bootstrap": {
+            "resamples": n_boot,
+            "seed": seed,
+            "level": level,
+            "method": "stratified percentile",
+            "min_positives_and_negatives": MIN_CI_PER_CLASS,
+        },
         "threshold_source": threshold_source,
         "threshold_method": "Youden's J on the evaluated data"
         if threshold_source == "youden"
         else "checkpoint",
         "macro_auc": report.macro_auc,
         "findings": {
-            m.finding: dict(asdict(m), operating_points=report.summary["operating_points"][m.finding])
+            m.finding: dict(
+                asdict(m), ci_note=m.ci_note, operating_points=report.summary["operating_points"][m.finding]
+            )
             for m in report.findings
         },
         "youden_thresholds": report.youden_thresholds,

@@ -6,7 +6,10 @@ logit); a case is called positive when ``score >= threshold``.
 
 * AUC: the Mann-Whitney statistic, P(score_pos > score_neg) + 0.5 P(tie), from mid-ranks.
 * Bootstrap CI: stratified (positives and negatives resampled separately, so every resample has
-  both classes and the prevalence of the data), seeded, percentile interval.
+  both classes and the prevalence of the data), seeded, percentile interval. Not estimable (NaN)
+  below ``MIN_CI_PER_CLASS`` (10) positives or 10 negatives: with one positive every resample
+  repeats it and the interval collapses to the point estimate (e.g. "1.000-1.000"), which says
+  nothing about the uncertainty.
 * Youden's J: the threshold maximising sensitivity + specificity - 1 over the observed scores
   (the smallest score called positive at the optimum; on ties of J the highest such threshold, i.e.
   the most specific operating point). Choose it on validation data, not on the test data it is
@@ -21,6 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy.stats import rankdata
+
+MIN_CI_PER_CLASS = 10  # fewest positives and fewest negatives for a bootstrap AUC interval
 
 
 def labelled(y: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -58,12 +63,14 @@ def bootstrap_auc_ci(
     level: float = 0.95,
     seed: int = 0,
     chunk: int = 200,
+    min_per_class: int = MIN_CI_PER_CLASS,
 ) -> tuple[float, float]:
-    """Stratified percentile bootstrap CI of the AUC; (nan, nan) when a class is absent."""
+    """Stratified percentile bootstrap CI of the AUC; (nan, nan) when it is not estimable: fewer than
+    ``min_per_class`` positives or negatives (see the module docstring)."""
     y = np.asarray(y)
     score = np.asarray(score, dtype=np.float64)
     pos, neg = score[y == 1], score[y == 0]
-    if pos.size == 0 or neg.size == 0 or n_boot < 1:
+    if pos.size < max(1, min_per_class) or neg.size < max(1, min_per_class) or n_boot < 1:
         return float("nan"), float("nan")
     rng = np.random.default_rng(seed)
     aucs = []
@@ -154,6 +161,19 @@ class FindingMetrics:
     @property
     def evaluable(self) -> bool:
         return self.positives > 0 and self.positives < self.n
+
+    @property
+    def ci_note(self) -> str:
+        """Why there is no CI ("" when there is one)."""
+        if np.isfinite(self.ci_low):
+            return ""
+        neg = self.n - self.positives
+        if self.positives >= MIN_CI_PER_CLASS and neg >= MIN_CI_PER_CLASS:
+            return "not computed (no bootstrap resamples)"
+        return (
+            f"not estimable: {self.positives} positive(s), {neg} negative(s); needs at least "
+            f"{MIN_CI_PER_CLASS} of each"
+        )
 
 
 def finding_metrics(
