@@ -106,8 +106,20 @@ def test_shipped_configs_are_valid():
     assert stage1["data"]["train"] == demo["data"]["train"] and stage1["data"]["valid"] == demo["data"]["valid"]
     assert stage1["data"]["cache_dir"] == demo["data"]["cache_dir"]
     assert demo["model"]["backbone_weights"] == "runs/demo-backbone"
+    # the one command (scripts/train_demo.sh) runs the v1 procedure: stage 1 v1, then stage 2 v1 on it
     script = (CONFIGS.parent / "scripts" / "train_demo.sh").read_text()
-    assert "--out \"$RUNS/demo-backbone\"" in script and "model.backbone_weights=$RUNS/demo-backbone" in script
+    assert "configs/demo_backbone_v1.yaml" in script and "configs/demo_v1.yaml" in script
+    assert 'BACKBONE="$RUNS/demo-backbone-v1"' in script and "model.backbone_weights=$BACKBONE" in script
+    from hyperct.training.pretrain import load_pretrain_config
+
+    v1 = load_config(CONFIGS / "demo_v1.yaml")
+    stage1_v1 = load_pretrain_config(CONFIGS / "demo_backbone_v1.yaml")
+    assert v1["model"]["backbone_weights"] == "runs/demo-backbone-v1" and v1["model"]["train_backbone"] is False
+    assert v1["train"]["task_draw"] == "positive"
+    assert stage1_v1["data"]["valid"] == v1["data"]["valid"] == demo["data"]["valid"]
+    assert stage1_v1["optim"]["bag_loss_weight"] > 0 and stage1_v1["data"]["fresh_seeds"]
+    # fresh training seeds start far above the validation (200000..) and test (300000..) seeds
+    assert stage1_v1["data"]["train"]["first_seed"] >= 1_000_000
     tr, va = demo["data"]["train"], demo["data"]["valid"]
     assert tr["type"] == va["type"] == "phantom" and tr["matrix"] in (192, 256)
     train_seeds = set(range(tr["first_seed"], tr["first_seed"] + tr["count"]))
