@@ -288,7 +288,8 @@ def test_progress_lines_per_input_and_step_when_not_a_terminal(env, tmp_path, mo
     assert rc == 0, stderr
     steps = [ln.split(": ", 2)[-1] for ln in stderr.splitlines() if "[1/1]" in ln]
     assert steps[0] == "listing series" and "reading" in steps and "preprocessing" in steps
-    assert any(s.startswith("scoring findings") for s in steps) and "writing" in steps
+    assert "scoring 2 findings" in steps and "writing" in steps
+    assert steps.index("reading") < steps.index("preprocessing") < steps.index("scoring 2 findings")
     assert steps[-1].startswith("finished in")
     rc, _, stderr = _run(
         ["predict", str(env / "anon"), *_common(env), "--json", "--overwrite", "-q", "--out", str(tmp_path)]

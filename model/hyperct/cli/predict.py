@@ -281,7 +281,7 @@ class _Progress:
 
     def __init__(self, total: int, mode: str):
         self.total, self.mode = total, mode
-        self.index, self.label, self.t0 = 0, "", 0.0
+        self.index, self.label, self.t0, self.sub = 0, "", 0.0, ""
         self._last = ""
         self.bar = None
         if mode == "bar":
@@ -293,14 +293,14 @@ class _Progress:
         import time
 
         self.index += 1
-        self.label, self.t0, self._last = label, time.perf_counter(), ""
+        self.label, self.t0, self._last, self.sub = label, time.perf_counter(), "", ""
 
     def step(self, text: str) -> None:
-        if text == self._last:
+        if (self.sub, text) == self._last:
             return
-        self._last = text
+        self._last = (self.sub, text)
         if self.bar is not None:
-            self.bar.set_postfix_str(f"{Path(self.label).name[-30:]}: {text}", refresh=True)
+            self.bar.set_postfix_str(f"{Path(self.label).name[-30:]}{self.sub}: {text}", refresh=True)
         elif self.mode == "lines":
             print(
                 f"hyperct predict: [{self.index}/{self.total}] {self.label}: {text}",
@@ -536,6 +536,7 @@ def _process(
     from hyperct.report.sr import sr_skip_reason
     from hyperct.results import check_scores
 
+    progress.sub = label[len(item.label) :]
     progress.step("reading")
     volume = read_ct(
         item.source,
@@ -565,9 +566,14 @@ def _process(
         check_targets(output_paths(out_dir, stem, fmts).values(), overwrite=args.overwrite)  # before scoring
 
     def on_step(p) -> None:
-        progress.step(p.message if p.stage == "score" else p.stage)
+        if p.stage == "score":  # the bar shows each chunk; plain lines say it once
+            n = len(findings) if findings else 25
+            progress.step(p.message if progress.bar is not None else f"scoring {n} findings")
+        elif p.stage == "preprocess":
+            progress.step("preprocessing")
+        else:
+            progress.step(f"scored ({p.message.split(' in ')[-1]})" if p.stage == "done" else p.stage)
 
-    progress.step("preprocessing")
     result = analyze(loaded, volume, findings=findings, progress=on_step)
     if choice.skipped or len(plan.choices) > 1:  # a single-series input reports as the viewer does
         result.input["series_selection"] = {

@@ -216,7 +216,7 @@ def assess_quality(vol: CTVolume) -> list[QCWarning]:
             out.append(
                 QCWarning(
                     NOT_CHEST,
-                    f"little or no lung air (air along the body inside its outline is {100.0 * lungs_n / body_n:.1f} % of the body "
+                    f"little or no lung air (lung-like air inside the body outline is {100.0 * lungs_n / body_n:.1f} % of the body "
                     f"volume, {lungs_n * voxel_ml_lung:.0f} mL): this does not look like a chest CT",
                 )
             )

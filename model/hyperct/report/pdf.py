@@ -383,7 +383,7 @@ def _selection_line(doc: dict, st):
     return Paragraph(text, st["small"])
 
 
-def _findings_table(doc: dict, st, width: float):
+def _findings_table(doc: dict, st, width: float, pad: float = 1.6):
     from reportlab.lib.colors import HexColor
     from reportlab.platypus import Paragraph, Table, TableStyle
 
@@ -397,8 +397,8 @@ def _findings_table(doc: dict, st, width: float):
         ("ALIGN", (2, 0), (3, -1), "RIGHT"),
         ("LEFTPADDING", (0, 0), (-1, -1), 4),
         ("RIGHTPADDING", (0, 0), (-1, -1), 4),
-        ("TOPPADDING", (0, 0), (-1, -1), 1.6),
-        ("BOTTOMPADDING", (0, 0), (-1, -1), 1.6),
+        ("TOPPADDING", (0, 0), (-1, -1), pad),
+        ("BOTTOMPADDING", (0, 0), (-1, -1), pad),
         ("LINEBELOW", (0, -1), (-1, -1), 0.6, HexColor(RULE)),
     ]
     for group, label in (
@@ -673,7 +673,8 @@ def render_pdf(doc: dict, volume=None, saliency=None, *, key_findings: list[str]
         story += [scope, Spacer(1, 4)]
     story.append(_summary(doc, st))
     story.append(Spacer(1, 4))
-    story.append(_findings_table(doc, st, width))
+    # rows a little tighter when the scope box or the skipped-series line takes room: the table stays on page 1
+    story.append(_findings_table(doc, st, width, pad=1.6 if scope is None and line is None else 1.0))
     story.append(
         Paragraph(
             "Bars: model probability (red when at or above the threshold); black tick: the finding's threshold. "
