@@ -379,3 +379,14 @@ def test_trainer_hands_the_task_draw_to_the_epoch_plan(tmp_path, synthetic, monk
         assert positive is None and p == 0.0
     else:
         assert p == 0.7 and np.array_equal(positive, synthetic[0].labels == 1)
+
+
+def test_pretrain_cli_takes_a_new_run_or_a_resume(tmp_path, capsys):
+    from hyperct.cli.main import main
+
+    assert main(["pretrain", "--resume", str(tmp_path), "--out", str(tmp_path / "x")]) == 2
+    assert main(["pretrain", "--out", str(tmp_path / "x")]) == 2
+    assert main(["pretrain", "--config", "configs/demo_backbone_v1.yaml"]) == 2
+    assert "--resume DIR" in capsys.readouterr().err
+    assert main(["pretrain", "--resume", str(tmp_path)]) == 2  # nothing to resume there
+    assert "cannot resume" in capsys.readouterr().err
