@@ -435,7 +435,7 @@ def read_header(
 
     if sop_class == DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in ds:
         return NonImageFile(path, series_uid, modality, "non-image (DICOMDIR index)")
-    if modality in NON_IMAGE_MODALITIES:
+    if modality in NON_IMAGE_MODALITIES and sop_class not in CT_SOP_CLASSES:
         return NonImageFile(
             path,
             series_uid,

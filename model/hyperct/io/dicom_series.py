@@ -11,6 +11,7 @@ go to the thinnest SliceThickness, then the lowest SeriesNumber, then the Series
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -327,6 +328,8 @@ def build_candidates(scan_result: ScanResult, *, min_slices: int, resample_tilt:
         _build_candidate(uid, sl, scan_result.source, min_slices=min_slices, resample_tilt=resample_tilt)
         for uid, sl in groups.items()
     ]
+    for cand in cands:
+        _name_gap_filler(cand, scan_result)
     non_image_groups: dict[str, list[NonImageFile]] = {}
     for f in scan_result.non_images:
         if f.reason.startswith("non-image (DICOMDIR"):
@@ -350,6 +353,48 @@ def build_candidates(scan_result: ScanResult, *, min_slices: int, resample_tilt:
         )
         cands.append(Candidate(info, problem=problem, has_images=False))
     return cands
+
+
+def _name_gap_filler(cand: Candidate, scan_result: ScanResult) -> None:
+    """A gap in a series whose missing slice is beside it under another SeriesInstanceUID: name that file.
+
+    A damaged UID moves a slice out of its series; the gap then has a cause the user can act on."""
+    if (
+        not isinstance(cand.problem, SeriesGeometryError)
+        or "a gap" not in str(cand.problem)
+        or not cand.slices
+    ):
+        return
+    ref = cand.slices[0]
+    if ref.iop is None:
+        return
+    normal = np.cross(ref.iop[:3], ref.iop[3:])
+    mine = np.array([float(h.ipp @ normal) for h in cand.slices if h.ipp is not None])
+    folders = {os.path.dirname(h.path) for h in cand.slices}
+    if mine.size < 2:
+        return
+    for h in scan_result.images:
+        if (
+            h.series_uid == cand.info.uid
+            or os.path.dirname(h.path) not in folders
+            or h.ipp is None
+            or h.iop is None
+        ):
+            continue
+        if (h.rows, h.cols) != (ref.rows, ref.cols) or float(
+            np.max(np.abs(h.iop - ref.iop))
+        ) > geometry.ORIENTATION_TOL:
+            continue
+        pos = float(h.ipp @ normal)
+        if mine.min() < pos < mine.max() and float(np.min(np.abs(mine - pos))) > geometry.DUPLICATE_TOL_MM:
+            text = str(cand.problem).split(" -> ")[0]
+            cand.problem = SeriesGeometryError(
+                f"{text}; '{h.name}' beside these slices lies in the gap but carries another SeriesInstanceUID "
+                f"({h.series_uid or 'none'}), so it is probably a slice of this series with a damaged header",
+                path=h.path,
+                hint="copy the series again from the source media or PACS",
+            )
+            return
 
 
 def _rank_key(c: Candidate) -> tuple:

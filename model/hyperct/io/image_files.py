@@ -442,11 +442,17 @@ def _data_files(path: Path, fmt: str, entries: list[str]) -> list[Path]:
     return out
 
 
-def _check_itk_header(path: Path, fmt: str, shape_kji: tuple[int, int, int], itemsize: int) -> None:
+def _check_itk_header(
+    path: Path,
+    fmt: str,
+    shape_kji: tuple[int, int, int],
+    itemsize: int,
+    header: tuple[dict[str, str], list[str], int | None],
+    files: list[Path],
+) -> None:
     """Declared size vs the reader's limit and the bytes actually present, before SimpleITK allocates."""
     geometry.check_volume_size(shape_kji, str(path), path=path)
-    fields, entries, data_start = _header_fields(path, fmt)
-    files = _data_files(path, fmt, entries)
+    fields, _, data_start = header
     n_voxels = int(np.prod(shape_kji, dtype=np.int64))
     need = n_voxels * itemsize
     if fmt == "nrrd":
@@ -491,6 +497,9 @@ def _check_itk_header(path: Path, fmt: str, shape_kji: tuple[int, int, int], ite
 def read_itk(path: Path, fmt: str, *, rescale: tuple[float, float] | None, min_slices: int) -> CTVolume:
     import SimpleITK as sitk
 
+    # the header's data-file entries are checked before SimpleITK opens anything they name
+    header = _header_fields(path, fmt)
+    files = _data_files(path, fmt, header[1])
     try:
         reader = sitk.ImageFileReader()
         reader.SetFileName(str(path))
@@ -513,7 +522,7 @@ def read_itk(path: Path, fmt: str, *, rescale: tuple[float, float] | None, min_s
         itemsize = sitk.GetArrayViewFromImage(sitk.Image([1] * len(size), reader.GetPixelID())).itemsize
     except Exception:  # noqa: BLE001 - an unusual pixel type: assume the widest
         itemsize = 8
-    _check_itk_header(path, fmt, _declared_shape(size, path)[::-1], itemsize)
+    _check_itk_header(path, fmt, _declared_shape(size, path)[::-1], itemsize, header, files)
     try:
         img = reader.Execute()
     except Exception as exc:  # noqa: BLE001 - SimpleITK raises RuntimeError with ITK's text
