@@ -12,8 +12,11 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import math
 import os
+import re
 import shutil
+import stat
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,14 +29,17 @@ from safetensors.torch import save_file
 from hyperct import INTENDED_USE, __version__
 from hyperct.errors import BackboneWeightsError, CheckpointError
 from hyperct.filemodes import set_default_modes
-from hyperct.findings import catalogue
+from hyperct.findings import NUM_FINDINGS, catalogue
 from hyperct.model.backbone import (
+    BACKBONE_CONFIGS,
+    _canonical_key,
     backbone_config,
     build_backbone,
     config_to_dict,
     load_backbone,
     load_backbone_state,
 )
+from hyperct.model.lora import LORA_TARGETS
 from hyperct.model.network import HyperCT, HyperCTConfig
 
 FORMAT = "hyperct-checkpoint"
@@ -78,7 +84,13 @@ class Manifest:
 
     @property
     def architecture(self) -> HyperCTConfig:
-        return HyperCTConfig.from_dict(self.raw["architecture"])
+        arch = dict(self.raw["architecture"])
+        if isinstance(arch.get("backbone"), dict):  # 100 -> 100.0: transformers' config refuses ints
+            arch["backbone"] = {
+                k: float(v) if k in _FLOAT_FIELDS and isinstance(v, int) and not isinstance(v, bool) else v
+                for k, v in arch["backbone"].items()
+            }
+        return HyperCTConfig.from_dict(arch)
 
     @property
     def backbone(self) -> dict:
@@ -199,7 +211,337 @@ def save_checkpoint(
     return directory
 
 
+# --- validation: a checkpoint folder is untrusted input ---------------------------------------
+#
+# Everything in manifest.json is checked for type and range, and the architecture against the
+# shapes in the safetensors header, BEFORE anything is allocated from it: a damaged or hostile
+# folder gives a CheckpointError (exit status 3), never a traceback, a hang or a memory bomb.
+
+MAX_MANIFEST_BYTES = 8 << 20  # real manifests are ~20 KB
+MAX_MANIFEST_DEPTH = 32  # nesting of JSON containers
+MAX_TEXT = 20_000  # characters of a free-text field
+# DINOv3ViTConfig fields typed float (a strict dataclass: an int there is refused).
+_FLOAT_FIELDS = (
+    "layer_norm_eps",
+    "layerscale_value",
+    "rope_theta",
+    "initializer_range",
+    "pos_embed_shift",
+    "pos_embed_jitter",
+    "pos_embed_rescale",
+)
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_FLOAT_DTYPES = {"F16", "BF16", "F32", "F64"}
+_RE_SAVE = "re-copy the checkpoint folder, or save it again with save_checkpoint"
+
+# (min, max) of the integer architecture fields. Generous for the DINOv3 family (ViT-S .. 7B);
+# what actually bounds memory is that the weights file must hold tensors of exactly these shapes.
+_BACKBONE_INT_RANGES = {
+    "hidden_size": (8, 8192),
+    "intermediate_size": (8, 32768),
+    "num_hidden_layers": (1, 64),
+    "num_attention_heads": (1, 128),
+    "num_register_tokens": (0, 64),
+    "patch_size": (1, 144),
+    "image_size": (16, 4096),
+    "num_channels": (3, 3),
+}
+_BACKBONE_BOOLS = ("query_bias", "key_bias", "value_bias", "proj_bias", "mlp_bias", "use_gated_mlp")
+_BACKBONE_REALS = {  # name: (low, high, low inclusive)
+    "layer_norm_eps": (0.0, 0.1, False),
+    "layerscale_value": (-1e3, 1e3, True),
+    "rope_theta": (0.0, 1e9, False),
+    "drop_path_rate": (0.0, 0.99, True),
+}
+# Keys a backbone dict may carry besides the structural ones (ignored or training-only).
+_BACKBONE_IGNORED = {
+    "model_type",
+    "architectures",
+    "transformers_version",
+    "torch_dtype",
+    "dtype",
+    "attention_dropout",
+    "initializer_range",
+    "pos_embed_shift",
+    "pos_embed_jitter",
+    "pos_embed_rescale",
+}
+_ARCH_INT_RANGES = {
+    "n_tasks": (NUM_FINDINGS, NUM_FINDINGS),
+    "task_dim": (1, 4096),
+    "pos_dim": (2, 1024),
+    "hyper_hidden": (1, 4096),
+    "rank": (1, 256),
+}
+
+
+def _show(value: Any, limit: int = 40) -> str:
+    """A short repr of a manifest value for messages (never a whole hostile payload)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _bad(field_name: str, problem: str, path: Path) -> CheckpointError:
+    return CheckpointError(
+        f"{MANIFEST}: {field_name} {problem}",
+        path=path,
+        hint=f"the manifest is damaged or was edited by hand; {_RE_SAVE}",
+    )
+
+
+def _is_real(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _check_int(d: dict, key: str, lo: int, hi: int, where: str, path: Path) -> int:
+    if key not in d:
+        raise _bad(f"{where}{key}", "is missing", path)
+    v = d[key]
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise _bad(f"{where}{key}", f"must be an integer, got {_show(v)}", path)
+    if not lo <= v <= hi:
+        want = f"{lo}" if lo == hi else f"from {lo} to {hi}"
+        raise _bad(f"{where}{key}", f"must be {want}, got {_show(v)}", path)
+    return v
+
+
+def _check_real(v: Any, name: str, lo: float, hi: float, lo_inclusive: bool, path: Path) -> float:
+    if not _is_real(v) or not math.isfinite(float(v)):
+        raise _bad(name, f"must be a finite number, got {_show(v)}", path)
+    ok = (lo <= v if lo_inclusive else lo < v) and v <= hi
+    if not ok:
+        raise _bad(name, f"must be {'>=' if lo_inclusive else '>'} {lo} and <= {hi}, got {_show(v)}", path)
+    return float(v)
+
+
+def _check_text(raw: dict, key: str, path: Path, *, where: str = "") -> None:
+    if key in raw and raw[key] is not None:
+        v = raw[key]
+        if not isinstance(v, str) or len(v) > MAX_TEXT:
+            raise _bad(f"{where}{key}", f"must be text (at most {MAX_TEXT} characters), got {_show(v)}", path)
+
+
+def _depth_ok(value: Any) -> bool:
+    """True when no JSON container is nested deeper than MAX_MANIFEST_DEPTH (iterative)."""
+    stack = [(value, 1)]
+    while stack:
+        v, depth = stack.pop()
+        if isinstance(v, (dict, list)):
+            if depth > MAX_MANIFEST_DEPTH:
+                return False
+            stack.extend((c, depth + 1) for c in (v.values() if isinstance(v, dict) else v))
+    return True
+
+
+def _validate_backbone_arch(bb: Any, path: Path) -> dict:
+    """The backbone part of ``architecture``: a named configuration or a dict of checked values."""
+    if isinstance(bb, str):
+        if bb not in BACKBONE_CONFIGS:
+            raise _bad(
+                "architecture.backbone",
+                f"names an unknown configuration {_show(bb)} (known: {', '.join(BACKBONE_CONFIGS)})",
+                path,
+            )
+        return dict(BACKBONE_CONFIGS[bb])
+    if not isinstance(bb, dict):
+        raise _bad(
+            "architecture.backbone", f"must be a configuration name or an object, got {_show(bb)}", path
+        )
+    where = "architecture.backbone."
+    unknown = sorted(
+        k
+        for k in bb
+        if isinstance(k, str)
+        and not k.startswith("_")
+        and k not in _BACKBONE_INT_RANGES
+        and k not in _BACKBONE_BOOLS
+        and k not in _BACKBONE_REALS
+        and k not in _BACKBONE_IGNORED
+        and k != "hidden_act"
+    )
+    if unknown:
+        raise _bad(where + _show(unknown[0]), "is not a backbone field this software knows", path)
+    for key, (lo, hi) in _BACKBONE_INT_RANGES.items():
+        _check_int(bb, key, lo, hi, where, path)
+    heads, hidden = bb["num_attention_heads"], bb["hidden_size"]
+    if hidden % heads or (hidden // heads) % 4:
+        raise _bad(
+            where + "hidden_size", f"({hidden}) must be a multiple of 4 x num_attention_heads ({heads})", path
+        )
+    for key in _BACKBONE_BOOLS:
+        if key not in bb or not isinstance(bb[key], bool):
+            raise _bad(where + key, f"must be true or false, got {_show(bb.get(key))}", path)
+    for key, (lo, hi, inc) in _BACKBONE_REALS.items():
+        if key not in bb:
+            raise _bad(where + key, "is missing", path)
+        _check_real(bb[key], where + key, lo, hi, inc, path)
+    from transformers.activations import ACT2FN
+
+    act = bb.get("hidden_act")
+    if not isinstance(act, str) or act not in ACT2FN:
+        raise _bad(where + "hidden_act", f"must name an activation (e.g. 'gelu'), got {_show(act)}", path)
+    for key in (
+        "attention_dropout",
+        "initializer_range",
+        "pos_embed_shift",
+        "pos_embed_jitter",
+        "pos_embed_rescale",
+    ):
+        if bb.get(key) is not None:
+            _check_real(bb[key], where + key, 0.0, 10.0, True, path)
+    return {k: v for k, v in bb.items() if k not in ("model_type", "architectures", "transformers_version")}
+
+
+def _validate_architecture(arch: Any, path: Path) -> None:
+    if not isinstance(arch, dict):
+        raise _bad("architecture", f"must be an object, got {_show(arch)}", path)
+    for key, (lo, hi) in _ARCH_INT_RANGES.items():
+        _check_int(arch, key, lo, hi, "architecture.", path)
+    if arch["pos_dim"] % 2:
+        raise _bad("architecture.pos_dim", f"must be even, got {arch['pos_dim']}", path)
+    _check_real(arch.get("alpha"), "architecture.alpha", 0.0, 1e4, False, path)
+    targets = arch.get("targets")
+    if (
+        not isinstance(targets, list)
+        or not targets
+        or not all(isinstance(t, str) and t in LORA_TARGETS for t in targets)
+        or len(set(targets)) != len(targets)
+    ):
+        raise _bad(
+            "architecture.targets",
+            f"must be a non-empty list of distinct names from "
+            f"{', '.join(LORA_TARGETS)}, got {_show(targets)}",
+            path,
+        )
+    _validate_backbone_arch(arch.get("backbone"), path)
+
+
+def _validate_manifest(raw: Any, path: Path) -> None:
+    """Types and ranges of every field the software uses (raises CheckpointError)."""
+    if not isinstance(raw, dict):
+        raise CheckpointError(
+            f"{MANIFEST} is not a HyperCT manifest (a JSON {type(raw).__name__}, not an object)",
+            path=path,
+            hint=_RE_SAVE,
+        )
+    if not _depth_ok(raw):
+        raise _bad("content", f"is nested deeper than {MAX_MANIFEST_DEPTH} levels", path)
+    if raw.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{MANIFEST} is not a HyperCT manifest (format={_show(raw.get('format'))})",
+            path=path,
+            hint="a HyperCT checkpoint folder holds manifest.json and model.safetensors",
+        )
+    fv = raw.get("format_version")
+    if not isinstance(fv, int) or isinstance(fv, bool) or fv < 1:
+        raise _bad("format_version", f"must be a positive integer, got {_show(fv)}", path)
+    if fv > FORMAT_VERSION:
+        raise CheckpointError(
+            f"checkpoint format_version {fv} is newer than this software supports ({FORMAT_VERSION})",
+            path=path,
+            hint="upgrade hyperct-viewer",
+        )
+    for key in ("findings", "architecture", "backbone", "weights_sha256"):
+        if key not in raw:
+            raise CheckpointError(f"{MANIFEST} lacks the field {key!r}", path=path, hint=_RE_SAVE)
+    ids = catalogue().ids
+    if raw["findings"] != ids:
+        n = len(raw["findings"]) if isinstance(raw["findings"], list) else "not a list"
+        raise CheckpointError(
+            f"checkpoint findings ({n}) differ from this software's 25-finding catalogue",
+            path=path,
+            hint="use a checkpoint trained on the HyperCT findings catalogue, in catalogue order",
+        )
+    sha = raw["weights_sha256"]
+    if not isinstance(sha, str) or not _SHA256.fullmatch(sha):
+        raise _bad("weights_sha256", f"must be 64 lowercase hex digits, got {_show(sha)}", path)
+    _validate_architecture(raw["architecture"], path)
+    bb = raw["backbone"]
+    if not isinstance(bb, dict):
+        raise _bad("backbone", f"must be an object, got {_show(bb)}", path)
+    if bb.get("weights") not in ("included", "external"):
+        raise _bad(
+            "backbone.weights", f"must be 'included' or 'external', got {_show(bb.get('weights'))}", path
+        )
+    if bb.get("sha256") is not None and (
+        not isinstance(bb["sha256"], str) or not _SHA256.fullmatch(bb["sha256"])
+    ):
+        raise _bad("backbone.sha256", f"must be 64 lowercase hex digits, got {_show(bb['sha256'])}", path)
+    for key in ("source", "config_name"):
+        _check_text(bb, key, path, where="backbone.")
+    if "trained" in bb and not isinstance(bb["trained"], bool):
+        raise _bad("backbone.trained", f"must be true or false, got {_show(bb['trained'])}", path)
+    wf = raw.get("weights_file", WEIGHTS)
+    if not isinstance(wf, str) or not wf or "\x00" in wf or len(wf) > 255:
+        raise _bad("weights_file", f"must be a file name, got {_show(wf)}", path)
+    th = raw.get("thresholds")
+    if th is not None:
+        if not isinstance(th, dict):
+            raise _bad("thresholds", f"must be an object of finding: probability, got {_show(th)}", path)
+        unknown = sorted(set(th) - set(ids))
+        if unknown:
+            raise _bad("thresholds", f"name unknown findings: {_show(unknown)}", path)
+        for k, v in th.items():
+            if not _is_real(v) or not math.isfinite(v) or not 0.0 <= v <= 1.0:
+                raise _bad(f"thresholds.{k}", f"must be a probability in [0, 1], got {_show(v)}", path)
+    for key in ("model_name", "intended_use", "threshold_method", "training_data", "created"):
+        _check_text(raw, key, path)
+    mv = raw.get("model_version")
+    if (
+        mv is not None
+        and not (isinstance(mv, str) and len(mv) <= 200)
+        and not (_is_real(mv) and math.isfinite(mv))
+    ):
+        raise _bad("model_version", f"must be text, got {_show(mv)}", path)
+    if "demo" in raw and not isinstance(raw["demo"], bool):
+        raise _bad("demo", f"must be true or false, got {_show(raw['demo'])}", path)
+
+
+def _read_regular_file(path: Path, limit: int, what: str) -> bytes:
+    """At most ``limit`` bytes of a regular file (no FIFOs or devices: they could block or never end)."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise CheckpointError(f"{what} cannot be read ({exc.strerror})", path=path) from exc
+    if not stat.S_ISREG(st.st_mode):
+        raise CheckpointError(f"{what} is not a regular file", path=path, hint=_RE_SAVE)
+    if st.st_size > limit:
+        raise CheckpointError(
+            f"{what} is {st.st_size} bytes, more than the {limit} a manifest may have",
+            path=path,
+            hint=_RE_SAVE,
+        )
+    try:
+        with open(path, "rb") as f:
+            data = f.read(limit + 1)
+    except OSError as exc:
+        raise CheckpointError(f"{what} cannot be read ({exc.strerror})", path=path) from exc
+    if len(data) > limit:
+        raise CheckpointError(f"{what} is larger than {limit} bytes", path=path, hint=_RE_SAVE)
+    return data
+
+
+def _parse_json(data: bytes, path: Path, what: str) -> Any:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise CheckpointError(
+            f"{what} is not UTF-8 text (byte {exc.start})", path=path, hint=_RE_SAVE
+        ) from exc
+    try:
+        return json.loads(text)
+    except RecursionError as exc:
+        raise CheckpointError(
+            f"{what} is nested too deeply to be a manifest", path=path, hint=_RE_SAVE
+        ) from exc
+    except ValueError as exc:  # JSONDecodeError, and integers too long to convert
+        raise CheckpointError(
+            f"{what} is not valid JSON ({_show(str(exc), 120)})", path=path, hint=_RE_SAVE
+        ) from exc
+
+
 def read_manifest(directory: str | Path) -> Manifest:
+    """Read and validate ``manifest.json`` (types and ranges of every field the software uses)."""
     directory = Path(directory)
     if not directory.is_dir():
         raise CheckpointError(
@@ -208,37 +550,194 @@ def read_manifest(directory: str | Path) -> Manifest:
             hint="pass a folder with manifest.json + model.safetensors",
         )
     path = directory / MANIFEST
-    if not path.is_file():
+    if not path.exists():
         raise CheckpointError(
             f"{MANIFEST} is missing",
             path=directory,
             hint="a HyperCT checkpoint folder holds manifest.json and model.safetensors",
         )
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{MANIFEST} is not valid JSON ({exc})", path=path) from exc
-    if raw.get("format") != FORMAT:
-        raise CheckpointError(
-            f"{MANIFEST} is not a HyperCT manifest (format={raw.get('format')!r})", path=path
-        )
-    if int(raw.get("format_version", -1)) > FORMAT_VERSION:
-        raise CheckpointError(
-            f"checkpoint format_version {raw.get('format_version')} is newer than this software supports ({FORMAT_VERSION})",
-            path=path,
-            hint="upgrade hyperct-viewer",
-        )
-    for key in ("findings", "architecture", "backbone", "weights_sha256"):
-        if key not in raw:
-            raise CheckpointError(f"{MANIFEST} lacks the field {key!r}", path=path)
-    ids = catalogue().ids
-    if list(raw["findings"]) != ids:
-        raise CheckpointError(
-            f"checkpoint findings ({len(raw['findings'])}) differ from this software's 25-finding catalogue",
-            path=path,
-            hint="use a checkpoint trained on the HyperCT findings catalogue, in catalogue order",
-        )
+    raw = _parse_json(_read_regular_file(path, MAX_MANIFEST_BYTES, MANIFEST), path, MANIFEST)
+    _validate_manifest(raw, path)
     return Manifest(raw)
+
+
+def _confined_weights(directory: Path, manifest: Manifest) -> Path:
+    """``weights_file`` as a regular file inside ``directory`` (no '..', absolute paths or links out)."""
+    name = manifest.raw.get("weights_file", WEIGHTS)
+    mpath = directory / MANIFEST
+    rel = Path(name)
+    if rel.is_absolute() or ".." in rel.parts or not rel.parts or rel.parts == (".",):
+        raise CheckpointError(
+            f"{MANIFEST}: weights_file {_show(name)} does not name a file inside the checkpoint folder",
+            path=mpath,
+            hint="weights_file must name a file inside the checkpoint folder (normally model.safetensors)",
+        )
+    try:
+        root = directory.resolve(strict=True)
+        target = (directory / rel).resolve(strict=True)
+    except (OSError, RuntimeError):
+        raise CheckpointError(f"{name} is missing", path=directory, hint=_RE_SAVE) from None
+    if target == root or root not in target.parents:
+        raise CheckpointError(
+            f"{MANIFEST}: weights_file {_show(name)} is a link to a file outside the checkpoint folder",
+            path=mpath,
+            hint="copy the weights into the checkpoint folder instead of linking to them",
+        )
+    try:
+        st = os.stat(target)
+    except OSError:
+        raise CheckpointError(f"{name} is missing", path=directory, hint=_RE_SAVE) from None
+    if not stat.S_ISREG(st.st_mode):
+        raise CheckpointError(f"{name} is not a regular file", path=directory, hint=_RE_SAVE)
+    return directory / rel
+
+
+def _header(weights: Path, what: str, error=CheckpointError) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """{tensor name: (dtype, shape)} from a safetensors header, without reading any tensor data."""
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            out = {}
+            for k in f.keys():
+                sl = f.get_slice(k)
+                out[k] = (str(sl.get_dtype()), tuple(int(n) for n in sl.get_shape()))
+            return out
+    except Exception as exc:  # safetensors raises its own error types for corrupt files
+        raise error(
+            f"{what} is not a readable safetensors file ({_show(str(exc), 160)})", path=weights, hint=_RE_SAVE
+        ) from exc
+
+
+def _skeleton(arch: HyperCTConfig, path: Path) -> HyperCT:
+    """The model on the meta device: every parameter's name and shape, no memory, no init cost.
+
+    Only called on a validated architecture (bounded sizes), so it takes milliseconds.
+    """
+    try:
+        with torch.device("meta"):
+            cfg = backbone_config(arch.backbone)
+            return HyperCT(HyperCTConfig.from_dict(arch.to_dict()), backbone=build_backbone(cfg))
+    except Exception as exc:  # noqa: BLE001 - transformers' strict config raises its own types
+        raise _bad("architecture", f"cannot be built ({_show(str(exc), 160)})", path) from exc
+
+
+def _check_tensors(
+    header: dict[str, tuple[str, tuple[int, ...]]],
+    expected: dict[str, tuple[int, ...]],
+    weights: Path,
+    *,
+    error=CheckpointError,
+    extra_ok: bool = False,
+    hint: str = _RE_SAVE,
+) -> None:
+    """Names, dtypes and shapes in a safetensors header against what the architecture needs."""
+    missing = sorted(set(expected) - set(header))
+    unexpected = [] if extra_ok else sorted(set(header) - set(expected))
+    if missing or unexpected:
+        raise error(
+            f"{weights.name}: the tensors do not match the architecture in {MANIFEST} "
+            f"({len(missing)} missing, e.g. {missing[:2]}; {len(unexpected)} unexpected, e.g. "
+            f"{[_show(u) for u in unexpected[:2]]})",
+            path=weights,
+            hint=hint,
+        )
+    for k, shape in expected.items():
+        dtype, have = header[k]
+        if dtype not in _FLOAT_DTYPES:
+            raise error(
+                f"{weights.name}: tensor {k} has dtype {dtype}; model weights must be floating point",
+                path=weights,
+                hint=hint,
+            )
+        if have != tuple(shape):
+            raise error(
+                f"{weights.name}: tensor {k} has shape {have}, the architecture in {MANIFEST} needs {tuple(shape)}",
+                path=weights,
+                hint=hint,
+            )
+
+
+def _check_finite(tensors: dict[str, torch.Tensor], weights: Path, error=CheckpointError) -> None:
+    for k, v in tensors.items():
+        if not torch.isfinite(v).all():
+            raise error(
+                f"{weights.name}: tensor {k} holds NaN or infinite values",
+                path=weights,
+                hint="the weights are broken (e.g. a diverged training run); use an earlier checkpoint",
+            )
+
+
+def _external_backbone_precheck(backbone_dir: Path, arch: HyperCTConfig, skeleton: HyperCT, bb: dict) -> None:
+    """The user's backbone folder against the (validated) manifest, before anything is built from it."""
+    backbone_dir = Path(backbone_dir)
+    hint = f"use the backbone the checkpoint names: {bb.get('source', 'see manifest.json')}"
+    cfg_path, wpath = backbone_dir / "config.json", backbone_dir / "model.safetensors"
+    for p in (cfg_path, wpath):
+        if not p.is_file():
+            raise BackboneWeightsError(
+                f"{p.name} is missing from the backbone folder (or is not a regular file)",
+                path=backbone_dir,
+                hint="a DINOv3 backbone folder holds config.json and model.safetensors (Hugging Face layout)",
+            )
+    try:
+        raw = _parse_json(
+            _read_regular_file(cfg_path, MAX_MANIFEST_BYTES, "config.json"), cfg_path, "config.json"
+        )
+    except CheckpointError as exc:
+        raise BackboneWeightsError(str(exc.args[0])) from exc
+    if not isinstance(raw, dict):
+        raise BackboneWeightsError("config.json is not a JSON object", path=cfg_path, hint=hint)
+    # The structural fields config.json sets (DINOv3ViTConfig's defaults for those it omits) must
+    # pass the same checks as the manifest's and equal them: load_backbone builds from config.json.
+    given = dict(config_to_dict(backbone_config({})))
+    given.update({k: raw[k] for k in given if k in raw})
+    try:
+        _validate_backbone_arch(given, cfg_path)
+        ints = [k for k in _FLOAT_FIELDS if isinstance(given.get(k, raw.get(k)), int)]
+        if ints:
+            raise _bad(
+                f"architecture.backbone.{ints[0]}",
+                "must be written as a decimal number (e.g. 100.0)",
+                cfg_path,
+            )
+    except CheckpointError as exc:
+        raise BackboneWeightsError(
+            str(exc.args[0]).replace(f"{MANIFEST}: architecture.backbone.", "config.json: ")
+        ) from None
+    want = config_to_dict(backbone_config(arch.backbone))
+    for key in (
+        "hidden_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "intermediate_size",
+        "patch_size",
+        "num_register_tokens",
+        "num_channels",
+        "hidden_act",
+        "use_gated_mlp",
+        *_BACKBONE_BOOLS,
+    ):
+        if given[key] != want[key]:
+            raise BackboneWeightsError(
+                f"backbone {key}={_show(given[key])} but the checkpoint was trained with {_show(want[key])}",
+                path=backbone_dir,
+                hint=hint,
+            )
+    if bb.get("sha256"):
+        digest = sha256_file(wpath)
+        if digest != bb["sha256"]:
+            raise BackboneWeightsError(
+                f"backbone model.safetensors sha256 {digest[:12]}... differs from the one the checkpoint was "
+                f"trained with ({bb['sha256'][:12]}...)",
+                path=backbone_dir,
+                hint=hint,
+            )
+    header = {
+        _canonical_key(k): v for k, v in _header(wpath, "model.safetensors", BackboneWeightsError).items()
+    }
+    expected = {
+        k: tuple(v.shape) for k, v in skeleton.backbone.state_dict().items() if not k.endswith("inv_freq")
+    }
+    _check_tensors(header, expected, wpath, error=BackboneWeightsError, extra_ok=True, hint=hint)
 
 
 def load_checkpoint(
@@ -248,12 +747,15 @@ def load_checkpoint(
     map_location: str | torch.device = "cpu",
     verify_sha256: bool = True,
 ) -> tuple[HyperCT, Manifest]:
-    """Rebuild a ``HyperCT`` from a checkpoint folder (safetensors only; nothing is unpickled)."""
+    """Rebuild a ``HyperCT`` from a checkpoint folder (safetensors only; nothing is unpickled).
+
+    The folder is untrusted input: the manifest is validated field by field, ``weights_file`` must
+    stay inside the folder, and every tensor's name, dtype and shape in the safetensors header is
+    checked against the architecture before the model is built; weights must be finite.
+    """
     directory = Path(directory)
     manifest = read_manifest(directory)
-    weights = directory / manifest.raw.get("weights_file", WEIGHTS)
-    if not weights.is_file():
-        raise CheckpointError(f"{weights.name} is missing", path=directory)
+    weights = _confined_weights(directory, manifest)
     if verify_sha256:
         digest = sha256_file(weights)
         if digest != manifest.weights_sha256:
@@ -262,15 +764,43 @@ def load_checkpoint(
                 path=weights,
                 hint="the weights file is corrupted or was replaced; re-copy the checkpoint folder",
             )
-    try:
-        with safe_open(str(weights), framework="pt") as f:
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as exc:
-        raise CheckpointError(f"{weights.name} cannot be read ({exc})", path=weights) from exc
-
     arch = manifest.architecture
     bb = manifest.backbone
-    if bb.get("weights") == "included":
+    included = bb.get("weights") == "included"
+    if not included and backbone_dir is None:
+        raise CheckpointError(
+            f"this checkpoint uses external backbone weights ({_show(bb.get('source', 'DINOv3'), 200)})",
+            path=directory,
+            hint="pass the local DINOv3 folder with --backbone DIR (config.json + model.safetensors)",
+        )
+    # Shapes first: from the header and a meta-device skeleton; nothing is allocated yet.
+    skeleton = _skeleton(arch, directory / MANIFEST)
+    expected = {f"hypernet.{k}": tuple(v.shape) for k, v in skeleton.hypernet.state_dict().items()}
+    expected.update({f"head.{k}": tuple(v.shape) for k, v in skeleton.head.state_dict().items()})
+    if included:
+        from hyperct.model.backbone import _official_key
+
+        expected.update(
+            {
+                f"backbone.{_official_key(k)}": tuple(v.shape)
+                for k, v in skeleton.backbone.state_dict().items()
+                if not k.endswith("inv_freq")
+            }
+        )
+    _check_tensors(_header(weights, weights.name), expected, weights)
+    if not included:
+        _external_backbone_precheck(Path(backbone_dir), arch, skeleton, bb)
+    del skeleton
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            tensors = {k: f.get_tensor(k) for k in expected}
+    except Exception as exc:
+        raise CheckpointError(
+            f"{weights.name} cannot be read ({_show(str(exc), 160)})", path=weights
+        ) from exc
+    _check_finite(tensors, weights)
+
+    if included:
         backbone = build_backbone(backbone_config(arch.backbone))
         load_backbone_state(
             backbone,
@@ -278,57 +808,16 @@ def load_checkpoint(
             source=str(weights),
         )
     else:
-        if backbone_dir is None:
-            raise CheckpointError(
-                f"this checkpoint uses external backbone weights ({bb.get('source', 'DINOv3')})",
-                path=directory,
-                hint="pass the local DINOv3 folder with --backbone DIR (config.json + model.safetensors)",
-            )
         backbone = load_backbone(backbone_dir)
-        want = backbone_config(arch.backbone)
-        have = backbone.config
-        for key in (
-            "hidden_size",
-            "num_hidden_layers",
-            "num_attention_heads",
-            "intermediate_size",
-            "patch_size",
-            "num_register_tokens",
-        ):
-            if getattr(want, key) != getattr(have, key):
-                raise BackboneWeightsError(
-                    f"backbone {key}={getattr(have, key)} but the checkpoint was trained with {getattr(want, key)}",
-                    path=backbone_dir,
-                    hint=f"use the backbone the checkpoint names: {bb.get('source', 'see manifest.json')}",
-                )
-        if bb.get("sha256"):
-            digest = sha256_file(Path(backbone_dir) / "model.safetensors")
-            if digest != bb["sha256"]:
-                raise BackboneWeightsError(
-                    f"backbone model.safetensors sha256 {digest[:12]}... differs from the one the checkpoint was "
-                    f"trained with ({bb['sha256'][:12]}...)",
-                    path=backbone_dir,
-                    hint=f"use {bb.get('source', 'the backbone named in manifest.json')}",
-                )
+        _check_finite(
+            {k: v for k, v in backbone.state_dict().items()},
+            Path(backbone_dir) / "model.safetensors",
+            error=BackboneWeightsError,
+        )
     model = HyperCT(arch, backbone=backbone)
     model.config.backbone = arch.backbone
     for prefix, module in (("hypernet.", model.hypernet), ("head.", model.head)):
         part = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
-        expected = module.state_dict()
-        missing = sorted(set(expected) - set(part))
-        unexpected = sorted(set(part) - set(expected))
-        if missing or unexpected:
-            raise CheckpointError(
-                f"{weights.name}: {prefix[:-1]} tensors do not match the architecture "
-                f"(missing {missing[:3]}, unexpected {unexpected[:3]})",
-                path=weights,
-            )
-        for k, v in part.items():
-            if tuple(v.shape) != tuple(expected[k].shape):
-                raise CheckpointError(
-                    f"{weights.name}: tensor {prefix}{k} has shape {tuple(v.shape)}, architecture needs {tuple(expected[k].shape)}",
-                    path=weights,
-                )
         module.load_state_dict(part)
     model.set_backbone_trainable(False)
     return model.to(map_location).eval(), manifest
@@ -363,7 +852,12 @@ def update_manifest(directory: str | Path, **fields: Any) -> dict:
         )
     if "thresholds" in fields:
         ids = catalogue().ids
-        th = {k: float(v) for k, v in dict(fields["thresholds"]).items()}
+        given = fields["thresholds"]
+        if not isinstance(given, dict) or not all(_is_real(v) and math.isfinite(v) for v in given.values()):
+            raise CheckpointError(
+                "thresholds must be a mapping of finding id to a probability in [0, 1]", path=directory
+            )
+        th = {k: float(v) for k, v in given.items()}
         unknown = sorted(set(th) - set(ids))
         if unknown:
             raise CheckpointError(f"thresholds for unknown findings: {', '.join(unknown)}", path=directory)
