@@ -15,7 +15,18 @@ DICOM rules
   whatever its name; a DICOMDIR is followed. Non-DICOM files are ignored. A DICOM file that cannot
   be parsed (e.g. cut short) in the same folder as the chosen series' files raises
   ``CorruptFileError`` (the volume could be incomplete); elsewhere it gives the QC warning
-  ``unreadable_files``. Single-frame CT and enhanced (multi-frame) CT are read.
+  ``unreadable_files``. A non-DICOM file named like the DICOM images beside it (an empty or cut-short
+  slice: 'IM0020' next to 'IM0001'...) and a CT image file without Rows/Columns or pixel data count as
+  unreadable DICOM files, so a damaged first or last slice is named, never silently dropped.
+  Single-frame CT and enhanced (multi-frame) CT are read.
+* Only regular files are opened (non-blocking open, then fstat): named pipes, devices and sockets under
+  a folder are skipped; given as the input, or as an MHD/NRRD data file, they are refused.
+* Sizes: a header's declared volume must not exceed ``geometry.MAX_VOXELS`` (2**30 voxels, 4 GiB as
+  float32) and must match the bytes present (native DICOM pixel data exactly Rows x Columns x frames x
+  samples x bytes, plus one byte of even-length padding; a .nii exactly ``vox_offset`` + data; a .nii.gz
+  is inflated once with its gzip CRC and length checked; MHD/NRRD raw or compressed data at least the
+  declared size) before memory is allocated. MHD/NRRD data-file entries must name regular files inside
+  the header's folder.
 * Series = SeriesInstanceUID (never merged). Non-image objects (SR, RT, PR, DICOMDIR...) and
   localizers (ImageType LOCALIZER/SCOUT/TOPOGRAM, or a single image in a plane orthogonal to the
   stack) are skipped. A series mixing orientations or matrix sizes is rejected.
@@ -24,7 +35,10 @@ DICOM rules
   are recorded in ``metadata["SelectionRule"]`` / ``metadata["OtherSeries"]``; if a larger CT series
   was skipped for a defect, the QC warning ``series_skipped`` says so.
 * Values: HU = stored * RescaleSlope + RescaleIntercept per slice (``rescale=(slope, intercept)``
-  overrides the header); PixelPaddingValue (to PixelPaddingRangeLimit) becomes -1000 HU.
+  overrides the header); PixelPaddingValue (to PixelPaddingRangeLimit) becomes -1000 HU. A slice without
+  RescaleSlope/Intercept among slices that have them, rescale values that would give infinite HU, and
+  NaN/inf SliceThickness or PixelSpacing are refused (``CorruptFileError`` naming the file); other
+  non-finite header values are left out of the metadata.
 * Geometry: slices sorted by position along the slice normal; a step differing from the median by
   more than max(10 %, 0.05 mm) is a gap/uneven spacing, closer than 0.01 mm a duplicate; slice
   origins drifting in-plane by more than half a pixel is a gantry tilt (rejected unless
