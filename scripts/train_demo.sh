@@ -4,6 +4,7 @@
 #   bash scripts/train_demo.sh                 # GPU when present (stage 1 and 2: device auto), else CPU
 #   GATE=0 bash scripts/train_demo.sh          # go on to stage 2 even if the backbone misses the probe gate
 #   SHIP=1 bash scripts/train_demo.sh          # copy into assets/demo_model even if the test target is missed
+#   PREPARE_WORKERS=12 bash scripts/train_demo.sh   # phantom-generating processes (default 1: 2 cores)
 #
 # 1. stage 1 v1: pretrain the small DINOv3-structured backbone (hyperct pretrain,
 #    configs/demo_backbone_v1.yaml): token, image and mean-CLS bag objectives from the finding masks,
@@ -31,9 +32,10 @@ CACHE=cache/hyperct-demo
 BACKBONE="$RUNS/demo-backbone-v1"
 
 if [ "${STAGE1:-run}" != skip ]; then
-  hyperct pretrain --config configs/demo_backbone_v1.yaml --out "$BACKBONE" --overwrite
+  hyperct pretrain --config configs/demo_backbone_v1.yaml --out "$BACKBONE" --overwrite \
+    --set "data.prepare_workers=${PREPARE_WORKERS:-1}"
 fi
-python benchmarks/probe_backbone.py --backbone "$BACKBONE" --cache "$CACHE" --workers 2 \
+python benchmarks/probe_backbone.py --backbone "$BACKBONE" --cache "$CACHE" --workers "${PREPARE_WORKERS:-2}" \
   --out "$BACKBONE/probe.json"
 if [ "${GATE:-1}" != 0 ]; then
   python - "$BACKBONE/probe.json" <<'PY'

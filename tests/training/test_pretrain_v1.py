@@ -390,3 +390,18 @@ def test_pretrain_cli_takes_a_new_run_or_a_resume(tmp_path, capsys):
     assert "--resume DIR" in capsys.readouterr().err
     assert main(["pretrain", "--resume", str(tmp_path)]) == 2  # nothing to resume there
     assert "cannot resume" in capsys.readouterr().err
+
+
+def test_set_overrides_existing_fields_and_is_checked(tmp_path):
+    from hyperct.errors import ConfigError
+    from hyperct.training.pretrain import apply_sets
+
+    cfg = load_pretrain_config("configs/demo_backbone_v1.yaml")
+    apply_sets(cfg, ["data.prepare_workers=12", "device=cuda", "data.train.count=50", "optim.lr=2e-4"])
+    assert cfg["data"]["prepare_workers"] == 12 and cfg["device"] == "cuda"
+    assert cfg["data"]["train"]["count"] == 50 and cfg["data"]["train"]["pair"] == "normal"
+    assert cfg["optim"]["lr"] == 2e-4
+    with pytest.raises(ConfigError, match="optim.learning_rate: unknown field"):
+        apply_sets(cfg, ["optim.learning_rate=1"])
+    with pytest.raises(ConfigError, match="optim.loss"):
+        apply_sets(cfg, ["optim.loss=l1"])

@@ -43,6 +43,13 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         metavar="DIR",
         help="start from this backbone folder (overrides the config's 'init', e.g. to continue a stage-1 backbone)",
     )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override a configuration field (YAML value), e.g. --set data.prepare_workers=12 --set device=cuda",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     return p
 
@@ -51,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from hyperct.errors import HyperCTError
-    from hyperct.training.pretrain import load_pretrain_config, pretrain_backbone, resume_config
+    from hyperct.training.pretrain import apply_sets, load_pretrain_config, pretrain_backbone, resume_config
 
     if bool(args.resume) == bool(args.config) or (args.resume and (args.out or args.init)):
         print(
@@ -64,13 +71,13 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         if args.resume:
-            cfg = resume_config(args.resume, args.epochs)
+            cfg = resume_config(args.resume, args.epochs, args.set)
             out = pretrain_backbone(cfg, args.resume, resume=True, source=args.resume)
         else:
             over: dict = {"init": args.init} if args.init else {}
             if args.epochs:
                 over["optim"] = {"epochs": args.epochs}
-            cfg = load_pretrain_config(args.config, over or None)
+            cfg = apply_sets(load_pretrain_config(args.config, over or None), args.set, args.config)
             out = pretrain_backbone(cfg, args.out, overwrite=args.overwrite, source=args.config)
     except HyperCTError as exc:  # config, dataset or init-backbone problems: one clear line
         print(f"hyperct pretrain: error: {exc}", file=sys.stderr)

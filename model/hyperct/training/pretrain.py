@@ -606,8 +606,38 @@ def _read_log(out: Path, upto: int) -> list[dict]:
     return [r for r in rows if int(r.get("epoch", 0)) <= upto]
 
 
-def resume_config(out: str | Path, epochs: int | None = None) -> dict:
-    """The configuration a run folder was started with (``pretrain_config.yaml``), with new ``epochs``."""
+def apply_sets(cfg: dict, items: list[str] | None, source=None) -> dict:
+    """``--set a.b=value`` overrides (the value is read as YAML) on a loaded configuration; the field
+    must exist (inside ``data.train`` / ``data.valid`` any dataset field); then checked again."""
+    for item in items or []:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(
+                f"--set {item!r}: expected FIELD=VALUE, e.g. data.prepare_workers=4", path=source
+            )
+        parts = key.split(".")
+        node = cfg
+        for part in parts[:-1]:
+            if not isinstance(node, dict) or part not in node or not isinstance(node[part], dict):
+                raise ConfigError(f"--set {key}: unknown field", path=source)
+            node = node[part]
+        free = len(parts) == 3 and parts[0] == "data" and parts[1] in ("train", "valid")
+        if parts[-1] not in node and not free:
+            raise ConfigError(f"--set {key}: unknown field", path=source)
+        value = yaml.safe_load(text)
+        if isinstance(value, str):  # YAML 1.1 reads 2e-4 as text
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        node[parts[-1]] = value
+    _check(cfg, source)
+    return cfg
+
+
+def resume_config(out: str | Path, epochs: int | None = None, sets: list[str] | None = None) -> dict:
+    """The configuration a run folder was started with (``pretrain_config.yaml``), with new ``epochs``
+    and ``--set`` overrides (e.g. more ``data.prepare_workers`` on another machine)."""
     path = Path(out) / CONFIG_FILE
     if not path.is_file():
         raise ConfigError(
@@ -615,7 +645,8 @@ def resume_config(out: str | Path, epochs: int | None = None) -> dict:
             path=out,
             hint="resume a folder written by `hyperct pretrain` after at least one epoch",
         )
-    return load_pretrain_config(path, {"optim": {"epochs": int(epochs)}} if epochs else None)
+    cfg = load_pretrain_config(path, {"optim": {"epochs": int(epochs)}} if epochs else None)
+    return apply_sets(cfg, sets, path)
 
 
 # --- the run -----------------------------------------------------------------------------------
