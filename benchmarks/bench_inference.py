@@ -1,21 +1,42 @@
-"""Inference speed: all 25 findings for one scan in one batched pass vs. a per-task loop.
+"""Inference speed side by side: the authors'-style method, merged weights per task, the batched pass.
 
-    python benchmarks/bench_inference.py --device cpu --config demo
-    python benchmarks/bench_inference.py --device cuda --config vitb16 [--compile] [--out benchmarks/results/x.json]
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_inference.py --config demo --device cpu
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_inference.py --config vitb16 --images 6 --tasks 3
+    python benchmarks/bench_inference.py --config vitb16 --device cuda [--compile]
 
-Prints JSON: ms per scan (batched and per-task loop, the way the authors' research code runs: the
-hypernetwork generates one task's LoRA and the backbone runs once per task), the speed-up, peak
-memory, and on CUDA the achieved TFLOP/s and the fraction of the GPU's dense bf16 peak.
-The model is randomly initialised with non-zero LoRA (speed does not depend on the weights).
+Three ways to compute the same logits, from the same weights (a random HyperCT whose LoRA B is
+non-zero, so every task differs):
+
+* ``authors_style``: ``hyperct.model.reference.AuthorsStyleHyperCT``: the paper's method as
+  described there (not the authors' code): forward hooks on every target ``nn.Linear`` add the
+  task's LoRA term, the hypernetwork generates each module's factors inside its hook, a host
+  sync per module (CUDA), one forward per task, fp32.
+* ``merged``: ``MergedPerTask``: factors generated once, W + (alpha/r) B A written into a plain
+  backbone per task, one ordinary forward per task (no hooks).
+* ``batched``: ``HyperCT.forward``: factors generated once and cached, all tasks in one backbone
+  pass per task chunk (base GEMM shared, low-rank terms as batched matmuls). Reported twice:
+  with the product's default chunk (what ``hyperct predict`` runs; on a CPU that is a few tasks
+  per pass) and with every task in one pass.
+
+First every variant's logits are compared with the batched pass (fp32; tolerance in the JSON),
+then the arms are timed interleaved (min and median over ``--repeats``). Also measured: a large
+matmul's throughput on this device (the practical peak), GFLOP/s of each arm and its fraction of
+that peak, peak memory per arm (sampled RSS above the arm's starting RSS on CPU,
+``torch.cuda.max_memory_allocated`` on GPU), and the run conditions (CPU model, threads,
+OMP_WAIT_POLICY, load average). On CUDA the batched pass is also timed under bf16 autocast, with
+its logit error against fp32.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
+import random
 import resource
 import statistics
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -25,36 +46,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "model"))
 
 from _output import emit_json  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
-from hyperct.inference import autocast_for, default_task_chunk  # noqa: E402
+from hyperct.inference import default_task_chunk  # noqa: E402
 from hyperct.model import HyperCT, HyperCTConfig  # noqa: E402
+from hyperct.model.reference import AuthorsStyleHyperCT, MergedPerTask  # noqa: E402
 
-# Dense bf16 peak (TFLOP/s, no sparsity) by device name fragment.
-BF16_PEAK = {
-    "H200": 989.0,
-    "H100 SXM": 989.0,
-    "H100 80GB HBM3": 989.0,
-    "H100 PCIe": 756.0,
-    "H100": 989.0,
-    "A100": 312.0,
-    "L40S": 362.0,
-    "L4": 121.0,
-    "RTX 4090": 165.0,
-    "A10": 125.0,
-}
+ATOL, RTOL = 1e-4, 1e-4  # fp32 logits: |a - b| <= ATOL + RTOL * |b|
 
 
-def flops_per_scan(model: HyperCT, n_tasks: int, n_images: int = 55, tokens: int = 86) -> dict:
-    cfg = model.backbone.config
-    d, m, L = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers
-    r = model.config.rank
-    dense = 2 * tokens * (4 * d * d + 2 * d * m) + 2 * 2 * tokens * tokens * d  # projections + attention
-    lora = 2 * tokens * r * (4 * 2 * d + 2 * (d + m))
-    per_image = L * (dense + lora)
-    return {
-        "base": L * dense * n_images * n_tasks,
-        "lora": L * lora * n_images * n_tasks,
-        "total": per_image * n_images * n_tasks,
-    }
+# --- measurement helpers ----------------------------------------------------------------------
 
 
 def sync(dev: torch.device) -> None:
@@ -62,102 +61,293 @@ def sync(dev: torch.device) -> None:
         torch.cuda.synchronize(dev)
 
 
-def timed(fn, dev: torch.device, repeats: int, warmup: int) -> list[float]:
-    for _ in range(warmup):
-        fn()
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class PeakMemory:
+    """Peak memory an arm adds: sampled RSS (CPU) or max_memory_allocated (CUDA), above the start."""
+
+    def __init__(self, dev: torch.device):
+        self.dev = dev
+
+    def __enter__(self):
+        if self.dev.type == "cuda":
+            sync(self.dev)
+            torch.cuda.reset_peak_memory_stats(self.dev)
+            self.start = torch.cuda.memory_allocated(self.dev)
+        else:
+            self.start = self.peak = _rss_bytes()
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def _sample(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, _rss_bytes())
+            time.sleep(0.002)
+
+    def __exit__(self, *exc):
+        if self.dev.type == "cuda":
+            sync(self.dev)
+            self.peak = torch.cuda.max_memory_allocated(self.dev)
+        else:
+            self._stop.set()
+            self._thread.join()
+            self.peak = max(self.peak, _rss_bytes())
+        self.delta_mb = (self.peak - self.start) / 2**20
+
+
+def matmul_peak_gflops(dev: torch.device, dtype: torch.dtype, n: int, repeats: int = 5) -> float:
+    """Best throughput of an n x n x n matmul (the device's practical peak for that dtype)."""
+    a = torch.randn(n, n, device=dev, dtype=dtype)
+    b = torch.randn(n, n, device=dev, dtype=dtype)
+    a @ b
     sync(dev)
-    out = []
+    best = float("inf")
     for _ in range(repeats):
         t = time.perf_counter()
-        fn()
+        a @ b
         sync(dev)
-        out.append((time.perf_counter() - t) * 1000)
-    return out
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best / 1e9
+
+
+def flops(model: HyperCT, n_tasks: int, n_images: int, tokens: int) -> dict:
+    """FLOPs of the backbone blocks for ``n_tasks`` x ``n_images`` (patch embedding and head excluded)."""
+    cfg = model.backbone.config
+    d, m, L, r = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers, model.config.rank
+    dense = 2 * tokens * (4 * d * d + 2 * d * m) + 2 * 2 * tokens * tokens * d  # projections + attention
+    dims = {
+        "q_proj": (d, d),
+        "k_proj": (d, d),
+        "v_proj": (d, d),
+        "o_proj": (d, d),
+        "up_proj": (d, m),
+        "down_proj": (m, d),
+    }
+    lora = sum(2 * tokens * r * (dims[k][0] + dims[k][1]) for k in model.config.targets)
+    n = L * n_images * n_tasks
+    return {"base": dense * n, "lora": lora * n, "total": (dense + lora) * n}
+
+
+def run_conditions(dev: torch.device) -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {
+        "cpu_model": cpu,
+        "cpu_count": os.cpu_count(),
+        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "torch_threads": torch.get_num_threads(),
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+        "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
+        "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def choose_chunk(dev: torch.device, model: HyperCT, n_images: int, n_tasks: int) -> int:
+    """Tasks per backbone pass. CPU: the rule of ``hyperct.inference.default_task_chunk`` (largest
+    activation ~16 MB) for this image count; CUDA: from free memory (~12 live MLP-wide fp32 activations)."""
+    cfg = model.backbone.config
+    tokens = 1 + cfg.num_register_tokens + (144 // cfg.patch_size) ** 2
+    if dev.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(dev)
+        per_task = n_images * tokens * max(cfg.intermediate_size, 3 * cfg.hidden_size) * 4 * 12
+        return max(1, min(n_tasks, int(0.6 * free // per_task)))
+    if n_images == 55:
+        return min(n_tasks, default_task_chunk(dev, model, batch=1))
+    per_task = n_images * tokens * cfg.intermediate_size * 4
+    return max(1, min(n_tasks, int(16e6 // per_task)))
+
+
+# --- the benchmark ------------------------------------------------------------------------------
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--config", default="demo", choices=["demo", "vitb16"])
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--loop-repeats", type=int, default=2)
-    ap.add_argument("--task-chunk", type=int, default=None)
-    ap.add_argument("--compile", action="store_true", help="torch.compile the backbone blocks (CUDA)")
-    ap.add_argument("--skip-loop", action="store_true")
+    ap.add_argument("--images", type=int, default=55, help="images per scan (55 = 165 slices)")
+    ap.add_argument("--tasks", type=int, default=25, help="findings scored (first K)")
+    ap.add_argument("--repeats", type=int, default=3, help="interleaved timed rounds (after one warm-up)")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the batched pass's blocks (CUDA)")
+    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", help="also write the JSON here")
     args = ap.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("bench_inference: --device cuda but PyTorch sees no CUDA GPU")
 
     dev = torch.device(args.device)
-    torch.manual_seed(0)
+    load_before = os.getloadavg()
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32 for the equivalence check
+        torch.backends.cudnn.allow_tf32 = False
+    torch.manual_seed(args.seed)
     model = HyperCT(HyperCTConfig(backbone=args.config))
-    with torch.no_grad():
+    with torch.no_grad():  # non-zero B: every task gets its own, clearly visible update
         for kind, head in model.hypernet.heads.items():
             n_a = model.hypernet.rank * model.hypernet.dims[kind][0]
-            head.weight[n_a:].normal_(0, 0.01)
+            head.weight[n_a:].normal_(0, 0.05)
+            head.bias[n_a:].normal_(0, 0.05)
     model = model.to(dev).eval()
+    authors = AuthorsStyleHyperCT(model)
+    merged = MergedPerTask(model)
+    cfg = model.backbone.config
+    tokens = 1 + cfg.num_register_tokens + (144 // cfg.patch_size) ** 2
+    K, N = args.tasks, args.images
+    tasks = torch.arange(K, device=dev)
+    task_list = list(range(K))
+    px = torch.randn(1, N, 3, 144, 144, generator=torch.Generator().manual_seed(1)).to(dev)
+    chunk = choose_chunk(dev, model, N, K)
+    blocks = model._blocks
     if args.compile:
-        model._blocks = torch.compile(model._blocks, dynamic=False)
-    px = torch.randn(1, 55, 3, 144, 144, device=dev)
-    chunk = args.task_chunk or default_task_chunk(dev, model)
-    all_tasks = torch.arange(25, device=dev)
+        model._blocks = torch.compile(blocks, dynamic=False)
 
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(dev)
-    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    def t_generation():  # what every per-task arm pays once per task in authors' style
+        with torch.no_grad():
+            model.lora_factors(tasks)
 
-    def batched():
-        with torch.inference_mode(), autocast_for(dev):
-            return model(px, all_tasks, task_chunk=chunk)
-
-    def per_task_loop():
-        # The research code's way: for each task, the hypernetwork generates that task's LoRA and the
-        # backbone runs once with it (no factor cache, one task per pass).
-        outs = []
-        with torch.inference_mode(), autocast_for(dev):
-            for k in range(25):
-                model.clear_factor_cache()
-                outs.append(model(px, all_tasks[k : k + 1]))
-        return outs
-
-    warm = 3 if dev.type == "cuda" else 1
-    ms_batched = timed(batched, dev, args.repeats, warm)
-    peak_gpu = torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None
-    rss_peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    ms_loop = None if args.skip_loop else timed(per_task_loop, dev, args.loop_repeats, 1)
-
-    fl = flops_per_scan(model, 25)
-    med = statistics.median(ms_batched)
-    result = {
-        "benchmark": "inference_25_findings_one_scan",
-        "config": args.config,
-        "device": str(dev),
-        "device_name": torch.cuda.get_device_name(dev)
-        if dev.type == "cuda"
-        else platform.processor() or platform.machine(),
-        "threads": torch.get_num_threads(),
-        "dtype": "bf16 autocast" if dev.type == "cuda" else "fp32",
-        "compiled": args.compile,
-        "task_chunk": chunk,
-        "images_per_scan": 55,
-        "tokens_per_image": 86,
-        "ms_per_scan_batched": round(med, 2),
-        "ms_per_scan_batched_all": [round(x, 2) for x in ms_batched],
-        "ms_per_scan_per_task_loop": round(statistics.median(ms_loop), 2) if ms_loop else None,
-        "speedup_vs_per_task_loop": round(statistics.median(ms_loop) / med, 2) if ms_loop else None,
-        "tflop_per_scan": round(fl["total"] / 1e12, 3),
-        "lora_flop_fraction": round(fl["lora"] / fl["total"], 4),
-        "peak_gpu_memory_mb": round(peak_gpu, 1) if peak_gpu is not None else None,
-        "peak_rss_mb": round(rss_peak_mb, 1),
-        "rss_before_mb": round(rss0 / 1024, 1),
-        "torch": torch.__version__,
+    arms = {
+        "authors_style": lambda: authors(px, task_list),
+        "merged": lambda: merged(px, task_list),  # generates all tasks' factors once, then merges per task
+        "batched": lambda: model(px, tasks, task_chunk=chunk),  # product default chunk, cached factors
+        "batched_one_pass": lambda: model(px, tasks, task_chunk=K),
     }
     if dev.type == "cuda":
-        tflops = fl["total"] / (med / 1000) / 1e12
-        name = result["device_name"]
-        peak = next((v for k, v in BF16_PEAK.items() if k in name), None)
-        result["achieved_tflops"] = round(tflops, 1)
-        result["bf16_dense_peak_tflops"] = peak
-        result["fraction_of_bf16_peak"] = round(tflops / peak, 3) if peak else None
+
+        def batched_bf16():
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                return model(px, tasks, task_chunk=chunk)
+
+        arms["batched_bf16"] = batched_bf16
+
+    # 1. equivalence (also the warm-up round)
+    logits, peak_mb, first_ms = {}, {}, {}
+    with torch.inference_mode():
+        for name, fn in arms.items():
+            with PeakMemory(dev) as mem:
+                t = time.perf_counter()
+                logits[name] = fn().float()
+                sync(dev)
+                first_ms[name] = (time.perf_counter() - t) * 1000
+            peak_mb[name] = round(mem.delta_mb, 1)
+        plain = model.backbone_only_logits(px).float()
+    ref = logits["batched"]
+    equivalence = {"tolerance": f"|x - batched| <= {ATOL} + {RTOL} * |batched| (fp32)"}
+    ok = True
+    for name, val in logits.items():
+        if name in ("batched", "batched_bf16"):
+            continue
+        diff = (val - ref).abs().max().item()
+        passed = bool(torch.all((val - ref).abs() <= ATOL + RTOL * ref.abs()).item())
+        equivalence[f"{name}_max_abs_diff"] = diff
+        ok &= passed
+    equivalence["lora_effect_min_abs"] = (ref - plain[:, None]).abs().min().item()  # > tolerance: not vacuous
+    equivalence["passed"] = ok
+    if "batched_bf16" in logits:
+        equivalence["batched_bf16_max_abs_diff_vs_fp32"] = (logits["batched_bf16"] - ref).abs().max().item()
+    if not ok:
+        emit_json({"error": "variants disagree", "equivalence": equivalence}, args.out)
+        sys.exit(1)
+
+    # 2. interleaved timing (arm order shuffled every round)
+    times: dict[str, list[float]] = {name: [] for name in arms}
+    rng = random.Random(args.seed)
+    with torch.inference_mode():
+        for _ in range(args.repeats):
+            order = list(arms)
+            rng.shuffle(order)
+            for name in order:
+                with PeakMemory(dev) as mem:
+                    t = time.perf_counter()
+                    arms[name]()
+                    sync(dev)
+                    times[name].append((time.perf_counter() - t) * 1000)
+                peak_mb[name] = max(peak_mb[name], round(mem.delta_mb, 1))
+        gen_ms = []
+        for _ in range(args.repeats):
+            t = time.perf_counter()
+            t_generation()
+            sync(dev)
+            gen_ms.append((time.perf_counter() - t) * 1000)
+        authors_gen_ms = []
+        for _ in range(max(1, args.repeats)):
+            t = time.perf_counter()
+            for k in task_list:
+                for li, kind in authors.targets:
+                    authors.module_factors(k, li, kind)
+            sync(dev)
+            authors_gen_ms.append((time.perf_counter() - t) * 1000)
+
+    fl = flops(model, K, N, tokens)
+    peak_fp32 = matmul_peak_gflops(dev, torch.float32, 8192 if dev.type == "cuda" else 2048)
+    peak_bf16 = matmul_peak_gflops(dev, torch.bfloat16, 8192) if dev.type == "cuda" else None
+    load_after = os.getloadavg()
+
+    def summary(name):
+        ms = times[name]
+        best = min(ms)
+        peak = peak_bf16 if name == "batched_bf16" else peak_fp32
+        gflops = fl["total"] / (best / 1000) / 1e9
+        return {
+            "min_ms": round(best, 1),
+            "median_ms": round(statistics.median(ms), 1),
+            "all_ms": [round(x, 1) for x in ms],
+            "first_call_ms": round(first_ms[name], 1),
+            "gflops": round(gflops, 1),
+            "fraction_of_matmul_peak": round(gflops / peak, 3),
+            "peak_memory_delta_mb": peak_mb[name],
+        }
+
+    arms_out = {name: summary(name) for name in arms}
+    a, m, b, b1 = (arms_out[k]["min_ms"] for k in ("authors_style", "merged", "batched", "batched_one_pass"))
+    result = {
+        "benchmark": "inference_side_by_side",
+        "config": args.config,
+        "device": str(dev),
+        "images_per_scan": N,
+        "tasks": K,
+        "tokens_per_image": tokens,
+        "task_chunk": chunk,
+        "backbone_passes_batched": -(-K // chunk),
+        "task_chunk_rule": "CUDA: from free memory; CPU: hyperct.inference.default_task_chunk's rule "
+        "(largest activation ~16 MB) for this image count",
+        "dtype": "fp32" + (" (batched_bf16: bf16 autocast)" if dev.type == "cuda" else ""),
+        "compiled": args.compile,
+        "repeats": args.repeats,
+        "authors_style_ms": a,
+        "merged_ms": m,
+        "batched_ms": b,
+        "batched_one_pass_ms": b1,
+        "batched_bf16_ms": arms_out.get("batched_bf16", {}).get("min_ms"),
+        "speedup_batched_vs_authors_style": round(a / b, 2),
+        "speedup_batched_vs_merged": round(m / b, 2),
+        "speedup_merged_vs_authors_style": round(a / m, 2),
+        "speedup_one_pass_vs_default_chunk": round(b / b1, 2),
+        "timing": "min over interleaved repeats (medians in arms)",
+        "arms": arms_out,
+        "lora_generation_all_tasks_batched_ms": round(min(gen_ms), 2),
+        "lora_generation_all_tasks_per_module_ms": round(min(authors_gen_ms), 1),
+        "gflop_per_scan": round(fl["total"] / 1e9, 2),
+        "lora_flop_fraction": round(fl["lora"] / fl["total"], 4),
+        "matmul_peak_gflops": round(peak_fp32, 1),
+        "matmul_peak_bf16_gflops": round(peak_bf16, 1) if peak_bf16 else None,
+        "equivalence": equivalence,
+        "ru_maxrss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "conditions": {
+            **run_conditions(dev),
+            "loadavg_before": [round(x, 2) for x in load_before],
+            "loadavg_after": [round(x, 2) for x in load_after],
+        },
+    }
     emit_json(result, args.out)
 
 
