@@ -405,3 +405,21 @@ def test_set_overrides_existing_fields_and_is_checked(tmp_path):
         apply_sets(cfg, ["optim.learning_rate=1"])
     with pytest.raises(ConfigError, match="optim.loss"):
         apply_sets(cfg, ["optim.loss=l1"])
+
+
+def test_drop_one_pairs_differ_in_one_finding_only_inside_its_mask():
+    from hyperct.phantom import generate
+    from hyperct.training.datasets import drawn_severities, dropped_finding
+
+    for seed in (100000, 100001, 4242):  # the dataset's draw is the generator's own random draw
+        assert drawn_severities(seed) == generate(seed, None, matrix=32).spec["severities"]
+    ds = PhantomDataset(2, 100000, matrix=48, n_slices=24, pair="drop_one")
+    for j in (0, 2):
+        drawn, twin = ds.generate(j), ds.generate(j + 1)
+        k = dropped_finding(ds.seeds[j], drawn_severities(ds.seeds[j]))
+        assert k is not None and k != "cardiomegaly"
+        changed = drawn.volume.hu != twin.volume.hu
+        assert changed.any() and not (changed & ~np.asarray(drawn.masks[k], bool)).any()
+        differ = np.flatnonzero(ds.labels[j] != ds.labels[j + 1])
+        assert differ.tolist() == [catalogue().index(k)] and ds.labels[j, catalogue().index(k)] == 1
+        assert sorted(drawn.masks) == sorted(set(twin.masks) | {k})

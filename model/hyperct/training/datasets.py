@@ -26,7 +26,10 @@ Sources (``build_dataset(spec)`` with a mapping, ``parse_data_spec(text)`` for t
   ``pair: normal`` (or ``variant``) makes it 2N volumes in pairs that share the anatomy: item 2j
   is seed S+j as drawn, item 2j+1 its twin, the same patient without any finding (``normal``) or
   with every finding redrawn elsewhere (``variant``, ``lesion_variant=1``); the two differ only
-  inside the findings' masks.
+  inside the findings' masks. ``pair: drop_one`` renders the seed's own random draw explicitly
+  (same findings and severities) and a twin with ONE conventional finding removed (chosen from the
+  seed; not cardiomegaly, whose heart shape moves its surroundings): the two differ only inside that
+  finding's mask, and their labels only in that finding.
 
 CLI specs: ``FILE.csv``, ``ct-rate:ROOT:SPLIT``, ``phantom:N:SEED``.
 """
@@ -537,7 +540,7 @@ class PhantomDataset(VolumeDataset):
         if int(count) < 1:
             raise DatasetError(f"phantom count must be >= 1, got {count}")
         if pair not in PAIRS:
-            raise DatasetError(f"phantom pair must be null, 'normal' or 'variant', got {pair!r}")
+            raise DatasetError(f"phantom pair must be null, 'normal', 'variant' or 'drop_one', got {pair!r}")
         last = int(first_seed) + int(count) - 1
         source = f"phantoms seeds {first_seed}..{last} matrix {matrix}"
         super().__init__(source=source + (f" in pairs ({pair} twin)" if pair else ""), cache=cache)
@@ -568,6 +571,8 @@ class PhantomDataset(VolumeDataset):
         }
         if self.twin[i]:  # (the drawn item keeps the key of an unpaired dataset's phantom)
             ident["twin"] = self.pair
+        elif self.pair == "drop_one":  # rendered from its explicit draw: not the random-mode phantom
+            ident["explicit_draw"] = True
         return ident
 
     def pair_of(self, i: int) -> int:
@@ -580,6 +585,17 @@ class PhantomDataset(VolumeDataset):
         """What ``generate`` is asked for phantom ``i`` (None = the generator's random draw)."""
         if self.twin[i] and self.pair == "normal":
             return {}
+        if self.pair == "drop_one":
+            base = drawn_severities(self.seeds[i]) if self.findings is None else self._requested(i)
+            if isinstance(base, list):
+                base = dict.fromkeys(base)  # severities drawn from the seed
+            if not self.twin[i]:
+                return dict(base)
+            k = dropped_finding(self.seeds[i], base)
+            return {f: v for f, v in base.items() if f != k} if k else {}
+        return self._requested(i)
+
+    def _requested(self, i: int):
         if not isinstance(self.findings, dict):
             return self.findings
         rng = np.random.default_rng([self.seeds[i], 0xF1D5])
@@ -714,7 +730,31 @@ def _fill_in_worker(job) -> tuple[int, np.ndarray]:
     return i, ds._fill(i)
 
 
-PAIRS = (None, "normal", "variant")
+PAIRS = (None, "normal", "variant", "drop_one")
+# findings whose removal changes a phantom only inside their own mask (cardiomegaly reshapes the heart
+# and moves its surroundings; the opportunistic findings share the cardiac state)
+DROPPABLE = tuple(f.id for f in catalogue() if f.group == "conventional" and f.id != "cardiomegaly")
+
+
+def drawn_severities(seed: int) -> dict[str, float]:
+    """The findings and severities ``hyperct.phantom.generate(seed, None)`` draws (its spec's
+    ``severities``), without rendering: the generator's own draw, step by step (tested against it)."""
+    from hyperct.phantom import cardiac, sampling
+    from hyperct.phantom._rng import stream
+    from hyperct.phantom.params import sample_habitus
+
+    hab = sample_habitus(int(seed))
+    echo, latent = cardiac.sample_population(stream(int(seed), "cardiac"), hab.sex)
+    conv = sampling.conventional(stream(int(seed), "findings"), hab, latent)
+    return {**conv, **cardiac.severities(echo, hab.sex)}
+
+
+def dropped_finding(seed: int, severities: dict) -> str | None:
+    """The finding a ``drop_one`` twin of ``seed`` lacks (None when none of its findings can be dropped)."""
+    options = [f for f in DROPPABLE if f in severities]
+    if not options:
+        return None
+    return options[int(np.random.default_rng([int(seed), 0xD1]).integers(len(options)))]
 
 
 def _check_phantom_findings(findings: Any) -> Any:
@@ -831,7 +871,8 @@ def build_dataset(
             )
         if spec.get("pair") not in PAIRS:
             raise ConfigError(
-                f"{field}.pair: expected null, normal or variant, got {spec.get('pair')!r}", path=source
+                f"{field}.pair: expected null, normal, variant or drop_one, got {spec.get('pair')!r}",
+                path=source,
             )
         return PhantomDataset(
             spec["count"],
