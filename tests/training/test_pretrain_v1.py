@@ -423,3 +423,11 @@ def test_drop_one_pairs_differ_in_one_finding_only_inside_its_mask():
         differ = np.flatnonzero(ds.labels[j] != ds.labels[j + 1])
         assert differ.tolist() == [catalogue().index(k)] and ds.labels[j, catalogue().index(k)] == 1
         assert sorted(drawn.masks) == sorted(set(twin.masks) | {k})
+
+
+def test_bags_can_be_made_to_include_a_finding():
+    pos = _image_pos(nodule_images=(10,), effusion_images=range(30, 50))
+    rng = np.random.default_rng(4)
+    bags = [sample_bag(pos, rng, size_min=8, size_max=8, include=NODULE) for _ in range(50)]
+    assert all(10 in b for b in bags)
+    assert all(pos[b].any(axis=1).mean() >= 0.5 for b in bags)

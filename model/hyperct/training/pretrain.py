@@ -242,6 +242,7 @@ def sample_bag(
     size_min: int = 8,
     size_max: int = N_IMAGES,
     positive_fraction: float = 0.5,
+    include: int | None = None,
 ) -> np.ndarray:
     """Sorted image indices of one bag. ``image_pos`` (n_images, 25) bool: which findings each image
     has a positive token for.
@@ -252,6 +253,8 @@ def sample_bag(
     as often as large ones; the rest are drawn uniformly from the remaining images. When the phantom
     has too few positive images for the fraction, the bag shrinks (not below ``size_min``) so the
     fraction still holds where it can; a phantom without any positive token gives an all-negative bag.
+    ``include`` (a finding index): the first positive image is one of that finding's (the finding a
+    ``drop_one`` twin lacks, so the pair's bags differ in it).
     """
     n = image_pos.shape[0]
     size_max = min(int(size_max), n)
@@ -264,6 +267,11 @@ def sample_bag(
     chosen: list[int] = []
     taken = np.zeros(n, dtype=bool)
     present = list(np.flatnonzero(image_pos.any(axis=0)))
+    if include is not None and need > 0 and image_pos[:, include].any():
+        options = np.flatnonzero(image_pos[:, include])
+        pick = int(options[rng.integers(options.size)])
+        chosen.append(pick)
+        taken[pick] = True
     while len(chosen) < need and present:
         j = int(rng.integers(len(present)))
         options = np.flatnonzero(image_pos[:, present[j]] & ~taken)
@@ -802,12 +810,17 @@ def pretrain_backbone(
                     for u in idx:
                         i = 2 * int(u) if pairs else int(u)
                         grid = train.token_labels(i)  # (55, 9, 9, 25)
+                        include = None
+                        if pairs and train.pair == "drop_one":  # the finding the twin lacks
+                            differ = np.flatnonzero(train.labels[i] != train.labels[train.pair_of(i)])
+                            include = int(differ[0]) if differ.size == 1 else None
                         which = sample_bag(
                             grid.any(axis=(1, 2)),
                             rng,
                             size_min=int(oc["bag_min"]),
                             size_max=int(oc["bag_max"]),
                             positive_fraction=float(oc["positive_fraction"]),
+                            include=include,
                         )
                         batch.append(sampler.images(i, which))
                         sizes.append(len(which))
