@@ -1,22 +1,30 @@
-"""Saliency quality on fresh phantoms with known finding masks (DESIGN.md section 5).
+"""Does a saliency method show where THIS scan's evidence is? Measured on fresh phantoms whose finding
+masks are known, for every method of ``hyperct.saliency`` beside two maps that ignore the scan.
 
-    python benchmarks/bench_saliency.py --n 100 --seed 7000000 [--model DIR] [--block N] [--out benchmarks/results/saliency_demo.json]
+    python benchmarks/bench_saliency.py [--model DIR] [--seed 9100000] [--random 40] [--pairs 4]
+        [--laterality 8] [--methods attention,token_gradient,gradcam,input_x_gradient]
+        [--reference-methods integrated_gradients,occlusion] [--reference-cases 25]
+        [--out benchmarks/results/saliency_demo.json]
 
-For every finding present in a phantom (and scored by the model), with Grad-CAM maps of all present
-findings from one batched backward:
+Baselines that ignore the scan: ``mask_prior`` (the finding's average mask position over the OTHER
+cases of this run, in the model's 55 x 9 x 9 token frame: where the finding usually is) and
+``random`` (a random token map). A method that does not beat them is not showing the model's
+evidence. All peaks are ``hyperct.saliency.maps.peak_index`` (token centres), as in the viewer.
 
-* pointing game: the 3-D argmax of the map lies inside the finding's mask dilated by ``--dilate-mm``
-  (default 20 mm: half a Grad-CAM token is about 19 mm in-plane on a 350 mm field of view);
-* energy in mask relative to the uniform baseline: (sum of the map inside the mask / total) / (|mask| / |volume|);
-* deletion AUC: the finding's probability while the most salient 16x16-pixel x 3-slice token blocks of
-  the model input are replaced by a blurred copy, 0..100 % in 10 % steps, against a random order
-  (lower is better: the model relies on what the map shows);
-* model-randomisation sanity check: Spearman correlation of the token maps with the maps of the same
-  model after its hypernetwork is re-initialised, and after the task embeddings are permuted (should
-  fall below 0.5).
+(a) laterality: one-sided findings (pleural effusion, consolidation, atelectasis, nodule, opacity),
+    each drawn on one side (``lesion_variant``), scored where the model detects them (probability >=
+    its threshold): the peak is on the lesion's side; share of the map on that side.
+(b) counterfactual: the same patient rendered with one finding and without it (the generator's normal
+    twin, ``generate(seed, {})``; the two differ only inside the finding's mask): the lesion scan's
+    peak lies within ``--dilate-mm`` of the mask; deletion replaces tokens, most salient first, by the
+    normal twin's content (not a blur): the probability falls faster than for a random order (area
+    under the curve, lower is better).
+(c) own mask vs other patients' masks: the peak of one case tested against the masks of other cases
+    of the same finding (in the token frame); a map that follows the scan hits its own mask more often.
+(d) pointing game and energy in the mask per finding, on random phantoms, for true positives and for
+    all positives; focal findings (nodule, calcifications, lymph nodes, material, hernia) apart.
 
-``--block N`` taps the input of backbone block N instead of the last block (the product's map), to
-compare where the model's evidence sits. Prints JSON (per-finding and averaged over localisable findings).
+Prints JSON (summary, per method, per finding) and writes it to ``--out``.
 """
 
 from __future__ import annotations
@@ -30,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from scipy.ndimage import distance_transform_edt
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "model"))
 
@@ -39,8 +47,87 @@ from _output import emit_json  # noqa: E402  (benchmarks/ is on sys.path when ru
 from hyperct.findings import catalogue  # noqa: E402
 from hyperct.loading import load_model  # noqa: E402
 from hyperct.phantom import generate  # noqa: E402
-from hyperct.preprocess import preprocess  # noqa: E402
-from hyperct.saliency import SaliencyMaps, gradcam_token_maps  # noqa: E402
+from hyperct.preprocess import model_to_source_coords, preprocess, resample_hu  # noqa: E402
+from hyperct.saliency import METHODS, method_maps  # noqa: E402
+from hyperct.saliency.maps import peak_token, token_grid  # noqa: E402
+
+ONE_SIDED = ["pleural_effusion", "consolidation", "atelectasis", "lung_nodule", "lung_opacity"]
+FOCAL = {
+    "lung_nodule",
+    "arterial_wall_calcification",
+    "coronary_artery_wall_calcification",
+    "lymphadenopathy",
+    "medical_material",
+    "hiatal_hernia",
+}
+BASELINES = ("mask_prior", "random")
+# Variants of a product method, for comparison (name -> method, keyword arguments)
+VARIANTS = {
+    "gradcam_per_image_input": ("gradcam", {"site": "input", "per_volume": False}),  # before this change
+    "gradcam_input": ("gradcam", {"site": "input"}),
+}
+GRID = (55, 9, 9)
+
+
+# ----------------------------------------------------------------------------------- geometry
+def token_centres(shape) -> list[np.ndarray]:
+    """Source voxel coordinates of the token centres along k, j, i."""
+    return [model_to_source_coords(n, s) for n, s in zip(GRID, shape)]
+
+
+def hit_table(mask: np.ndarray, spacing, tol_mm: float) -> np.ndarray:
+    """(55, 9, 9): is each token's centre within ``tol_mm`` of the mask?"""
+    dist = distance_transform_edt(~mask, sampling=spacing)
+    ck, cj, ci = (
+        np.clip(np.round(c).astype(int), 0, s - 1) for c, s in zip(token_centres(mask.shape), mask.shape)
+    )
+    return dist[np.ix_(ck, cj, ci)] <= tol_mm
+
+
+def token_fraction(mask: np.ndarray) -> np.ndarray:
+    """(55, 9, 9): fraction of each token's model pixels inside the mask."""
+    m = resample_hu(mask.astype(np.float32)).numpy()  # (165, 144, 144)
+    return m.reshape(55, 3, 9, 16, 9, 16).mean(axis=(1, 3, 5))
+
+
+def right_side_columns(volume) -> np.ndarray:
+    """(9,) bool: token columns whose centre lies on the patient's right of the body's midline."""
+    hu = volume.hu
+    body = hu > -400
+    i_idx = np.nonzero(body.any(axis=(0, 1)))[0]
+    cols = token_centres(hu.shape)[2]
+    # x (LPS) grows with i in the canonical grid: right = smaller x than the body's centre
+    x_cols = volume.index_to_lps(np.stack([np.zeros_like(cols), np.zeros_like(cols), cols], axis=-1))[:, 0]
+    x_mid = volume.index_to_lps([0, 0, 0.5 * (i_idx.min() + i_idx.max())])[0]
+    return x_cols < x_mid
+
+
+def lesion_side(mask: np.ndarray, volume) -> str | None:
+    """'R' or 'L' when >= 90 % of the mask lies on one side of the body's midline, else None."""
+    hu = volume.hu
+    i_idx = np.nonzero((hu > -400).any(axis=(0, 1)))[0]
+    mid = 0.5 * (i_idx.min() + i_idx.max())
+    x_mid = volume.index_to_lps([0, 0, mid])[0]
+    x_of_i = volume.index_to_lps(
+        np.stack([np.zeros(hu.shape[2]), np.zeros(hu.shape[2]), np.arange(hu.shape[2])], -1)
+    )[:, 0]
+    per_i = mask.sum(axis=(0, 1)).astype(np.float64)
+    total = per_i.sum()
+    if total == 0:
+        return None
+    right = per_i[x_of_i < x_mid].sum() / total
+    return "R" if right >= 0.9 else ("L" if right <= 0.1 else None)
+
+
+# ----------------------------------------------------------------------------------- maps
+def all_maps(model, px, tasks, methods) -> dict[str, np.ndarray]:
+    """method -> (len(tasks), 55, 9, 9) token maps (pixel maps pooled to tokens)."""
+    out = {}
+    for m in methods:
+        base, kwargs = VARIANTS.get(m, (m, {}))
+        raw = method_maps(model, px, tasks, base, **kwargs)
+        out[m] = np.stack([token_grid(r) for r in raw])
+    return out
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -50,50 +137,6 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     rb -= rb.mean()
     den = np.sqrt((ra * ra).sum() * (rb * rb).sum())
     return float((ra * rb).sum() / den) if den > 0 else 0.0
-
-
-def point_hits_mask(point, mask: np.ndarray, spacing, tol_mm: float) -> bool:
-    """Is ``point`` (k, j, i) within ``tol_mm`` of a mask voxel?"""
-    k, j, i = point
-    if mask[k, j, i]:
-        return True
-    r = [int(np.ceil(tol_mm / s)) for s in spacing]
-    lo = [max(0, c - rr) for c, rr in zip(point, r)]
-    hi = [min(n, c + rr + 1) for c, rr, n in zip(point, r, mask.shape)]
-    box = np.argwhere(mask[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]])
-    if box.size == 0:
-        return False
-    d = (box + np.array(lo) - np.array(point)) * np.array(spacing)
-    return bool((np.sqrt((d * d).sum(axis=1)) <= tol_mm).any())
-
-
-def blurred(px: torch.Tensor) -> torch.Tensor:
-    """Heavily blurred copy of the model input (the 'deleted' content)."""
-    x = px.reshape(-1, 1, *px.shape[-2:])
-    k = torch.exp(-0.5 * (torch.arange(-12, 13, dtype=px.dtype) / 6.0) ** 2)
-    k = k / k.sum()
-    x = F.conv2d(F.pad(x, (12, 12, 0, 0), mode="replicate"), k.view(1, 1, 1, -1))
-    x = F.conv2d(F.pad(x, (0, 0, 12, 12), mode="replicate"), k.view(1, 1, -1, 1))
-    return x.reshape(px.shape)
-
-
-@torch.no_grad()
-def deletion_curve(model, px: torch.Tensor, task: int, order: np.ndarray, steps: int = 10) -> list[float]:
-    """Probability of ``task`` as token blocks are deleted in ``order`` (indices into 55 x 9 x 9)."""
-    base = blurred(px)
-    n = order.size
-    probs = []
-    for s in range(steps + 1):
-        x = px.clone()
-        idx = order[: int(round(n * s / steps))]
-        for flat in idx:
-            img, rest = divmod(int(flat), 81)
-            r, c = divmod(rest, 9)
-            x[0, img, :, 16 * r : 16 * r + 16, 16 * c : 16 * c + 16] = base[
-                0, img, :, 16 * r : 16 * r + 16, 16 * c : 16 * c + 16
-            ]
-        probs.append(float(torch.sigmoid(model(x, torch.tensor([task]), task_chunk=1))[0, 0]))
-    return probs
 
 
 def randomised_hypernet(model, seed: int):
@@ -121,142 +164,353 @@ def permuted_tasks(model, seed: int):
     return other.eval()
 
 
+@torch.no_grad()
+def deletion_auc(model, px, twin_px, task: int, order: np.ndarray, steps: int = 10) -> float:
+    """Area under the probability curve while tokens (flat indices into 55 x 9 x 9) take the normal
+    twin's content in ``order``, 0..100 % in ``steps`` steps, all steps as one batch."""
+    xs = []
+    for s in range(steps + 1):
+        x = px[0].clone()
+        for flat in order[: int(round(order.size * s / steps))]:
+            img, r, c = np.unravel_index(int(flat), GRID)
+            x[img, :, 16 * r : 16 * r + 16, 16 * c : 16 * c + 16] = twin_px[
+                0, img, :, 16 * r : 16 * r + 16, 16 * c : 16 * c + 16
+            ]
+        xs.append(x)
+    batch = torch.stack(xs)
+    probs = torch.sigmoid(model(batch, torch.full((len(xs),), task), paired=True).float()).numpy()
+    return float(np.trapezoid(probs, dx=1 / steps))
+
+
+# ----------------------------------------------------------------------------------- cases
+class Case:
+    """One (scan, finding) with its ground truth in the token frame and each method's map."""
+
+    def __init__(self, kind, seed, fid, prob, threshold, hits, frac, maps, side=None, right_cols=None):
+        self.kind, self.seed, self.fid = kind, seed, fid
+        self.prob, self.detected = float(prob), bool(prob >= threshold)
+        self.hits, self.frac, self.maps = hits, frac, maps
+        self.side, self.right_cols = side, right_cols
+        self.deletion: dict[str, float] = {}
+        self.px = self.twin_px = None  # kept until the prior baseline's deletion curve is drawn
+
+
+def summarise(values) -> float | None:
+    v = [x for x in values if x is not None]
+    return round(float(np.mean(v)), 3) if v else None
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--n", type=int, default=100, help="number of fresh phantoms")
-    ap.add_argument("--seed", type=int, default=7_000_000, help="first phantom seed (never used in training)")
-    ap.add_argument("--matrix", type=int, default=256)
     ap.add_argument("--model", help="checkpoint folder (default: embedded demo)")
+    ap.add_argument("--seed", type=int, default=9_100_000, help="first seed (never used in training)")
+    ap.add_argument("--random", type=int, default=40, help="random phantoms for (c) and (d)")
+    ap.add_argument("--pairs", type=int, default=4, help="counterfactual pairs per finding for (b)")
+    ap.add_argument("--laterality", type=int, default=8, help="one-sided cases per finding for (a)")
+    ap.add_argument("--matrix", type=int, default=192)
     ap.add_argument("--dilate-mm", type=float, default=20.0)
+    ap.add_argument("--methods", default="attention,token_gradient,gradcam,input_x_gradient")
+    ap.add_argument("--reference-methods", default="integrated_gradients,occlusion")
     ap.add_argument(
-        "--deletion-cases", type=int, default=60, help="cases (finding x phantom) with a deletion curve"
-    )
-    ap.add_argument(
-        "--min-probability", type=float, default=0.0, help="only findings the model scores at least this high"
-    )
-    ap.add_argument(
-        "--block",
+        "--reference-cases",
         type=int,
-        help="Grad-CAM at the input of this backbone block (0-based; default the last, the product's map)",
+        default=25,
+        help="counterfactual cases that also get the reference methods",
+    )
+    ap.add_argument(
+        "--deletion-per-finding",
+        type=int,
+        default=2,
+        help="counterfactual cases per finding with deletion curves",
+    )
+    ap.add_argument("--sanity-cases", type=int, default=20)
+    ap.add_argument("--findings", help="comma-separated finding ids for (a) and (b) (default: all)")
+    ap.add_argument(
+        "--deletion-methods",
+        default="attention,token_gradient,gradcam",
+        help="methods whose deletion curves are drawn (besides the random order and the mask prior)",
     )
     ap.add_argument("--out")
     args = ap.parse_args()
 
     torch.manual_seed(0)
+    rng = np.random.default_rng(0)
     loaded = load_model(args.model, device="cpu")
     model = loaded.model
+    thresholds = loaded.thresholds
     cat = catalogue()
+    methods = [m for m in args.methods.split(",") if m]
+    ref_methods = [m for m in args.reference_methods.split(",") if m]
+    for m in methods + ref_methods:
+        if m not in METHODS and m not in VARIANTS:
+            sys.exit(f"unknown method {m!r}; choose from {', '.join([*METHODS, *VARIANTS])}")
+    t0 = time.time()
+    seconds = defaultdict(float)
+    calls = defaultdict(int)
+    cases: list[Case] = []
+    seed = args.seed
+
+    def log(msg):
+        print(f"[{time.time() - t0:6.0f} s] {msg}", file=sys.stderr, flush=True)
+
+    def timed_maps(px, tasks, meths):
+        out = {}
+        for m in meths:
+            t = time.perf_counter()
+            out.update(all_maps(model, px, tasks, [m]))
+            seconds[m] += time.perf_counter() - t
+            calls[m] += 1
+        return out
+
+    def probs_of(px, tasks):
+        with torch.no_grad():
+            return torch.sigmoid(model(px, torch.tensor(tasks)).float()).numpy()[0]
+
+    # (b) counterfactual pairs: every finding, same patient with / without it
+    n_ref = 0
+    deletion_done = defaultdict(int)
+    chosen = [f for f in args.findings.split(",") if f] if args.findings else cat.ids
+    deletion_methods = [m for m in args.deletion_methods.split(",") if m]
+    for fid in chosen:
+        task = cat.index(fid)
+        for p in range(args.pairs):
+            s = seed
+            seed += 1
+            les = generate(s, [fid], matrix=args.matrix)
+            if fid not in les.masks or not les.masks[fid].any():
+                continue
+            twin = generate(s, {}, matrix=args.matrix)
+            px = preprocess(les.volume).pixel_values[None]
+            prob = probs_of(px, [task])[0]
+            meths = methods + (ref_methods if n_ref < args.reference_cases and p == 0 else [])
+            n_ref += int(len(meths) > len(methods))
+            maps = {m: v[0] for m, v in timed_maps(px, [task], meths).items()}
+            mask = les.masks[fid]
+            c = Case(
+                "pair",
+                s,
+                fid,
+                prob,
+                thresholds[task],
+                hit_table(mask, les.volume.spacing, args.dilate_mm),
+                token_fraction(mask),
+                maps,
+            )
+            if deletion_done[fid] < args.deletion_per_finding:
+                deletion_done[fid] += 1
+                twin_px = preprocess(twin.volume).pixel_values[None]
+                for m in deletion_methods:
+                    if m in maps:
+                        order = np.argsort(-maps[m].ravel(), kind="stable")
+                        c.deletion[m] = deletion_auc(model, px, twin_px, task, order)
+                c.deletion["random"] = deletion_auc(
+                    model, px, twin_px, task, rng.permutation(int(np.prod(GRID)))
+                )
+                c.px, c.twin_px = px, twin_px
+            cases.append(c)
+        log(f"counterfactual {fid}: {sum(1 for c in cases if c.fid == fid)} pairs")
+
+    # (a) laterality: one-sided draws of the one-sided findings
+    for fid in [f for f in ONE_SIDED if f in chosen]:
+        task = cat.index(fid)
+        got = 0
+        tries = 0
+        while got < args.laterality and tries < args.laterality * 3:
+            tries += 1
+            s = seed
+            seed += 1
+            for variant in range(3):
+                ph = generate(s, [fid], matrix=args.matrix, lesion_variant=variant)
+                side = lesion_side(ph.masks[fid], ph.volume)
+                if side is not None:
+                    break
+            if side is None:
+                continue
+            px = preprocess(ph.volume).pixel_values[None]
+            prob = probs_of(px, [task])[0]
+            maps = {m: v[0] for m, v in timed_maps(px, [task], methods).items()}
+            mask = ph.masks[fid]
+            cases.append(
+                Case(
+                    "side",
+                    s,
+                    fid,
+                    prob,
+                    thresholds[task],
+                    hit_table(mask, ph.volume.spacing, args.dilate_mm),
+                    token_fraction(mask),
+                    maps,
+                    side=side,
+                    right_cols=right_side_columns(ph.volume),
+                )
+            )
+            got += 1
+        log(f"laterality {fid}: {got} one-sided cases")
+
+    # (c, d) random phantoms: every present finding
+    sanity = defaultdict(lambda: defaultdict(list))
     rand_model = randomised_hypernet(model, 1)
     perm_model = permuted_tasks(model, 2)
-    rng = np.random.default_rng(0)
-
-    per = defaultdict(lambda: defaultdict(list))
-    deletion = {"saliency": [], "random": []}
-    sanity = {"randomised_hypernetwork": [], "permuted_task_embeddings": []}
-    t0 = time.time()
-    for n in range(args.n):
-        ph = generate(args.seed + n, matrix=args.matrix)
-        present = [fid for fid in ph.masks if ph.masks[fid].any()]
+    for n in range(args.random):
+        s = seed
+        seed += 1
+        ph = generate(s, matrix=args.matrix)
+        present = [fid for fid in ph.present if fid in ph.masks and ph.masks[fid].any()]
         if not present:
             continue
-        pre = preprocess(ph.volume)
-        px = pre.pixel_values[None]
+        px = preprocess(ph.volume).pixel_values[None]
         tasks = cat.indices(present)
-        with torch.no_grad():
-            probs = torch.sigmoid(model(px, torch.tensor(tasks))).numpy()[0]
-        keep = [(fid, t, p) for fid, t, p in zip(present, tasks, probs) if p >= args.min_probability]
-        if not keep:
-            continue
-        tok = gradcam_token_maps(model, px, [t for _, t, _ in keep], block=args.block)
-        maps = SaliencyMaps("gradcam", pre.source_shape, {fid: m for (fid, _, _), m in zip(keep, tok)})
-        tok_r = gradcam_token_maps(rand_model, px, [t for _, t, _ in keep], block=args.block)
-        tok_p = gradcam_token_maps(perm_model, px, [t for _, t, _ in keep], block=args.block)
-        for idx, (fid, task, p) in enumerate(keep):
+        probs = probs_of(px, tasks)
+        maps = timed_maps(px, tasks, methods)
+        for idx, (fid, task) in enumerate(zip(present, tasks)):
             mask = ph.masks[fid]
-            vmap = maps.volume_map(fid)
-            peak = np.unravel_index(int(np.argmax(vmap)), vmap.shape)
-            per[fid]["pointing_hit"].append(point_hits_mask(peak, mask, ph.volume.spacing, args.dilate_mm))
-            total = float(vmap.sum())
-            if total > 0:
-                frac = float(vmap[mask].sum()) / total
-                per[fid]["energy_ratio"].append(frac / (mask.sum() / mask.size))
-            per[fid]["probability"].append(float(p))
-            if tok[idx].max() > 0:
-                sanity["randomised_hypernetwork"].append(spearman(tok[idx], tok_r[idx]))
-                sanity["permuted_task_embeddings"].append(spearman(tok[idx], tok_p[idx]))
-            if len(deletion["saliency"]) < args.deletion_cases:
-                order = np.argsort(-tok[idx].ravel(), kind="stable")
-                rnd = rng.permutation(order.size)
-                ds = deletion_curve(model, px, task, order)
-                dr = deletion_curve(model, px, task, rnd)
-                deletion["saliency"].append(float(np.trapezoid(ds, dx=1 / (len(ds) - 1))))
-                deletion["random"].append(float(np.trapezoid(dr, dx=1 / (len(dr) - 1))))
-        print(f"phantom {n + 1}/{args.n}: {len(keep)} findings, {time.time() - t0:.0f} s", file=sys.stderr)
+            cases.append(
+                Case(
+                    "random",
+                    s,
+                    fid,
+                    probs[idx],
+                    thresholds[task],
+                    hit_table(mask, ph.volume.spacing, args.dilate_mm),
+                    token_fraction(mask),
+                    {m: v[idx] for m, v in maps.items()},
+                )
+            )
+        if n < args.sanity_cases:
+            for m in methods:
+                mr = all_maps(rand_model, px, tasks, [m])[m]
+                mp = all_maps(perm_model, px, tasks, [m])[m]
+                for idx in range(len(tasks)):
+                    if maps[m][idx].max() > 0:
+                        sanity[m]["randomised_hypernetwork"].append(spearman(maps[m][idx], mr[idx]))
+                        sanity[m]["permuted_task_embeddings"].append(spearman(maps[m][idx], mp[idx]))
+        log(f"random phantom {n + 1}/{args.random}: {len(present)} findings")
 
-    findings = {}
-    for fid, d in per.items():
-        findings[fid] = {
-            "cases": len(d["pointing_hit"]),
-            "pointing_game": round(float(np.mean(d["pointing_hit"])), 3),
-            "energy_in_mask_vs_uniform": round(float(np.median(d["energy_ratio"])), 2)
-            if d["energy_ratio"]
+    # scan-ignoring baselines: the finding's mean token mask over the OTHER cases; a random map
+    by_fid = defaultdict(list)
+    for c in cases:
+        by_fid[c.fid].append(c)
+    for fid, cs in by_fid.items():
+        total = sum(c.frac for c in cs)
+        for c in cs:
+            prior = (total - c.frac) / max(1, len(cs) - 1)
+            c.maps["mask_prior"] = prior
+            c.maps["random"] = rng.random(GRID).astype(np.float32)
+            if c.twin_px is not None:
+                order = np.argsort(-prior.ravel(), kind="stable")
+                c.deletion["mask_prior"] = deletion_auc(model, c.px, c.twin_px, cat.index(fid), order)
+                c.px = c.twin_px = None
+
+    all_methods = methods + ref_methods + list(BASELINES)
+
+    def hit(c, m):
+        return bool(c.hits[peak_token(c.maps[m])]) if m in c.maps else None
+
+    def energy(c, m):
+        if m not in c.maps:
+            return None
+        mp = np.maximum(c.maps[m], 0)
+        if mp.sum() <= 0 or c.frac.mean() <= 0:
+            return None
+        return float((mp * c.frac).sum() / mp.sum() / c.frac.mean())
+
+    def other_hit(c, m):
+        others = [o for o in by_fid[c.fid] if o is not c and o.seed != c.seed][:10]
+        if m not in c.maps or not others:
+            return None
+        tok = peak_token(c.maps[m])
+        return float(np.mean([o.hits[tok] for o in others]))
+
+    def side_ok(c, m):
+        tok = peak_token(c.maps[m])
+        on_right = bool(c.right_cols[tok[2]])
+        return on_right == (c.side == "R")
+
+    def side_share(c, m):
+        mp = np.maximum(c.maps[m], 0).sum(axis=(0, 1))
+        cols = c.right_cols if c.side == "R" else ~c.right_cols
+        return float(mp[cols].sum() / mp.sum()) if mp.sum() > 0 else None
+
+    per_method = {}
+    per_finding = defaultdict(dict)
+    for m in all_methods:
+        pair = [c for c in cases if c.kind == "pair" and m in c.maps]
+        side = [c for c in cases if c.kind == "side" and c.detected and m in c.maps]
+        side_eff = [c for c in side if c.fid == "pleural_effusion"]
+        rnd = [c for c in cases if c.kind == "random" and m in c.maps]
+        own_other = [(hit(c, m), other_hit(c, m)) for c in rnd + pair]
+        own_other = [(a, b) for a, b in own_other if b is not None]
+        dele = [(c.deletion[m], c.deletion["random"]) for c in pair if m in c.deletion]
+        per_method[m] = {
+            "counterfactual_peak_in_lesion": summarise(hit(c, m) for c in pair),
+            "counterfactual_cases": len(pair),
+            "counterfactual_peak_in_lesion_detected": summarise(hit(c, m) for c in pair if c.detected),
+            "counterfactual_detected_cases": sum(c.detected for c in pair),
+            "laterality_peak_on_lesion_side": summarise(side_ok(c, m) for c in side),
+            "laterality_share_on_lesion_side": summarise(side_share(c, m) for c in side),
+            "laterality_detected_cases": len(side),
+            "laterality_effusion_peak_on_side": summarise(side_ok(c, m) for c in side_eff),
+            "laterality_effusion_cases": len(side_eff),
+            "own_mask_hit": summarise(a for a, _ in own_other),
+            "other_patients_mask_hit": summarise(b for _, b in own_other),
+            "deletion_auc_twin": summarise(a for a, _ in dele),
+            "deletion_auc_random_order": summarise(b for _, b in dele),
+            "deletion_below_random_fraction": summarise(a < b for a, b in dele),
+            "deletion_cases": len(dele),
+            "pointing_true_positives": summarise(hit(c, m) for c in rnd if c.detected),
+            "pointing_all_positives": summarise(hit(c, m) for c in rnd),
+            "pointing_focal_all_positives": summarise(hit(c, m) for c in rnd if c.fid in FOCAL),
+            "pointing_nonfocal_all_positives": summarise(hit(c, m) for c in rnd if c.fid not in FOCAL),
+            "energy_in_mask_vs_uniform_median": round(
+                float(np.median([e for e in (energy(c, m) for c in rnd) if e is not None])), 2
+            )
+            if rnd
             else None,
-            "mean_probability": round(float(np.mean(d["probability"])), 3),
+            "seconds_per_scan": round(seconds[m] / calls[m], 3) if calls[m] else None,
         }
-    localisable = {fid: v for fid, v in findings.items() if v["cases"] >= 3}
+        if m in sanity:
+            per_method[m]["sanity_spearman_randomised_hypernetwork"] = summarise(
+                sanity[m]["randomised_hypernetwork"]
+            )
+            per_method[m]["sanity_spearman_permuted_task_embeddings"] = summarise(
+                sanity[m]["permuted_task_embeddings"]
+            )
+        for fid, cs in by_fid.items():
+            pc = [c for c in cs if c.kind == "pair" and m in c.maps]
+            rc = [c for c in cs if c.kind == "random" and m in c.maps]
+            sc = [c for c in cs if c.kind == "side" and c.detected and m in c.maps]
+            per_finding[fid][m] = {
+                "counterfactual_peak_in_lesion": summarise(hit(c, m) for c in pc),
+                "pointing_true_positives": summarise(hit(c, m) for c in rc if c.detected),
+                "pointing_all_positives": summarise(hit(c, m) for c in rc),
+                **({"laterality_peak_on_lesion_side": summarise(side_ok(c, m) for c in sc)} if sc else {}),
+            }
+    for fid, cs in by_fid.items():
+        per_finding[fid]["cases"] = {
+            "counterfactual": sum(c.kind == "pair" for c in cs),
+            "counterfactual_detected": sum(c.kind == "pair" and c.detected for c in cs),
+            "random_positives": sum(c.kind == "random" for c in cs),
+            "random_true_positives": sum(c.kind == "random" and c.detected for c in cs),
+            "laterality_detected": sum(c.kind == "side" and c.detected for c in cs),
+            "mean_probability_counterfactual": summarise(c.prob for c in cs if c.kind == "pair"),
+            "focal": fid in FOCAL,
+        }
+
     result = {
-        "benchmark": "saliency_quality_gradcam",
+        "benchmark": "saliency_quality",
         "model": f"{loaded.name} v{loaded.version}",
         "weights_sha256": loaded.weights_sha256,
-        "phantoms": args.n,
         "first_seed": args.seed,
+        "last_seed": seed - 1,
         "matrix": args.matrix,
         "dilate_mm": args.dilate_mm,
-        "gradcam_block": "last" if args.block is None else args.block,
-        "localisable_findings": len(localisable),
-        "pointing_game_mean_over_findings": round(
-            float(np.mean([v["pointing_game"] for v in localisable.values()])), 3
-        )
-        if localisable
-        else None,
-        "energy_in_mask_vs_uniform_median_over_findings": round(
-            float(
-                np.median(
-                    [
-                        v["energy_in_mask_vs_uniform"]
-                        for v in localisable.values()
-                        if v["energy_in_mask_vs_uniform"]
-                    ]
-                )
-            ),
-            2,
-        )
-        if localisable
-        else None,
-        "deletion_auc_saliency_mean": round(float(np.mean(deletion["saliency"])), 4)
-        if deletion["saliency"]
-        else None,
-        "deletion_auc_random_mean": round(float(np.mean(deletion["random"])), 4)
-        if deletion["random"]
-        else None,
-        "deletion_saliency_below_random_fraction": round(
-            float(np.mean(np.array(deletion["saliency"]) < np.array(deletion["random"]))), 3
-        )
-        if deletion["saliency"]
-        else None,
-        "deletion_cases": len(deletion["saliency"]),
-        "sanity_spearman_randomised_hypernetwork_mean": round(
-            float(np.mean(sanity["randomised_hypernetwork"])), 3
-        )
-        if sanity["randomised_hypernetwork"]
-        else None,
-        "sanity_spearman_permuted_task_embeddings_mean": round(
-            float(np.mean(sanity["permuted_task_embeddings"])), 3
-        )
-        if sanity["permuted_task_embeddings"]
-        else None,
+        "methods": methods,
+        "reference_methods": ref_methods,
+        "baselines": list(BASELINES),
+        "cases": {k: sum(c.kind == k for c in cases) for k in ("pair", "side", "random")},
         "seconds": round(time.time() - t0, 1),
-        "per_finding": dict(sorted(findings.items(), key=lambda kv: cat.index(kv[0]))),
+        "per_method": per_method,
+        "per_finding": {fid: per_finding[fid] for fid in cat.ids if fid in per_finding},
     }
     emit_json(result, args.out)
 

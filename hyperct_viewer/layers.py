@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from napari.utils.colormaps import Colormap
 
 from hyperct.volume import NAPARI_AXIS_LABELS, CTVolume
 
@@ -78,6 +79,20 @@ def ct_layer_data(volume: CTVolume, name: str | None = None) -> tuple[np.ndarray
     return (volume.hu, kwargs, "image")
 
 
+# Low saliency is transparent (the anatomy stays visible), then dark red -> orange -> light yellow.
+SALIENCY_COLORMAP = Colormap(
+    colors=[
+        [0.0, 0.0, 0.0, 0.0],
+        [0.0, 0.0, 0.0, 0.0],
+        [0.55, 0.0, 0.1, 0.35],
+        [0.95, 0.35, 0.05, 0.75],
+        [1.0, 0.95, 0.55, 0.95],
+    ],
+    controls=[0.0, 0.25, 0.45, 0.75, 1.0],
+    name="hyperct saliency",
+)
+
+
 def saliency_layer_kwargs(ct_layer, finding_name: str, method: str) -> dict:
     """Image-layer kwargs that put a map on exactly the CT layer's world grid."""
     return {
@@ -86,9 +101,9 @@ def saliency_layer_kwargs(ct_layer, finding_name: str, method: str) -> dict:
         "translate": tuple(ct_layer.translate),
         "units": ("mm", "mm", "mm"),
         "axis_labels": tuple(ct_layer.axis_labels),
-        "colormap": "inferno",
-        "blending": "additive",
-        "opacity": 0.6,
+        "colormap": SALIENCY_COLORMAP,
+        "blending": "translucent",
+        "opacity": 0.8,
         "contrast_limits": (0.0, 1.0),
         "metadata": {SALIENCY_KEY: finding_name, "method": method},
     }

@@ -38,6 +38,7 @@ from qtpy.QtWidgets import (
 from hyperct import DISCLAIMER
 from hyperct.findings import GROUP_LABELS, catalogue
 from hyperct.results import CALL_PRESENT
+from hyperct.saliency import DEFAULT_METHOD, METHODS
 from hyperct_viewer.layers import (
     SALIENCY_KEY,
     WINDOW_PRESETS,
@@ -52,7 +53,7 @@ ROLE_ID = Qt.UserRole + 2  # finding id
 ROLE_CALL = Qt.UserRole + 3
 
 COL_NAME, COL_PROB, COL_THRESH, COL_CALL = range(4)
-SALIENCY_METHODS = {"Grad-CAM": "gradcam", "Integrated gradients": "integrated_gradients"}
+SALIENCY_METHODS = {m.name: m.id for m in METHODS.values()}  # combo text -> method id
 DEVICES = {"Auto": "auto", "CUDA": "cuda", "CPU": "cpu"}
 
 
@@ -101,6 +102,7 @@ class FindingsWidget(QWidget):
         self._saliency_worker = None
         self._pending_saliency: str | None = None
         self._maps: dict[str, object] = {}  # method -> SaliencyMaps of the current volume/model
+        self._body_cache = None  # (volume, its body mask): where the overlay may be drawn
         self._saliency_layer = None
         self._updating_selection = False
         self._build_ui()
@@ -210,19 +212,24 @@ class FindingsWidget(QWidget):
         sal_box = QGroupBox("Saliency")
         sform = QFormLayout(sal_box)
         self.method_combo = QComboBox()
-        self.method_combo.addItems(list(SALIENCY_METHODS))
-        self.method_combo.setToolTip(
-            "Grad-CAM: last-block input tokens (fast, all findings in one backward).\n"
-            "Integrated gradients: input pixels, one finding at a time (slower), for comparison."
-        )
+        for i, m in enumerate(METHODS.values()):
+            self.method_combo.addItem(m.name)
+            self.method_combo.setItemData(i, m.description, Qt.ToolTipRole)
+        self.method_combo.setCurrentText(METHODS[DEFAULT_METHOD].name)
+        self.method_help = QLabel()
+        self.method_help.setWordWrap(True)
+        self.method_help.setStyleSheet("color: gray; font-size: 11px;")
         self.all_button = QPushButton("All findings")
         self.all_button.setToolTip(
-            "Compute the maps of all 25 findings in one batched backward pass (Grad-CAM)"
+            "Compute the maps of all 25 findings in one batched backward pass (methods that allow it; "
+            f"otherwise {METHODS[DEFAULT_METHOD].name})"
         )
         mrow = QHBoxLayout()
         mrow.addWidget(self.method_combo, 1)
         mrow.addWidget(self.all_button)
         sform.addRow("Method", mrow)
+        sform.addRow(self.method_help)
+        self._describe_method()
         self.show_saliency = QCheckBox("Show overlay")
         self.show_saliency.setChecked(True)
         self.opacity_slider = QSlider(Qt.Horizontal)
@@ -557,7 +564,13 @@ class FindingsWidget(QWidget):
         if fid and self.session.result is not None:
             self._request_saliency(fid)
 
+    def _describe_method(self) -> None:
+        m = METHODS[self.saliency_method]
+        self.method_help.setText(m.description)
+        self.method_combo.setToolTip(m.description)
+
     def _on_method_changed(self, *_):
+        self._describe_method()
         if self.session.selected and self.session.result is not None:
             self._request_saliency(self.session.selected)
 
@@ -569,9 +582,10 @@ class FindingsWidget(QWidget):
         self._start_saliency([fid])
 
     def compute_all_saliency(self):
-        """All 25 findings in one batched backward (Grad-CAM), cached for instant switching."""
-        if self.saliency_method != "gradcam":
-            self.method_combo.setCurrentText("Grad-CAM")
+        """All 25 findings in one batched backward, cached for instant switching (a method that needs
+        one pass per finding is switched to the default method first)."""
+        if not METHODS[self.saliency_method].batched:
+            self.method_combo.setCurrentText(METHODS[DEFAULT_METHOD].name)
         return self._start_saliency(None)
 
     def _start_saliency(self, findings):
@@ -582,7 +596,7 @@ class FindingsWidget(QWidget):
             return None
         method = self.saliency_method
         what = "all findings" if findings is None else catalogue()[findings[0]].name
-        self.status.setText(f"Computing {method} saliency for {what}…")
+        self.status.setText(f"Computing {METHODS[method].name} saliency for {what}…")
         self.progress.setRange(0, 0)
         worker = _saliency_worker(self.session.model, self.session.volume, findings, method)
         worker.returned.connect(lambda maps, m=method: self._on_saliency_done(m, maps))
@@ -610,13 +624,21 @@ class FindingsWidget(QWidget):
             fid, self._pending_saliency = self._pending_saliency, None
             self._request_saliency(fid)
 
+    def _body_of(self, volume):
+        """The body outline of ``volume`` (cached per volume): the overlay is not drawn in the air."""
+        from hyperct.saliency import body_mask
+
+        if self._body_cache is None or self._body_cache[0] is not volume:
+            self._body_cache = (volume, body_mask(volume))
+        return self._body_cache[1]
+
     def _show_saliency(self, fid: str) -> None:
         maps = self._maps[self.saliency_method]
         ct = self.session.ct_layer
         volume = self.session.volume
         if ct is None or volume is None:
             return
-        data = maps.volume_map(fid)
+        data = maps.volume_map(fid, within=self._body_of(volume))
         finding = catalogue()[fid]
         kwargs = saliency_layer_kwargs(ct, finding.name, maps.method)
         kwargs["opacity"] = self.opacity_slider.value() / 100.0
@@ -629,8 +651,9 @@ class FindingsWidget(QWidget):
             layer.contrast_limits = (0.0, 1.0)
         else:
             layer = self._saliency_layer = self.viewer.add_image(data, **kwargs)
-        k, _j, _i = maps.peak_index(fid)
-        self.viewer.dims.set_point(0, ct.translate[0] + k * ct.scale[0])
+        peak = maps.peak_index(fid)  # the one peak the reports and the benchmark use too
+        for axis, idx in enumerate(peak):
+            self.viewer.dims.set_point(axis, ct.translate[axis] + idx * ct.scale[axis])
         summary = maps.summary(fid, volume)
         res = self.session.result[fid] if self.session.result is not None else None
         if res is not None:
@@ -641,7 +664,8 @@ class FindingsWidget(QWidget):
             else ""
         )
         self.status.setText(
-            f"{finding.name} {prob}: {maps.method} saliency peaks on slice {k + 1}/{volume.shape[0]} "
+            f"{finding.name} {prob}: {METHODS[maps.method].name} saliency peaks on slice "
+            f"{peak[0] + 1}/{volume.shape[0]} "
             f"at LPS ({', '.join(f'{v:.0f}' for v in summary.peak_lps_mm)}) mm."
         )
         self.saliency_shown.emit(fid)
@@ -673,22 +697,22 @@ class FindingsWidget(QWidget):
         return derived_stem(source, self.session.volume, mode) if source else None
 
     def _export_saliency(self):
-        """Grad-CAM of every assessed finding, as the CLI computes for its exports (reuses the cache)."""
+        """Default-method maps of every assessed finding, as the CLI computes for its exports (reuses the cache)."""
         from hyperct.report import saliency_for_export
         from hyperct.results import CALL_NOT_ASSESSED
 
         result = self.session.result
-        cached = self._maps.get("gradcam")
+        cached = self._maps.get(DEFAULT_METHOD)
         assessed = [f.id for f in result.findings if f.call != CALL_NOT_ASSESSED]
         if cached is not None and all(fid in cached for fid in assessed):
             return cached
-        maps = saliency_for_export(self.session.model, self.session.volume, result, method="gradcam")
+        maps = saliency_for_export(self.session.model, self.session.volume, result, method=DEFAULT_METHOD)
         if maps is not None:
             if cached is not None:
                 cached.update(maps)
             else:
-                self._maps["gradcam"] = maps
-        return self._maps.get("gradcam")
+                self._maps[DEFAULT_METHOD] = maps
+        return self._maps.get(DEFAULT_METHOD)
 
     def export_files(self, formats, out_dir, *, mode: str | None = None, overwrite: bool = False, **kwargs):
         """Write the reports of the current result with the same code and inputs as ``hyperct predict``."""

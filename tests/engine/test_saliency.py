@@ -1,4 +1,5 @@
-"""Grad-CAM on the last block's input tokens, mapped back onto the CT's voxel grid."""
+"""Saliency maps: the tap points, batched maps of all findings, the one peak, the mapping back onto
+the CT's voxel grid, and the method registry."""
 
 from __future__ import annotations
 
@@ -8,7 +9,16 @@ import torch
 
 from hyperct.model.backbone import encoder_layers
 from hyperct.preprocess import map_to_grid
-from hyperct.saliency import SaliencyMaps, compute_saliency, gradcam_token_maps
+from hyperct.saliency import (
+    DEFAULT_METHOD,
+    METHODS,
+    SaliencyMaps,
+    compute_saliency,
+    gradcam_token_maps,
+    method_maps,
+    peak_index,
+    token_grid,
+)
 from hyperct.volume import CTVolume
 from tests.engine.conftest import tiny_model
 
@@ -79,7 +89,7 @@ def test_maps_come_back_on_the_ct_grid_normalised_with_a_consistent_peak():
     hu = np.random.default_rng(0).normal(-500, 300, (40, 64, 72)).astype(np.float32)
     vol = CTVolume(hu=hu, spacing=(2.5, 0.7, 0.7), origin=(-25.0, -20.0, 100.0))
     maps = compute_saliency(model, vol, ["lung_nodule", "cardiomegaly"])
-    assert isinstance(maps, SaliencyMaps) and maps.method == "gradcam"
+    assert isinstance(maps, SaliencyMaps) and maps.method == DEFAULT_METHOD
     m = maps.volume_map("lung_nodule")
     assert m.shape == vol.shape and m.dtype == np.float32
     assert m.max() == pytest.approx(1.0) and m.min() >= 0.0
@@ -97,5 +107,67 @@ def test_integrated_gradients_is_selectable_and_lives_on_the_model_pixel_grid():
     maps = compute_saliency(model, vol, ["emphysema"], method="integrated_gradients", n_steps=4)
     assert maps.model_maps["emphysema"].shape == (165, 144, 144)
     assert maps.volume_map("emphysema").shape == vol.shape
-    with pytest.raises(ValueError, match="choose one of gradcam"):
+    with pytest.raises(ValueError, match="choose one of attention, token_gradient, gradcam"):
         compute_saliency(model, vol, ["emphysema"], method="magic")
+
+
+@pytest.mark.parametrize("method", [m for m in METHODS if METHODS[m].batched])
+def test_batched_methods_give_all_findings_in_one_pass_equal_to_one_at_a_time(method):
+    model = tiny_model(seed=6)
+    px = torch.randn(1, 5, 3, 48, 48)
+    together = method_maps(model, px, [0, 9, 24], method, task_chunk=3)
+    for row, k in enumerate((0, 9, 24)):
+        np.testing.assert_allclose(together[row], method_maps(model, px, [k], method)[0], rtol=1e-4, atol=1e-6)
+    assert not np.allclose(together[0], together[2])  # findings get their own maps
+    assert all(p.grad is None for p in model.parameters())  # activations only
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_every_method_gives_a_finite_map_on_its_grid_and_leaves_the_model_as_it_was(method):
+    model = tiny_model(seed=7)
+    model.train()
+    px = torch.randn(1, 3, 3, 48, 48)
+    m = method_maps(model, px, [2], method)[0]
+    expected = (3, 3, 3) if METHODS[method].grid == "token" else (9, 48, 48)
+    assert m.shape == expected and np.isfinite(m).all() and np.abs(m).max() > 0
+    assert model.training  # mode restored
+    assert model.backbone.config._attn_implementation == "sdpa"  # eager only during the pass
+
+
+def test_the_one_peak_is_the_centre_of_the_strongest_token_for_token_and_pixel_maps():
+    tok = np.zeros((55, 9, 9), np.float32)
+    tok[20, 4, 6] = 1.0
+    pix = np.zeros((165, 144, 144), np.float32)
+    pix[61, 16 * 4 + 3, 16 * 6 + 9] = 5.0  # one pixel of the same token
+    pix[10, 0, 0] = -50.0  # negative evidence does not make a peak
+    assert token_grid(pix).shape == (55, 9, 9)
+    shape = (110, 300, 270)
+    k, j, i = peak_index(tok, shape)
+    assert peak_index(pix, shape) == (k, j, i)
+    # the token's centre: the middle of its slices and of its 16 x 16 patch, not its first voxel
+    assert k == round((20 + 0.5) * 110 / 55 - 0.5) and j == round(4.5 * 300 / 9 - 0.5)
+    assert i == round(6.5 * 270 / 9 - 0.5)
+    # the report's peak is the viewer's peak: SaliencyMaps uses the same function
+    maps = SaliencyMaps("attention", shape, {"lung_nodule": tok})
+    assert maps.peak_index("lung_nodule") == (k, j, i)
+
+
+def test_the_report_schema_names_every_saliency_method():
+    import json
+    from importlib import resources
+
+    schema = json.loads(resources.files("hyperct.assets").joinpath("report.schema.json").read_text())
+    found = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            if "method" in node and isinstance(node["method"], dict) and "enum" in node["method"]:
+                found.append(node["method"]["enum"])
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(schema)
+    assert list(METHODS) in found

@@ -58,12 +58,14 @@ def test_analyze_fills_table_and_selecting_shows_saliency_on_the_ct_grid(
     layer = sal[0]
     assert layer.data.shape == ct.data.shape
     np.testing.assert_allclose(layer.extent.world, ct.extent.world)
-    assert layer.colormap.name == "inferno" and layer.blending == "additive"
-    k = int(np.argmax(layer.data.max(axis=(1, 2))))
-    z_world = viewer.dims.point[0]
-    assert (
-        abs(z_world - (ct.translate[0] + k * ct.scale[0])) <= ct.scale[0] * 1.01
-    )  # jumped to the peak slice
+    # low saliency is transparent, so the anatomy stays visible; nothing is drawn in the air
+    assert layer.blending == "translucent"
+    assert layer.colormap.map(np.array([0.0, 0.2]))[:, 3].max() == 0 and layer.colormap.map(np.array([1.0]))[0, 3] > 0.5
+    assert layer.data[np.asarray(vol.hu) < -990].max() == 0 and layer.data.max() == pytest.approx(1.0)
+    # the view jumped to the map's one peak (the reports' key slice), on every axis
+    peak = widget._maps[widget.saliency_method].peak_index("pleural_effusion")
+    for axis in range(3):
+        assert viewer.dims.point[axis] == pytest.approx(ct.translate[axis] + peak[axis] * ct.scale[axis])
 
     widget.opacity_slider.setValue(25)
     assert layer.opacity == pytest.approx(0.25)

@@ -17,6 +17,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from hyperct.saliency import DEFAULT_METHOD, METHODS
+
 EPILOG = """\
 inputs:
   A DICOM folder (searched recursively), DICOM file(s), a DICOMDIR, or a .nii/.nii.gz/.nrrd/.mha
@@ -139,9 +141,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--saliency-method",
-        choices=["gradcam", "integrated_gradients"],
-        default="gradcam",
-        help="saliency method (default gradcam; integrated gradients is much slower)",
+        choices=list(METHODS),
+        default=DEFAULT_METHOD,
+        help=f"saliency method (default {DEFAULT_METHOD}): "
+        + "; ".join(f"{m.id}: {m.description}" for m in METHODS.values()),
     )
     p.add_argument("--mode", choices=["shareable", "clinical"], default="shareable", help="export mode")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")

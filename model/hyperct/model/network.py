@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
-from transformers import DINOv3ViTModel
+from transformers import AttentionInterface, DINOv3ViTModel
 
 from hyperct.findings import NUM_FINDINGS
 from hyperct.model.backbone import build_backbone, config_to_dict, encoder_layers
@@ -50,11 +50,37 @@ class HyperCTConfig:
 
 
 class SaliencyTap(nn.Identity):
-    """Identity on the (N, D, 9, 9) patch-token grid at the input of the last block.
+    """Identity on the patch-token grid at one point of one block (see ``HyperCT.saliency_mode``).
 
-    Grad-CAM (captum ``LayerGradCam``) attaches here: channels = D, spatial = the 9x9 patch grid.
-    Only inserted while ``HyperCT.saliency_mode()`` is active.
+    captum's layer methods attach here: channels = D; spatial = the 9x9 patch grid of each image
+    ((N, D, 9, 9)), or the 55 x 9 x 9 grid of each volume ((V, D, 55, 9, 9)) with ``per_volume``.
+    Only on the forward path while ``HyperCT.saliency_mode()`` is active.
     """
+
+
+ATTENTION_RECORDER = "hyperct_recorded_eager"
+
+
+def _recorded_eager_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """Plain softmax attention that hands its probabilities to ``module._hyperct_attention_sink``.
+
+    Registered with transformers' ``AttentionInterface``; used only inside
+    ``HyperCT.recording_attention()`` (gradient-weighted attention maps need the probabilities and
+    their gradients, which fused SDPA kernels do not expose).
+    """
+    scaling = query.size(-1) ** -0.5 if scaling is None else scaling
+    scores = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        scores = scores + attention_mask
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    sink = getattr(module, "_hyperct_attention_sink", None)
+    if sink is not None:
+        sink.append(probs)
+    out = torch.matmul(probs, value).transpose(1, 2).contiguous()
+    return out, probs
+
+
+AttentionInterface.register(ATTENTION_RECORDER, _recorded_eager_attention)
 
 
 class HyperCT(nn.Module):
@@ -89,6 +115,9 @@ class HyperCT(nn.Module):
         self.saliency_tap = SaliencyTap()
         self._tap_active = False
         self._tap_block: int | None = None  # None: the last block
+        self._tap_site = "input"  # "input" of the block (residual stream) or its "norm1" output
+        self._tap_per_volume = False
+        self._tap_images = 0  # images per volume of the current pass (per-volume tap layout)
         self._factor_cache: tuple[tuple, GroupFactors] | None = None
         # One backbone pass at a time: the LoRA factors are handed to the layers through shared
         # state, so concurrent callers (e.g. two viewer workers) must not interleave.
@@ -167,38 +196,82 @@ class HyperCT(nn.Module):
 
     # -- forward ----------------------------------------------------------------------------
     @contextlib.contextmanager
-    def saliency_mode(self, block: int | None = None):
-        """Route the input of block ``block`` (default: the last) through ``saliency_tap`` (Grad-CAM).
+    def saliency_mode(self, block: int | None = None, *, site: str = "input", per_volume: bool = False):
+        """Route the patch tokens at block ``block`` (default: the last) through ``saliency_tap``.
 
-        The product's maps use the last block, as the paper's model would; an earlier block is for
-        comparing where the model's evidence sits (``benchmarks/bench_saliency.py --block``).
+        ``site``: ``"input"`` taps the block's input (the residual stream, = output of the block
+        before), ``"norm1"`` the output of its first LayerNorm (what its attention reads).
+        ``per_volume``: the tap sees (V, D, images, 9, 9) instead of (N, D, 9, 9), so a captum layer
+        method that averages over the spatial axes (Grad-CAM) averages over the whole volume.
+        Inside, the LoRA factors are constants: gradients flow to activations only.
         """
-        n_blocks = len(encoder_layers(self.backbone))
+        layers = encoder_layers(self.backbone)
+        n_blocks = len(layers)
         if block is not None and not 0 <= int(block) < n_blocks:
             raise ValueError(
                 f"block must be between 0 and {n_blocks - 1} (this backbone has {n_blocks}), got {block}"
             )
+        if site not in ("input", "norm1"):
+            raise ValueError(f"site must be 'input' or 'norm1', got {site!r}")
         self._tap_active = True
         self._tap_block = None if block is None else int(block)
+        self._tap_site = site
+        self._tap_per_volume = bool(per_volume)
+        hook = None
+        if site == "norm1":
+            target = layers[n_blocks - 1 if block is None else int(block)].norm1
+            hook = target.register_forward_hook(lambda _m, _i, out: self._tap(out))
         try:
             yield self.saliency_tap
         finally:
+            if hook is not None:
+                hook.remove()
             self._tap_active = False
             self._tap_block = None
+            self._tap_site = "input"
+            self._tap_per_volume = False
+
+    @contextlib.contextmanager
+    def recording_attention(self):
+        """Record every block's attention probabilities (B*images, heads, tokens, tokens), in order.
+
+        Yields the list the forward pass appends to. Attention runs as plain (eager) softmax
+        attention while recording; the model's own implementation is restored afterwards. Holds the
+        forward lock so that no other caller runs through the switched implementation.
+        """
+        layers = encoder_layers(self.backbone)
+        sink: list[torch.Tensor] = []
+        cfg = self.backbone.config
+        with self._forward_lock:
+            before = cfg._attn_implementation
+            cfg._attn_implementation = ATTENTION_RECORDER
+            for layer in layers:
+                layer.attention._hyperct_attention_sink = sink
+            try:
+                yield sink
+            finally:
+                cfg._attn_implementation = before
+                for layer in layers:
+                    layer.attention._hyperct_attention_sink = None
 
     def _tap(self, h: torch.Tensor) -> torch.Tensor:
         n, t, d = h.shape
         side = int(round((t - self.n_prefix) ** 0.5))
         prefix, patches = h[:, : self.n_prefix], h[:, self.n_prefix :]
         grid = patches.transpose(1, 2).reshape(n, d, side, side)
-        grid = self.saliency_tap(grid)
+        if self._tap_per_volume and self._tap_images:
+            m = self._tap_images
+            vol = grid.reshape(n // m, m, d, side, side).transpose(1, 2)  # (V, D, images, side, side)
+            grid = self.saliency_tap(vol).transpose(1, 2).reshape(n, d, side, side)
+        else:
+            grid = self.saliency_tap(grid)
         return torch.cat([prefix, grid.reshape(n, d, side * side).transpose(1, 2)], dim=1)
 
     def _blocks(self, h: torch.Tensor, pos: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         layers = encoder_layers(self.backbone)
         tap_at = len(layers) - 1 if self._tap_block is None else self._tap_block
         for i, layer in enumerate(layers):
-            if i == tap_at and self._tap_active:
+            if i == tap_at and self._tap_active and self._tap_site == "input":
                 h = self._tap(h)
             out = layer(h, position_embeddings=pos)
             h = out[0] if isinstance(out, tuple) else out
@@ -243,6 +316,7 @@ class HyperCT(nn.Module):
         b = pixel_values.shape[0]
         h0, pos, n_img = self._embed(pixel_values.to(dev))
         d = h0.shape[-1]
+        self._tap_images = n_img
         try:
             if paired:
                 if tasks.numel() != b:

@@ -3,7 +3,7 @@
 One entry point, used by the viewer's Export buttons and by ``hyperct predict``::
 
     from hyperct.report import export, saliency_for_export
-    saliency = saliency_for_export(loaded, volume, result)          # Grad-CAM, all findings
+    saliency = saliency_for_export(loaded, volume, result)          # default method, all findings
     paths = export(result, volume, saliency, "out/", formats=("json", "pdf", "sr"),
                    mode="shareable", overwrite=False, stem=None)    # {"json": Path, ...}
 

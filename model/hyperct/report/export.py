@@ -193,30 +193,34 @@ def saliency_for_export(
     volume: CTVolume,
     result: AnalysisResult,
     *,
-    method: str = "gradcam",
+    method: str | None = None,
     extra: Sequence[str] = (),
     task_chunk: int | None = None,
 ):
     """The saliency maps an export needs, computed the same way for the CLI and the viewer.
 
-    Grad-CAM: every assessed finding (one batched backward), so each finding in the JSON has its
-    saliency summary. Integrated gradients (one pass per finding): only the positive findings
-    shown as key images plus ``extra`` (e.g. those written as NIfTI); others have no summary.
+    ``method``: default ``hyperct.saliency.DEFAULT_METHOD``. A batched method (one backward for all
+    findings): every assessed finding, so each finding in the JSON has its saliency summary. A
+    method that needs a pass per finding: only the positive findings shown as key images plus
+    ``extra`` (e.g. those written as NIfTI); others have no summary.
     """
     from hyperct.report.pdf import MAX_KEY_IMAGES
-    from hyperct.saliency import compute_saliency
+    from hyperct.saliency import DEFAULT_METHOD, METHODS, compute_saliency
+
+    method = method or DEFAULT_METHOD
 
     assessed = [f.id for f in result.findings if f.call in SCORED_CALLS]
     if not assessed:
         return None
-    if method == "gradcam":
+    batched = METHODS[method].batched if method in METHODS else False
+    if batched:
         ids = assessed
     else:
         pos = sorted(result.positives, key=lambda f: -(f.probability or 0))[:MAX_KEY_IMAGES]
         ids = list(dict.fromkeys([f.id for f in pos] + [i for i in extra if i in assessed]))
         if not ids:
             return None
-    kwargs = {"task_chunk": task_chunk} if (task_chunk and method == "gradcam") else {}
+    kwargs = {"task_chunk": task_chunk} if (task_chunk and batched) else {}
     return compute_saliency(loaded, volume, ids, method=method, **kwargs)
 
 

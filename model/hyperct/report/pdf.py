@@ -21,6 +21,7 @@ from io import BytesIO
 from hyperct import DISCLAIMER
 from hyperct.report import deid
 from hyperct.report.document import format_name
+from hyperct.saliency import METHODS
 
 FONT, FONT_BOLD, FONT_ITALIC = "DejaVuSans", "DejaVuSans-Bold", "DejaVuSans-Oblique"
 MAX_KEY_IMAGES = 4
@@ -470,7 +471,7 @@ def _key_image_grid(doc, volume, saliency, finding_ids, st, width):
     if not images:
         out.append(Paragraph("No key images: no saliency map for the selected findings.", st["muted"]))
         return out
-    method = {"gradcam": "Grad-CAM", "integrated_gradients": "Integrated gradients"}
+    method = {m.id: m.name for m in METHODS.values()}
     cell_w = width * 0.46
     cells = []
     for f, img in images:
