@@ -267,6 +267,28 @@ def test_bag_pretraining_logs_every_epoch_and_resume_continues_on_new_seeds(tmp_
         pair="normal",
     )
     assert not any(old.cache.contains(old._key(i)) for i in range(4))
+    last = PhantomDataset(
+        2,
+        60002,
+        matrix=48,
+        n_slices=24,
+        findings=cfg["data"]["train"]["findings"],
+        cache=PreprocessCache(tmp_path / "cache"),
+        prepare=False,
+        pair="normal",
+    )
+    assert not any(last.cache.contains(last._key(i)) for i in range(4))  # nor the last one, at the end
+    vs = cfg["data"]["valid"]
+    valid = PhantomDataset(
+        vs["count"],
+        vs["first_seed"],
+        matrix=48,
+        n_slices=24,
+        findings=vs["findings"],
+        cache=PreprocessCache(tmp_path / "cache"),
+        prepare=False,
+    )
+    assert all(valid.cache.contains(valid._key(i)) for i in range(len(valid)))  # validation stays
     report = json.loads((out / "pretrain.json").read_text())
     assert len(report["log"]) == 3
     moved = __import__("hyperct.model.backbone", fromlist=["x"]).load_backbone(out).state_dict()

@@ -931,6 +931,8 @@ def pretrain_backbone(
             done += 1
             if stop_after is not None and done >= stop_after:
                 break
+        if fresh and train is not None and not dc["keep_blocks"]:
+            blocks.drop(train)  # never used again: a resumed run starts a new block
     finally:
         blocks.close()
 
