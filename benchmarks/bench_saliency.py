@@ -90,32 +90,34 @@ def token_fraction(mask: np.ndarray) -> np.ndarray:
     return m.reshape(55, 3, 9, 16, 9, 16).mean(axis=(1, 3, 5))
 
 
-def right_side_columns(volume) -> np.ndarray:
-    """(9,) bool: token columns whose centre lies on the patient's right of the body's midline."""
-    hu = volume.hu
-    body = hu > -400
-    i_idx = np.nonzero(body.any(axis=(0, 1)))[0]
-    cols = token_centres(hu.shape)[2]
-    # x (LPS) grows with i in the canonical grid: right = smaller x than the body's centre
-    x_cols = volume.index_to_lps(np.stack([np.zeros_like(cols), np.zeros_like(cols), cols], axis=-1))[:, 0]
-    x_mid = volume.index_to_lps([0, 0, 0.5 * (i_idx.min() + i_idx.max())])[0]
-    return x_cols < x_mid
+def _midline_x(volume) -> float:
+    """LPS x (mm) of the body's left-right centre (the extent of voxels denser than -400 HU)."""
+    i_idx = np.nonzero((volume.hu > -400).any(axis=(0, 1)))[0]
+    return float(volume.index_to_lps([0, 0, 0.5 * (i_idx.min() + i_idx.max())])[0])
+
+
+def _x_of_i(volume, i) -> np.ndarray:
+    i = np.asarray(i, dtype=np.float64)
+    return volume.index_to_lps(np.stack([np.zeros_like(i), np.zeros_like(i), i], axis=-1))[:, 0]
+
+
+def side_columns(volume) -> np.ndarray:
+    """(9,) 'R' / 'L' / '' per token column: wholly on the patient's right (LPS x below the body's
+    midline), wholly on the left, or straddling the midline."""
+    n = volume.hu.shape[2]
+    edges = _x_of_i(volume, np.arange(10) * n / 9 - 0.5)
+    lo, hi = np.minimum(edges[:-1], edges[1:]), np.maximum(edges[:-1], edges[1:])
+    mid = _midline_x(volume)
+    return np.where(hi <= mid, "R", np.where(lo >= mid, "L", ""))
 
 
 def lesion_side(mask: np.ndarray, volume) -> str | None:
     """'R' or 'L' when >= 90 % of the mask lies on one side of the body's midline, else None."""
-    hu = volume.hu
-    i_idx = np.nonzero((hu > -400).any(axis=(0, 1)))[0]
-    mid = 0.5 * (i_idx.min() + i_idx.max())
-    x_mid = volume.index_to_lps([0, 0, mid])[0]
-    x_of_i = volume.index_to_lps(
-        np.stack([np.zeros(hu.shape[2]), np.zeros(hu.shape[2]), np.arange(hu.shape[2])], -1)
-    )[:, 0]
     per_i = mask.sum(axis=(0, 1)).astype(np.float64)
     total = per_i.sum()
     if total == 0:
         return None
-    right = per_i[x_of_i < x_mid].sum() / total
+    right = per_i[_x_of_i(volume, np.arange(mask.shape[2])) < _midline_x(volume)].sum() / total
     return "R" if right >= 0.9 else ("L" if right <= 0.1 else None)
 
 
@@ -186,11 +188,11 @@ def deletion_auc(model, px, twin_px, task: int, order: np.ndarray, steps: int = 
 class Case:
     """One (scan, finding) with its ground truth in the token frame and each method's map."""
 
-    def __init__(self, kind, seed, fid, prob, threshold, hits, frac, maps, side=None, right_cols=None):
+    def __init__(self, kind, seed, fid, prob, threshold, hits, frac, maps, side=None, columns=None):
         self.kind, self.seed, self.fid = kind, seed, fid
         self.prob, self.detected = float(prob), bool(prob >= threshold)
         self.hits, self.frac, self.maps = hits, frac, maps
-        self.side, self.right_cols = side, right_cols
+        self.side, self.columns = side, columns
         self.deletion: dict[str, float] = {}
         self.px = self.twin_px = None  # kept until the prior baseline's deletion curve is drawn
 
@@ -322,6 +324,9 @@ def main() -> None:
             for variant in range(3):
                 ph = generate(s, [fid], matrix=args.matrix, lesion_variant=variant)
                 side = lesion_side(ph.masks[fid], ph.volume)
+                drawn = ph.info.get(fid, {}).get("sides")
+                if side is not None and drawn is not None and len(drawn) == 1 and [side] != drawn:
+                    sys.exit(f"orientation bug: the generator drew {drawn}, the benchmark measured {side}")
                 if side is not None:
                     break
             if side is None:
@@ -341,7 +346,7 @@ def main() -> None:
                     token_fraction(mask),
                     maps,
                     side=side,
-                    right_cols=right_side_columns(ph.volume),
+                    columns=side_columns(ph.volume),
                 )
             )
             got += 1
@@ -421,15 +426,13 @@ def main() -> None:
         tok = peak_token(c.maps[m])
         return float(np.mean([o.hits[tok] for o in others]))
 
-    def side_ok(c, m):
-        tok = peak_token(c.maps[m])
-        on_right = bool(c.right_cols[tok[2]])
-        return on_right == (c.side == "R")
+    def side_ok(c, m):  # a peak in the midline column is not on the lesion's side
+        return c.columns[peak_token(c.maps[m])[2]] == c.side
 
-    def side_share(c, m):
+    def side_share(c, m):  # of the map's energy left or right of the midline, the lesion side's share
         mp = np.maximum(c.maps[m], 0).sum(axis=(0, 1))
-        cols = c.right_cols if c.side == "R" else ~c.right_cols
-        return float(mp[cols].sum() / mp.sum()) if mp.sum() > 0 else None
+        lateral = mp[c.columns != ""].sum()
+        return float(mp[c.columns == c.side].sum() / lateral) if lateral > 0 else None
 
     per_method = {}
     per_finding = defaultdict(dict)
