@@ -103,7 +103,9 @@ def test_shipped_configs_are_valid():
     assert demo["model"]["demo"] is True and demo["model"]["include_backbone"] is True
     stage1 = yaml.safe_load((CONFIGS / "demo_backbone.yaml").read_text())
     assert stage1["backbone"] == demo["model"]["backbone"]
-    assert stage1["data"]["train"] == demo["data"]["train"] and stage1["data"]["valid"] == demo["data"]["valid"]
+    assert (
+        stage1["data"]["train"] == demo["data"]["train"] and stage1["data"]["valid"] == demo["data"]["valid"]
+    )
     assert stage1["data"]["cache_dir"] == demo["data"]["cache_dir"]
     assert demo["model"]["backbone_weights"] == "runs/demo-backbone"
     # the one command (scripts/train_demo.sh) runs the v1 procedure: stage 1 v1, then stage 2 v1 on it
@@ -114,7 +116,9 @@ def test_shipped_configs_are_valid():
 
     v1 = load_config(CONFIGS / "demo_v1.yaml")
     stage1_v1 = load_pretrain_config(CONFIGS / "demo_backbone_v1.yaml")
-    assert v1["model"]["backbone_weights"] == "runs/demo-backbone-v1" and v1["model"]["train_backbone"] is False
+    assert (
+        v1["model"]["backbone_weights"] == "runs/demo-backbone-v1" and v1["model"]["train_backbone"] is False
+    )
     assert v1["train"]["task_draw"] == "positive"
     assert stage1_v1["data"]["valid"] == v1["data"]["valid"] == demo["data"]["valid"]
     assert stage1_v1["optim"]["bag_loss_weight"] > 0 and stage1_v1["data"]["fresh_seeds"]
