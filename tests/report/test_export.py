@@ -12,6 +12,13 @@ from hyperct.report import default_stem, export
 from tests.report.conftest import PHI_SEARCH, POSITIVE, make_result, make_saliency, make_volume
 
 RID = "0f8fad5b-d9cb-469f-a165-70867728950e"
+
+
+def _visible(folder) -> list[str]:
+    """File names without the hidden set record."""
+    return sorted(n for n in os.listdir(folder) if not n.startswith("."))
+
+
 CREATED = "2024-01-05T10:20:30+00:00"
 
 
@@ -24,7 +31,10 @@ def test_writes_json_pdf_sr_and_maps_with_the_documented_names(link_env, tmp_pat
     assert paths["sr"] == tmp_path / "case1.hyperct.sr.dcm"
     assert {k for k in paths if k.startswith("saliency:")} == {f"saliency:{f}" for f in POSITIVE}
     assert paths["saliency:cardiomegaly"] == tmp_path / "case1.saliency.cardiomegaly.nii.gz"
-    assert sorted(os.listdir(tmp_path)) == sorted(p.name for p in paths.values())
+    assert _visible(tmp_path) == sorted(p.name for p in paths.values())
+    assert sorted(os.listdir(tmp_path)) == sorted(
+        _visible(tmp_path) + [".case1.hyperct.set"]
+    )  # no temp, no lock
     doc = json.loads(paths["json"].read_text())
     assert doc["export"]["mode"] == "shareable"
     assert paths["pdf"].read_bytes().startswith(b"%PDF")
@@ -124,11 +134,12 @@ def test_shareable_default_stem_never_carries_patient_identifiers(link_env, tmp_
     assert not any(token.upper() in names for token in PHI_SEARCH + ("PID775533",))
 
 
-def test_a_neutral_or_explicit_stem_is_kept(link_env, tmp_path):
+def test_shareable_always_pseudonymises_and_an_explicit_neutral_stem_is_kept(link_env, tmp_path):
     from hyperct.report import derived_stem
 
-    vol = _at("/archive/case_07.nii.gz")
-    assert derived_stem("/archive/case_07.nii.gz", vol, "shareable") == "case_07"
+    vol = _at("/archive/case_07.nii.gz")  # "case_07" may be an MRN: no check can prove a name safe
+    assert derived_stem("/archive/case_07.nii.gz", vol, "shareable").startswith("scan-")
+    assert derived_stem("/archive/case_07.nii.gz", vol, "clinical") == "case_07"
     named = _at("/archive/QUIXOTE_ALONSO.nii.gz")
     paths = export(make_result(named), named, None, tmp_path, ("json",), stem="my-choice")
     assert paths["json"].name == "my-choice.hyperct.json"  # the user's own stem is theirs to choose

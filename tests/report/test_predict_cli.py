@@ -75,76 +75,96 @@ def batch(env):
     return rc, stdout, stderr, out
 
 
-def test_a_bad_input_is_reported_and_the_others_are_written(batch, env):
+@pytest.fixture(scope="module")
+def S(env):
+    """The shareable file stems of the two inputs: pseudonyms, never the input's name."""
+    from hyperct.io import read_ct
+    from hyperct.report import derived_stem
+
+    out = {}
+    for name, path in (("dicom", env / "dicom"), ("oblique", env / "oblique.nii.gz")):
+        out[name] = derived_stem(path, read_ct(path), "shareable")
+        assert out[name].startswith("scan-") and name not in out[name]
+    return out
+
+
+def _visible(folder: Path) -> list[str]:
+    """File names in ``folder`` without the hidden set record (``.<stem>.hyperct.set``)."""
+    return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+
+
+def test_a_bad_input_is_reported_and_the_others_are_written(batch, env, S):
     rc, _, stderr, out = batch
     assert rc == 1
     bad = [line for line in stderr.splitlines() if "error:" in line]
     assert len(bad) == 1 and str(env / "broken.nii.gz") in bad[0] and "not a readable NIfTI" in bad[0]
     assert "2 of 3 input(s) done; 1 failed" in stderr
-    names = sorted(p.name for p in out.iterdir())
+    names = _visible(out)
     assert names == sorted(
         [
-            "dicom.hyperct.json",
-            "dicom.hyperct.pdf",
-            "dicom.hyperct.sr.dcm",
-            "dicom.saliency.cardiomegaly.nii.gz",
-            "oblique.hyperct.json",
-            "oblique.hyperct.pdf",
-            "oblique.saliency.cardiomegaly.nii.gz",
+            f"{S['dicom']}.hyperct.json",
+            f"{S['dicom']}.hyperct.pdf",
+            f"{S['dicom']}.hyperct.sr.dcm",
+            f"{S['dicom']}.saliency.cardiomegaly.nii.gz",
+            f"{S['oblique']}.hyperct.json",
+            f"{S['oblique']}.hyperct.pdf",
+            f"{S['oblique']}.saliency.cardiomegaly.nii.gz",
         ]
     )
     (skip,) = [line for line in stderr.splitlines() if "DICOM SR skipped" in line]
     assert skip.startswith("hyperct predict: warning: DICOM SR skipped: a DICOM SR needs DICOM input")
-    assert "the input is NIfTI" in skip and "oblique.nii.gz" in skip and "the JSON and PDF are written" in skip
+    assert (
+        "the input is NIfTI" in skip and "oblique.nii.gz" in skip and "the JSON and PDF are written" in skip
+    )
 
 
-def test_written_json_validates_and_scores_only_the_asked_findings(batch):
+def test_written_json_validates_and_scores_only_the_asked_findings(batch, S):
     out = batch[3]
-    for name in ("dicom.hyperct.json", "oblique.hyperct.json"):
+    for name in (f"{S['dicom']}.hyperct.json", f"{S['oblique']}.hyperct.json"):
         doc = json.loads((out / name).read_text())
         validate_document(doc)
         assessed = {f["id"] for f in doc["findings"] if f["call"] != "not assessed"}
         assert assessed == set(FINDINGS.split(","))
         assert doc["model"]["name"] == "HyperCT-tiny" and doc["model"]["version"] == "0.0.7"
         assert all(f["saliency"] is not None for f in doc["findings"] if f["id"] in assessed)
-    assert json.loads((out / "dicom.hyperct.json").read_text())["input"]["type"] == "dicom"
+    assert json.loads((out / f"{S['dicom']}.hyperct.json").read_text())["input"]["type"] == "dicom"
 
 
-def test_shareable_outputs_of_the_dicom_input_carry_no_identifiers(batch):
+def test_shareable_outputs_of_the_dicom_input_carry_no_identifiers(batch, S):
     out = batch[3]
     texts = [
-        (out / "dicom.hyperct.json").read_text(),
-        " ".join(p.extract_text() for p in PdfReader(out / "dicom.hyperct.pdf").pages),
-        (out / "dicom.hyperct.sr.dcm").read_bytes().decode("latin-1"),
+        (out / f"{S['dicom']}.hyperct.json").read_text(),
+        " ".join(p.extract_text() for p in PdfReader(out / f"{S['dicom']}.hyperct.pdf").pages),
+        (out / f"{S['dicom']}.hyperct.sr.dcm").read_bytes().decode("latin-1"),
     ]
     for text in texts:
         for needle in PHI_SEARCH:
             assert needle not in text
 
 
-def test_saliency_map_has_the_input_geometry(batch, env):
+def test_saliency_map_has_the_input_geometry(batch, env, S):
     out = batch[3]
     src = nib.load(str(env / "oblique.nii.gz"))
-    sal = nib.load(str(out / "oblique.saliency.cardiomegaly.nii.gz"))
+    sal = nib.load(str(out / f"{S['oblique']}.saliency.cardiomegaly.nii.gz"))
     assert sal.shape == src.shape
     np.testing.assert_allclose(sal.affine, src.affine, atol=1e-5)
     data = np.asarray(sal.dataobj)
     assert data.min() >= 0 and data.max() == pytest.approx(1.0)
-    dcm_map = nib.load(str(out / "dicom.saliency.cardiomegaly.nii.gz"))
+    dcm_map = nib.load(str(out / f"{S['dicom']}.saliency.cardiomegaly.nii.gz"))
     assert dcm_map.shape == (40, 40, 24)  # columns, rows, slices of the written series
 
 
-def test_existing_outputs_are_not_overwritten_without_the_flag(batch, env):
+def test_existing_outputs_are_not_overwritten_without_the_flag(batch, env, S):
     out = batch[3]
-    before = (out / "dicom.hyperct.json").read_bytes()
+    before = (out / f"{S['dicom']}.hyperct.json").read_bytes()
     argv = ["predict", str(env / "dicom")] + _common(env) + ["--out", str(out), "--json"]
     rc, _, stderr = _run(argv)
     assert rc == 1
-    assert str(out / "dicom.hyperct.json") in stderr and "--overwrite" in stderr
-    assert (out / "dicom.hyperct.json").read_bytes() == before
+    assert str(out / f"{S['dicom']}.hyperct.json") in stderr and "--overwrite" in stderr
+    assert (out / f"{S['dicom']}.hyperct.json").read_bytes() == before
     rc, _, stderr = _run(argv + ["--overwrite"])
     assert rc == 0, stderr
-    assert (out / "dicom.hyperct.json").read_bytes() != before  # a new report id and time
+    assert (out / f"{S['dicom']}.hyperct.json").read_bytes() != before  # a new report id and time
 
 
 def test_without_output_flags_a_table_is_printed(env):
@@ -182,7 +202,7 @@ def test_cli_files_equal_the_export_function_files(env, tmp_path, monkeypatch):
     from hyperct.inference import analyze
     from hyperct.io import read_ct
     from hyperct.loading import load_model
-    from hyperct.report import default_stem, export, saliency_for_export
+    from hyperct.report import derived_stem, export, saliency_for_export
 
     monkeypatch.setattr(predict, "report_identity", lambda result: (RID, CREATED))
     cli_out = tmp_path / "cli"
@@ -199,11 +219,11 @@ def test_cli_files_equal_the_export_function_files(env, tmp_path, monkeypatch):
         volume,
         saliency,
         tmp_path / "viewer",
-        stem=default_stem(env / "dicom"),
+        stem=derived_stem(env / "dicom", volume, "shareable"),
         report_id=RID,
         created=CREATED,
     )
-    assert sorted(p.name for p in cli_out.iterdir()) == sorted(p.name for p in paths.values())
+    assert _visible(cli_out) == sorted(p.name for p in paths.values())
     for fmt, path in paths.items():
         assert (cli_out / path.name).read_bytes() == path.read_bytes(), fmt
 
@@ -237,15 +257,19 @@ def test_folder_named_after_the_patient_gives_pseudonymous_file_names(env, tmp_p
 
     named = tmp_path / "in" / "QUIXOTE^ALONSO"
     shutil.copytree(env / "dicom", named)
-    rc, _, stderr = _run(["predict", str(named)] + _common(env) + ["--out", str(tmp_path / "share"), "--json"])
-    assert rc == 0, stderr
-    (written,) = (tmp_path / "share").iterdir()
-    assert written.name.startswith("scan-") and "QUIXOTE" not in written.name.upper()
     rc, _, stderr = _run(
-        ["predict", str(named)] + _common(env) + ["--out", str(tmp_path / "clin"), "--json", "--mode", "clinical"]
+        ["predict", str(named)] + _common(env) + ["--out", str(tmp_path / "share"), "--json"]
     )
     assert rc == 0, stderr
-    assert [p.name for p in (tmp_path / "clin").iterdir()] == ["QUIXOTE^ALONSO.hyperct.json"]
+    (written,) = _visible(tmp_path / "share")
+    assert written.startswith("scan-") and "QUIXOTE" not in written.upper()
+    rc, _, stderr = _run(
+        ["predict", str(named)]
+        + _common(env)
+        + ["--out", str(tmp_path / "clin"), "--json", "--mode", "clinical"]
+    )
+    assert rc == 0, stderr
+    assert _visible(tmp_path / "clin") == ["QUIXOTE^ALONSO.hyperct.json"]
 
 
 def test_tilted_series_is_refused_unless_resample_tilt_is_given(env, tmp_path):
@@ -268,7 +292,8 @@ def test_tilted_series_is_refused_unless_resample_tilt_is_given(env, tmp_path):
         ]
     )
     assert rc == 0, stderr
-    doc = json.loads((tmp_path / "b" / "tilted.hyperct.json").read_text())
+    (path,) = (tmp_path / "b").glob("scan-*.hyperct.json")  # shareable: a pseudonymous name
+    doc = json.loads(path.read_text())
     assert "gantry_tilt_resampled" in [w["code"] for w in doc["input"]["qc_warnings"]]
 
 
@@ -294,7 +319,8 @@ def test_min_slices_lowers_the_short_volume_limit(env, tmp_path):
         ]
     )
     assert rc == 0, stderr
-    assert json.loads((tmp_path / "b" / "short.hyperct.json").read_text())["input"]["slices"] == 10
+    (path,) = (tmp_path / "b").glob("scan-*.hyperct.json")
+    assert json.loads(path.read_text())["input"]["slices"] == 10
     with pytest.raises(SystemExit) as exc, contextlib.redirect_stderr(io.StringIO()) as err:
         main(["predict", str(tmp_path / "short.nii.gz"), "--min-slices", "1"])
     assert exc.value.code == 2 and "must be at least 2" in err.getvalue()

@@ -106,9 +106,9 @@ def test_one_report_per_study_of_its_thinnest_axial_series(archive_run, env):
     thin = {_uids(env / "archive" / n)["IM"].pop() for n in ("a", "b")}
     assert {d["input"]["SeriesInstanceUID"] for d in docs} == thin
     assert len({d["input"]["StudyInstanceUID"] for d in docs}) == 2
-    # file names: the input's stem and a hash tag of the series (no identifier), one set per study
-    stems = {p.name.split(".")[0] for p in out.iterdir()}
-    assert len(stems) == 2 and all(s.startswith("archive-") and len(s) == len("archive-") + 12 for s in stems)
+    # file names: a pseudonym per series (shareable mode: never the input's name), one set per study
+    stems = {p.name.split(".")[0] for p in out.iterdir() if not p.name.startswith(".")}
+    assert len(stems) == 2 and all(s.startswith("scan-") and len(s) == len("scan-") + 12 for s in stems)
     for d in docs:
         validate_document(d)
 
@@ -186,12 +186,14 @@ def test_anonymised_series_without_uids_writes_json_and_pdf_and_skips_the_sr(env
         ["predict", str(env / "anon"), *_common(env), "--json", "--pdf", "--sr", "--out", str(tmp_path)]
     )
     assert rc == 0, stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["anon.hyperct.json", "anon.hyperct.pdf"]
+    names = sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("."))
+    stem = names[0].split(".")[0]  # no UIDs: a keyed pseudonym of the folder's name
+    assert stem.startswith("scan-") and names == [f"{stem}.hyperct.json", f"{stem}.hyperct.pdf"]
     (warn,) = [ln for ln in stderr.splitlines() if "SR skipped" in ln]
     assert "no StudyInstanceUID and no SeriesInstanceUID" in warn and "anonymised" in warn
     assert "the JSON and PDF are written" in warn
     assert "read_ct" not in stderr and "hyperct.io" not in stderr  # no Python function in the hint
-    doc = json.loads((tmp_path / "anon.hyperct.json").read_text())
+    doc = json.loads((tmp_path / f"{stem}.hyperct.json").read_text())
     assert doc["input"]["StudyInstanceUID"] is None and doc["input"]["slices"] == 40
 
 
@@ -217,9 +219,9 @@ def test_out_of_scope_warning_on_the_console_on_pdf_page_1_and_in_the_sr(env, tm
     )
     assert rc == 0, stderr
     assert "warning: input out of scope: not_chest: little or no lung air" in stderr
-    page1 = PdfReader(tmp_path / "o" / "abdomen.hyperct.pdf").pages[0].extract_text()
+    page1 = PdfReader(next((tmp_path / "o").glob("*.hyperct.pdf"))).pages[0].extract_text()
     assert "Input out of scope" in page1 and "not_chest" in page1 and "Findings" in page1
-    sr = pydicom.dcmread(tmp_path / "o" / "abdomen.hyperct.sr.dcm")
+    sr = pydicom.dcmread(next((tmp_path / "o").glob("*.hyperct.sr.dcm")))
     (qc,) = [
         c for c in sr.ContentSequence if c.ConceptNameCodeSequence[0].CodeMeaning == "Qualitative Evaluations"
     ]
@@ -275,7 +277,7 @@ def test_non_finite_model_output_is_a_failure_not_not_assessed(env, tmp_path, mo
     nan_for.discard(cat["cardiomegaly"].index)  # only emphysema broken: outputs written, still a failure
     rc, _, stderr = _run(["predict", str(src), *_common(env), "--json", "--out", str(tmp_path / "part")])
     assert rc == 1 and "no valid score (non-finite output) for 1 of 2 finding(s): emphysema" in stderr
-    doc = json.loads((tmp_path / "part" / "anon.hyperct.json").read_text())
+    doc = json.loads(next((tmp_path / "part").glob("*.hyperct.json")).read_text())
     calls = {f["id"]: f["call"] for f in doc["findings"]}
     assert calls["emphysema"] == "no valid score" and calls["cardiomegaly"] in ("present", "absent")
     assert calls["lung_nodule"] == "not assessed"  # excluded by --findings: a different word

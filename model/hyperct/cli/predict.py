@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import csv
 import glob
-import json
 import os
 import sys
 from dataclasses import dataclass
@@ -35,8 +34,8 @@ studies and series:
   What was skipped, and why, is printed and recorded in each report (JSON input.series_selection,
   a line on the PDF's first page). A study with CT series of which none can be read is a failed
   input; a study without CT images (MR, only a localizer, only an SR) is listed as skipped.
-  With several reports from one input, each file stem gets a tag: <stem>-<12 hex> (a hash of the
-  SeriesInstanceUID, so it carries no identifier).
+  With several reports from one input in clinical mode (or with a manifest 'id'), each file stem
+  gets a tag: <stem>-<12 hex> (a hash of the SeriesInstanceUID). Shareable stems are per series.
 
 outputs (per report, in --out, default: the current folder):
   <stem>.hyperct.json          --json      report document (schema: hyperct/assets/report.schema.json)
@@ -49,7 +48,14 @@ outputs (per report, in --out, default: the current folder):
                                            map's maximum; the total size is printed
   Without output flags a table of the 25 findings is printed; '--json -' prints the JSON document
   to stdout instead (one document per line when there are several inputs).
-  Existing files are never replaced without --overwrite.
+  Shareable mode names the files scan-<12 hex> (a hash of the SeriesInstanceUID; without UIDs a
+  keyed hash of the input's name), never the input's file or folder name; clinical mode keeps the
+  name. A manifest 'id' is used as given, and refused in shareable mode if it holds an identifier.
+  Existing files are never replaced without --overwrite. One scan's files are a set: all are written
+  to temporary files first and then moved into place together (the JSON last), under a lock, so two
+  runs into one folder take turns; a run killed meanwhile leaves a record that lets the next run
+  replace the incomplete set without --overwrite, and its temporary files are removed then. With
+  --overwrite, files of the scan's earlier report that this run does not write are removed.
   A warning that the input is out of scope (not a chest CT, contrast, implausible HU values) is
   printed, shown on the PDF's first page and written into the SR; a constant volume is refused.
 
@@ -58,8 +64,10 @@ progress:
   HYPERCT_NO_PROGRESS=1 turns them off).
 
 export modes:
-  shareable (default): no name, birth date, patient ID or accession number; IDs become link IDs
-  (HMAC-SHA256). Key: $HYPERCT_LINK_KEY (use one key per site so exports link up), else a per-user
+  shareable (default): DICOM PS3.15 Annex E Basic Application Level Confidentiality Profile with
+  the Retain UIDs, Retain Full Dates and Retain Patient Characteristics (sex, age) options: no name,
+  birth date, IDs, accession number, physician, study/series descriptions, file or folder names;
+  free text (QC warnings) in HyperCT's own words only; IDs become link IDs (HMAC-SHA256). Key: $HYPERCT_LINK_KEY (use one key per site so exports link up), else a per-user
   key file made once: $HYPERCT_CONFIG_DIR/link.key if set, else $XDG_CONFIG_HOME/hyperct/link.key
   (default ~/.config/hyperct/link.key; macOS ~/Library/Application Support/hyperct/link.key;
   Windows %APPDATA%\\hyperct\\link.key).
@@ -523,15 +531,17 @@ def _process(
     state,
 ) -> None:
     """Read, score and write one report of an input (raises on failure; the caller reports it)."""
+    from hyperct.errors import ExportError
     from hyperct.inference import analyze
     from hyperct.io import read_ct
     from hyperct.io.quality import check_scorable, out_of_scope
-    from hyperct.report.atomic import check_targets
+    from hyperct.report.document import to_json
     from hyperct.report.export import (
         check_formats,
         derived_stem,
         export,
         output_paths,
+        preflight,
         render,
         saliency_for_export,
         saliency_targets,
@@ -563,10 +573,11 @@ def _process(
     stem = None
     if writes:
         base = item.stem or derived_stem(item.source, volume, args.mode)
-        if len(plan.choices) > 1:
+        pseudonym = not item.stem and args.mode == "shareable"  # already one per series
+        if len(plan.choices) > 1 and not pseudonym:
             base = f"{base}-{_series_tag(volume, choice, base, plan.choices.index(choice))}"
         stem = _unique_stem(base, used)
-        check_targets(output_paths(out_dir, stem, fmts).values(), overwrite=args.overwrite)  # before scoring
+        preflight(out_dir, stem, output_paths(out_dir, stem, fmts).values(), overwrite=args.overwrite)
 
     def on_step(p) -> None:
         if p.stage == "score":  # the bar shows each chunk; plain lines say it once
@@ -609,22 +620,29 @@ def _process(
         doc = render(result, volume, saliency, (), mode=args.mode, report_id=report_id, created=created)[
             "doc"
         ]
-        print(json.dumps(doc, ensure_ascii=False) if many else json.dumps(doc, indent=2, ensure_ascii=False))
+        # never NaN/Infinity on stdout: a non-finite value is a typed error (to_json)
+        sys.stdout.write(to_json(doc, indent=None) + "\n" if many else to_json(doc, indent=2))
+        sys.stdout.flush()
     if fmts or map_ids:
         progress.step("writing")
-        written = export(
-            result,
-            volume,
-            saliency,
-            out_dir,
-            fmts,
-            mode=args.mode,
-            overwrite=args.overwrite,
-            stem=stem,
-            saliency_findings=map_ids or None,
-            report_id=report_id,
-            created=created,
-        )
+        try:
+            written = export(
+                result,
+                volume,
+                saliency,
+                out_dir,
+                fmts,
+                mode=args.mode,
+                overwrite=args.overwrite,
+                stem=stem,
+                saliency_findings=map_ids or None,
+                report_id=report_id,
+                created=created,
+            )
+        except ExportError as exc:
+            for path in (getattr(exc, "written", None) or {}).values():  # in place before the failure
+                progress.say(f"hyperct predict: wrote {path} (its set is incomplete)")
+            raise
         for key, path in written.items():
             if key.startswith("saliency:"):
                 state["maps"] += 1

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 import uuid
 from functools import lru_cache
 from importlib import resources
@@ -75,12 +76,33 @@ def validate_document(doc: dict) -> None:
         )
 
 
-def to_json(doc: dict) -> str:
-    return json.dumps(doc, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+def to_json(doc: dict, *, indent: int | None = 2) -> str:
+    """The document as JSON text (never NaN/Infinity: ``check_finite`` first, a typed error)."""
+    check_finite(doc)
+    text = json.dumps(doc, indent=indent, ensure_ascii=False, allow_nan=False)
+    return text + "\n" if indent is not None else text
+
+
+def check_finite(doc: Any, where: str = "") -> None:
+    """Raise ``ExportError`` naming the first non-finite number in ``doc`` (JSON has no NaN/Infinity)."""
+    if isinstance(doc, float) and not math.isfinite(doc):
+        raise ExportError(
+            f"the report holds a non-finite number ({doc}) at {where or '(root)'}, which JSON cannot carry",
+            hint="check the input's header values (spacing, thickness) and the model's output; "
+            "please report it if the input is sound",
+        )
+    if isinstance(doc, dict):
+        for k, v in doc.items():
+            check_finite(v, f"{where}/{k}" if where else str(k))
+    elif isinstance(doc, list | tuple):
+        for n, v in enumerate(doc):
+            check_finite(v, f"{where}/{n}")
 
 
 def _r(x: float | None) -> float | None:
-    return None if x is None else round(float(x), DECIMALS)
+    if x is None or not math.isfinite(float(x)):
+        return None
+    return round(float(x), DECIMALS)
 
 
 def key_instance(volume: CTVolume | None, k: int) -> dict[str, str] | None:
@@ -128,26 +150,36 @@ def _patient_block(metadata: dict[str, Any], mode: str, key: deid.LinkKey | None
     return block
 
 
-def _input_block(result: AnalysisResult, mode: str) -> dict:
+def _input_block(result: AnalysisResult, mode: str, metadata: dict[str, Any]) -> dict:
+    """What was analysed. Shareable mode (DICOM PS3.15 Annex E, see ``deid``): no descriptions, no
+    paths, QC warnings rebuilt from the project's words, device texts without the patient's identifiers."""
     src = dict(result.input)
+    shareable = mode == deid.SHAREABLE
+    warnings = [dict(w) for w in src.get("qc_warnings") or []]
+
+    def device(v):
+        return deid.device_text(v, metadata) if shareable else (None if v in (None, "") else str(v))
+
     out = {
         "type": src.get("type"),
         "StudyInstanceUID": src.get("StudyInstanceUID"),
         "SeriesInstanceUID": src.get("SeriesInstanceUID"),
         "FrameOfReferenceUID": src.get("FrameOfReferenceUID"),
-        "StudyDate": src.get("StudyDate"),
-        "SeriesDescription": src.get("SeriesDescription"),
+        "StudyDate": _date(src.get("StudyDate")) if shareable else src.get("StudyDate"),
+        "SeriesDescription": None if shareable else src.get("SeriesDescription"),
         "slices": int(src.get("slices") or 0),
         "matrix": [int(v) for v in src.get("matrix") or []],
-        "spacing_mm": {k: float(v) for k, v in (src.get("spacing_mm") or {}).items()},
+        "spacing_mm": {
+            k: _finite(v, f"input/spacing_mm/{k}") for k, v in (src.get("spacing_mm") or {}).items()
+        },
         "slice_thickness_mm": _float_or_none(src.get("slice_thickness_mm")),
         "orientation": src.get("orientation"),
-        "direction": src.get("direction"),
-        "manufacturer": src.get("manufacturer"),
-        "scanner_model": src.get("model"),
-        "kernel": src.get("kernel"),
+        "direction": _direction(src.get("direction")),
+        "manufacturer": device(src.get("manufacturer")),
+        "scanner_model": device(src.get("model")),
+        "kernel": device(src.get("kernel")),
         "kvp": _float_or_none(src.get("kvp")),
-        "qc_warnings": [dict(w) for w in src.get("qc_warnings") or []],
+        "qc_warnings": deid.shareable_warnings(warnings) if shareable else warnings,
     }
     if mode == deid.CLINICAL:
         out["source_paths"] = list(src.get("source_paths") or [])
@@ -155,6 +187,30 @@ def _input_block(result: AnalysisResult, mode: str) -> dict:
     if selection:
         out["series_selection"] = _selection_block(selection, mode)
     return out
+
+
+def _date(v: Any) -> str | None:
+    """A DICOM date kept by the Full Dates option: digits only (YYYYMMDD), anything else dropped."""
+    s = str(v or "").strip()
+    return s if len(s) == 8 and s.isdigit() else None
+
+
+def _finite(v: Any, where: str) -> float:
+    x = float(v)
+    if not math.isfinite(x):
+        raise ExportError(
+            f"the input's {where.split('/')[-1]} spacing is {x}, not a finite number, so the report cannot "
+            f"state it ({where})",
+            hint="fix the PixelSpacing/slice positions in the input's header (or its NIfTI pixdim)",
+        )
+    return x
+
+
+def _direction(d: Any) -> list | None:
+    if d is None:
+        return None
+    rows = [[float(v) for v in row] for row in d]
+    return rows if all(math.isfinite(v) for row in rows for v in row) else None
 
 
 def _selection_block(selection: dict, mode: str) -> dict:
@@ -182,10 +238,12 @@ _SKIPPED_KEYS = (
 
 
 def _float_or_none(v: Any) -> float | None:
+    """A number for an optional field: None when absent, not a number, NaN or infinite."""
     try:
-        return None if v in (None, "") else float(v)
+        x = None if v in (None, "") else float(v)
     except (TypeError, ValueError):
         return None
+    return x if x is not None and math.isfinite(x) else None
 
 
 def build_document(
@@ -244,6 +302,7 @@ def build_document(
             if mode == deid.SHAREABLE
             else "Clinical export: patient identifiers kept as in the input.",
             "link_key_source": key.source if (mode == deid.SHAREABLE and key) else None,
+            "deidentification": deid.deidentification_block() if mode == deid.SHAREABLE else None,
         },
         "patient": _patient_block(metadata, mode, key),
         "model": {
@@ -256,7 +315,7 @@ def build_document(
             "threshold_method": m.threshold_method,
             "device": result.device,
         },
-        "input": _input_block(result, mode),
+        "input": _input_block(result, mode, metadata),
         "preprocessing": json.loads(json.dumps(result.preprocessing, default=str)),
         "saliency_method": sorted(methods)[0] if len(methods) == 1 else (None if not methods else "mixed"),
         "findings": findings,
@@ -267,6 +326,7 @@ def build_document(
         },
         "limitations": list(LIMITATIONS),
     }
+    check_finite(doc)
     validate_document(doc)
     return doc
 

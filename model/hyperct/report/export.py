@@ -9,23 +9,48 @@ Files, in ``out_dir``, for a ``stem`` (default: from the input's name, see ``def
 * ``<stem>.saliency.<finding>.nii.gz``: saliency maps in the input's geometry (``saliency_findings``),
   uint8 with the scaling 1/255 in the header, gzip-compressed (``hyperct.report.maps``).
 
-Everything is rendered in memory first; then each file is written atomically. Nothing is
-replaced unless ``overwrite=True``: if any target exists, ``ExportError`` names it and nothing is
-written.
+The files of one scan form a set, written so they land together:
+
+1. everything is rendered in memory; the targets are checked (nothing is replaced unless
+   ``overwrite=True``: if a target exists, ``ExportError`` names it and nothing is written);
+2. under the scan's lock (``.<stem>.hyperct.lock``: two writers of one stem in one folder take
+   turns, so their files never interleave), temporary files a killed run left behind are removed;
+3. every file is written to a temporary name (``.<name>.<random>.tmp``) and fsync'ed; a failure
+   here (a full disk) removes them all and nothing is written;
+4. the set record ``.<stem>.hyperct.set`` (JSON: report id, file names, ``complete``) is written with
+   ``complete: false``, the files are moved to their names (maps, SR, PDF, and the JSON last: a JSON
+   file means its set is complete), and the record is marked complete.
+
+A run killed in step 4 leaves the record incomplete: the next export of that stem replaces the
+files it lists without needing ``overwrite``. A failure in step 4 raises ``ExportError`` whose
+``written`` attribute maps the formats already in place to their paths. Files under one stem come
+from one report: an export of another report that would leave some of the earlier report's files
+beside its own is refused without ``overwrite``; with it, the earlier report's other files are
+removed.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
 from hyperct.errors import ExportError
 from hyperct.report import deid
-from hyperct.report.atomic import check_targets, write_atomic
+from hyperct.report.atomic import (
+    TEMP_NAME,
+    check_targets,
+    place,
+    stage,
+    stem_lock,
+    temp_pattern,
+    write_atomic,
+)
 from hyperct.results import CALL_PRESENT, SCORED_CALLS, AnalysisResult
-from hyperct.volume import PHI_KEYS, CTVolume
+from hyperct.volume import CTVolume
 
 FORMATS = ("json", "pdf", "sr")
 SUFFIXES = {"json": ".hyperct.json", "pdf": ".hyperct.pdf", "sr": ".hyperct.sr.dcm"}
@@ -70,55 +95,36 @@ def default_stem(source: str | os.PathLike[str] | Sequence[str | os.PathLike[str
     return _clean(name or "scan")
 
 
-def _identifier_tokens(metadata: dict) -> list[str]:
-    """Lower-case fragments of the patient identifiers that must not appear in a shareable file name."""
-    tokens: list[str] = []
-    for key in PHI_KEYS:
-        value = metadata.get(key)
-        if value is None:
-            continue
-        values = value if isinstance(value, list | tuple) else [value]
-        for v in values:
-            text = str(v).strip().lower()
-            if not text:
-                continue
-            if key == "PatientName":
-                # family, given, middle names: each part on its own ("DOE^JOHN" -> doe, john)
-                parts = [t for t in "".join(c if c.isalnum() else " " for c in text).split() if len(t) >= 3]
-                tokens.extend(parts)
-            elif len(text) >= 3:
-                tokens.append(text)
-    return tokens
-
-
 def reveals_identifiers(stem: str, metadata: dict) -> bool:
-    """Whether a file-name stem contains the patient's name, ID, birth date or accession number."""
-    low = stem.lower()
-    squeezed = "".join(c for c in low if c.isalnum())
-    for token in _identifier_tokens(metadata):
-        if token in low:
-            return True
-        t = "".join(c for c in token if c.isalnum())
-        if len(t) >= 3 and t in squeezed:
-            return True
-    return False
+    """Whether a file-name stem holds a part of the patient's name, an ID, the birth date or the
+    accession number (any length: "NG_LI_77" for NG^LI with ID 77; see ``deid.contains_identifier``)."""
+    return deid.contains_identifier(stem, metadata)
 
 
-def pseudonymous_stem(metadata: dict, fallback: str) -> str:
-    """``scan-<12 hex>``: stable for a series (a hash of its UID), meaningless without the data."""
-    uid = metadata.get("SeriesInstanceUID") or metadata.get("StudyInstanceUID") or fallback
-    return "scan-" + hashlib.sha256(f"hyperct-stem:{uid}".encode()).hexdigest()[:12]
+def pseudonymous_stem(metadata: dict, fallback: str, key: bytes | None = None) -> str:
+    """``scan-<12 hex>``: stable for a series, meaningless without the data.
+
+    A hash of the SeriesInstanceUID (or StudyInstanceUID), which shareable exports keep anyway;
+    without UIDs (NIfTI, NRRD) a keyed hash (HMAC-SHA256 with the link key) of ``fallback`` (the
+    input's name), so a guessed name cannot be checked against the file name without the key.
+    """
+    uid = metadata.get("SeriesInstanceUID") or metadata.get("StudyInstanceUID")
+    if uid:
+        return "scan-" + hashlib.sha256(f"hyperct-stem:{uid}".encode()).hexdigest()[:12]
+    if key is None:
+        key = deid.link_key().key
+    return "scan-" + deid.link_id("stem", fallback, key)[:12]
 
 
 def derived_stem(source, volume: CTVolume, mode: str = deid.SHAREABLE) -> str:
     """The default stem for ``source`` (``default_stem``), made safe for ``mode``.
 
-    In shareable mode a stem that carries the patient's name, ID, birth date or accession number
-    (DICOM folders are often named after the patient) is replaced by ``pseudonymous_stem``, so the
-    file names do not undo the de-identification of their content. An explicit stem is never changed.
+    Shareable mode always uses ``pseudonymous_stem``: file and folder names are often the patient's
+    name or ID (in any spelling, any length), and no check can prove a name is not identifying.
+    Clinical mode keeps the input's name. An explicit stem given to ``export`` is the user's.
     """
     stem = default_stem(source if source is not None else volume)
-    if deid.check_mode(mode) == deid.SHAREABLE and reveals_identifiers(stem, volume.metadata):
+    if deid.check_mode(mode) == deid.SHAREABLE:
         return pseudonymous_stem(volume.metadata, stem)
     return stem
 
@@ -260,9 +266,20 @@ def export(
             f"no saliency map was computed for {', '.join(missing)}",
             hint="compute saliency for these findings first (saliency_for_export(..., extra=ids))",
         )
-    stem = _clean(stem) if stem else derived_stem(None, volume, mode)
+    if stem:
+        stem = _clean(stem)
+        if mode == deid.SHAREABLE and reveals_identifiers(stem, volume.metadata):
+            raise ExportError(
+                f"the file name stem {stem!r} holds a part of the patient's name or IDs, and this is a "
+                "shareable export",
+                path=out_dir,
+                hint="choose a stem without identifiers (or none: a pseudonym is used), or export in "
+                "clinical mode",
+            )
+    else:
+        stem = derived_stem(None, volume, mode)
     paths = output_paths(out_dir, stem, formats, maps)
-    check_targets(paths.values(), overwrite=overwrite)
+    preflight(out_dir, stem, paths.values(), overwrite=overwrite)
 
     rendered = render(
         result,
@@ -280,10 +297,190 @@ def export(
         for fid in maps:
             desc = f"HyperCT saliency {fid} {saliency.method} report {rendered['doc']['report_id'][:8]}"
             rendered[f"saliency:{fid}"] = saliency_nifti_bytes(volume, saliency.volume_map(fid), desc)
-    written = {}
-    for key, path in paths.items():
-        written[key] = write_atomic(path, rendered[key], overwrite=overwrite)
-    return written
+    return write_set(
+        out_dir,
+        stem,
+        {k: (p, rendered[k]) for k, p in paths.items()},
+        report_id=rendered["doc"]["report_id"],
+        overwrite=overwrite,
+    )
+
+
+# --- one scan's files as a set ---------------------------------------------------------------------
+
+SET_SUFFIX = ".hyperct.set"
+_PLACE_ORDER = ("saliency:", "sr", "pdf", "json")  # the JSON last: a JSON file means a complete set
+
+
+def set_record_path(out_dir: str | os.PathLike[str], stem: str) -> Path:
+    return Path(out_dir) / f".{stem}{SET_SUFFIX}"
+
+
+def stem_file_names(stem: str) -> list[str]:
+    """Every file name an export of ``stem`` can write (each format and each finding's map)."""
+    from hyperct.findings import catalogue
+    from hyperct.report.maps import map_file_name
+
+    return [f"{stem}{SUFFIXES[f]}" for f in FORMATS] + [map_file_name(stem, fid) for fid in catalogue().ids]
+
+
+def _stem_of(name: str) -> str | None:
+    """The stem of an export file name (``x.hyperct.pdf`` -> ``x``), None for other names."""
+    for suffix in SUFFIXES.values():
+        if name.endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    m = re.fullmatch(r"(.+)\.saliency\.[a-z0-9_]+\.nii\.gz", name)
+    return m.group(1) if m else None
+
+
+def read_set_record(out_dir: str | os.PathLike[str], stem: str) -> dict | None:
+    """The set record of ``stem`` ({"report_id", "files", "complete"}), None if absent or unreadable."""
+    try:
+        rec = json.loads(set_record_path(out_dir, stem).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(rec, dict) or not isinstance(rec.get("files"), list):
+        return None
+    rec["files"] = [str(n) for n in rec["files"] if isinstance(n, str) and "/" not in n and "\\" not in n]
+    return rec
+
+
+def _incomplete_leftovers(out_dir: Path, stem: str) -> set[str]:
+    """Names of files left by a killed export of ``stem`` (its record says incomplete)."""
+    rec = read_set_record(out_dir, stem)
+    if rec is None or rec.get("complete", True):
+        return set()
+    allowed = set(stem_file_names(stem))
+    return {n for n in rec["files"] if n in allowed and (out_dir / n).exists()}
+
+
+def preflight(out_dir, stem: str, paths, *, overwrite: bool) -> None:
+    """Refuse (``ExportError``) targets that exist, except files of an incomplete earlier set."""
+    leftovers = _incomplete_leftovers(Path(out_dir), stem)
+    check_targets([p for p in paths if Path(p).name not in leftovers], overwrite=overwrite)
+    check_targets([p for p in paths if Path(p).name in leftovers], overwrite=True)
+
+
+def clean_stale_temps(out_dir: str | os.PathLike[str], stem: str | None = None) -> list[Path]:
+    """Remove temporary files that killed exports left in ``out_dir``; return what was removed.
+
+    Those of ``stem`` are removed outright (call this holding its lock); those of other stems only
+    when their lock is free (no export of that stem is running).
+    """
+    out = Path(out_dir)
+    removed: list[Path] = []
+    try:
+        names = [e.name for e in os.scandir(out) if e.name.startswith(".") and e.name.endswith(".tmp")]
+    except OSError:
+        return removed
+    by_stem: dict[str, list[str]] = {}
+    for n in names:
+        m = TEMP_NAME.fullmatch(n)
+        s = _stem_of(m.group("name")) if m else None
+        if s is not None and temp_pattern(m.group("name")).fullmatch(n):
+            by_stem.setdefault(s, []).append(n)
+    for s, temps in by_stem.items():
+        if s == stem:
+            removed += _unlink_all(out, temps)
+            continue
+        try:
+            with stem_lock(out, s, wait_s=0):
+                removed += _unlink_all(out, temps)
+        except ExportError:
+            continue  # being written right now
+    return removed
+
+
+def _unlink_all(folder: Path, names) -> list[Path]:
+    gone = []
+    for n in names:
+        try:
+            os.unlink(folder / n)
+            gone.append(folder / n)
+        except FileNotFoundError:
+            pass
+        except OSError:
+            pass
+    return gone
+
+
+def _write_record(out_dir: Path, stem: str, report_id: str, files: list[str], complete: bool) -> None:
+    rec = {"report_id": report_id, "files": sorted(files), "complete": complete}
+    write_atomic(set_record_path(out_dir, stem), json.dumps(rec, indent=1) + "\n", overwrite=True)
+
+
+def write_set(
+    out_dir: str | os.PathLike[str],
+    stem: str,
+    files: dict[str, tuple[Path, bytes | str]],
+    *,
+    report_id: str,
+    overwrite: bool = False,
+) -> dict[str, Path]:
+    """Write one scan's files (``{key: (path, data)}``) as a set; return ``{key: path}``.
+
+    See the module docstring for the steps. On a failure while files are moved into place, the
+    ``ExportError`` raised has ``written`` (``{key: path}`` of those in place).
+    """
+    out = Path(out_dir)
+    order = sorted(files, key=lambda k: next(n for n, p in enumerate(_PLACE_ORDER) if k.startswith(p)))
+    with stem_lock(out, stem):
+        clean_stale_temps(out, stem)
+        leftovers = _incomplete_leftovers(out, stem)
+        targets = {files[k][0].name for k in order}
+        check_targets([files[k][0] for k in order if files[k][0].name not in leftovers], overwrite=overwrite)
+        rec = read_set_record(out, stem)
+        keep: list[str] = []  # files of the same report already there (e.g. the viewer's other button)
+        others: list[str] = []  # files of another report that this set would leave beside its own
+        if rec is not None and rec.get("complete", True):
+            there = [n for n in rec["files"] if n not in targets and (out / n).exists()]
+            if rec.get("report_id") == report_id:
+                keep = there
+            else:
+                others = there
+        if others and not overwrite:
+            raise ExportError(
+                f"the folder holds files of another report of this scan ({', '.join(others)}), which this "
+                "export would leave beside its own",
+                path=out / others[0],
+                hint="pass --overwrite (overwrite=True) to replace that report's files, or choose another "
+                "--out folder",
+            )
+        staged: dict[str, str] = {}
+        try:
+            for k in order:
+                staged[k] = stage(files[k][0], files[k][1])
+        except BaseException:
+            for tmp in staged.values():
+                _unlink_all(out, [Path(tmp).name])
+            raise
+        _write_record(out, stem, report_id, sorted(targets | set(keep)), complete=False)
+        written: dict[str, Path] = {}
+        for n, k in enumerate(order):
+            path = files[k][0]
+            try:
+                place(staged.pop(k), path, overwrite=overwrite or path.name in leftovers)
+            except BaseException as exc:
+                for tmp in staged.values():
+                    _unlink_all(out, [Path(tmp).name])
+                if isinstance(exc, ExportError):
+                    done = ", ".join(p.name for p in written.values()) or "none"
+                    left = ", ".join(files[x][0].name for x in order[n:])
+                    cause = str(exc)
+                    if exc.path and cause.startswith(f"{exc.path}: "):
+                        cause = cause[len(exc.path) + 2 :]
+                    err = ExportError(
+                        f"{cause.partition(' -> ')[0]}; the set is incomplete: written {done}; not written {left}",
+                        path=path,
+                        hint="fix the cause and export again: the incomplete set is replaced without --overwrite",
+                    )
+                    err.written = dict(written)
+                    raise err from exc
+                raise
+            written[k] = path
+        _unlink_all(out, [n for n in (others + sorted(leftovers - targets))])
+        _write_record(out, stem, report_id, sorted(targets | set(keep)), complete=True)
+    return {k: written[k] for k in files}
 
 
 def render(

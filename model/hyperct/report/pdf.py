@@ -280,7 +280,12 @@ def _study_rows(doc: dict) -> list[tuple[str, str]]:
     )
     return [
         ("Study date", _esc(deid.format_da(i["StudyDate"])) if i.get("StudyDate") else "-"),
-        ("Series", _esc(i.get("SeriesDescription") or "-")),
+        (
+            "Series",
+            "description removed (shareable)"
+            if doc["export"]["mode"] == deid.SHAREABLE
+            else _esc(i.get("SeriesDescription") or "-"),
+        ),
         (
             "Input",
             _esc(f"{format_name(i['type'])}, {i['slices']} slices of {i['matrix'][0]} x {i['matrix'][1]}"),

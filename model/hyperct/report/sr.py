@@ -100,12 +100,12 @@ def _evidence(volume: CTVolume, doc: dict):
             ds.PatientSex = str(md.get("PatientSex") or "")
             ds.AccessionNumber = "" if shareable else str(md.get("AccessionNumber") or "")
             ds.StudyID = "" if shareable else str(md.get("StudyID") or "")
-            ds.StudyDate = str(md.get("StudyDate") or "")
-            ds.StudyTime = str(md.get("StudyTime") or "")
+            ds.StudyDate = _digits(md.get("StudyDate"), 8) if shareable else str(md.get("StudyDate") or "")
+            ds.StudyTime = _dicom_time(md.get("StudyTime")) if shareable else str(md.get("StudyTime") or "")
             ds.ReferringPhysicianName = "" if shareable else str(md.get("ReferringPhysicianName") or "")
             if md.get("PatientAge"):
                 ds.PatientAge = str(md["PatientAge"])
-            if md.get("StudyDescription"):
+            if md.get("StudyDescription") and not shareable:  # Annex E: removed (no descriptor option)
                 ds.StudyDescription = str(md["StudyDescription"])
         out.append(ds)
     return out
@@ -215,8 +215,33 @@ def build_sr(doc: dict, volume: CTVolume):
     sr.CodingSchemeIdentificationSequence = [item]
     if doc["export"]["mode"] == deid.SHAREABLE:
         sr.PatientIdentityRemoved = "YES"
-        sr.DeidentificationMethod = "HyperCT shareable export: identifiers removed, IDs keyed-hashed"
+        sr.DeidentificationMethod = deid.METHOD_SHORT
+        sr.DeidentificationMethodCodeSequence = [
+            _code_item(c) for c in (deid.PROFILE, *deid.RETAINED_OPTIONS)
+        ]
+        sr.LongitudinalTemporalInformationModified = "UNMODIFIED"  # the Full Dates option
     return sr
+
+
+def _code_item(code: tuple[str, str, str]):
+    from pydicom.dataset import Dataset
+
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = code
+    return item
+
+
+def _digits(value, n: int) -> str:
+    s = str(value or "").strip()
+    return s if len(s) == n and s.isdigit() else ""
+
+
+def _dicom_time(value) -> str:
+    """A DICOM TM kept by the Full Dates option: HHMMSS[.ffffff] digits only, anything else dropped."""
+    s = str(value or "").strip()
+    head, _, frac = s.partition(".")
+    ok = 2 <= len(head) <= 6 and len(head) % 2 == 0 and head.isdigit() and (not frac or frac.isdigit())
+    return s if ok else ""
 
 
 QUALITATIVE_EVALUATIONS = ("C0034375", "UMLS", "Qualitative Evaluations")  # TID 1500 row 12
