@@ -23,7 +23,7 @@ from hyperct.errors import HyperCTError
 
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
-COMMANDS = ("predict", "sample", "pretrain", "train", "evaluate", "info")
+COMMANDS = ("predict", "screen", "sample", "pretrain", "train", "evaluate", "info")
 
 
 def build_parser() -> argparse.ArgumentParser:
