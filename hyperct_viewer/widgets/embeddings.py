@@ -16,7 +16,6 @@ from typing import Any
 
 from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
-from napari.qt.threading import create_worker
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -36,6 +35,7 @@ from qtpy.QtWidgets import (
 
 from hyperct import embeddings as emb
 from hyperct.errors import HyperCTError
+from hyperct_viewer.jobs import Jobs
 from hyperct_viewer.session import session_for
 
 VIEW_TITLES = {"pca": "PCA", "heatmap": "Similarity", "dendrogram": "Dendrogram"}
@@ -62,9 +62,11 @@ class TaskEmbeddingsWidget(QWidget):
         self.highlighted: str | None = None
         self._grams: emb.ModuleGrams | None = None
         self._features: Any = None  # (25, D) array for the current model + volume
-        self._generation = 0  # bumped when the model or volume changes: stale results are dropped
-        self._workers: list = []
-        self._pending: str | None = None  # what a running worker is computing
+        # one job at a time; its generation is bumped when the model or volume changes (stale
+        # results are dropped). Errors are shown in the views, not as notifications.
+        self.jobs = Jobs(self, notify=False)
+        self.jobs.busy_changed.connect(self._on_busy_changed)
+        self._pending: str | None = None  # what the job computes
         self._last_pick = None  # the mouse event a pick already handled (no double selection)
         self._build_ui()
         self.session.model_changed.connect(self._on_model_changed)
@@ -275,7 +277,6 @@ class TaskEmbeddingsWidget(QWidget):
 
     # -- session signals -----------------------------------------------------------------------
     def _on_model_changed(self, _loaded: Any = None) -> None:
-        self._generation += 1
         self._grams = None
         self._features = None
         self._quit_workers()
@@ -286,7 +287,6 @@ class TaskEmbeddingsWidget(QWidget):
         self._features = None
         self._sync_scan_item()
         if self.representation == "scan_features":
-            self._generation += 1
             self._quit_workers()
             if self.session.volume is None:
                 self.set_representation("task_embeddings")
@@ -341,15 +341,16 @@ class TaskEmbeddingsWidget(QWidget):
     def _start_worker(self, what: str, func, *args, generator: bool = False) -> None:
         if self._pending == what:
             return
-        self._quit_workers()
-        gen = self._generation
-        worker = create_worker(func, *args, _start_thread=False, _ignore_errors=True)
-        worker.returned.connect(partial(self._worker_returned, what, gen))
-        worker.errored.connect(partial(self._worker_errored, what, gen))
-        worker.finished.connect(partial(self._worker_finished, worker))
-        if generator:
-            worker.yielded.connect(partial(self._worker_progress, gen))
-        self._workers.append(worker)
+        self._quit_workers()  # a stale job may still be finishing: this one starts after it
+        self.jobs.start(
+            what,
+            func,
+            *args,
+            on_done=partial(self._worker_returned, what),
+            on_error=partial(self._worker_errored, what),
+            on_progress=self._worker_progress if generator else None,
+            queue=True,
+        )
         self._pending = what
         self._clear_views()
         self.status_label.setText(
@@ -362,7 +363,6 @@ class TaskEmbeddingsWidget(QWidget):
         self.progress.setVisible(True)
         self.progress.setRange(0, 0)
         self.cancel_button.setVisible(generator)
-        worker.start()
 
     def _start_grams(self) -> None:
         self._start_worker("grams", emb.delta_w_module_grams, self.session.model)
@@ -378,41 +378,33 @@ class TaskEmbeddingsWidget(QWidget):
 
         self._start_worker("model", load_model)
 
-    def _worker_progress(self, gen: int, step: Any) -> None:
-        if gen != self._generation:
-            return
+    def _worker_progress(self, step: Any) -> None:
         self.progress.setRange(0, step.total)
         self.progress.setValue(step.done)
         self.status_label.setText(step.message)
 
-    def _worker_returned(self, what: str, gen: int, value: Any) -> None:
+    def _worker_returned(self, what: str, value: Any) -> None:
+        self._end_pending()
         if what == "model":
-            self._end_pending()
             self.session.set_model(value)  # -> model_changed -> recompute
             return
-        if gen != self._generation:
-            return
-        self._end_pending()
         if what == "grams":
             self._grams = value
         elif what == "features":
             self._features = value
         self.recompute()
 
-    def _worker_errored(self, what: str, gen: int, exc: BaseException) -> None:
-        if gen != self._generation and what != "model":
-            return
+    def _worker_errored(self, what: str, exc: BaseException) -> bool:
         self._end_pending()
         prefix = {"model": "Could not load the demo model", "grams": "Delta W", "features": "Scan features"}
         self._show_message(f"{prefix[what]}: {exc}")
         if what == "model":
             self._sync_model_controls()
+        return True  # shown in the views
 
-    def _worker_finished(self, worker: Any) -> None:
-        if worker in self._workers:
-            self._workers.remove(worker)
-        if not self._workers and self._pending is not None:
-            self._end_pending()  # aborted
+    def _on_busy_changed(self, busy: bool) -> None:
+        if not busy and self._pending is not None:
+            self._end_pending()  # the job ended without a result (cancelled)
 
     def _end_pending(self) -> None:
         self._pending = None
@@ -420,18 +412,16 @@ class TaskEmbeddingsWidget(QWidget):
         self.cancel_button.setVisible(False)
 
     def _quit_workers(self) -> None:
-        for w in list(self._workers):
-            w.quit()
+        """Whatever runs is stale: its result is dropped (generators stop at their next step)."""
+        self.jobs.invalidate()
         self._end_pending()
 
     def cancel(self) -> None:
         """Stop the running computation (scan features stop between task chunks)."""
-        self._generation += 1
         self._quit_workers()
         self._show_message("Cancelled.")
 
     def closeEvent(self, event) -> None:  # noqa: N802 (Qt API)
-        self._generation += 1
         self._quit_workers()
         for sig, slot in (
             (self.session.model_changed, self._on_model_changed),

@@ -1,24 +1,28 @@
 """The "HyperCT Findings" dock widget: analyse a CT, browse the 25 findings, overlay saliency, export.
 
 All imaging and model work is done by the ``hyperct`` engine; this widget only wires it to napari
-layers, Qt controls and background workers (the GUI never blocks: analysis and saliency run in
-napari thread workers with progress and cancel).
+layers, Qt controls and background jobs (``hyperct_viewer.jobs``: one job at a time, stale results
+dropped, cancel, errors to the user). Results belong to the CT layer they were computed for
+(``hyperct_viewer.session.scan_results``): the widget follows the selected CT layer and shows that
+layer's scores, overlay and export, whatever runs in the background.
 """
 
 from __future__ import annotations
 
+import os
+from functools import partial
 from pathlib import Path
 
-from napari.qt.threading import thread_worker
-from napari.utils.notifications import show_error, show_info, show_warning
+from napari.utils.notifications import show_info, show_warning
 from qtpy.QtCore import QRectF, Qt, Signal
-from qtpy.QtGui import QBrush, QColor, QPainter
+from qtpy.QtGui import QBrush, QColor, QFont, QPainter
 from qtpy.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
     QComboBox,
     QFileDialog,
     QFormLayout,
+    QFrame,
     QGroupBox,
     QHBoxLayout,
     QHeaderView,
@@ -27,7 +31,10 @@ from qtpy.QtWidgets import (
     QMessageBox,
     QProgressBar,
     QPushButton,
+    QScrollArea,
+    QSizePolicy,
     QSlider,
+    QSplitter,
     QStyledItemDelegate,
     QTreeWidget,
     QTreeWidgetItem,
@@ -37,8 +44,9 @@ from qtpy.QtWidgets import (
 
 from hyperct import DISCLAIMER
 from hyperct.findings import GROUP_LABELS, catalogue
-from hyperct.results import CALL_PRESENT
+from hyperct.results import CALL_NO_SCORE, CALL_NOT_ASSESSED, CALL_PRESENT, SCORED_CALLS
 from hyperct.saliency import DEFAULT_METHOD, METHODS
+from hyperct_viewer.jobs import Jobs
 from hyperct_viewer.layers import (
     SALIENCY_KEY,
     WINDOW_PRESETS,
@@ -46,26 +54,50 @@ from hyperct_viewer.layers import (
     volume_of,
     window_limits,
 )
-from hyperct_viewer.session import session_for
+from hyperct_viewer.session import ScanResults, scan_results, session_for
 
 ROLE_VALUE = Qt.UserRole + 1  # numeric value for sorting / bars
 ROLE_ID = Qt.UserRole + 2  # finding id
 ROLE_CALL = Qt.UserRole + 3
+ROLE_ORDER = Qt.UserRole + 4  # catalogue / group order
 
 COL_NAME, COL_PROB, COL_THRESH, COL_CALL = range(4)
 SALIENCY_METHODS = {m.name: m.id for m in METHODS.values()}  # combo text -> method id
 DEVICES = {"Auto": "auto", "CUDA": "cuda", "CPU": "cpu"}
+# window preset -> keyboard shortcut (napari key names); image layers use 1/2 for their modes
+WINDOW_KEYS = {"lung": "Shift-L", "mediastinum": "Shift-M", "bone": "Shift-B"}
+CALL_TIPS = {
+    CALL_NO_SCORE: "The model's output for this finding was not a finite number (NaN or infinity): "
+    "a failure, not a result. No saliency map is computed for it.",
+    CALL_NOT_ASSESSED: "This finding was not scored (not asked for).",
+}
+NO_SCORE_COLOR = QColor(255, 167, 38)
 
 
 class _FindingItem(QTreeWidgetItem):
-    """Sorts numeric columns by value, text columns by text."""
+    """Sorts numeric columns by value, text columns by text; unscored rows last."""
 
     def __lt__(self, other):
         col = self.treeWidget().sortColumn() if self.treeWidget() else 0
         a, b = self.data(col, ROLE_VALUE), other.data(col, ROLE_VALUE)
         if a is not None and b is not None:
             return float(a) < float(b)
-        return self.text(col) < other.text(col)
+        if a is None and b is None:
+            return self.text(col) < other.text(col)
+        descending = self.treeWidget().header().sortIndicatorOrder() == Qt.DescendingOrder
+        return (a is None) == descending  # rows without a value stay at the bottom either way
+
+
+class _GroupItem(QTreeWidgetItem):
+    """Group rows keep the catalogue order (Conventional, then Opportunistic) whatever the sort."""
+
+    def __lt__(self, other):
+        a, b = self.data(COL_NAME, ROLE_ORDER), other.data(COL_NAME, ROLE_ORDER)
+        if a is None or b is None:
+            return super().__lt__(other)
+        tree = self.treeWidget()
+        descending = tree is not None and tree.header().sortIndicatorOrder() == Qt.DescendingOrder
+        return (a > b) if descending else (a < b)
 
 
 class ProbabilityBarDelegate(QStyledItemDelegate):
@@ -86,11 +118,31 @@ class ProbabilityBarDelegate(QStyledItemDelegate):
         painter.restore()
 
 
+def scan_source(volume) -> str:
+    """Where a scan came from, as a user names it: the folder of a DICOM series, else the file."""
+    paths = [str(p) for p in (volume.source_paths or [])]
+    if not paths:
+        return "an array in memory"
+    if volume.source_format == "dicom":
+        try:
+            return os.path.commonpath([str(Path(p).parent) for p in paths])
+        except ValueError:  # different drives
+            return str(Path(paths[0]).parent)
+    return paths[0]
+
+
+def describe_scan(volume) -> str:
+    z, y, x = volume.shape
+    sz, sy, sx = volume.spacing
+    return f"{x} x {y} pixels, {z} slices, {sx:.2f} x {sy:.2f} x {sz:.2f} mm; from {scan_source(volume)}"
+
+
 class FindingsWidget(QWidget):
     """Dock widget: CT + model + device -> Analyze -> findings table -> saliency overlay -> export."""
 
-    analysis_finished = Signal(object)  # AnalysisResult
+    analysis_finished = Signal(object)  # AnalysisResult of the selected scan
     saliency_shown = Signal(str)  # finding id
+    job_failed = Signal(str)  # the message shown to the user
 
     def __init__(self, napari_viewer):
         super().__init__()
@@ -98,40 +150,57 @@ class FindingsWidget(QWidget):
         self.session = session_for(napari_viewer)
         self._model_dir: str | None = None
         self._backbone_dir: str | None = None
-        self._worker = None
-        self._saliency_worker = None
-        self._pending_saliency: str | None = None
-        self._maps: dict[str, object] = {}  # method -> SaliencyMaps of the current volume/model
-        self._body_cache = None  # (volume, its body mask): where the overlay may be drawn
-        self._saliency_layer = None
+        self.jobs = Jobs(self)
+        self.jobs.busy_changed.connect(self._on_busy_changed)
+        self.jobs.failed.connect(self.job_failed.emit)
+        self._pending_saliency: str | list[str] | None = None  # asked while a job ran
         self._updating_selection = False
+        self._following = False
         self._build_ui()
         self._connect()
+        self._bind_keys()
         self._refresh_layers()
 
     # ------------------------------------------------------------------ UI
     def _build_ui(self) -> None:
-        self.setMinimumWidth(470)  # room for the finding names next to the bars
-        root = QVBoxLayout(self)
+        self.setMinimumWidth(420)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        self.scroll = QScrollArea()
+        self.scroll.setWidgetResizable(True)
+        self.scroll.setFrameShape(QFrame.NoFrame)
+        self.scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+        outer.addWidget(self.scroll)
+        content = QWidget()
+        self.scroll.setWidget(content)
+        root = QVBoxLayout(content)
+        root.setContentsMargins(6, 6, 6, 6)
+        root.setSpacing(6)
 
         self.banner = QLabel()
         self.banner.setWordWrap(True)
         self.banner.setStyleSheet(
-            "background:#7a5b00;color:white;padding:6px;border-radius:4px;font-weight:bold;"
+            "background:#7a5b00;color:white;padding:4px;border-radius:4px;font-weight:bold;"
         )
         root.addWidget(self.banner)
 
         ct_box = QGroupBox("CT")
         ct_form = QFormLayout(ct_box)
+        ct_form.setRowWrapPolicy(QFormLayout.DontWrapRows)
         self.layer_combo = QComboBox()
-        self.layer_combo.setToolTip("CT layer opened with the HyperCT reader or sample")
-        ct_form.addRow("Layer", self.layer_combo)
+        self.layer_combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+        self.layer_combo.setMinimumContentsLength(12)
+        self.layer_combo.setToolTip(
+            "CT layer opened with the HyperCT reader or sample. The table, overlay and export belong "
+            "to the scan selected here (selecting a CT layer in the layer list selects it here too)."
+        )
+        ct_form.addRow("Scan", self.layer_combo)
         presets = QHBoxLayout()
         self.window_buttons = {}
         for name in WINDOW_PRESETS:
             b = QPushButton(name.capitalize())
             lvl, wid = WINDOW_PRESETS[name]
-            b.setToolTip(f"Window level {lvl:g} HU, width {wid:g} HU")
+            b.setToolTip(f"Window level {lvl:g} HU, width {wid:g} HU (shortcut {WINDOW_KEYS[name]})")
             b.clicked.connect(lambda _=False, n=name: self.set_window(n))
             presets.addWidget(b)
             self.window_buttons[name] = b
@@ -147,6 +216,8 @@ class FindingsWidget(QWidget):
         mform = QFormLayout(model_box)
         self.model_label = QLabel("Embedded demo model")
         self.model_label.setWordWrap(True)
+        self.model_label.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        self.model_label.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Preferred)
         mform.addRow("Weights", self.model_label)
         mbuttons = QHBoxLayout()
         self.checkpoint_button = QPushButton("Checkpoint…")
@@ -158,13 +229,15 @@ class FindingsWidget(QWidget):
             "Choose a local DINOv3 folder (config.json + model.safetensors) for checkpoints with external backbone weights"
         )
         self.demo_button = QPushButton("Use demo")
+        self.demo_button.setToolTip("Use the embedded demo model (trained on synthetic phantoms)")
+        self.device_combo = QComboBox()
+        self.device_combo.addItems(list(DEVICES))
+        self.device_combo.setToolTip("Where the model runs")
+        self._disable_cuda_if_missing()
         for b in (self.checkpoint_button, self.backbone_button, self.demo_button):
             mbuttons.addWidget(b)
         mform.addRow(mbuttons)
         drow = QHBoxLayout()
-        self.device_combo = QComboBox()
-        self.device_combo.addItems(list(DEVICES))
-        self._disable_cuda_if_missing()
         self.device_label = QLabel("")
         drow.addWidget(self.device_combo)
         drow.addWidget(self.device_label, 1)
@@ -174,20 +247,23 @@ class FindingsWidget(QWidget):
         run_row = QHBoxLayout()
         self.analyze_button = QPushButton("Analyze")
         self.analyze_button.setStyleSheet("font-weight:bold;")
+        self.analyze_button.setToolTip("Score the 25 findings of the selected scan")
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
-        run_row.addWidget(self.analyze_button, 2)
-        run_row.addWidget(self.cancel_button, 1)
-        root.addLayout(run_row)
         self.progress = QProgressBar()
         self.progress.setRange(0, 1)
         self.progress.setValue(0)
         self.progress.setTextVisible(True)
-        root.addWidget(self.progress)
+        run_row.addWidget(self.analyze_button)
+        run_row.addWidget(self.progress, 1)
+        run_row.addWidget(self.cancel_button)
+        root.addLayout(run_row)
         self.status = QLabel(
             "Open a chest CT (drag a DICOM folder or NIfTI in) or File > Open Sample > HyperCT."
         )
         self.status.setWordWrap(True)
+        self.status.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        self.status.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Minimum)
         root.addWidget(self.status)
 
         self.table = QTreeWidget()
@@ -195,20 +271,25 @@ class FindingsWidget(QWidget):
         self.table.setHeaderLabels(["Finding", "Probability", "Threshold", "Call"])
         self.table.setItemDelegateForColumn(COL_PROB, ProbabilityBarDelegate(self.table))
         self.table.setSelectionMode(QAbstractItemView.SingleSelection)
-        self.table.setSortingEnabled(True)
         self.table.setRootIsDecorated(True)
         self.table.setUniformRowHeights(True)
+        self.table.setTextElideMode(Qt.ElideRight)
+        self.table.setIndentation(12)
         header = self.table.header()
+        header.setStretchLastSection(False)
         header.setSectionResizeMode(COL_NAME, QHeaderView.Stretch)
-        for col, width in ((COL_PROB, 100), (COL_THRESH, 66), (COL_CALL, 66)):
+        for col, width in ((COL_PROB, 92), (COL_THRESH, 64), (COL_CALL, 96)):
             header.setSectionResizeMode(col, QHeaderView.Fixed)
             self.table.setColumnWidth(col, width)
-        self.table.setMinimumHeight(320)
+        self.table.headerItem().setToolTip(COL_THRESH, "A probability at or above it is called present")
+        self.table.setMinimumHeight(150)
         self._group_items: dict[str, QTreeWidgetItem] = {}
         self._items: dict[str, _FindingItem] = {}
         self._populate_table()
-        root.addWidget(self.table, 1)
 
+        lower = QWidget()
+        lower_layout = QVBoxLayout(lower)
+        lower_layout.setContentsMargins(0, 0, 0, 0)
         sal_box = QGroupBox("Saliency")
         sform = QFormLayout(sal_box)
         self.method_combo = QComboBox()
@@ -216,9 +297,11 @@ class FindingsWidget(QWidget):
             self.method_combo.addItem(m.name)
             self.method_combo.setItemData(i, m.description, Qt.ToolTipRole)
         self.method_combo.setCurrentText(METHODS[DEFAULT_METHOD].name)
+        self.method_combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
         self.method_help = QLabel()
         self.method_help.setWordWrap(True)
         self.method_help.setStyleSheet("color: gray; font-size: 11px;")
+        self.method_help.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Minimum)
         self.all_button = QPushButton("All findings")
         self.all_button.setToolTip(
             "Compute the maps of all 25 findings in one batched backward pass (methods that allow it; "
@@ -240,17 +323,19 @@ class FindingsWidget(QWidget):
         orow.addWidget(QLabel("Opacity"))
         orow.addWidget(self.opacity_slider, 1)
         sform.addRow(orow)
-        root.addWidget(sal_box)
+        lower_layout.addWidget(sal_box)
 
         exp_box = QGroupBox("Export")
         eform = QFormLayout(exp_box)
         self.mode_combo = QComboBox()
         self.mode_combo.addItems(["Shareable (no patient identifiers)", "Clinical (identifiers kept)"])
+        self.mode_combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
         eform.addRow("Mode", self.mode_combo)
         orow2 = QHBoxLayout()
         self.out_edit = QLineEdit(str(Path.home() / "hyperct-reports"))
         self.out_button = QPushButton("…")
         self.out_button.setFixedWidth(30)
+        self.out_button.setToolTip("Choose the export folder")
         orow2.addWidget(self.out_edit, 1)
         orow2.addWidget(self.out_button)
         eform.addRow("Folder", orow2)
@@ -258,12 +343,22 @@ class FindingsWidget(QWidget):
         self.export_buttons = {}
         for fmt, label in (("json", "JSON"), ("pdf", "PDF"), ("sr", "DICOM SR")):
             b = QPushButton(label)
+            b.setToolTip(f"Write the {label} report of the selected scan into the folder")
             b.clicked.connect(lambda _=False, f=fmt: self.export_clicked((f,)))
             brow.addWidget(b)
             self.export_buttons[fmt] = b
         eform.addRow(brow)
-        root.addWidget(exp_box)
-        self._set_results_enabled(False)
+        lower_layout.addWidget(exp_box)
+        lower_layout.addStretch(1)
+
+        self.splitter = QSplitter(Qt.Vertical)
+        self.splitter.setChildrenCollapsible(False)
+        self.splitter.addWidget(self.table)
+        self.splitter.addWidget(lower)
+        self.splitter.setStretchFactor(0, 3)
+        self.splitter.setStretchFactor(1, 1)
+        root.addWidget(self.splitter, 1)
+        self._sync_controls()
         self._update_banner()
 
     def _disable_cuda_if_missing(self) -> None:
@@ -275,24 +370,25 @@ class FindingsWidget(QWidget):
             item.setToolTip("No CUDA GPU visible to PyTorch")
 
     def _populate_table(self) -> None:
+        """The 25 findings in catalogue order, grouped (Conventional above Opportunistic), unsorted."""
+        self.table.setSortingEnabled(False)
         self.table.clear()
         self._group_items.clear()
         self._items.clear()
-        for group, label in GROUP_LABELS.items():
-            g = QTreeWidgetItem(self.table, [label])
-            g.setFirstColumnSpanned(False)
+        for order, (group, label) in enumerate(GROUP_LABELS.items()):
+            g = _GroupItem(self.table, [label])
+            g.setData(COL_NAME, ROLE_ORDER, order)
             g.setFlags(g.flags() & ~Qt.ItemIsSelectable)
             font = g.font(0)
             font.setBold(True)
             g.setFont(0, font)
-            g.setExpanded(True)
             self._group_items[group] = g
         for f in catalogue():
             item = _FindingItem(self._group_items[f.group], [f.name, "", "", ""])
             item.setData(COL_NAME, ROLE_ID, f.id)
-            item.setData(COL_NAME, ROLE_VALUE, None)
+            item.setData(COL_NAME, ROLE_ORDER, f.index)
             for col in range(4):
-                item.setToolTip(col, f.tooltip)
+                item.setToolTip(col, f.tooltip)  # starts with the full name (names are elided)
             self._items[f.id] = item
         for g in self._group_items.values():
             g.setExpanded(True)
@@ -300,6 +396,7 @@ class FindingsWidget(QWidget):
     def _connect(self) -> None:
         self.viewer.layers.events.inserted.connect(self._refresh_layers)
         self.viewer.layers.events.removed.connect(self._refresh_layers)
+        self.viewer.layers.selection.events.active.connect(self._on_active_layer)
         self.layer_combo.currentIndexChanged.connect(self._on_layer_changed)
         self.analyze_button.clicked.connect(self.analyze)
         self.cancel_button.clicked.connect(self.cancel)
@@ -316,7 +413,12 @@ class FindingsWidget(QWidget):
         self.session.finding_selected.connect(self._on_finding_selected)
         self.session.model_changed.connect(lambda _m: self._update_banner())
 
-    # ------------------------------------------------------------------ helpers
+    def _bind_keys(self) -> None:
+        """Shift+L / Shift+M / Shift+B: lung, mediastinum and bone windows on the selected scan."""
+        for preset, key in WINDOW_KEYS.items():
+            self.viewer.bind_key(key, partial(_apply_window, self, preset), overwrite=True)
+
+    # ------------------------------------------------------------------ state
     @property
     def device_spec(self) -> str:
         return DEVICES[self.device_combo.currentText()]
@@ -334,11 +436,20 @@ class FindingsWidget(QWidget):
 
     @property
     def ct_layer(self):
-        name = self.layer_combo.currentText()
-        for layer in self.ct_layers():
-            if layer.name == name:
-                return layer
-        return None
+        """The selected scan's CT layer."""
+        layer = self.layer_combo.currentData()
+        return layer if layer is not None and layer in self.ct_layers() else None
+
+    def results_of(self, layer=None) -> ScanResults | None:
+        """The results store of ``layer`` (default: the selected scan)."""
+        layer = layer if layer is not None else self.ct_layer
+        return scan_results(layer, volume_of(layer)) if layer is not None else None
+
+    @property
+    def result(self):
+        """The analysis result of the selected scan (None before Analyze)."""
+        store = self.results_of()
+        return store.result if store is not None else None
 
     def _update_banner(self) -> None:
         model = self.session.model
@@ -349,55 +460,132 @@ class FindingsWidget(QWidget):
         self.banner.setText(text)
         if model is not None:
             self.model_label.setText(f"{model.name} v{model.version}\nsha256 {model.weights_sha256[:16]}…")
+            self.model_label.setToolTip(f"{model.name} v{model.version}\nsha256 {model.weights_sha256}")
             self.device_label.setText(f"running on {model.device}")
 
-    def _set_results_enabled(self, on: bool) -> None:
-        self.all_button.setEnabled(on)
-        for b in self.export_buttons.values():
-            b.setEnabled(on)
-
-    def _busy(self, on: bool) -> None:
-        self.analyze_button.setEnabled(not on)
-        self.cancel_button.setEnabled(on)
+    def _sync_controls(self) -> None:
+        busy = self.jobs.busy
+        has_result = self.result is not None
+        self.analyze_button.setEnabled(not busy and self.ct_layer is not None)
+        self.cancel_button.setEnabled(busy)
         for b in (self.checkpoint_button, self.backbone_button, self.demo_button):
-            b.setEnabled(not on)
-        self.device_combo.setEnabled(not on)
+            b.setEnabled(not busy)
+        self.device_combo.setEnabled(not busy)
+        self.all_button.setEnabled(has_result and not busy)
+        for b in self.export_buttons.values():
+            b.setEnabled(has_result and not busy)
+
+    def _on_busy_changed(self, busy: bool) -> None:
+        if not busy:
+            self.progress.setRange(0, 1)
+        self._sync_controls()
+        if not busy and self._pending_saliency:
+            pending, self._pending_saliency = self._pending_saliency, None
+            if self.result is None:
+                return
+            if isinstance(pending, list):
+                self._start_saliency(self.ct_layer, pending)
+            else:
+                self._request_saliency(pending)
+
+    def _set_progress(self, layer, step) -> None:
+        if hasattr(step, "total"):
+            self.progress.setRange(0, step.total)
+            self.progress.setValue(step.done)
+            where = "" if layer is self.ct_layer else f"{layer.name}: "
+            self.status.setText(f"{where}{step.message}")
 
     # ------------------------------------------------------------------ CT layer
     def _refresh_layers(self, *_):
-        current = self.layer_combo.currentText()
-        names = [layer.name for layer in self.ct_layers()]
+        current = self.ct_layer
+        layers = self.ct_layers()
         self.layer_combo.blockSignals(True)
         self.layer_combo.clear()
-        self.layer_combo.addItems(names)
-        if current in names:
-            self.layer_combo.setCurrentText(current)
-        elif names:
-            self.layer_combo.setCurrentIndex(len(names) - 1)
+        for layer in layers:
+            self.layer_combo.addItem(layer.name, layer)
+            self.layer_combo.setItemData(self.layer_combo.count() - 1, layer.name, Qt.ToolTipRole)
+            layer.events.name.connect(self._rename_layers)  # napari ignores a repeated connection
+        if current in layers:
+            self.layer_combo.setCurrentIndex(layers.index(current))
+        elif layers:
+            active = self.viewer.layers.selection.active
+            self.layer_combo.setCurrentIndex(layers.index(active) if active in layers else len(layers) - 1)
         self.layer_combo.blockSignals(False)
-        if self._saliency_layer is not None and self._saliency_layer not in self.viewer.layers:
-            self._saliency_layer = None
-        layer = self.ct_layer
-        if layer is not self.session.ct_layer:
+        if self.ct_layer is not self.session.ct_layer or self.ct_layer is None:
             self._on_layer_changed()
+
+    def _rename_layers(self, *_):
+        for i in range(self.layer_combo.count()):
+            layer = self.layer_combo.itemData(i)
+            if layer is not None:
+                self.layer_combo.setItemText(i, layer.name)
+
+    def _on_active_layer(self, event=None):
+        """Follow the layer selected in napari's layer list (a CT layer or one scan's overlay)."""
+        if self._following:
+            return
+        layer = event.value if event is not None else self.viewer.layers.selection.active
+        target = None
+        if volume_of(layer) is not None:
+            target = layer
+        elif layer is not None and SALIENCY_KEY in (layer.metadata or {}):
+            target = next((ct for ct in self.ct_layers() if self.results_of(ct).overlay is layer), None)
+        if target is not None and target is not self.ct_layer:
+            i = self.layer_combo.findData(target)
+            if i >= 0:
+                self.layer_combo.setCurrentIndex(i)
+
+    def select_scan(self, layer) -> None:
+        """Make ``layer`` (a CT layer) the selected scan, as choosing it in the Scan box does."""
+        i = self.layer_combo.findData(layer)
+        if i < 0:
+            raise ValueError(f"{getattr(layer, 'name', layer)!r} is not a CT layer of this viewer")
+        self.layer_combo.setCurrentIndex(i)
 
     def _on_layer_changed(self, *_):
         layer = self.ct_layer
         volume = volume_of(layer) if layer is not None else None
-        if volume is self.session.volume:
-            return
-        self._maps.clear()
-        self.session.set_volume(volume, layer)
-        self._clear_results()
+        store = self.results_of(layer)
+        self._pending_saliency = None
+        if layer is not self.session.ct_layer or volume is not self.session.volume:
+            self.session.set_volume(volume, layer, store.result if store is not None else None)
+        self._show_scan_layers(layer)
+        self._show_result(store.result if store is not None else None)
+        self._sync_controls()
         if volume is None:
             self.qc_label.hide()
+            self.status.setText(
+                "Open a chest CT (drag a DICOM folder or NIfTI in) or File > Open Sample > HyperCT."
+            )
             return
         if volume.warnings:
             self.qc_label.setText("QC: " + " | ".join(w.message for w in volume.warnings))
             self.qc_label.show()
         else:
             self.qc_label.hide()
-        self.status.setText(f"{volume.describe()}\nPress Analyze to score the 25 findings.")
+        if store.result is None:
+            self.status.setText(f"{describe_scan(volume)}\nPress Analyze to score the 25 findings.")
+        else:
+            self._say_scored(store.result)
+            if self.session.selected:
+                self._request_saliency(self.session.selected)
+
+    def _show_scan_layers(self, layer) -> None:
+        """Show the selected scan's CT and overlay; hide the other scans' (no overlay under another CT)."""
+        self._following = True
+        try:
+            for ct in self.ct_layers():
+                mine = ct is layer
+                ct.visible = mine
+                overlay = self.results_of(ct).overlay
+                if overlay is not None and overlay in self.viewer.layers:
+                    overlay.visible = mine and self.show_saliency.isChecked()
+            if layer is not None and self.viewer.layers.selection.active is not layer:
+                active = self.viewer.layers.selection.active
+                if active is None or volume_of(active) is not None or SALIENCY_KEY in (active.metadata or {}):
+                    self.viewer.layers.selection.active = layer
+        finally:
+            self._following = False
 
     def set_window(self, preset: str) -> None:
         layer = self.ct_layer
@@ -405,12 +593,24 @@ class FindingsWidget(QWidget):
             layer.contrast_limits = window_limits(preset)
 
     # ------------------------------------------------------------------ model
+    def _forget_results(self) -> None:
+        """The model changed: every scan's scores and maps came from the old one."""
+        self.jobs.invalidate()
+        self._pending_saliency = None
+        for ct in self.ct_layers():
+            store = self.results_of(ct)
+            self._remove_overlay(store)
+            store.clear()
+        self.session.set_result(None)
+        self._show_result(None)
+        self._sync_controls()
+
     def set_model_dirs(self, model_dir: str | None, backbone_dir: str | None = None) -> None:
         self._model_dir, self._backbone_dir = model_dir, backbone_dir
         self.session.model = None
-        self._maps.clear()
         self.model_label.setText(model_dir or "Embedded demo model")
-        self._clear_results()
+        self.model_label.setToolTip(model_dir or "Embedded demo model")
+        self._forget_results()
 
     def _choose_checkpoint(self):
         d = QFileDialog.getExistingDirectory(self, "HyperCT checkpoint folder")
@@ -424,117 +624,159 @@ class FindingsWidget(QWidget):
 
     def _on_device_changed(self, *_):
         self.session.model = None
-        self._maps.clear()
         self.device_label.setText("")
+        self._forget_results()
 
     def _choose_out_dir(self):
         d = QFileDialog.getExistingDirectory(self, "Export folder", self.out_edit.text())
         if d:
             self.out_edit.setText(d)
 
+    def load_model(self, then=None):
+        """Load the chosen model as its own job; ``then()`` runs when it is the session's model."""
+        from hyperct.loading import load_model
+
+        self.progress.setRange(0, 0)
+        self.status.setText("Loading the model…")
+
+        def done(model):
+            self.session.set_model(model)
+            self._update_banner()
+            if then is not None:
+                then()
+
+        func = partial(load_model, self._model_dir, backbone_dir=self._backbone_dir, device=self.device_spec)
+        return self.jobs.start(
+            "model", func, on_done=done, on_error=self._status_error("Could not load the model")
+        )
+
+    def _status_error(self, prefix: str):
+        """A job's error handler: the status line says it (the job runner also shows a notification)."""
+
+        def handler(exc) -> None:
+            self.progress.setRange(0, 1)
+            self.progress.setValue(0)
+            self.status.setText(f"{prefix}: {exc}")
+
+        return handler
+
     # ------------------------------------------------------------------ analysis
     def analyze(self):
-        """Start the analysis of the selected CT layer in a background worker."""
-        volume = self.session.volume
-        if volume is None:
+        """Analyse the selected scan in the background (the model is loaded first when needed).
+
+        Returns the job's worker (the running one if a job already runs), or None without a scan."""
+        layer = self.ct_layer
+        if layer is None:
             show_warning(
                 "No CT to analyse: open a DICOM folder or NIfTI with the HyperCT reader, or the sample."
             )
             return None
-        if self._worker is not None:
-            return self._worker
-        self._clear_results()
-        self._busy(True)
+        if self.jobs.busy:
+            return self.jobs.worker
+        store = self.results_of(layer)
+        self._remove_overlay(store)
+        store.clear()
+        self.session.set_result(None)
+        self._show_result(None)
+        if self.session.model is None:
+            return self.load_model(then=lambda: self._start_analysis(layer))
+        return self._start_analysis(layer)
+
+    def _start_analysis(self, layer):
+        from hyperct.inference import analysis_steps
+
+        if layer not in self.viewer.layers:
+            return None
+        volume = volume_of(layer)
         self.progress.setRange(0, 0)
-        self.status.setText("Loading model…" if self.session.model is None else "Analysing…")
-        worker = _analysis_worker(
-            self.session.model, self._model_dir, self._backbone_dir, self.device_spec, volume
+        self.status.setText(f"Analysing {layer.name}…")
+        return self.jobs.start(
+            "analysis",
+            analysis_steps,
+            self.session.model,
+            volume,
+            on_progress=partial(self._set_progress, layer),
+            on_done=partial(self._on_analysis_done, layer, volume),
+            on_error=self._status_error("Analysis failed"),
+            on_aborted=lambda: self.status.setText("Analysis cancelled."),
+            queue=True,
         )
-        worker.yielded.connect(self._on_progress)
-        worker.returned.connect(self._on_analysis_done)
-        worker.errored.connect(self._on_worker_error)
-        worker.aborted.connect(self._on_aborted)
-        worker.finished.connect(self._on_worker_finished)
-        self._worker = worker
-        worker.start()
-        return worker
 
     def cancel(self):
-        if self._worker is not None:
-            self.status.setText("Cancelling…")
-            self._worker.quit()
+        if self.jobs.busy:
+            self.jobs.cancel()
+            self._pending_saliency = None
+            self.progress.setRange(0, 1)
+            self.progress.setValue(0)
+            self.status.setText("Cancelled: nothing of the stopped job is kept.")
 
-    def _on_progress(self, step):
-        if hasattr(step, "total"):
-            self.progress.setRange(0, step.total)
-            self.progress.setValue(step.done)
-            self.status.setText(step.message)
-        elif hasattr(step, "describe"):  # the model was loaded in the worker
-            self.session.set_model(step)
-            self._update_banner()
-
-    def _on_analysis_done(self, result):
+    def _on_analysis_done(self, layer, volume, result):
+        if layer not in self.viewer.layers or volume_of(layer) is not volume:
+            return  # the scan was closed or replaced meanwhile
+        store = self.results_of(layer)
+        store.result = result
+        self.progress.setValue(self.progress.maximum())
+        if layer is not self.ct_layer:
+            self.status.setText(f"{layer.name} is analysed: select it in the Scan box to see its findings.")
+            return
         self.session.set_result(result)
         self._show_result(result)
-        self.progress.setRange(0, 1)
-        self.progress.setValue(1)
+        self._say_scored(result)
+        self._sync_controls()
+        self.analysis_finished.emit(result)
+        scored = [f for f in result.findings if f.call in SCORED_CALLS]
+        if not scored:
+            return
+        selected = self.session.selected
+        if not selected:
+            self.select_finding(max(scored, key=lambda f: f.probability).id)
+        else:
+            self._pending_saliency = selected  # shown when this job has finished
+
+    def _say_scored(self, result) -> None:
         n_pos = len(result.positives)
-        self.status.setText(
+        n_fail = sum(f.call == CALL_NO_SCORE for f in result.findings)
+        text = (
             f"Scored {len(result.findings)} findings in {result.seconds:.1f} s on {result.device}: "
             f"{n_pos} above threshold. Select a finding to see its saliency map."
         )
-        self._set_results_enabled(True)
-        self.analysis_finished.emit(result)
-        if not self.session.selected:
-            top = max(result.findings, key=lambda f: f.probability or 0.0)
-            self.select_finding(top.id)
-        else:
-            self._request_saliency(self.session.selected)
+        if n_fail:
+            text += f" {n_fail} finding(s) got no valid score (non-finite model output)."
+        self.status.setText(text)
 
-    def _on_worker_error(self, exc):
-        self.progress.setRange(0, 1)
-        self.progress.setValue(0)
-        self.status.setText(f"Error: {exc}")
-        show_error(f"HyperCT: {exc}")
-
-    def _on_aborted(self):
-        self.progress.setRange(0, 1)
-        self.progress.setValue(0)
-        self.status.setText("Analysis cancelled.")
-
-    def _on_worker_finished(self):
-        self._worker = None
-        self._busy(False)
-        if self._pending_saliency and self.session.result is not None:
-            fid, self._pending_saliency = self._pending_saliency, None
-            self._request_saliency(fid)
-
-    def _clear_results(self):
-        self.session.set_result(None)
-        for item in self._items.values():
-            for col in (COL_PROB, COL_THRESH, COL_CALL):
-                item.setText(col, "")
-                item.setData(col, ROLE_VALUE, None)
-            item.setData(COL_PROB, ROLE_CALL, None)
-        self._set_results_enabled(False)
-        self._remove_saliency_layer()
-
-    def _show_result(self, result):
+    def _show_result(self, result) -> None:
+        """Fill the table with ``result`` (sorted by probability), or reset it to catalogue order."""
         if result is None:
+            self._populate_table()
             return
         self.table.setSortingEnabled(False)
         for f in result.findings:
             item = self._items[f.id]
-            if f.probability is None:
-                item.setText(COL_CALL, "not assessed")
-                continue
-            item.setData(COL_PROB, ROLE_VALUE, f.probability)
-            item.setData(COL_PROB, ROLE_CALL, f.call)
             item.setData(COL_THRESH, ROLE_VALUE, f.threshold)
             item.setText(COL_THRESH, f"{f.threshold:.2f}")
             item.setText(COL_CALL, f.call)
-            item.setData(COL_CALL, ROLE_VALUE, 1.0 if f.call == CALL_PRESENT else 0.0)
-            color = QColor(239, 120, 100) if f.call == CALL_PRESENT else QColor(180, 180, 180)
+            item.setData(COL_PROB, ROLE_CALL, f.call)
+            font = QFont(item.font(COL_CALL))
+            if f.probability is None:
+                item.setData(COL_PROB, ROLE_VALUE, None)
+                item.setText(COL_PROB, "—")
+                item.setTextAlignment(COL_PROB, Qt.AlignCenter)
+                item.setData(COL_CALL, ROLE_VALUE, -1.0 if f.call == CALL_NO_SCORE else -2.0)
+                color = NO_SCORE_COLOR if f.call == CALL_NO_SCORE else QColor(140, 140, 140)
+                font.setItalic(True)
+                font.setBold(f.call == CALL_NO_SCORE)
+                tip = CALL_TIPS.get(f.call, "")
+                for col in (COL_PROB, COL_CALL):
+                    item.setToolTip(col, f"{f.name}: {f.call}\n{tip}")
+            else:
+                item.setData(COL_PROB, ROLE_VALUE, f.probability)
+                item.setData(COL_CALL, ROLE_VALUE, 1.0 if f.call == CALL_PRESENT else 0.0)
+                color = QColor(239, 120, 100) if f.call == CALL_PRESENT else QColor(180, 180, 180)
+                for col in (COL_PROB, COL_CALL):
+                    item.setToolTip(
+                        col, f"{f.name}: p = {f.probability:.3f}, threshold {f.threshold:.2f}, {f.call}"
+                    )
+            item.setFont(COL_CALL, font)
             item.setForeground(COL_CALL, QBrush(color))
         self.table.setSortingEnabled(True)
         self.table.sortItems(COL_PROB, Qt.DescendingOrder)
@@ -561,7 +803,7 @@ class FindingsWidget(QWidget):
                 self.table.scrollToItem(self._items[fid])
         finally:
             self._updating_selection = False
-        if fid and self.session.result is not None:
+        if fid and self.result is not None:
             self._request_saliency(fid)
 
     def _describe_method(self) -> None:
@@ -571,230 +813,262 @@ class FindingsWidget(QWidget):
 
     def _on_method_changed(self, *_):
         self._describe_method()
-        if self.session.selected and self.session.result is not None:
+        if self.session.selected and self.result is not None:
             self._request_saliency(self.session.selected)
 
     def _request_saliency(self, fid: str) -> None:
-        maps = self._maps.get(self.saliency_method)
-        if maps is not None and fid in maps:
-            self._show_saliency(fid)
+        layer, result = self.ct_layer, self.result
+        if layer is None or result is None:
             return
-        self._start_saliency([fid])
+        finding = result[fid]
+        if finding is None or finding.call not in SCORED_CALLS:
+            self._remove_overlay(self.results_of(layer))
+            what = finding.call if finding is not None else "not scored"
+            self.status.setText(f"{catalogue()[fid].name}: {what}, so there is no saliency map to show.")
+            return
+        maps = self.results_of(layer).maps.get(self.saliency_method)
+        if maps is not None and fid in maps:
+            self._show_saliency(layer, fid)
+            return
+        self._start_saliency(layer, [fid])
 
     def compute_all_saliency(self):
-        """All 25 findings in one batched backward, cached for instant switching (a method that needs
-        one pass per finding is switched to the default method first)."""
+        """All scored findings in one batched backward, cached for instant switching (a method that
+        needs one pass per finding is switched to the default method first)."""
         if not METHODS[self.saliency_method].batched:
             self.method_combo.setCurrentText(METHODS[DEFAULT_METHOD].name)
-        return self._start_saliency(None)
-
-    def _start_saliency(self, findings):
-        if self.session.model is None or self.session.volume is None:
+        layer, result = self.ct_layer, self.result
+        if layer is None or result is None:
             return None
-        if self._worker is not None or self._saliency_worker is not None:
-            self._pending_saliency = findings[0] if findings else self.session.selected
+        return self._start_saliency(layer, [f.id for f in result.findings if f.call in SCORED_CALLS])
+
+    def _start_saliency(self, layer, findings: list[str]):
+        from hyperct.saliency import compute_saliency
+
+        if self.session.model is None or not findings:
+            return None
+        if self.jobs.busy:  # run when the job has finished; a pending "all" covers one finding
+            if len(findings) > 1 or not isinstance(self._pending_saliency, list):
+                self._pending_saliency = findings[0] if len(findings) == 1 else list(findings)
             return None
         method = self.saliency_method
-        what = "all findings" if findings is None else catalogue()[findings[0]].name
+        what = "all findings" if len(findings) > 1 else catalogue()[findings[0]].name
         self.status.setText(f"Computing {METHODS[method].name} saliency for {what}…")
         self.progress.setRange(0, 0)
-        worker = _saliency_worker(self.session.model, self.session.volume, findings, method)
-        worker.returned.connect(lambda maps, m=method: self._on_saliency_done(m, maps))
-        worker.errored.connect(self._on_worker_error)
-        worker.finished.connect(self._on_saliency_finished)
-        self._saliency_worker = worker
-        worker.start()
-        return worker
+        volume = volume_of(layer)
+        return self.jobs.start(
+            "saliency",
+            partial(compute_saliency, self.session.model, volume, findings, method=method),
+            on_done=partial(self._on_saliency_done, layer, volume),
+            on_error=self._status_error("Saliency failed"),
+        )
 
-    def _on_saliency_done(self, method, maps):
-        if method in self._maps:
-            self._maps[method].update(maps)
-        else:
-            self._maps[method] = maps
-        self.session.set_saliency(self._maps[method])
-        self.progress.setRange(0, 1)
-        self.progress.setValue(1)
+    def _on_saliency_done(self, layer, volume, maps):
+        if layer not in self.viewer.layers or volume_of(layer) is not volume:
+            return
+        store = self.results_of(layer)
+        merged = store.add_maps(maps)
+        self.progress.setValue(self.progress.maximum())
         fid = self.session.selected
-        if fid and fid in self._maps[method]:
-            self._show_saliency(fid)
+        if layer is self.ct_layer and fid and fid in merged and merged.method == self.saliency_method:
+            self._show_saliency(layer, fid)
+        elif layer is not self.ct_layer:
+            self.status.setText(f"Saliency of {layer.name} is ready: select it in the Scan box to see it.")
 
-    def _on_saliency_finished(self):
-        self._saliency_worker = None
-        if self._pending_saliency:
-            fid, self._pending_saliency = self._pending_saliency, None
-            self._request_saliency(fid)
-
-    def _body_of(self, volume):
-        """The body outline of ``volume`` (cached per volume): the overlay is not drawn in the air."""
+    def _body_of(self, store: ScanResults):
+        """The body outline of the scan (cached with it): the overlay is not drawn in the air."""
         from hyperct.saliency import body_mask
 
-        if self._body_cache is None or self._body_cache[0] is not volume:
-            self._body_cache = (volume, body_mask(volume))
-        return self._body_cache[1]
+        if store.body is None:
+            store.body = body_mask(store.volume)
+        return store.body
 
-    def _show_saliency(self, fid: str) -> None:
-        maps = self._maps[self.saliency_method]
-        ct = self.session.ct_layer
-        volume = self.session.volume
-        if ct is None or volume is None:
-            return
-        data = maps.volume_map(fid, within=self._body_of(volume))
+    def _show_saliency(self, layer, fid: str) -> None:
+        store = self.results_of(layer)
+        maps = store.maps[self.saliency_method]
+        volume = store.volume
+        data = maps.volume_map(fid, within=self._body_of(store))
         finding = catalogue()[fid]
-        kwargs = saliency_layer_kwargs(ct, finding.name, maps.method)
+        kwargs = saliency_layer_kwargs(layer, finding.name, maps.method)
         kwargs["opacity"] = self.opacity_slider.value() / 100.0
         kwargs["visible"] = self.show_saliency.isChecked()
-        layer = self._saliency_layer
-        if layer is not None and layer in self.viewer.layers:
-            layer.data = data
-            layer.name = kwargs["name"]
-            layer.metadata = kwargs["metadata"]
-            layer.contrast_limits = (0.0, 1.0)
-        else:
-            layer = self._saliency_layer = self.viewer.add_image(data, **kwargs)
+        overlay = store.overlay
+        self._following = True
+        try:
+            if overlay is not None and overlay in self.viewer.layers:
+                overlay.data = data
+                overlay.name = kwargs["name"]
+                overlay.metadata = kwargs["metadata"]
+                overlay.contrast_limits = (0.0, 1.0)
+                overlay.visible = kwargs["visible"]
+            else:
+                overlay = store.overlay = self.viewer.add_image(data, **kwargs)
+                # right above its own CT, so another scan's CT never covers it
+                src, dst = self.viewer.layers.index(overlay), self.viewer.layers.index(layer) + 1
+                if src != dst:
+                    self.viewer.layers.move(src, dst)
+                self.viewer.layers.selection.active = layer
+        finally:
+            self._following = False
         peak = maps.peak_index(fid)  # the one peak the reports and the benchmark use too
         for axis, idx in enumerate(peak):
-            self.viewer.dims.set_point(axis, ct.translate[axis] + idx * ct.scale[axis])
+            self.viewer.dims.set_point(axis, layer.translate[axis] + idx * layer.scale[axis])
         summary = maps.summary(fid, volume)
-        res = self.session.result[fid] if self.session.result is not None else None
-        if res is not None:
-            res.saliency = summary
+        res = self.result[fid] if self.result is not None else None
         prob = (
             f"p = {res.probability:.2f} ({res.call})"
             if res is not None and res.probability is not None
             else ""
         )
+        k = peak[0]
         self.status.setText(
             f"{finding.name} {prob}: {METHODS[maps.method].name} saliency peaks on slice "
-            f"{peak[0] + 1}/{volume.shape[0]} "
+            f"{k + 1} of {volume.shape[0]} (napari's slider counts from 0: {k}) "
             f"at LPS ({', '.join(f'{v:.0f}' for v in summary.peak_lps_mm)}) mm."
         )
         self.saliency_shown.emit(fid)
 
-    def _remove_saliency_layer(self):
-        layer = self._saliency_layer
-        self._saliency_layer = None
+    def _remove_overlay(self, store: ScanResults | None) -> None:
+        if store is None:
+            return
+        layer, store.overlay = store.overlay, None
         if layer is not None and layer in self.viewer.layers:
             self.viewer.layers.remove(layer)
-        for layer in [ly for ly in self.viewer.layers if SALIENCY_KEY in (ly.metadata or {})]:
-            self.viewer.layers.remove(layer)
+
+    @property
+    def overlay(self):
+        """The selected scan's saliency layer (None when none is shown)."""
+        store = self.results_of()
+        layer = store.overlay if store is not None else None
+        return layer if layer is not None and layer in self.viewer.layers else None
 
     def _on_opacity(self, value: int):
-        if self._saliency_layer is not None:
-            self._saliency_layer.opacity = value / 100.0
+        if self.overlay is not None:
+            self.overlay.opacity = value / 100.0
 
     def _on_show_toggled(self, on: bool):
-        if self._saliency_layer is not None:
-            self._saliency_layer.visible = on
+        if self.overlay is not None:
+            self.overlay.visible = on
 
     # ------------------------------------------------------------------ export
-    def _export_stem(self, mode: str) -> str | None:
+    def _export_stem(self, layer, mode: str) -> str:
         """The same stem ``hyperct predict`` derives from the path the user opened (pseudonymous in
         shareable mode when the path carries patient identifiers)."""
         from hyperct.report import derived_stem
 
-        layer = self.session.ct_layer
         source = getattr(getattr(layer, "source", None), "path", None)
-        return derived_stem(source, self.session.volume, mode) if source else None
+        return derived_stem(source, volume_of(layer), mode)
 
-    def _export_saliency(self):
-        """Default-method maps of every assessed finding, as the CLI computes for its exports (reuses the cache)."""
-        from hyperct.report import saliency_for_export
-        from hyperct.results import CALL_NOT_ASSESSED
-
-        result = self.session.result
-        cached = self._maps.get(DEFAULT_METHOD)
-        assessed = [f.id for f in result.findings if f.call != CALL_NOT_ASSESSED]
-        if cached is not None and all(fid in cached for fid in assessed):
-            return cached
-        maps = saliency_for_export(self.session.model, self.session.volume, result, method=DEFAULT_METHOD)
-        if maps is not None:
-            if cached is not None:
-                cached.update(maps)
-            else:
-                self._maps[DEFAULT_METHOD] = maps
-        return self._maps.get(DEFAULT_METHOD)
-
-    def export_files(self, formats, out_dir, *, mode: str | None = None, overwrite: bool = False, **kwargs):
-        """Write the reports of the current result with the same code and inputs as ``hyperct predict``."""
-        from hyperct.report import export
-
-        result, volume = self.session.result, self.session.volume
-        if result is None or volume is None:
+    def _export_request(self, mode: str | None = None) -> dict:
+        """What an export of the selected scan needs, taken now (a later switch changes nothing)."""
+        layer = self.ct_layer
+        store = self.results_of(layer)
+        if store is None or store.result is None:
             raise RuntimeError("no analysis result to export: press Analyze first")
         mode = mode or self.export_mode
-        kwargs.setdefault("stem", self._export_stem(mode))
-        return export(
-            result,
-            volume,
-            self._export_saliency(),
-            out_dir,
-            formats=tuple(formats),
-            mode=mode,
-            overwrite=overwrite,
-            **kwargs,
-        )
+        return {
+            "layer": layer,
+            "result": store.result,
+            "volume": store.volume,
+            "maps": store.maps.get(DEFAULT_METHOD),
+            "model": self.session.model,
+            "mode": mode,
+            "stem": self._export_stem(layer, mode),
+        }
+
+    def export_files(self, formats, out_dir, *, mode: str | None = None, overwrite: bool = False, **kwargs):
+        """Write the reports of the selected scan with the same code and inputs as ``hyperct predict``."""
+        req = self._export_request(mode)
+        written, maps = _export_job(req, tuple(formats), out_dir, overwrite, kwargs)
+        if maps is not None:
+            self.results_of(req["layer"]).add_maps(maps)
+        return written
+
+    def export_targets(self, formats, out_dir, mode: str | None = None) -> list[Path]:
+        """The files an export of the selected scan would write (their names do not depend on maps)."""
+        from hyperct.report.export import output_paths
+
+        req = self._export_request(mode)
+        return list(output_paths(Path(out_dir), req["stem"], tuple(formats)).values())
 
     def export_clicked(self, formats, overwrite: bool = False):
-        """Export in a background worker (saliency of all findings may need computing first)."""
+        """Export in a background job (saliency of all findings may need computing first). Files that
+        exist are only replaced after the user says so."""
         fmts = tuple(formats)
-        if "sr" in fmts and self.session.volume is not None and not self.session.volume.is_dicom:
+        store = self.results_of()
+        if store is None or store.result is None:
+            show_warning("Nothing to export: press Analyze first.")
+            return None
+        if "sr" in fmts and not store.volume.is_dicom:
             show_warning("DICOM SR needs a DICOM input; this CT was not read from DICOM.")
             return None
-        if self._worker is not None or self._saliency_worker is not None:
-            show_warning("Wait for the running analysis to finish before exporting.")
+        if self.jobs.busy:
+            show_warning("Wait for the running job to finish (or cancel it) before exporting.")
             return None
         out = Path(self.out_edit.text()).expanduser()
-        self.status.setText(f"Exporting {', '.join(fmts)} ({self.export_mode})…")
-        worker = _call_worker(lambda: self.export_files(fmts, out, overwrite=overwrite))
-        worker.returned.connect(self._on_exported)
-        worker.errored.connect(lambda exc: self._on_export_error(exc, fmts))
-        worker.start()
-        return worker
+        existing = [p for p in self.export_targets(fmts, out) if p.exists()]
+        if existing and not overwrite:
+            names = "\n".join(f"  {p.name}" for p in existing)
+            answer = QMessageBox.question(
+                self,
+                "Replace existing report?",
+                f"This folder already holds a report with the same name:\n{names}\nin {out}\n\n"
+                "Replace it with the report of the selected scan?",
+                QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+                QMessageBox.StandardButton.No,
+            )
+            if answer != QMessageBox.StandardButton.Yes:
+                self.status.setText("Export cancelled: the existing files were kept.")
+                return None
+            overwrite = True
+        req = self._export_request()
+        self.status.setText(f"Exporting {', '.join(fmts)} ({req['mode']})…")
+        self.progress.setRange(0, 0)
+        return self.jobs.start(
+            "export",
+            partial(_export_job, req, fmts, out, overwrite, {}),
+            on_done=partial(self._on_exported, req),
+            on_error=self._status_error("Export failed"),
+        )
 
-    def _on_exported(self, written):
+    def _on_exported(self, req, value):
+        written, maps = value
+        if maps is not None and req["layer"] in self.viewer.layers:
+            self.results_of(req["layer"]).add_maps(maps)
         paths = ", ".join(str(p) for p in written.values())
         show_info(f"Exported {paths}")
-        self.status.setText(f"Exported ({self.export_mode}): {paths}")
+        self.status.setText(f"Exported ({req['mode']}): {paths}")
 
-    def _on_export_error(self, exc, fmts):
-        from hyperct.errors import ExportError
-
-        if isinstance(exc, ExportError) and "exists" in str(exc):
-            if (
-                QMessageBox.question(self, "Overwrite?", f"{exc}\n\nOverwrite?")
-                == QMessageBox.StandardButton.Yes
-            ):
-                self.export_clicked(fmts, overwrite=True)
-                return
-        self.status.setText(f"Export failed: {exc}")
-        show_error(f"Export failed: {exc}")
+    def closeEvent(self, event) -> None:  # noqa: N802 (Qt API)
+        self.jobs.invalidate()
+        self.session.finding_selected.disconnect(self._on_finding_selected, missing_ok=True)
+        super().closeEvent(event)
 
 
-@thread_worker
-def _call_worker(fn):
-    return fn()
+def _apply_window(widget: FindingsWidget, preset: str, _viewer=None) -> None:
+    widget.set_window(preset)
 
 
-@thread_worker
-def _analysis_worker(model, model_dir, backbone_dir, device, volume):
-    """Load the model if needed (yielding it), then run the engine's analysis steps."""
-    from hyperct.inference import analysis_steps
-    from hyperct.loading import load_model
+def _export_job(req: dict, formats, out_dir, overwrite: bool, kwargs: dict):
+    """Write one scan's report (a thread may run it): the default-method maps of every scored
+    finding, reusing those already computed. Returns (written paths, newly computed maps or None)."""
+    from hyperct.report import export, saliency_for_export
+    from hyperct.saliency import SaliencyMaps
 
-    if model is None:
-        model = load_model(model_dir, backbone_dir=backbone_dir, device=device)
-        yield model
-    gen = analysis_steps(model, volume)
-    while True:
-        try:
-            step = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        yield step
-
-
-@thread_worker
-def _saliency_worker(model, volume, findings, method):
-    from hyperct.saliency import compute_saliency
-
-    return compute_saliency(model, volume, findings, method=method)
+    result, volume, cached = req["result"], req["volume"], req["maps"]
+    scored = [f.id for f in result.findings if f.call in SCORED_CALLS]
+    new = None
+    maps = cached
+    if scored and (cached is None or not all(fid in cached for fid in scored)):
+        new = saliency_for_export(req["model"], volume, result, method=DEFAULT_METHOD)
+        if new is not None and cached is not None:
+            maps = SaliencyMaps(cached.method, cached.source_shape, dict(cached.model_maps))
+            maps.update(new)
+        else:
+            maps = new
+    kwargs = dict(kwargs)
+    kwargs.setdefault("stem", req["stem"])
+    written = export(
+        result, volume, maps, out_dir, formats=tuple(formats), mode=req["mode"], overwrite=overwrite, **kwargs
+    )
+    return written, new

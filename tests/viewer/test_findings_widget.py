@@ -63,7 +63,7 @@ def test_analyze_fills_table_and_selecting_shows_saliency_on_the_ct_grid(
     assert layer.colormap.map(np.array([0.0, 0.2]))[:, 3].max() == 0 and layer.colormap.map(np.array([1.0]))[0, 3] > 0.5
     assert layer.data[np.asarray(vol.hu) < -990].max() == 0 and layer.data.max() == pytest.approx(1.0)
     # the view jumped to the map's one peak (the reports' key slice), on every axis
-    peak = widget._maps[widget.saliency_method].peak_index("pleural_effusion")
+    peak = widget.results_of(ct).maps[widget.saliency_method].peak_index("pleural_effusion")
     for axis in range(3):
         assert viewer.dims.point[axis] == pytest.approx(ct.translate[axis] + peak[axis] * ct.scale[axis])
 
@@ -77,10 +77,11 @@ def test_cancel_stops_the_analysis_and_leaves_no_result(make_napari_viewer_proxy
     viewer, widget = _widget(make_napari_viewer_proxy, tiny_checkpoint)
     data, kwargs, _ = ct_layer_data(small_ct())
     viewer.add_image(data, **kwargs)
-    worker = widget.analyze()
-    with qtbot.waitSignal(worker.finished, timeout=60000):
+    assert widget.analyze() is not None
+    with qtbot.waitSignal(widget.jobs.busy_changed, timeout=60000, check_params_cb=lambda busy: not busy):
         widget.cancel()
-    assert widget.session.result is None
+    qtbot.wait(50)
+    assert widget.session.result is None and widget.result is None
     assert widget.analyze_button.isEnabled() and not widget.cancel_button.isEnabled()
 
 
