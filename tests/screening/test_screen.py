@@ -178,12 +178,29 @@ def test_resume_after_an_interruption_scores_each_study_once(full_run, env, monk
     rows = read_table(out / "results.parquet")
     full = read_table(full_run[3] / "results.parquet")
     _close(rows, full)
-    # a third run has nothing to do; --force scores everything again
+    # a third run has nothing to do; another export mode (or model, or findings) scores everything again
     rc, _, stderr = run_cli(argv)
     assert "4 already done" in stderr and len({p["run_id"] for p in _parts(out)}) == 2
-    rc, _, stderr = run_cli(argv + ["--force"])
+    rc, _, stderr = run_cli(argv + ["--mode", "clinical"])
+    assert "0 already done" in stderr
     assert len({p["run_id"] for p in _parts(out)} - {p["run_id"] for p in parts}) == 1
     assert len(_parts(out)) == 4
+    clinical = read_table(out / "results.parquet")
+    ds = pydicom.dcmread(next((env / "archive" / "site1" / "p1").glob("IM*.dcm")), stop_before_pixels=True)
+    assert ds.PatientID in {r["patient_id"] for r in clinical} and "patient_link_id" not in clinical[0]
+
+
+def test_manifest_rows_name_studies_and_force_a_series(env, tmp_path):
+    from hyperct.screening.index import Source, index_groups, plan_studies
+
+    arch = env / "archive"
+    ce = series_uids(arch / "site1" / "p2")["CE"]
+    rows = [(str(arch / "site1" / "p2"), ce, "case-b"), (str(arch / "nifti" / "e.nii.gz"), None, "case-e")]
+    groups, loose = index_groups(Source("", rows))
+    entries = {e.key: e for e in plan_studies(groups, min_slices=16, resample_tilt=False)}
+    assert sorted(entries) == ["id:case-b", "id:case-e"] and not loose
+    assert entries["id:case-b"].series_uid == ce  # the manifest's series wins over non-contrast first
+    assert entries["id:case-b"].out_id == "case-b" and entries["id:case-e"].kind == "file"
 
 
 def _close(a, b, tol=2e-6) -> bool:

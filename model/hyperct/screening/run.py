@@ -137,6 +137,8 @@ def build_index(
     cached = broadcast_object(dist, cached)
     if cached is not None:
         entries = [idx.StudyEntry.from_dict(d) for d in cached["studies"]]
+        if dist.is_main:  # the export mode may differ from the run that built it
+            _write_index_tables(entries, cached["loose"], opts)
         return entries, list(cached["loose"])
 
     def shard(xs: list) -> list:
@@ -160,13 +162,13 @@ def build_index(
         _write_json_atomic(
             state, {"signature": sig, "studies": [e.to_dict() for e in entries], "loose": loose}
         )
-        tables.write_table(
-            tables.index_rows(entries, loose, opts.mode),
-            tables.index_columns(opts.mode),
-            opts.out,
-            tables.INDEX_STEM,
-        )
+        _write_index_tables(entries, loose, opts)
     return entries, loose
+
+
+def _write_index_tables(entries: list[idx.StudyEntry], loose: list[dict], opts: ScreenOptions) -> list[Path]:
+    rows = tables.index_rows(entries, loose, opts.mode)
+    return tables.write_table(rows, tables.index_columns(opts.mode), opts.out, tables.INDEX_STEM)
 
 
 # --- reading (worker processes) ---------------------------------------------------------------------
@@ -483,7 +485,7 @@ def screen(
     try:
         if loaded is None:
             loaded = load_model(model_dir, backbone_dir=backbone_dir, device=dev)
-        if dist.is_main:
+        if dist.is_main and not opts.quiet:
             _say(f"{loaded.describe()}; indexing {source.root or 'the manifest'}")
         t_index = time.perf_counter()
         entries, loose = build_index(source, opts, dist)
@@ -491,15 +493,17 @@ def screen(
         done = broadcast_object(dist, read_parts(opts.out) if dist.is_main else None)
         todo_all = [e for e in entries if e.status == "score"]
 
+        config = {"mode": opts.mode, "model_sha256": loaded.weights_sha256, "findings": opts.findings}
+
         def needs(e: idx.StudyEntry) -> bool:
             part = done.get(e.key)
-            if opts.force or part is None:
-                return True
+            if opts.force or part is None or part.get("config") != config:
+                return True  # not done, or done with another model, export mode or set of findings
             return opts.retry_failed and part["row"]["status"] == "failed"
 
         todo = [e for e in todo_all if needs(e)]
         mine = todo[dist.rank :: dist.world]
-        if dist.is_main:
+        if dist.is_main and not opts.quiet:
             n_skip = sum(1 for e in entries if e.status == "skipped")
             _say(
                 f"index: {len(entries)} studies ({len(todo_all)} to score, {n_skip} without a CT series to score, "
@@ -541,6 +545,7 @@ def screen(
                 "key": entry.key,
                 "row": row,
                 "run_id": run_id,
+                "config": config,
                 "rank": dist.rank,
                 "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                 "seconds": seconds,
@@ -634,8 +639,9 @@ def screen(
                         if not part_path(opts.out, p["key"]).is_file():
                             _write_json_atomic(part_path(opts.out, p["key"]), p)
                         parts[p["key"]] = p
-            rows = [parts[e.key]["row"] for e in todo_all if e.key in parts]
-            not_done = sum(1 for e in todo_all if e.key not in parts)
+            current = {k: p for k, p in parts.items() if p.get("config") == config}
+            rows = [current[e.key]["row"] for e in todo_all if e.key in current]
+            not_done = sum(1 for e in todo_all if e.key not in current)
             run_stats = dict(stats)
             if dist.world > 1:
                 for k2 in ("read_s", "wait_s", "score_s", "export_s", "scored_now"):
