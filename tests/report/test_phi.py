@@ -228,6 +228,8 @@ def test_short_name_parts_and_ids_never_reach_a_file_name(tmp_path, monkeypatch)
     with pytest.raises(ExportError, match="holds a part of the patient's name or IDs"):
         export(make_result(vol), vol, None, tmp_path, ("json",), stem="NG_LI_77")
     assert list(tmp_path.iterdir()) == []
+    vol.metadata["PatientID"] = stem[5:9]  # digits of the pseudonym: a hash, not the ID, so kept
+    assert export(make_result(vol), vol, None, tmp_path, ("json",), stem=stem)["json"].name.startswith(stem)
     # a NIfTI without UIDs: a keyed pseudonym (another key, another name), never the file name
     nifti = make_volume(dicom=False)
     for k in ("StudyInstanceUID", "SeriesInstanceUID"):

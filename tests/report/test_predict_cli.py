@@ -324,3 +324,59 @@ def test_min_slices_lowers_the_short_volume_limit(env, tmp_path):
     with pytest.raises(SystemExit) as exc, contextlib.redirect_stderr(io.StringIO()) as err:
         main(["predict", str(tmp_path / "short.nii.gz"), "--min-slices", "1"])
     assert exc.value.code == 2 and "must be at least 2" in err.getvalue()
+
+
+def test_json_dash_never_prints_nan(env, monkeypatch):
+    """NaN/inf header values are null in the JSON; a NaN spacing is a typed error, not 'NaN' text."""
+    from hyperct import inference
+
+    real = inference.describe_input
+
+    def odd(volume, nan_spacing=False):
+        out = real(volume)
+        out["kvp"], out["slice_thickness_mm"] = float("inf"), float("nan")
+        if odd.spacing:
+            out["spacing_mm"]["slice"] = float("nan")
+        return out
+
+    odd.spacing = False
+    monkeypatch.setattr(inference, "describe_input", odd)
+    rc, stdout, stderr = _run(["predict", "--json", "-", str(env / "oblique.nii.gz")] + _common(env))
+    assert rc == 0, stderr
+    assert "NaN" not in stdout and "Infinity" not in stdout
+    doc = json.loads(stdout)
+    assert doc["input"]["kvp"] is None and doc["input"]["slice_thickness_mm"] is None
+    odd.spacing = True
+    rc, stdout, stderr = _run(["predict", "--json", "-", str(env / "oblique.nii.gz")] + _common(env))
+    assert rc == 1 and stdout == "" and "NaN" not in stdout
+    assert "spacing is nan, not a finite number" in stderr and "unexpected" not in stderr
+
+
+def test_the_cli_names_the_files_it_wrote_when_a_later_one_fails(env, tmp_path, monkeypatch):
+    import importlib
+
+    export_mod = importlib.import_module("hyperct.report.export")
+    from hyperct.errors import ExportError
+
+    real, n = export_mod.place, [0]
+
+    def failing(tmp, path, *, overwrite):
+        n[0] += 1
+        if n[0] == 2:
+            raise ExportError("writing failed ([Errno 28] No space left on device)", path=path)
+        real(tmp, path, overwrite=overwrite)
+
+    monkeypatch.setattr(export_mod, "place", failing)
+    out = tmp_path / "o"
+    argv = ["predict", str(env / "dicom"), *_common(env), "--out", str(out), "--json", "--pdf", "--sr"]
+    rc, _, stderr = _run(argv)
+    assert rc == 1
+    (wrote,) = [ln for ln in stderr.splitlines() if "wrote" in ln]
+    assert wrote.endswith(".hyperct.sr.dcm (its set is incomplete)")
+    (err,) = [ln for ln in stderr.splitlines() if "error:" in ln]
+    assert err.index("No space left") < err.index(str(out))  # the cause first, then the file
+    assert "not written" in err and "without --overwrite" in err
+    monkeypatch.setattr(export_mod, "place", real)
+    rc, _, stderr = _run(argv)  # the retry is not refused: the earlier set was incomplete
+    assert rc == 0, stderr
+    assert len(_visible(out)) == 3 and not [p for p in out.iterdir() if p.name.endswith(".tmp")]

@@ -95,6 +95,11 @@ def default_stem(source: str | os.PathLike[str] | Sequence[str | os.PathLike[str
     return _clean(name or "scan")
 
 
+# What pseudonymous_stem makes (and predict's -<tag> / -N suffixes): hashes, never an identifier,
+# even where a short numeric ID happens to occur among the hex digits.
+PSEUDONYM = re.compile(r"scan-[0-9a-f]{12}(-[0-9a-f]{12})?(-\d+)?")
+
+
 def reveals_identifiers(stem: str, metadata: dict) -> bool:
     """Whether a file-name stem holds a part of the patient's name, an ID, the birth date or the
     accession number (any length: "NG_LI_77" for NG^LI with ID 77; see ``deid.contains_identifier``)."""
@@ -268,7 +273,11 @@ def export(
         )
     if stem:
         stem = _clean(stem)
-        if mode == deid.SHAREABLE and reveals_identifiers(stem, volume.metadata):
+        if (
+            mode == deid.SHAREABLE
+            and not PSEUDONYM.fullmatch(stem)
+            and reveals_identifiers(stem, volume.metadata)
+        ):
             raise ExportError(
                 f"the file name stem {stem!r} holds a part of the patient's name or IDs, and this is a "
                 "shareable export",
@@ -325,7 +334,10 @@ def stem_file_names(stem: str) -> list[str]:
 
 
 def _stem_of(name: str) -> str | None:
-    """The stem of an export file name (``x.hyperct.pdf`` -> ``x``), None for other names."""
+    """The stem of an export file name (``x.hyperct.pdf`` -> ``x``; the set record ``.x.hyperct.set``
+    too), None for other names."""
+    if name.startswith(".") and name.endswith(SET_SUFFIX) and len(name) > len(SET_SUFFIX) + 1:
+        return name[1 : -len(SET_SUFFIX)]
     for suffix in SUFFIXES.values():
         if name.endswith(suffix) and len(name) > len(suffix):
             return name[: -len(suffix)]
