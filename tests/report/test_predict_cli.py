@@ -380,3 +380,21 @@ def test_the_cli_names_the_files_it_wrote_when_a_later_one_fails(env, tmp_path, 
     rc, _, stderr = _run(argv)  # the retry is not refused: the earlier set was incomplete
     assert rc == 0, stderr
     assert len(_visible(out)) == 3 and not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_fhir_bundle_is_written_beside_the_json_with_the_same_values(env, tmp_path):
+    from hyperct.report.fhir import parse_bundle
+
+    rc, _, err = _run(
+        ["predict", str(env / "oblique.nii.gz"), *_common(env), "--json", "--fhir", "--out", str(tmp_path)]
+    )
+    assert rc == 0, err
+    (fhir_file,) = tmp_path.glob("*.hyperct.fhir.json")
+    doc = json.loads(fhir_file.with_name(fhir_file.name.replace(".fhir.json", ".json")).read_text())
+    bundle = parse_bundle(fhir_file.read_text())
+    obs = [e.resource for e in bundle.entry if e.resource.__resource_type__ == "Observation"]
+    assessed = {f["id"]: f["probability"] for f in doc["findings"] if f["probability"] is not None}
+    assert len(obs) == len(assessed) == 2
+    values = sorted(round(float(o.valueQuantity.value), 6) for o in obs)
+    assert values == sorted(round(p, 6) for p in assessed.values())
+    assert f"wrote {fhir_file}" in err

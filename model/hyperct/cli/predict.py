@@ -43,6 +43,8 @@ outputs (per report, in --out, default: the current folder):
   <stem>.hyperct.sr.dcm        --sr        DICOM SR (TID 1500); skipped with a warning (the other files
                                            are written) for NIfTI/NRRD/MHA inputs and for DICOM series
                                            without Study/Series Instance UIDs (anonymised exports)
+  <stem>.hyperct.fhir.json     --fhir      FHIR R4 Bundle: a DiagnosticReport and one Observation per
+                                           assessed finding (same identifier rules as the other files)
   <stem>.saliency.<id>.nii.gz  --saliency  saliency maps in the input's own geometry: uint8, gzip-
                                            compressed, value = stored x scl_slope (1/255), 1 = the
                                            map's maximum; the total size is printed
@@ -139,6 +141,11 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     p.add_argument("--pdf", action="store_true", help="write <stem>.hyperct.pdf")
     p.add_argument("--sr", action="store_true", help="write <stem>.hyperct.sr.dcm (DICOM input only)")
+    p.add_argument(
+        "--fhir",
+        action="store_true",
+        help="write <stem>.hyperct.fhir.json (FHIR R4 Bundle: DiagnosticReport + one Observation per assessed finding)",
+    )
     p.add_argument(
         "--saliency", action="store_true", help="write saliency maps (NIfTI) of the positive findings"
     )
@@ -391,7 +398,9 @@ def run(args: argparse.Namespace) -> int:
     if isinstance(args.json, str) and not json_stdout:  # '--json scan.nii': the word is an input
         inputs.insert(0, args.json)
     want_json = bool(args.json) and not json_stdout
-    formats = [f for f, on in (("json", want_json), ("pdf", args.pdf), ("sr", args.sr)) if on]
+    formats = [
+        f for f, on in (("json", want_json), ("pdf", args.pdf), ("sr", args.sr), ("fhir", args.fhir)) if on
+    ]
     maps_wanted = bool(args.saliency or args.saliency_findings)
     try:
         items = _expand(inputs)

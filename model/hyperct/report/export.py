@@ -52,8 +52,14 @@ from hyperct.report.atomic import (
 from hyperct.results import CALL_PRESENT, SCORED_CALLS, AnalysisResult
 from hyperct.volume import CTVolume
 
-FORMATS = ("json", "pdf", "sr")
-SUFFIXES = {"json": ".hyperct.json", "pdf": ".hyperct.pdf", "sr": ".hyperct.sr.dcm"}
+FORMATS = ("json", "pdf", "sr")  # what an export writes when no formats are given
+ALL_FORMATS = (*FORMATS, "fhir")  # FHIR R4 Bundle (report/fhir.py) on request
+SUFFIXES = {
+    "json": ".hyperct.json",
+    "pdf": ".hyperct.pdf",
+    "sr": ".hyperct.sr.dcm",
+    "fhir": ".hyperct.fhir.json",
+}
 _IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm", ".dicom", ".ima")
 
 
@@ -158,9 +164,11 @@ def output_paths(
 
 def check_formats(formats: Sequence[str], volume: CTVolume | None = None) -> list[str]:
     formats = list(dict.fromkeys(formats))
-    unknown = [f for f in formats if f not in FORMATS]
+    unknown = [f for f in formats if f not in ALL_FORMATS]
     if unknown:
-        raise ExportError(f"unknown export format(s) {', '.join(unknown)}", hint=f"use {', '.join(FORMATS)}")
+        raise ExportError(
+            f"unknown export format(s) {', '.join(unknown)}", hint=f"use {', '.join(ALL_FORMATS)}"
+        )
     if "sr" in formats and volume is not None:
         from hyperct.report.sr import check_sr_input
 
@@ -318,7 +326,7 @@ def export(
 # --- one scan's files as a set ---------------------------------------------------------------------
 
 SET_SUFFIX = ".hyperct.set"
-_PLACE_ORDER = ("saliency:", "sr", "pdf", "json")  # the JSON last: a JSON file means a complete set
+_PLACE_ORDER = ("saliency:", "sr", "pdf", "fhir", "json")  # the JSON last: a JSON file means a complete set
 
 
 def set_record_path(out_dir: str | os.PathLike[str], stem: str) -> Path:
@@ -330,7 +338,9 @@ def stem_file_names(stem: str) -> list[str]:
     from hyperct.findings import catalogue
     from hyperct.report.maps import map_file_name
 
-    return [f"{stem}{SUFFIXES[f]}" for f in FORMATS] + [map_file_name(stem, fid) for fid in catalogue().ids]
+    return [f"{stem}{SUFFIXES[f]}" for f in ALL_FORMATS] + [
+        map_file_name(stem, fid) for fid in catalogue().ids
+    ]
 
 
 def _stem_of(name: str) -> str | None:
@@ -506,7 +516,8 @@ def render(
     report_id: str | None = None,
     created: str | None = None,
 ) -> dict:
-    """The report in memory: ``{"doc": dict, "json": str, "pdf": bytes, "sr": bytes}`` (asked formats)."""
+    """The report in memory: ``{"doc": dict, "json": str, "pdf": bytes, "sr": bytes, "fhir": str}``
+    (the asked formats)."""
     from hyperct.report.document import build_document, to_json
 
     formats = check_formats(formats, volume)
@@ -524,4 +535,8 @@ def render(
         from hyperct.report.sr import sr_bytes
 
         out["sr"] = sr_bytes(doc, volume)
+    if "fhir" in formats:
+        from hyperct.report.fhir import bundle_json
+
+        out["fhir"] = bundle_json(doc)
     return out
