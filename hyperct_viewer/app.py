@@ -4,6 +4,7 @@
     hyperct-viewer PATH                 # open a CT and analyse it
     hyperct-viewer --sample             # the bundled synthetic chest CT, analysed with the demo model
     hyperct-viewer --sample --screenshot docs/viewer.png --quit    # for docs and smoke tests
+    hyperct-viewer CT --size 1366x768 --screenshot shot.png --quit   # a given window size
 
 On a machine without a display use the headless CLI instead: ``hyperct predict``.
 """
@@ -55,8 +56,24 @@ def build_parser() -> argparse.ArgumentParser:
         default="findings",
         help="which of the two tabbed widgets is in front (default: findings)",
     )
+    p.add_argument(
+        "--size",
+        metavar="WxH",
+        type=_size,
+        help="window size in pixels, e.g. 1366x768 (default: napari's; under xvfb-run set the screen too)",
+    )
     p.add_argument("--quit", action="store_true", help="quit after the screenshot (or after the analysis)")
     return p
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT such as 1366x768, got {text!r}") from None
+    if not (320 <= w <= 10000 and 240 <= h <= 10000):
+        raise argparse.ArgumentTypeError(f"window size {w}x{h} is out of range")
+    return w, h
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,6 +93,10 @@ def main(argv: list[str] | None = None) -> int:
     from hyperct_viewer.widgets.findings import FindingsWidget
 
     viewer = napari.Viewer(title="HyperCT Viewer")
+    if args.size:
+        qt_window = viewer.window._qt_window
+        qt_window.showNormal()
+        qt_window.resize(*args.size)
     findings = FindingsWidget(viewer)
     docks = {"findings": viewer.window.add_dock_widget(findings, name="HyperCT Findings", area="right")}
     embeddings = TaskEmbeddingsWidget(viewer)
@@ -121,11 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     if (args.sample or args.path) and not args.no_analyze:
         findings.analysis_finished.connect(after_analysis)
         findings.saliency_shown.connect(finish)
-        worker = findings.analyze()
-        if worker is not None:
-            worker.errored.connect(
-                lambda exc: (print(f"hyperct-viewer: analysis failed: {exc}", file=sys.stderr), finish())
-            )
+        findings.job_failed.connect(lambda msg: (print(f"hyperct-viewer: {msg}", file=sys.stderr), finish()))
+        if findings.analyze() is None:  # nothing opened (the reader said why)
+            finish()
     elif args.screenshot or args.quit:
         finish()
     napari.run()

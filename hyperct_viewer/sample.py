@@ -35,7 +35,7 @@ def synthetic_chest_ct() -> list:
     ph = sample_phantom()
     vol = ph.volume
     vol.metadata.setdefault("SeriesDescription", "Synthetic chest CT (HyperCT phantom)")
-    layers = [ct_layer_data(vol, name="Synthetic chest CT (HyperCT)")]
+    layers = [ct_layer_data(vol, name="Synthetic chest CT")]
     if ph.masks:
         labels = np.zeros(vol.shape, dtype=np.uint8)
         for fid, mask in ph.masks.items():

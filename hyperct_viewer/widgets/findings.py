@@ -146,7 +146,9 @@ class FindingsWidget(QWidget):
 
     def __init__(self, napari_viewer):
         super().__init__()
-        self.viewer = napari_viewer
+        # napari hands plugin widgets a PublicOnlyProxy that wraps every layer in a new proxy on each
+        # access; results are keyed by the layer itself, so the widget works on the real viewer.
+        self.viewer = _unwrap(napari_viewer)
         self.session = session_for(napari_viewer)
         self._model_dir: str | None = None
         self._backbone_dir: str | None = None
@@ -442,7 +444,7 @@ class FindingsWidget(QWidget):
 
     def results_of(self, layer=None) -> ScanResults | None:
         """The results store of ``layer`` (default: the selected scan)."""
-        layer = layer if layer is not None else self.ct_layer
+        layer = _unwrap(layer) if layer is not None else self.ct_layer
         return scan_results(layer, volume_of(layer)) if layer is not None else None
 
     @property
@@ -537,6 +539,7 @@ class FindingsWidget(QWidget):
 
     def select_scan(self, layer) -> None:
         """Make ``layer`` (a CT layer) the selected scan, as choosing it in the Scan box does."""
+        layer = _unwrap(layer)
         i = self.layer_combo.findData(layer)
         if i < 0:
             raise ValueError(f"{getattr(layer, 'name', layer)!r} is not a CT layer of this viewer")
@@ -731,7 +734,7 @@ class FindingsWidget(QWidget):
         if not selected:
             self.select_finding(max(scored, key=lambda f: f.probability).id)
         else:
-            self._pending_saliency = selected  # shown when this job has finished
+            self._request_saliency(selected)  # starts when this job has finished
 
     def _say_scored(self, result) -> None:
         n_pos = len(result.positives)
@@ -1043,6 +1046,10 @@ class FindingsWidget(QWidget):
         self.jobs.invalidate()
         self.session.finding_selected.disconnect(self._on_finding_selected, missing_ok=True)
         super().closeEvent(event)
+
+
+def _unwrap(obj):
+    return getattr(obj, "__wrapped__", obj)
 
 
 def _apply_window(widget: FindingsWidget, preset: str, _viewer=None) -> None:

@@ -24,10 +24,10 @@ def tiny_checkpoint(tmp_path_factory):
     return save_checkpoint(model, path, manifest)
 
 
-def small_ct() -> CTVolume:
-    rng = np.random.default_rng(0)
-    hu = np.full((40, 96, 96), -1000.0, np.float32)
-    zz, yy, xx = np.mgrid[:40, :96, :96]
+def small_ct(n_slices: int = 40, seed: int = 0, description: str = "small synthetic") -> CTVolume:
+    rng = np.random.default_rng(seed)
+    hu = np.full((n_slices, 96, 96), -1000.0, np.float32)
+    zz, yy, xx = np.mgrid[:n_slices, :96, :96]
     body = ((yy - 48) / 40.0) ** 2 + ((xx - 48) / 44.0) ** 2 < 1
     hu[body] = 40.0
     lungs = (((yy - 46) / 28.0) ** 2 + ((np.abs(xx - 48) - 20) / 14.0) ** 2 < 1) & body
@@ -37,7 +37,7 @@ def small_ct() -> CTVolume:
         hu=hu,
         spacing=(2.5, 3.5, 3.5),
         origin=(-168.0, -168.0, 50.0),
-        metadata={"SeriesDescription": "small synthetic", "PatientName": "DOE^JANE", "PatientID": "PID-42"},
+        metadata={"SeriesDescription": description, "PatientName": "DOE^JANE", "PatientID": "PID-42"},
         source_format="nifti",
-        source_paths=["/tmp/small.nii.gz"],
+        source_paths=[f"/tmp/{description.replace(' ', '_')}.nii.gz"],
     )

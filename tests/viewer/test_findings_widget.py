@@ -60,12 +60,21 @@ def test_analyze_fills_table_and_selecting_shows_saliency_on_the_ct_grid(
     np.testing.assert_allclose(layer.extent.world, ct.extent.world)
     # low saliency is transparent, so the anatomy stays visible; nothing is drawn in the air
     assert layer.blending == "translucent"
-    assert layer.colormap.map(np.array([0.0, 0.2]))[:, 3].max() == 0 and layer.colormap.map(np.array([1.0]))[0, 3] > 0.5
+    assert (
+        layer.colormap.map(np.array([0.0, 0.2]))[:, 3].max() == 0
+        and layer.colormap.map(np.array([1.0]))[0, 3] > 0.5
+    )
     assert layer.data[np.asarray(vol.hu) < -990].max() == 0 and layer.data.max() == pytest.approx(1.0)
     # the view jumped to the map's one peak (the reports' key slice), on every axis
     peak = widget.results_of(ct).maps[widget.saliency_method].peak_index("pleural_effusion")
     for axis in range(3):
         assert viewer.dims.point[axis] == pytest.approx(ct.translate[axis] + peak[axis] * ct.scale[axis])
+    # 1-based in the widget (as in the PDF), with napari's 0-based slider position beside it
+    assert (
+        f"slice {peak[0] + 1} of {vol.shape[0]} (napari's slider counts from 0: {peak[0]})"
+        in widget.status.text()
+    )
+    assert viewer.dims.current_step[0] == peak[0]
 
     widget.opacity_slider.setValue(25)
     assert layer.opacity == pytest.approx(0.25)
@@ -102,3 +111,113 @@ def widget_role():
     from hyperct_viewer.widgets.findings import ROLE_VALUE
 
     return ROLE_VALUE
+
+
+def test_table_before_analysis_is_in_catalogue_order_conventional_first(make_napari_viewer_proxy):
+    from hyperct.findings import GROUP_LABELS, catalogue
+    from hyperct_viewer.widgets.findings import FindingsWidget
+
+    widget = FindingsWidget(make_napari_viewer_proxy())
+    tree = widget.table
+    groups = [tree.topLevelItem(i).text(0) for i in range(tree.topLevelItemCount())]
+    assert groups == list(GROUP_LABELS.values()) == ["Conventional", "Opportunistic"]
+    names = [
+        tree.topLevelItem(i).child(j).text(0)
+        for i in range(tree.topLevelItemCount())
+        for j in range(tree.topLevelItem(i).childCount())
+    ]
+    cat = catalogue()
+    expect = [f.name for g in GROUP_LABELS for f in cat if f.group == g]
+    assert names == expect
+    # names may be elided in a narrow dock: the tooltip starts with the full name
+    item = widget._items[cat[0].id]
+    assert item.toolTip(0).startswith(cat[0].name)
+
+
+def test_no_valid_score_is_shown_apart_and_gets_no_saliency(
+    make_napari_viewer_proxy, tiny_checkpoint, qtbot, monkeypatch
+):
+    import hyperct.inference as inference
+    from hyperct.results import CALL_NO_SCORE
+
+    real = inference.analysis_steps
+
+    def steps(*args, **kwargs):  # the model gives NaN for emphysema
+        result = yield from real(*args, **kwargs)
+        f = result["emphysema"]
+        f.probability, f.logit, f.call = None, None, CALL_NO_SCORE
+        return result
+
+    monkeypatch.setattr(inference, "analysis_steps", steps)
+    viewer, widget = _widget(make_napari_viewer_proxy, tiny_checkpoint)
+    data, kwargs, _ = ct_layer_data(small_ct())
+    viewer.add_image(data, **kwargs)
+    widget.select_finding("emphysema")  # chosen before the analysis: no map may be asked for it
+    widget.analyze()
+    qtbot.waitUntil(lambda: widget.result is not None and not widget.jobs.busy, timeout=60000)
+    qtbot.wait(20)
+    item = widget._items["emphysema"]
+    assert item.text(3) == "no valid score" and item.text(1) == "—"
+    assert item.text(3) != widget._items["lung_nodule"].text(3)
+    assert "not a finite number" in item.toolTip(3)
+    assert "no valid score" in widget.status.text()
+    assert widget.overlay is None and not widget.jobs.busy
+    assert all("emphysema" not in m for m in widget.results_of().maps.values())
+    # an unscored row sorts below every scored one
+    emph_row = item.parent().indexOfChild(item)
+    assert emph_row == item.parent().childCount() - 1
+
+
+def test_export_of_an_existing_file_asks_in_gui_words_and_replaces_it_without_error(
+    make_napari_viewer_proxy, tiny_checkpoint, qtbot, tmp_path, monkeypatch
+):
+    from qtpy.QtWidgets import QMessageBox
+
+    viewer, widget = _widget(make_napari_viewer_proxy, tiny_checkpoint)
+    data, kwargs, _ = ct_layer_data(small_ct())
+    viewer.add_image(data, **kwargs)
+    with qtbot.waitSignal(widget.saliency_shown, timeout=60000):
+        widget.analyze()
+    qtbot.waitUntil(lambda: not widget.jobs.busy, timeout=60000)
+    widget.out_edit.setText(str(tmp_path))
+    first = widget.export_files(("json",), tmp_path)["json"]
+    first.write_text("old")
+    failed, asked = [], []
+    widget.job_failed.connect(failed.append)
+
+    def answer(reply):
+        def question(parent, title, text, *args):
+            asked.append(title + "\n" + text)
+            return reply
+
+        return question
+
+    monkeypatch.setattr(QMessageBox, "question", answer(QMessageBox.StandardButton.No))
+    assert widget.export_clicked(("json",)) is None
+    assert first.read_text() == "old" and "kept" in widget.status.text()
+
+    monkeypatch.setattr(QMessageBox, "question", answer(QMessageBox.StandardButton.Yes))
+    worker = widget.export_clicked(("json",))
+    assert worker is not None
+    qtbot.waitUntil(lambda: not widget.jobs.busy, timeout=60000)
+    qtbot.wait(20)
+    assert first.read_text().startswith("{") and not failed
+    assert len(asked) == 2 and first.name in asked[0]
+    assert all("--overwrite" not in t and "overwrite=True" not in t for t in asked)
+    assert widget.status.text().startswith("Exported")
+
+
+def test_window_presets_have_keyboard_shortcuts(make_napari_viewer_proxy):
+    from napari.utils.key_bindings import coerce_keybinding
+
+    from hyperct_viewer.widgets.findings import WINDOW_KEYS, FindingsWidget
+
+    viewer = make_napari_viewer_proxy()
+    widget = FindingsWidget(viewer)
+    data, kwargs, _ = ct_layer_data(small_ct())
+    ct = viewer.add_image(data, **kwargs)
+    real = widget.viewer
+    for preset, key in WINDOW_KEYS.items():
+        real.keymap[coerce_keybinding(key)](real)
+        assert tuple(ct.contrast_limits) == window_limits(preset)
+        assert key in widget.window_buttons[preset].toolTip()
