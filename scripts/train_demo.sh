@@ -23,8 +23,8 @@
 # Everything is seeded: on the same machine and device the command gives the same weights (CPU runs
 # are bitwise reproducible with the same torch build and thread count; GPU runs are not bitwise).
 #
-# The shipped v0.2 weights came from the previous procedure (configs/demo_backbone.yaml, then
-# configs/demo.yaml for 3 epochs resumed to 12 on CPU; this script as of commit 54bf340).
+# The shipped v0.2 weights come from the previous procedure, kept as scripts/train_demo_v0.sh
+# (configs/demo_backbone.yaml, then configs/demo.yaml for 3 epochs resumed to 12 on CPU).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-runs}
