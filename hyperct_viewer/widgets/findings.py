@@ -172,6 +172,8 @@ class FindingsWidget(QWidget):
         self.scroll.setWidgetResizable(True)
         self.scroll.setFrameShape(QFrame.NoFrame)
         self.scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+        # always there: a bar that appears after the content was laid out would cover its right edge
+        self.scroll.setVerticalScrollBarPolicy(Qt.ScrollBarAlwaysOn)
         outer.addWidget(self.scroll)
         content = QWidget()
         self.scroll.setWidget(content)
@@ -255,7 +257,7 @@ class FindingsWidget(QWidget):
         self.progress = QProgressBar()
         self.progress.setRange(0, 1)
         self.progress.setValue(0)
-        self.progress.setTextVisible(True)
+        self.progress.setTextVisible(False)
         run_row.addWidget(self.analyze_button)
         run_row.addWidget(self.progress, 1)
         run_row.addWidget(self.cancel_button)
@@ -458,7 +460,7 @@ class FindingsWidget(QWidget):
         demo = model is None or model.is_demo
         text = f"⚠ {DISCLAIMER}"
         if demo:
-            text += " Demo model trained on synthetic phantoms: no clinical validity, not a medical device."
+            text += " Demo model (synthetic phantoms): no clinical validity, not a medical device."
         self.banner.setText(text)
         if model is not None:
             self.model_label.setText(f"{model.name} v{model.version}\nsha256 {model.weights_sha256[:16]}…")
@@ -478,8 +480,10 @@ class FindingsWidget(QWidget):
             b.setEnabled(has_result and not busy)
 
     def _on_busy_changed(self, busy: bool) -> None:
-        if not busy:
+        self.progress.setTextVisible(busy)
+        if not busy:  # an empty bar when idle (not a stale "0 %")
             self.progress.setRange(0, 1)
+            self.progress.setValue(0)
         self._sync_controls()
         if not busy and self._pending_saliency:
             pending, self._pending_saliency = self._pending_saliency, None

@@ -62,6 +62,8 @@ def test_export_buttons_write_the_same_files_as_the_cli(
     widget.device_combo.setCurrentText("CPU")
     widget.set_model_dirs(str(tiny_checkpoint))
     viewer.open(dicom_folder, plugin="hyperct-viewer")
+    # the status names the series' folder, not one of its files
+    assert f"from {dicom_folder}\n" in widget.status.text() and ".dcm" not in widget.status.text()
     with qtbot.waitSignal(widget.saliency_shown, timeout=120000):
         widget.analyze()
     gui = widget.export_files(("json", "pdf", "sr"), tmp_path / "gui", report_id=RID, created=CREATED)
