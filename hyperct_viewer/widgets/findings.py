@@ -920,6 +920,7 @@ class FindingsWidget(QWidget):
         peak = maps.peak_index(fid)  # the one peak the reports and the benchmark use too
         for axis, idx in enumerate(peak):
             self.viewer.dims.set_point(axis, layer.translate[axis] + idx * layer.scale[axis])
+        self.session.set_saliency(maps)
         summary = maps.summary(fid, volume)
         res = self.result[fid] if self.result is not None else None
         prob = (

@@ -183,3 +183,18 @@ def test_cancel_then_switch_drops_the_job_and_keeps_the_scan_clean(
     _idle(widget, qtbot)
     assert widget.results_of(a).result is None and widget.results_of(b).result is None
     assert not failed and widget.analyze_button.isEnabled()
+
+
+def test_closing_the_scan_being_analysed_leaves_the_other_untouched(
+    make_napari_viewer_proxy, tiny_checkpoint, qtbot
+):
+    viewer, widget, a, b = _two_scans(make_napari_viewer_proxy, tiny_checkpoint)
+    failed = []
+    widget.job_failed.connect(failed.append)
+    widget.select_scan(a)
+    widget.analyze()
+    viewer.layers.remove(a)
+    assert widget.ct_layer is b and b.visible
+    _idle(widget, qtbot)
+    assert not failed and widget.results_of(b).result is None and widget.result is None
+    assert all(p is None for p in _table_probs(widget).values())
