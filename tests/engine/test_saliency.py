@@ -107,7 +107,7 @@ def test_integrated_gradients_is_selectable_and_lives_on_the_model_pixel_grid():
     maps = compute_saliency(model, vol, ["emphysema"], method="integrated_gradients", n_steps=4)
     assert maps.model_maps["emphysema"].shape == (165, 144, 144)
     assert maps.volume_map("emphysema").shape == vol.shape
-    with pytest.raises(ValueError, match="choose one of attention, token_gradient, gradcam"):
+    with pytest.raises(ValueError, match="choose one of gradcam, attention, token_gradient"):
         compute_saliency(model, vol, ["emphysema"], method="magic")
 
 
