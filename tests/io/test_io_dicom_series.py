@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -379,3 +380,21 @@ def test_list_series_reads_headers_only(tmp_path, monkeypatch, phantom):
     assert info.selected and info.orientation == "sagittal" and info.n_slices == phantom.hu.shape[2]
     assert info.matrix == (phantom.hu.shape[0], phantom.hu.shape[1])  # rows run S->I, columns A->P
     assert info.slice_spacing == pytest.approx(0.7)
+
+
+def test_a_damaged_jpeg2000_slice_is_named_as_damaged_not_as_a_missing_codec(tmp_path):
+    """The decoder is installed, the data is cut short: the advice must not be 'pip install ...'."""
+    from hyperct.errors import CorruptFileError
+
+    ph = asymmetric_phantom(shape=(16, 32, 32), seed=7)
+    files = write_series(ph, tmp_path, transfer_syntax=JPEG2000Lossless, order="ascending")
+    victim = sorted(files)[7]
+    ds = pydicom.dcmread(victim)
+    frame = pydicom.encaps.generate_frames(ds.PixelData, number_of_frames=1)
+    data = next(iter(frame))
+    ds.PixelData = pydicom.encaps.encapsulate([data[: len(data) // 3]])
+    ds.save_as(victim, enforce_file_format=True)
+    with pytest.raises(CorruptFileError) as err:
+        read_ct(tmp_path)
+    assert not isinstance(err.value, MissingCodecError)
+    assert "pip install" not in str(err.value) and Path(victim).name in str(err.value)

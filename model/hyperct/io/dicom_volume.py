@@ -106,6 +106,13 @@ def _read_native(h: SliceHeader, where: str) -> np.ndarray | None:
     return arr
 
 
+def _decoder_available(transfer_syntax: str | None) -> bool:
+    try:
+        return bool(transfer_syntax) and get_decoder(transfer_syntax).is_available
+    except Exception:  # noqa: BLE001 - unknown or odd UID: no decoder
+        return False
+
+
 def _decode(h: SliceHeader, where: str) -> np.ndarray:
     if h.frame is None:
         fast = _read_native(h, where)
@@ -121,7 +128,11 @@ def _decode(h: SliceHeader, where: str) -> np.ndarray:
             hint=f"install {codec_package(h.transfer_syntax)}",
         ) from exc
     except RuntimeError as exc:
-        if "missing dependencies" in str(exc) or "plugins" in str(exc):
+        # pydicom says "plugins" both when no decoder is installed and when every installed one failed
+        # on damaged data: only the first is a missing codec
+        if ("missing dependencies" in str(exc) or "plugins" in str(exc)) and not _decoder_available(
+            h.transfer_syntax
+        ):
             raise MissingCodecError(
                 f"{where}: cannot decode '{h.name}': {exc}",
                 path=h.path,
