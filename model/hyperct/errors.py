@@ -19,6 +19,20 @@ class HyperCTError(Exception):
         super().__init__(text)
 
 
+def cause_first(label: str, exc: BaseException) -> str:
+    """'cause (file) -> what to do' for the console and tables: the error's 'path: cause -> hint'
+    reordered so the cause leads; ``label`` (the input) is named when the cause does not name it."""
+    text = str(exc)
+    path = getattr(exc, "path", None)
+    where = None
+    if path and text.startswith(f"{path}: "):
+        text, where = text[len(path) + 2 :], path
+    cause, sep, hint = text.partition(" -> ")
+    if where is None and label not in cause:
+        where = label
+    return cause + (f" ({where})" if where else "") + (f" -> {hint}" if sep else "")
+
+
 # --- input (reader) ---------------------------------------------------------------------------
 
 

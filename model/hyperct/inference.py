@@ -126,6 +126,26 @@ def model_info(loaded: LoadedModel) -> ModelInfo:
     )
 
 
+def finding_results(loaded: LoadedModel, logits: np.ndarray, tasks: Sequence[int]) -> list[FindingResult]:
+    """The 25 findings from logits indexed by finding (``logits[k]`` for task k; others ignored):
+    probability and call at the model's threshold; not asked -> "not assessed"; asked but NaN/inf
+    from the model -> "no valid score" (a failure)."""
+    thresholds = loaded.thresholds
+    asked = set(int(t) for t in tasks)
+    results = []
+    for f in catalogue():
+        lg = logits[f.index]
+        th = float(thresholds[f.index])
+        if f.index not in asked or not np.isfinite(lg):
+            call = CALL_NOT_ASSESSED if f.index not in asked else CALL_NO_SCORE
+            results.append(FindingResult(f.index, f.id, f.name, f.group, None, None, th, call))
+            continue
+        p = float(1.0 / (1.0 + np.exp(-lg)))
+        call = CALL_PRESENT if p >= th else CALL_ABSENT
+        results.append(FindingResult(f.index, f.id, f.name, f.group, p, float(lg), th, call))
+    return results
+
+
 def analysis_steps(
     loaded: LoadedModel,
     volume: CTVolume,
@@ -153,23 +173,7 @@ def analysis_steps(
             f"scoring findings {ci * chunk + 1}-{ci * chunk + len(sub)} of {len(tasks)}",
         )
         logits[sub] = score_pixels(loaded, pixels, sub, task_chunk=chunk)[0]
-    thresholds = loaded.thresholds
-    results = []
-    asked = set(int(t) for t in tasks)
-    for f in cat:
-        lg = logits[f.index]
-        if f.index not in asked or not np.isfinite(lg):
-            # not asked: "not assessed"; asked but NaN/inf from the model: "no valid score" (a failure)
-            call = CALL_NOT_ASSESSED if f.index not in asked else CALL_NO_SCORE
-            results.append(
-                FindingResult(f.index, f.id, f.name, f.group, None, None, float(thresholds[f.index]), call)
-            )
-            continue
-        p = float(1.0 / (1.0 + np.exp(-lg)))
-        call = CALL_PRESENT if p >= thresholds[f.index] else CALL_ABSENT
-        results.append(
-            FindingResult(f.index, f.id, f.name, f.group, p, float(lg), float(thresholds[f.index]), call)
-        )
+    results = finding_results(loaded, logits, tasks)
     seconds = time.perf_counter() - start
     yield Progress(total, total, "done", f"scored {len(tasks)} findings in {seconds:.1f} s")
     return AnalysisResult(

@@ -16,6 +16,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from hyperct.errors import cause_first
 from hyperct.saliency import DEFAULT_METHOD, METHODS
 
 EPILOG = """\
@@ -356,20 +357,6 @@ def _progress_mode(args) -> str:
     return "bar" if sys.stderr.isatty() else "lines"
 
 
-def _format_error(label: str, exc: BaseException) -> str:
-    """'cause (file) -> what to do': the reader's 'path: cause -> hint' reordered, cause first."""
-    text = str(exc)
-    path = getattr(exc, "path", None)
-    where = None
-    if path and text.startswith(f"{path}: "):
-        text, where = text[len(path) + 2 :], path
-    cause, sep, hint = text.partition(" -> ")
-    if where is None and label not in cause:
-        where = label
-    out = cause + (f" ({where})" if where else "")
-    return out + (f" -> {hint}" if sep else "")
-
-
 def _say_plan(progress: _Progress, label: str, plan) -> None:
     """What an input holds, what is scored and what is skipped (always printed: it is a result)."""
     if plan.choices and plan.choices[0].info is None and not plan.skipped:
@@ -447,7 +434,7 @@ def run(args: argparse.Namespace) -> int:
             except HyperCTError as exc:
                 units += 1
                 failed.append(item.label)
-                progress.say(f"hyperct predict: error: {_format_error(item.label, exc)}")
+                progress.say(f"hyperct predict: error: {cause_first(item.label, exc)}")
                 progress.end()
                 continue
             _say_plan(progress, item.label, plan)
@@ -479,7 +466,7 @@ def run(args: argparse.Namespace) -> int:
                     raise
                 except HyperCTError as exc:
                     failed.append(label)
-                    progress.say(f"hyperct predict: error: {_format_error(label, exc)}")
+                    progress.say(f"hyperct predict: error: {cause_first(label, exc)}")
                 except Exception as exc:  # noqa: BLE001 - keep going past an unexpected failure, but say what it was
                     failed.append(label)
                     progress.say(

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from hyperct.errors import cause_first
 from hyperct.report import deid
 from hyperct.screening import index as idx
 from hyperct.screening import tables
@@ -223,7 +224,7 @@ class StudyReads(torch.utils.data.Dataset):
                 volume=vol if self.keep_volume else None,
             )
         except HyperCTError as exc:
-            item.update(error_code=type(exc).__name__, error=_format_error(e.label, exc))
+            item.update(error_code=type(exc).__name__, error=cause_first(e.label, exc))
         except Exception as exc:  # noqa: BLE001 - one study's unexpected failure must not stop the archive
             item.update(
                 error_code=f"unexpected {type(exc).__name__}",
@@ -231,19 +232,6 @@ class StudyReads(torch.utils.data.Dataset):
             )
         item["read_s"] = time.perf_counter() - t0
         return item
-
-
-def _format_error(label: str, exc: BaseException) -> str:
-    """'cause (file) -> what to do' (the reader's 'path: cause -> hint' reordered, cause first)."""
-    text = str(exc)
-    path = getattr(exc, "path", None)
-    where = None
-    if path and text.startswith(f"{path}: "):
-        text, where = text[len(path) + 2 :], path
-    cause, sep, hint = text.partition(" -> ")
-    if where is None:
-        where = label
-    return cause + (f" ({where})" if where else "") + (f" -> {hint}" if sep else "")
 
 
 def shareable_text(text: str, entry: idx.StudyEntry, roots: list[str]) -> str:
@@ -264,34 +252,13 @@ def shareable_text(text: str, entry: idx.StudyEntry, roots: list[str]) -> str:
 def _result(loaded, logits: np.ndarray, tasks: list[int], item: dict[str, Any], seconds: float):
     """An ``AnalysisResult`` from one row of batched logits (the same rules as ``inference.analysis_steps``)."""
     from hyperct.findings import catalogue
-    from hyperct.inference import PREPROCESSING, model_info
-    from hyperct.results import (
-        CALL_ABSENT,
-        CALL_NO_SCORE,
-        CALL_NOT_ASSESSED,
-        CALL_PRESENT,
-        AnalysisResult,
-        FindingResult,
-    )
+    from hyperct.inference import PREPROCESSING, finding_results, model_info
+    from hyperct.results import AnalysisResult
     from hyperct.volume import QCWarning
 
-    cat = catalogue()
-    full = np.full(len(cat), np.nan)
+    full = np.full(len(catalogue()), np.nan)
     full[tasks] = logits
-    asked = set(int(t) for t in tasks)
-    th = loaded.thresholds
-    findings = []
-    for f in cat:
-        lg = full[f.index]
-        if f.index not in asked or not np.isfinite(lg):
-            call = CALL_NOT_ASSESSED if f.index not in asked else CALL_NO_SCORE
-            findings.append(
-                FindingResult(f.index, f.id, f.name, f.group, None, None, float(th[f.index]), call)
-            )
-            continue
-        p = float(1.0 / (1.0 + np.exp(-lg)))
-        call = CALL_PRESENT if p >= th[f.index] else CALL_ABSENT
-        findings.append(FindingResult(f.index, f.id, f.name, f.group, p, float(lg), float(th[f.index]), call))
+    findings = finding_results(loaded, full, tasks)
     return AnalysisResult(
         findings=findings,
         model=model_info(loaded),
@@ -602,12 +569,12 @@ def screen(
                     except KeyboardInterrupt:
                         raise
                     except Exception as exc:  # noqa: BLE001 - a study's failure is a row, not the end of the run
-                        msg = _format_error(entry.label, exc)
+                        msg = cause_first(entry.label, exc)
                         if opts.mode == deid.SHAREABLE:
                             msg = shareable_text(msg, entry, roots)
                         row = dict(base, status="failed", error_code=type(exc).__name__, error=msg)
                         if not opts.quiet:
-                            _say(f"failed: {_format_error(entry.label, exc)}", dist.rank, dist.world)
+                            _say(f"failed: {cause_first(entry.label, exc)}", dist.rank, dist.world)
                     record(entry, row, secs)
         except KeyboardInterrupt:
             interrupted = True
