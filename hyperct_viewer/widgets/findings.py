@@ -157,6 +157,7 @@ class FindingsWidget(QWidget):
         self.jobs.failed.connect(self.job_failed.emit)
         self._pending_saliency: str | list[str] | None = None  # asked while a job ran
         self._updating_selection = False
+        self._slow_note = ""  # the CPU time estimate of a slow analysis, shown with its progress
         self._following = False
         self._build_ui()
         self._connect()
@@ -499,7 +500,7 @@ class FindingsWidget(QWidget):
             self.progress.setRange(0, step.total)
             self.progress.setValue(step.done)
             where = "" if layer is self.ct_layer else f"{layer.name}: "
-            self.status.setText(f"{where}{step.message}")
+            self.status.setText(f"{where}{step.message}{self._slow_note}")
 
     # ------------------------------------------------------------------ CT layer
     def _refresh_layers(self, *_):
@@ -690,13 +691,19 @@ class FindingsWidget(QWidget):
         return self._start_analysis(layer)
 
     def _start_analysis(self, layer):
-        from hyperct.inference import analysis_steps
+        from hyperct.inference import analysis_steps, estimated_cpu_seconds
 
         if layer not in self.viewer.layers:
             return None
         volume = volume_of(layer)
         self.progress.setRange(0, 0)
-        self.status.setText(f"Analysing {layer.name}…")
+        eta = estimated_cpu_seconds(self.session.model)
+        self._slow_note = (  # shown with every progress step of this analysis
+            f" (this model on the CPU: about {eta / 60:.0f} min per scan, estimated; a CUDA GPU takes seconds)"
+            if eta is not None and eta > 60
+            else ""
+        )
+        self.status.setText(f"Analysing {layer.name}…{self._slow_note}")
         return self.jobs.start(
             "analysis",
             analysis_steps,

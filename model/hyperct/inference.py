@@ -126,6 +126,30 @@ def model_info(loaded: LoadedModel) -> ModelInfo:
     )
 
 
+def scan_gflop(model, n_tasks: int, n_images: int = N_IMAGES) -> float:
+    """Forward GFLOP of scoring ``n_tasks`` findings of one scan (the backbone's matmuls, as counted in
+    DESIGN.md section 4: ~15 GFLOP per ViT-B image at 86 tokens; LoRA adds ~3 %)."""
+    cfg = model.backbone.config
+    d, mlp, layers = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers
+    tokens = 1 + cfg.num_register_tokens + (IMAGE_SIZE // cfg.patch_size) ** 2
+    per_layer = 2 * tokens * (4 * d * d + 2 * d * mlp) + 4 * tokens * tokens * d
+    return n_tasks * n_images * layers * per_layer / 1e9
+
+
+def estimated_cpu_seconds(loaded: LoadedModel, n_tasks: int = 25) -> float | None:
+    """A rough time for one scan on this CPU (None on a GPU): the scan's GFLOP over a short fp32
+    matmul's measured rate, at the ~0.6 of it the batched pass reaches on a CPU."""
+    if loaded.device.type != "cpu":
+        return None
+    a = torch.randn(512, 512)
+    a @ a  # warm up
+    t = time.perf_counter()
+    for _ in range(4):
+        a @ a
+    rate = 4 * 2 * 512**3 / max(time.perf_counter() - t, 1e-6) / 1e9
+    return scan_gflop(loaded.model, n_tasks) / (0.6 * rate)
+
+
 def finding_results(loaded: LoadedModel, logits: np.ndarray, tasks: Sequence[int]) -> list[FindingResult]:
     """The 25 findings from logits indexed by finding (``logits[k]`` for task k; others ignored):
     probability and call at the model's threshold; not asked -> "not assessed"; asked but NaN/inf

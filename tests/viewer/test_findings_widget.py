@@ -221,3 +221,22 @@ def test_window_presets_have_keyboard_shortcuts(make_napari_viewer_proxy):
         real.keymap[coerce_keybinding(key)](real)
         assert tuple(ct.contrast_limits) == window_limits(preset)
         assert key in widget.window_buttons[preset].toolTip()
+
+
+def test_a_slow_cpu_analysis_says_how_long_it_will_take(
+    make_napari_viewer_proxy, tiny_checkpoint, qtbot, monkeypatch
+):
+    from hyperct import inference
+
+    viewer, widget = _widget(make_napari_viewer_proxy, tiny_checkpoint)
+    data, kwargs, _ = ct_layer_data(small_ct())
+    viewer.add_image(data, **kwargs)
+    monkeypatch.setattr(inference, "estimated_cpu_seconds", lambda loaded, n=25: 600.0)
+    seen = []
+    widget.progress.valueChanged.connect(lambda *_: seen.append(widget.status.text()))
+    widget.analyze()  # loads the model first, then the analysis starts
+    qtbot.waitUntil(lambda: any("scoring" in t for t in seen), timeout=60000)
+    scoring = [t for t in seen if "scoring" in t]
+    assert all("about 10 min per scan" in t and "GPU" in t for t in scoring)  # stays while it runs
+    widget.cancel()
+    qtbot.waitUntil(lambda: not widget.jobs.busy, timeout=60000)

@@ -410,6 +410,16 @@ def run(args: argparse.Namespace) -> int:
 
     loaded = load_model(args.model, backbone_dir=args.backbone, device=args.device)  # errors: exit 3
     print(f"hyperct predict: {loaded.describe()}", file=sys.stderr)
+    from hyperct.inference import estimated_cpu_seconds
+
+    n_tasks = len(args.findings.split(",")) if args.findings else 25
+    eta = estimated_cpu_seconds(loaded, n_tasks)
+    if eta is not None and eta > 60:  # e.g. the real ViT-B on a laptop: say so before it looks hung
+        print(
+            f"hyperct predict: this model on the CPU takes about {eta / 60:.0f} min per scan (estimate); "
+            "a CUDA GPU takes seconds (--device cuda)",
+            file=sys.stderr,
+        )
     out_dir = Path(args.out) if args.out else Path.cwd()
     used: set[str] = set()
     failed: list[str] = []
