@@ -35,6 +35,26 @@ HEADER_KEYS = (
 )
 
 
+WL_HU_PER_PIXEL = 4.0  # window/level drag: HU per screen pixel
+
+
+def window_level_drag(layer, event):
+    """napari mouse-drag callback: right-drag on the canvas sets the window (left-right: width) and
+    level (up-down: centre) of a CT layer, as radiology viewers do; other buttons are left alone."""
+    if getattr(event, "button", None) != 2:
+        return
+    x0, y0 = event.pos[0], event.pos[1]
+    lo, hi = layer.contrast_limits
+    level, width = (lo + hi) / 2.0, hi - lo
+    yield
+    while event.type == "mouse_move":
+        dx, dy = event.pos[0] - x0, event.pos[1] - y0
+        w = max(1.0, width + WL_HU_PER_PIXEL * dx)
+        c = level - WL_HU_PER_PIXEL * dy  # drag up: higher level (darker image)
+        layer.contrast_limits = (c - w / 2.0, c + w / 2.0)
+        yield
+
+
 def window_limits(preset: str) -> tuple[float, float]:
     level, width = WINDOW_PRESETS[preset]
     return (level - width / 2.0, level + width / 2.0)

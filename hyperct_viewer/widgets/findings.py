@@ -52,6 +52,7 @@ from hyperct_viewer.layers import (
     WINDOW_PRESETS,
     saliency_layer_kwargs,
     volume_of,
+    window_level_drag,
     window_limits,
 )
 from hyperct_viewer.session import ScanResults, scan_results, session_for
@@ -158,6 +159,7 @@ class FindingsWidget(QWidget):
         self._pending_saliency: str | list[str] | None = None  # asked while a job ran
         self._updating_selection = False
         self._slow_note = ""  # the CPU time estimate of a slow analysis, shown with its progress
+        self.viewer.mouse_drag_callbacks.append(self._window_level_drag)  # right-drag: window/level
         self._following = False
         self._build_ui()
         self._connect()
@@ -205,7 +207,10 @@ class FindingsWidget(QWidget):
         for name in WINDOW_PRESETS:
             b = QPushButton(name.capitalize())
             lvl, wid = WINDOW_PRESETS[name]
-            b.setToolTip(f"Window level {lvl:g} HU, width {wid:g} HU (shortcut {WINDOW_KEYS[name]})")
+            b.setToolTip(
+                f"Window level {lvl:g} HU, width {wid:g} HU (shortcut {WINDOW_KEYS[name]}); "
+                "right-drag on the image: width left-right, level up-down"
+            )
             b.clicked.connect(lambda _=False, n=name: self.set_window(n))
             presets.addWidget(b)
             self.window_buttons[name] = b
@@ -503,6 +508,12 @@ class FindingsWidget(QWidget):
             self.status.setText(f"{where}{step.message}{self._slow_note}")
 
     # ------------------------------------------------------------------ CT layer
+    def _window_level_drag(self, _viewer, event):
+        """Right-drag anywhere on the canvas sets the selected scan's window and level."""
+        layer = self.ct_layer
+        if layer is not None:
+            yield from window_level_drag(layer, event)
+
     def _refresh_layers(self, *_):
         current = self.ct_layer
         layers = self.ct_layers()

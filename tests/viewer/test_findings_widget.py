@@ -240,3 +240,35 @@ def test_a_slow_cpu_analysis_says_how_long_it_will_take(
     assert all("about 10 min per scan" in t and "GPU" in t for t in scoring)  # stays while it runs
     widget.cancel()
     qtbot.waitUntil(lambda: not widget.jobs.busy, timeout=60000)
+
+
+def test_right_drag_on_a_ct_sets_window_and_level(make_napari_viewer_proxy, tiny_checkpoint):
+    from types import SimpleNamespace
+
+    from hyperct_viewer.layers import WL_HU_PER_PIXEL
+
+    viewer, widget = _widget(make_napari_viewer_proxy, tiny_checkpoint)
+    data, kwargs, _ = ct_layer_data(small_ct())
+    ct = viewer.add_image(data, **kwargs)
+    assert widget._window_level_drag in viewer.mouse_drag_callbacks  # on the canvas, whatever layer is active
+    ct.contrast_limits = (-1000.0, 200.0)  # level -400, width 1200
+
+    def drag(button, moves):
+        event = SimpleNamespace(button=button, pos=(100.0, 100.0), type="mouse_press")
+        gen = widget._window_level_drag(viewer, event)
+        try:
+            next(gen)
+        except StopIteration:  # not its button: the callback lets napari have the drag
+            return
+        for dx, dy in moves:
+            event.type, event.pos = "mouse_move", (100.0 + dx, 100.0 + dy)
+            next(gen)
+        event.type = "mouse_release"
+        with pytest.raises(StopIteration):
+            next(gen)
+
+    drag(1, [(50, 50)])  # left button: pan/zoom stays napari's, the window is untouched
+    assert tuple(ct.contrast_limits) == (-1000.0, 200.0)
+    drag(2, [(10, 0), (50, -25)])
+    width, level = 1200 + WL_HU_PER_PIXEL * 50, -400 + WL_HU_PER_PIXEL * 25
+    assert tuple(ct.contrast_limits) == pytest.approx((level - width / 2, level + width / 2))
