@@ -171,3 +171,22 @@ def test_the_report_schema_names_every_saliency_method():
 
     walk(schema)
     assert list(METHODS) in found
+
+
+def test_maps_are_drawn_inside_the_body_outline_only_lungs_included():
+    from hyperct.saliency import body_mask
+
+    hu = np.full((6, 40, 40), -1000.0, np.float32)
+    yy, xx = np.mgrid[:40, :40]
+    body = ((yy - 20) / 15.0) ** 2 + ((xx - 20) / 15.0) ** 2 < 1
+    lung = ((yy - 20) / 8.0) ** 2 + ((xx - 20) / 8.0) ** 2 < 1
+    hu[:, body] = 40.0
+    hu[:, lung] = -850.0
+    vol = CTVolume(hu=hu, spacing=(2.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0))
+    mask = body_mask(vol)
+    assert mask[:, body].all() and not mask[:, ~body].any()  # the lungs are inside, the air around is not
+    only_key = body_mask(vol, slices=[3])
+    assert only_key[3].any() and not only_key[[0, 1, 2, 4, 5]].any()
+    maps = SaliencyMaps("gradcam", vol.shape, {"lung_nodule": np.ones((55, 9, 9), np.float32)})
+    m = maps.volume_map("lung_nodule", within=mask)
+    assert m[:, ~body].max() == 0 and m[:, lung].min() > 0

@@ -142,6 +142,8 @@ def key_images(volume: CTVolume, saliency, doc: dict, finding_ids: list[str]) ->
             continue
         s = f.get("saliency") or saliency.summary(fid, volume).to_dict()
         k, j, i = s["peak_index"]
-        grid = saliency.volume_map(fid)
+        from hyperct.saliency.maps import body_mask
+
+        grid = saliency.volume_map(fid, within=body_mask(volume, slices=[int(k)]))  # not in the air
         out.append((f, render_key_image(volume, grid, fid, int(k), peak_ji=(int(j), int(i)))))
     return out

@@ -22,13 +22,16 @@ TOKEN_PIXELS = 16  # patch size of the backbone: one token = 16 x 16 pixels of o
 BODY_HU = -500.0  # soft tissue and denser; the lungs are inside the body's outline, air outside is not
 
 
-def body_mask(volume: CTVolume) -> np.ndarray:
-    """Voxels inside the body's outline, slice by slice (the lungs included, the air around not)."""
+def body_mask(volume: CTVolume, slices=None) -> np.ndarray:
+    """Voxels inside the body's outline, slice by slice (the lungs included, the air around not).
+
+    ``slices``: only these slice indices are computed (the others stay False), e.g. a key slice.
+    """
     from scipy.ndimage import binary_fill_holes
 
     dense = volume.hu > BODY_HU
     out = np.zeros(dense.shape, dtype=bool)
-    for k in range(dense.shape[0]):
+    for k in range(dense.shape[0]) if slices is None else slices:
         if dense[k].any():
             out[k] = binary_fill_holes(dense[k])
     return out
