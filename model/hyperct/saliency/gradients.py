@@ -55,15 +55,12 @@ def input_x_gradient_maps(
     with evaluating(model) as dev:
         px = as_batch(pixel_values, dev)
 
-        def one_task(sub: torch.Tensor) -> np.ndarray:
-            maps = []
-            for t in sub:
-                with model.saliency_mode(), autocast_for(dev):
-                    attr = InputXGradient(summed_logits(model, t[None])).attribute(
-                        px.clone().requires_grad_(True), target=0
-                    )
-                a = attr.detach().float().abs()[0]  # (55, 3, H, W)
-                maps.append(a.reshape(-1, *a.shape[-2:]).cpu().numpy())
-            return np.stack(maps)
+        def one_task(task: torch.Tensor) -> np.ndarray:  # chunks of one task
+            with model.saliency_mode(), autocast_for(dev):
+                attr = InputXGradient(summed_logits(model, task)).attribute(
+                    px.clone().requires_grad_(True), target=0
+                )
+            a = attr.detach().float().abs()  # (1, 55, 3, H, W)
+            return a.reshape(1, -1, *a.shape[-2:]).cpu().numpy()
 
         return per_task_chunks(model, tasks, 1, one_task)
