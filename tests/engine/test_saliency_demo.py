@@ -15,21 +15,11 @@ from hyperct.loading import load_model
 from hyperct.phantom import generate
 from hyperct.preprocess import preprocess
 from hyperct.saliency import DEFAULT_METHOD, method_maps, token_grid
+from hyperct.saliency.evaluation import side_columns
 from hyperct.saliency.maps import peak_token
 
 # (seed, lesion_variant with the effusion on the right only, variant with it on the left only)
 PAIRS = [(4, 0, 4), (7, 4, 5)]
-
-
-def _columns(volume) -> np.ndarray:
-    """'R' / 'L' / '' (straddles the body's midline) for each of the 9 token columns."""
-    n = volume.hu.shape[2]
-    i = np.arange(10) * n / 9 - 0.5
-    x = volume.index_to_lps(np.stack([np.zeros_like(i), np.zeros_like(i), i], axis=-1))[:, 0]
-    body = np.nonzero((volume.hu > -400).any(axis=(0, 1)))[0]
-    mid = volume.index_to_lps([0, 0, 0.5 * (body.min() + body.max())])[0]
-    lo, hi = np.minimum(x[:-1], x[1:]), np.maximum(x[:-1], x[1:])
-    return np.where(hi <= mid, "R", np.where(lo >= mid, "L", ""))
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +39,7 @@ def test_the_default_map_moves_to_the_side_of_the_effusion(demo, seed, right, le
         with torch.no_grad():
             assert torch.sigmoid(demo(px, torch.tensor([task])))[0, 0] > 0.5  # detected both times
         m = np.maximum(token_grid(method_maps(demo, px, [task], DEFAULT_METHOD)[0]), 0).sum(axis=(0, 1))
-        cols = _columns(ph.volume)
+        cols = side_columns(ph.volume)
         share_right[side] = m[cols == "R"].sum() / m[cols != ""].sum()
         peak_sides[side] = cols[peak_token(method_maps(demo, px, [task], DEFAULT_METHOD)[0])[2]]
     assert share_right["R"] - share_right["L"] >= 0.1, share_right

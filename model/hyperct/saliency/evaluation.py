@@ -1,0 +1,64 @@
+"""Ground truth in the model's token frame, for judging saliency maps against known finding masks
+(``benchmarks/bench_saliency.py`` and the tests): which tokens lie near a mask, what share of each
+token a mask covers, and which token columns lie on the patient's right or left.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.ndimage import distance_transform_edt
+
+from hyperct.preprocess import model_to_source_coords, resample_hu
+
+GRID = (55, 9, 9)
+
+
+def token_centres(shape) -> list[np.ndarray]:
+    """Source voxel coordinates of the token centres along k, j, i."""
+    return [model_to_source_coords(n, s) for n, s in zip(GRID, shape)]
+
+
+def hit_table(mask: np.ndarray, spacing, tol_mm: float) -> np.ndarray:
+    """(55, 9, 9): is each token's centre within ``tol_mm`` of the mask?"""
+    dist = distance_transform_edt(~mask, sampling=spacing)
+    ck, cj, ci = (
+        np.clip(np.round(c).astype(int), 0, s - 1) for c, s in zip(token_centres(mask.shape), mask.shape)
+    )
+    return dist[np.ix_(ck, cj, ci)] <= tol_mm
+
+
+def token_fraction(mask: np.ndarray) -> np.ndarray:
+    """(55, 9, 9): fraction of each token's model pixels inside the mask."""
+    m = resample_hu(mask.astype(np.float32)).numpy()  # (165, 144, 144)
+    return m.reshape(55, 3, 9, 16, 9, 16).mean(axis=(1, 3, 5))
+
+
+def _midline_x(volume) -> float:
+    """LPS x (mm) of the body's left-right centre (the extent of voxels denser than -400 HU)."""
+    i_idx = np.nonzero((volume.hu > -400).any(axis=(0, 1)))[0]
+    return float(volume.index_to_lps([0, 0, 0.5 * (i_idx.min() + i_idx.max())])[0])
+
+
+def _x_of_i(volume, i) -> np.ndarray:
+    i = np.asarray(i, dtype=np.float64)
+    return volume.index_to_lps(np.stack([np.zeros_like(i), np.zeros_like(i), i], axis=-1))[:, 0]
+
+
+def side_columns(volume) -> np.ndarray:
+    """(9,) 'R' / 'L' / '' per token column: wholly on the patient's right (LPS x below the body's
+    midline), wholly on the left, or straddling the midline."""
+    n = volume.hu.shape[2]
+    edges = _x_of_i(volume, np.arange(10) * n / 9 - 0.5)
+    lo, hi = np.minimum(edges[:-1], edges[1:]), np.maximum(edges[:-1], edges[1:])
+    mid = _midline_x(volume)
+    return np.where(hi <= mid, "R", np.where(lo >= mid, "L", ""))
+
+
+def lesion_side(mask: np.ndarray, volume) -> str | None:
+    """'R' or 'L' when >= 90 % of the mask lies on one side of the body's midline, else None."""
+    per_i = mask.sum(axis=(0, 1)).astype(np.float64)
+    total = per_i.sum()
+    if total == 0:
+        return None
+    right = per_i[_x_of_i(volume, np.arange(mask.shape[2])) < _midline_x(volume)].sum() / total
+    return "R" if right >= 0.9 else ("L" if right <= 0.1 else None)
