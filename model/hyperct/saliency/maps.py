@@ -92,7 +92,9 @@ class SaliencyMaps:
             raise ValueError("cannot merge saliency maps of different methods or volumes")
         self.model_maps.update(other.model_maps)
 
-    def volume_map(self, finding_id: str, dtype=np.float32, *, within: np.ndarray | None = None) -> np.ndarray:
+    def volume_map(
+        self, finding_id: str, dtype=np.float32, *, within: np.ndarray | None = None
+    ) -> np.ndarray:
         """The map on the CT's canonical voxel grid, normalised to [0, 1] (0 everywhere if flat).
 
         ``within``: a boolean mask on the same grid (e.g. ``body_mask``); the map is 0 outside it.
