@@ -7,7 +7,7 @@
 Three ways to compute the same logits, from the same weights (a random HyperCT whose LoRA B is
 non-zero, so every task differs):
 
-* ``authors_style``: ``hyperct.model.reference.AuthorsStyleHyperCT``: the paper's method as
+* ``authors_style``: ``hyperct.network.reference.AuthorsStyleHyperCT``: the paper's method as
   described there (not the authors' code): forward hooks on every target ``nn.Linear`` add the
   task's LoRA term, the hypernetwork generates each module's factors inside its hook, a host
   sync per module (CUDA), one forward per task, fp32.
@@ -47,8 +47,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "model"))
 from _output import emit_json  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 from hyperct.inference import default_task_chunk  # noqa: E402
-from hyperct.model import HyperCT, HyperCTConfig  # noqa: E402
-from hyperct.model.reference import AuthorsStyleHyperCT, MergedPerTask  # noqa: E402
+from hyperct.network import HyperCT, HyperCTConfig  # noqa: E402
+from hyperct.network.reference import AuthorsStyleHyperCT, MergedPerTask  # noqa: E402
 
 ATOL, RTOL = 1e-4, 1e-4  # fp32 logits: |a - b| <= ATOL + RTOL * |b|
 

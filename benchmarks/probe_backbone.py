@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "model"))
 from _output import emit_json  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 from hyperct.findings import catalogue  # noqa: E402
-from hyperct.model.backbone import load_backbone  # noqa: E402
+from hyperct.network.backbone import load_backbone  # noqa: E402
 from hyperct.training.cache import PreprocessCache  # noqa: E402
 from hyperct.training.datasets import build_dataset  # noqa: E402
 from hyperct.training.metrics import roc_auc  # noqa: E402

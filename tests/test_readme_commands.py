@@ -27,6 +27,8 @@ def test_ci_runs_the_readme_test_command():
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
     extract = next(line for line in ci.splitlines() if line.startswith("test_cmd="))
     script = extract.split("=", 1)[1].strip("$()")
-    out = subprocess.run(["bash", "-c", script], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+    out = subprocess.run(
+        ["bash", "-c", script], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.strip()
     assert out == _line_after("# 2. ")
     assert "torch==2.13.0" in out

@@ -30,7 +30,7 @@ from hyperct import INTENDED_USE, __version__
 from hyperct.errors import BackboneWeightsError, CheckpointError
 from hyperct.filemodes import set_default_modes
 from hyperct.findings import NUM_FINDINGS, catalogue
-from hyperct.model.backbone import (
+from hyperct.network.backbone import (
     BACKBONE_CONFIGS,
     _canonical_key,
     backbone_config,
@@ -39,8 +39,8 @@ from hyperct.model.backbone import (
     load_backbone,
     load_backbone_state,
 )
-from hyperct.model.lora import LORA_TARGETS
-from hyperct.model.network import HyperCT, HyperCTConfig
+from hyperct.network.hyperct import HyperCT, HyperCTConfig
+from hyperct.network.lora import LORA_TARGETS
 
 FORMAT = "hyperct-checkpoint"
 FORMAT_VERSION = 1
@@ -149,7 +149,7 @@ def build_manifest(
 
 
 def _guess_config_name(cfg: dict) -> str:
-    from hyperct.model.backbone import BACKBONE_CONFIGS
+    from hyperct.network.backbone import BACKBONE_CONFIGS
 
     for name, values in BACKBONE_CONFIGS.items():
         if all(cfg.get(k) == v for k, v in values.items()):
@@ -158,7 +158,7 @@ def _guess_config_name(cfg: dict) -> str:
 
 
 def model_tensors(model: HyperCT, *, include_backbone: bool) -> dict[str, torch.Tensor]:
-    from hyperct.model.backbone import backbone_state_for_saving
+    from hyperct.network.backbone import backbone_state_for_saving
 
     tensors = {f"hypernet.{k}": v for k, v in model.hypernet.state_dict().items()}
     tensors.update({f"head.{k}": v for k, v in model.head.state_dict().items()})
@@ -778,7 +778,7 @@ def load_checkpoint(
     expected = {f"hypernet.{k}": tuple(v.shape) for k, v in skeleton.hypernet.state_dict().items()}
     expected.update({f"head.{k}": tuple(v.shape) for k, v in skeleton.head.state_dict().items()})
     if included:
-        from hyperct.model.backbone import _official_key
+        from hyperct.network.backbone import _official_key
 
         expected.update(
             {

@@ -47,7 +47,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
 
     from hyperct.loading import LoadedModel
-    from hyperct.model.network import HyperCT
+    from hyperct.network.hyperct import HyperCT
     from hyperct.preprocess import Preprocessed
     from hyperct.volume import CTVolume
 

@@ -12,7 +12,7 @@ import torch
 from hyperct.checkpoint import Manifest, load_checkpoint
 from hyperct.errors import CheckpointError, ModelError
 from hyperct.findings import catalogue
-from hyperct.model.network import HyperCT
+from hyperct.network.hyperct import HyperCT
 
 
 def demo_model_dir() -> Path:

@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hyperct.model import HyperCT, HyperCTConfig
-from hyperct.model.backbone import BACKBONE_CONFIGS
+from hyperct.network import HyperCT, HyperCTConfig
+from hyperct.network.backbone import BACKBONE_CONFIGS
 
 # Same structure as the real backbones, tiny: fast enough for unit tests.
 TINY_BACKBONE = dict(

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from hyperct.errors import BackboneWeightsError
-from hyperct.model.backbone import backbone_config, build_backbone, load_backbone, save_backbone
+from hyperct.network.backbone import backbone_config, build_backbone, load_backbone, save_backbone
 from tests.engine.conftest import TINY_BACKBONE
 
 

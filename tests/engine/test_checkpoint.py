@@ -10,7 +10,7 @@ import torch
 from hyperct.checkpoint import build_manifest, load_checkpoint, read_manifest, save_checkpoint, sha256_file
 from hyperct.errors import CheckpointError
 from hyperct.findings import catalogue
-from hyperct.model.backbone import save_backbone
+from hyperct.network.backbone import save_backbone
 from tests.engine.conftest import tiny_model
 
 
@@ -123,5 +123,9 @@ def test_written_checkpoints_and_backbones_get_ordinary_permissions(tmp_path):
         return stat.S_IMODE(os.stat(p).st_mode)
 
     assert mode(ckpt) == dir_mode
-    for p in (ckpt / "model.safetensors", ckpt / "manifest.json", tmp_path / "backbone" / "model.safetensors"):
+    for p in (
+        ckpt / "model.safetensors",
+        ckpt / "manifest.json",
+        tmp_path / "backbone" / "model.safetensors",
+    ):
         assert mode(p) == file_mode, p

@@ -81,7 +81,7 @@ def no_real_build(monkeypatch):
 
     monkeypatch.setattr(ckpt_mod, "build_backbone", guard(real_build))
     monkeypatch.setattr(ckpt_mod, "HyperCT", guard(real_model))
-    import hyperct.model.backbone as backbone_mod
+    import hyperct.network.backbone as backbone_mod
 
     monkeypatch.setattr(backbone_mod, "build_backbone", guard(backbone_mod.build_backbone))  # load_backbone
 
@@ -332,7 +332,7 @@ def test_integer_valued_float_fields_load(ckpt, pixels):
 
 @pytest.fixture
 def external(tmp_path):
-    from hyperct.model.backbone import save_backbone
+    from hyperct.network.backbone import save_backbone
 
     model = tiny_model(seed=6)
     save_backbone(model.backbone, tmp_path / "dinov3")

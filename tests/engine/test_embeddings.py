@@ -14,7 +14,7 @@ from hyperct import embeddings as emb
 from hyperct.checkpoint import build_manifest, save_checkpoint
 from hyperct.errors import ExportError, ModelError
 from hyperct.findings import catalogue
-from hyperct.model.hypernet import LoRAFactors
+from hyperct.network.hypernet import LoRAFactors
 from tests.engine.conftest import tiny_model
 
 CAT = catalogue()

@@ -10,7 +10,7 @@ import torch
 
 from hyperct.inference import estimated_cpu_seconds, scan_gflop
 from hyperct.loading import load_model
-from hyperct.model import HyperCT, HyperCTConfig
+from hyperct.network import HyperCT, HyperCTConfig
 
 
 def test_vitb_costs_what_the_design_says_per_image():

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from hyperct.model.reference import AuthorsStyleHyperCT, MergedPerTask
+from hyperct.network.reference import AuthorsStyleHyperCT, MergedPerTask
 
 
 def test_authors_style_merged_and_batched_give_the_same_logits(tiny, pixels):

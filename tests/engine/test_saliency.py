@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from hyperct.model.backbone import encoder_layers
+from hyperct.network.backbone import encoder_layers
 from hyperct.preprocess import map_to_grid
 from hyperct.saliency import (
     DEFAULT_METHOD,
@@ -117,7 +117,9 @@ def test_batched_methods_give_all_findings_in_one_pass_equal_to_one_at_a_time(me
     px = torch.randn(1, 5, 3, 48, 48)
     together = method_maps(model, px, [0, 9, 24], method, task_chunk=3)
     for row, k in enumerate((0, 9, 24)):
-        np.testing.assert_allclose(together[row], method_maps(model, px, [k], method)[0], rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(
+            together[row], method_maps(model, px, [k], method)[0], rtol=1e-4, atol=1e-6
+        )
     assert not np.allclose(together[0], together[2])  # findings get their own maps
     assert all(p.grad is None for p in model.parameters())  # activations only
 

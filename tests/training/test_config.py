@@ -110,7 +110,7 @@ def test_shipped_configs_are_valid():
     assert demo["model"]["backbone_weights"] == "runs/demo-backbone"
     # the shipped v0.2 is reproduced by scripts/train_demo_v0.sh: stage 1 v0, then stage 2 on it
     v0 = (CONFIGS.parent / "scripts" / "train_demo_v0.sh").read_text()
-    assert "--config configs/demo_backbone.yaml --out \"$RUNS/demo-backbone\"" in v0
+    assert '--config configs/demo_backbone.yaml --out "$RUNS/demo-backbone"' in v0
     assert "--config configs/demo.yaml" in v0 and "model.backbone_weights=$RUNS/demo-backbone" in v0
     # the one command (scripts/train_demo.sh) runs the v1 procedure: stage 1 v1, then stage 2 v1 on it
     script = (CONFIGS.parent / "scripts" / "train_demo.sh").read_text()

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from hyperct.findings import catalogue
-from hyperct.model.backbone import load_backbone
+from hyperct.network.backbone import load_backbone
 from hyperct.preprocess import model_to_source_coords
 from hyperct.training.token_labels import TOKEN_SHAPE, token_labels
 from tests.engine.conftest import TINY_BACKBONE
@@ -85,7 +85,7 @@ def test_pretraining_writes_a_dinov3_folder_that_stage_2_can_use(tmp_path):
     assert "pleural_effusion" in report["log"][-1]["valid"]["image_auc"]
     assert "volume_auc" not in report["log"][-1]["valid"]  # objective off: no volume head
     backbone = load_backbone(out)  # the users' DINOv3 path
-    fresh = __import__("hyperct.model.backbone", fromlist=["x"]).build_backbone(dict(TINY_BACKBONE), seed=3)
+    fresh = __import__("hyperct.network.backbone", fromlist=["x"]).build_backbone(dict(TINY_BACKBONE), seed=3)
     a = backbone.state_dict()["model.layer.0.mlp.up_proj.weight"]
     assert not torch.equal(a, fresh.state_dict()["model.layer.0.mlp.up_proj.weight"])
     with pytest.raises(Exception, match="already exists"):
@@ -158,7 +158,7 @@ def test_volume_objective_needs_every_image_of_the_phantom():
 
 @pytest.mark.slow
 def test_pretraining_can_continue_from_a_backbone_folder_with_the_volume_objective(tmp_path):
-    from hyperct.model.backbone import build_backbone, save_backbone
+    from hyperct.network.backbone import build_backbone, save_backbone
     from hyperct.training.pretrain import load_pretrain_config, pretrain_backbone
 
     start = build_backbone(dict(TINY_BACKBONE), seed=11)

@@ -240,7 +240,7 @@ def test_bag_pretraining_logs_every_epoch_and_resume_continues_on_new_seeds(tmp_
     assert (out / "last" / "state.json").is_file() and (out / "model.safetensors").is_file()
     saved = {
         k: v.clone()
-        for k, v in __import__("hyperct.model.backbone", fromlist=["x"])
+        for k, v in __import__("hyperct.network.backbone", fromlist=["x"])
         .load_backbone(out)
         .state_dict()
         .items()
@@ -291,13 +291,13 @@ def test_bag_pretraining_logs_every_epoch_and_resume_continues_on_new_seeds(tmp_
     assert all(valid.cache.contains(valid._key(i)) for i in range(len(valid)))  # validation stays
     report = json.loads((out / "pretrain.json").read_text())
     assert len(report["log"]) == 3
-    moved = __import__("hyperct.model.backbone", fromlist=["x"]).load_backbone(out).state_dict()
+    moved = __import__("hyperct.network.backbone", fromlist=["x"]).load_backbone(out).state_dict()
     assert any(not torch.equal(moved[k], saved[k]) for k in saved)
 
 
 @pytest.mark.slow
 def test_resume_starts_from_the_saved_weights(tmp_path):
-    from hyperct.model.backbone import load_backbone
+    from hyperct.network.backbone import load_backbone
 
     cfg = _v1_config(tmp_path, epochs=1)
     out = tmp_path / "bb"

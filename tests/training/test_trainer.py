@@ -176,7 +176,7 @@ def test_external_dinov3_weights_stay_external_and_reload(tmp_path, synthetic):
     from safetensors.torch import load_file
 
     from hyperct.checkpoint import sha256_file
-    from hyperct.model.backbone import build_backbone, save_backbone
+    from hyperct.network.backbone import build_backbone, save_backbone
     from tests.engine.conftest import TINY_BACKBONE
 
     folder = save_backbone(build_backbone(dict(TINY_BACKBONE), seed=42), tmp_path / "dinov3")

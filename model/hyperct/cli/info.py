@@ -41,11 +41,11 @@ def card(args: argparse.Namespace, loaded=None) -> dict:
     import torch
 
     from hyperct.loading import load_model, resolve_device
-    from hyperct.model import HyperCT, HyperCTConfig
+    from hyperct.network import HyperCT, HyperCTConfig
 
     device = resolve_device(args.device)
     if args.config:
-        from hyperct.model.backbone import config_to_dict
+        from hyperct.network.backbone import config_to_dict
 
         model = HyperCT(HyperCTConfig(backbone=args.config))
         arch = dict(model.config.to_dict(), backbone=config_to_dict(model.backbone.config))

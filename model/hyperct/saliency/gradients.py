@@ -14,7 +14,7 @@ import torch
 from captum.attr import InputXGradient, LayerGradientXActivation
 
 from hyperct.inference import autocast_for
-from hyperct.model.backbone import encoder_layers
+from hyperct.network.backbone import encoder_layers
 from hyperct.saliency._passes import as_batch, evaluating, per_task_chunks, summed_logits
 
 TOKEN_GRADIENT_BLOCK = 1

@@ -178,7 +178,7 @@ def _betas(v):
 
 
 def _targets(v):
-    from hyperct.model.lora import LORA_TARGETS
+    from hyperct.network.lora import LORA_TARGETS
 
     if not isinstance(v, list | tuple) or not v:
         return f"a non-empty list of {', '.join(LORA_TARGETS)}"
@@ -187,7 +187,7 @@ def _targets(v):
 
 
 def _backbone(v):
-    from hyperct.model.backbone import BACKBONE_CONFIGS
+    from hyperct.network.backbone import BACKBONE_CONFIGS
 
     if isinstance(v, str):
         return None if v in BACKBONE_CONFIGS else f"one of {', '.join(BACKBONE_CONFIGS)} or a config mapping"

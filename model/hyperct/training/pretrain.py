@@ -69,7 +69,7 @@ import yaml
 from torch import nn
 
 from hyperct.errors import ConfigError
-from hyperct.model.backbone import (
+from hyperct.network.backbone import (
     build_backbone,
     config_to_dict,
     encoder_layers,

@@ -69,8 +69,8 @@ def seed_everything(seed: int) -> None:
 
 def build_model(cfg: dict):
     """A fresh HyperCT as the configuration describes (deterministic given ``seed``)."""
-    from hyperct.model import HyperCT, HyperCTConfig
-    from hyperct.model.backbone import build_backbone, config_to_dict, load_backbone
+    from hyperct.network import HyperCT, HyperCTConfig
+    from hyperct.network.backbone import build_backbone, config_to_dict, load_backbone
 
     mc = cfg["model"]
     seed = int(cfg["seed"])

@@ -21,9 +21,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from hyperct.model.backbone import build_backbone, encoder_layers
-from hyperct.model.lora import LORA_TARGETS
-from hyperct.model.network import HyperCT
+from hyperct.network.backbone import build_backbone, encoder_layers
+from hyperct.network.hyperct import HyperCT
+from hyperct.network.lora import LORA_TARGETS
 
 
 def _plain_backbone(model: HyperCT, *, copy_targets: bool) -> tuple[nn.Module, dict]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from hyperct.model.lora import GroupFactors
+from hyperct.network.lora import GroupFactors
 
 
 @dataclass

@@ -1,15 +1,15 @@
-"""The HyperCT model: frozen DINOv3 ViT backbone + LoRA-generating hypernetwork + shared head."""
+"""The HyperCT network: frozen DINOv3 ViT backbone + LoRA-generating hypernetwork + shared head."""
 
-from hyperct.model.backbone import (
+from hyperct.network.backbone import (
     BACKBONE_CONFIGS,
     backbone_config,
     build_backbone,
     load_backbone,
     save_backbone,
 )
-from hyperct.model.hypernet import HyperNetwork, LoRAFactors
-from hyperct.model.lora import LORA_TARGETS, MultiTaskLoRALinear
-from hyperct.model.network import HyperCT, HyperCTConfig
+from hyperct.network.hyperct import HyperCT, HyperCTConfig
+from hyperct.network.hypernet import HyperNetwork, LoRAFactors
+from hyperct.network.lora import LORA_TARGETS, MultiTaskLoRALinear
 
 __all__ = [
     "BACKBONE_CONFIGS",

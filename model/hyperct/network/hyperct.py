@@ -20,9 +20,9 @@ from torch import nn
 from transformers import AttentionInterface, DINOv3ViTModel
 
 from hyperct.findings import NUM_FINDINGS
-from hyperct.model.backbone import build_backbone, config_to_dict, encoder_layers
-from hyperct.model.hypernet import HyperNetwork, LoRAFactors
-from hyperct.model.lora import LORA_TARGETS, GroupFactors, LoRAState, MultiTaskLoRALinear, wrap_backbone
+from hyperct.network.backbone import build_backbone, config_to_dict, encoder_layers
+from hyperct.network.hypernet import HyperNetwork, LoRAFactors
+from hyperct.network.lora import LORA_TARGETS, GroupFactors, LoRAState, MultiTaskLoRALinear, wrap_backbone
 
 N_IMAGES = 55  # 165 slices / 3 (non-overlapping RGB triplets)
 
