@@ -3,4 +3,6 @@
 It only wires the ``hyperct`` engine to napari layers and widgets; it holds no model or imaging logic.
 """
 
-__version__ = "0.1.0"
+from hyperct import __version__  # one distribution, one version (package metadata)
+
+__all__ = ["__version__"]

@@ -6,7 +6,12 @@ The embedded default weights are a demo trained on synthetic phantoms: not a med
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from importlib import metadata as _metadata
+
+try:  # one version number: the distribution's (pyproject.toml [project] version)
+    __version__ = _metadata.version("hyperct-viewer")
+except _metadata.PackageNotFoundError:  # a source tree on sys.path, not installed
+    __version__ = "0+unknown"
 
 DISCLAIMER = "AI output, not a diagnosis."
 INTENDED_USE = (
