@@ -14,7 +14,9 @@ from pathlib import Path
 
 from hyperct_viewer.layers import ct_layer_data
 
-EXTENSIONS = (".dcm", ".nii", ".nii.gz", ".nrrd", ".mha")
+# the engine's hyperct.io.SUPPORTED_SUFFIXES and napari.yaml's filename_patterns, kept as a literal here so
+# that napari's reader probe does not import the engine's readers (tests/packaging/test_manifest.py)
+EXTENSIONS = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
 _SCAN_LIMIT = 400  # files looked at before deciding a folder holds no DICOM
 _DIR_LIMIT = 200  # sub-folders walked
 _TIME_LIMIT_S = 1.0  # never hold up napari's drop longer than this
@@ -22,7 +24,7 @@ _TIME_LIMIT_S = 1.0  # never hold up napari's drop longer than this
 _NOT_DICOM = (
     ".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".svg", ".heic",
     ".txt", ".md", ".csv", ".json", ".xml", ".html", ".pdf", ".doc", ".docx", ".xls", ".xlsx",
-    ".zip", ".gz", ".tar", ".7z", ".nii", ".nrrd", ".mha", ".mhd", ".raw", ".npy", ".npz",
+    ".zip", ".gz", ".tar", ".7z", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".raw", ".npy", ".npz",
     ".py", ".ipynb", ".mp4", ".avi", ".mov", ".mp3", ".wav",
 )  # fmt: skip
 
