@@ -11,6 +11,8 @@ from hyperct.errors import ConfigError
 from hyperct.training.config import DEFAULTS, FIELDS, load_config, parse_override, resolve
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+# the message names the file, before or after the cause
+_NAMES_FILE = r"^(?=.*c\.yaml)"
 
 
 def test_defaults_are_the_papers_protocol():
@@ -53,8 +55,12 @@ def test_yaml_and_overrides(tmp_path):
 @pytest.mark.parametrize(
     ("text", "overrides", "message"),
     [
-        ("optim:\n  learning_rate: 1e-4\n", [], r"c.yaml.*unknown configuration field 'optim.learning_rate'"),
-        ("optim:\n  lr: -1\n", [], r"c.yaml.*optim.lr: expected a positive number, got -1"),
+        (
+            "optim:\n  learning_rate: 1e-4\n",
+            [],
+            _NAMES_FILE + r".*unknown configuration field 'optim.learning_rate'",
+        ),
+        ("optim:\n  lr: -1\n", [], _NAMES_FILE + r".*optim.lr: expected a positive number, got -1"),
         ("train:\n  epochs: 2.5\n", [], r"train.epochs: expected a positive integer"),
         ("schedule:\n  name: linear\n", [], r"schedule.name: expected one of step, cosine, constant"),
         ("model:\n  backbone: vitl16\n", [], r"model.backbone: expected one of vitb16, demo"),
@@ -134,3 +140,49 @@ def test_shipped_configs_are_valid():
     valid_seeds = set(range(va["first_seed"], va["first_seed"] + va["count"]))
     assert not train_seeds & valid_seeds
     assert demo["data"]["cache_dir"] and 3e-4 <= demo["optim"]["lr"] <= 1e-3
+
+
+def test_typed_config_is_the_validated_mapping():
+    from hyperct.training.config import TrainConfig, load_train_config
+
+    for name in ("paper", "demo", "demo_v1"):
+        mapping = load_config(CONFIGS / f"{name}.yaml", ["optim.lr=2e-4"])
+        typed = load_train_config(CONFIGS / f"{name}.yaml", ["optim.lr=2e-4"])
+        assert typed.to_dict() == mapping and list(typed.to_dict()) == list(mapping)
+        assert typed.optim.lr == 2e-4 and typed.train.epochs == mapping["train"]["epochs"]
+        assert (
+            typed.data.train == mapping["data"]["train"]
+            and typed.model.targets == mapping["model"]["targets"]
+        )
+    assert TrainConfig().to_dict() == DEFAULTS
+    partial = TrainConfig.from_dict({"schedule": {"name": "cosine"}})
+    assert (
+        partial.schedule.name == "cosine" and partial.schedule.step_size == DEFAULTS["schedule"]["step_size"]
+    )
+    assert TrainConfig.coerce(partial) is partial
+
+
+@pytest.mark.parametrize(
+    ("mapping", "message"),
+    [
+        ({"optim": {"lr": 0}}, r"optim.lr: expected a positive number, got 0"),
+        ({"train": {"epoch": 3}}, r"unknown configuration field 'train.epoch'.*did you mean 'train.epochs'"),
+        ({"model": 3}, r"model: expected a mapping of fields, got 3"),
+        (
+            {"seed": -1, "optim": {"lr": 0}},
+            r"seed: expected an integer >= 0",
+        ),  # the first bad field, in declaration order
+    ],
+)
+def test_typed_config_rejects_what_load_config_rejects(mapping, message):
+    from hyperct.training.config import TrainConfig
+
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig.from_dict(mapping, source="x.yaml")
+    with pytest.raises(ConfigError, match=message):
+        resolve(mapping)
+
+
+def test_a_section_replaced_by_an_override_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"model: expected a mapping of fields, got 3"):
+        load_config(None, ["model=3"])

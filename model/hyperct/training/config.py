@@ -1,11 +1,13 @@
 """Training configuration: the paper's protocol as defaults, YAML files, ``--set a.b=value`` overrides.
 
-A configuration is a nested ``dict`` (what ``config.yaml`` in a run folder holds). ``DEFAULTS`` is
-the paper's protocol (Sec. 4.2: AdamW lr 1e-5, weight decay 0, 20 epochs, batch 8, lr x0.1 every
+A configuration has two forms: the nested ``dict`` that ``config.yaml`` in a run folder holds, and
+``TrainConfig``, dataclasses with one section per top-level key (``cfg.optim.lr``), built from the
+dict and validated once (``TrainConfig.from_dict``); the trainer reads the typed form. The defaults
+are the paper's protocol (Sec. 4.2: AdamW lr 1e-5, weight decay 0, 20 epochs, batch 8, lr x0.1 every
 15 epochs, one random available task per sample, BCE, best epoch by validation mean AUC, frozen
 DINOv3 ViT-B/16 backbone). ``load_config(path, overrides)`` merges a YAML file and command-line
-overrides onto the defaults and validates every field; a bad field raises ``ConfigError`` naming
-the file and the dotted field.
+overrides onto the defaults and validates every field (the dict form; ``load_train_config`` returns
+the typed form); a bad field raises ``ConfigError`` naming the dotted field, then the file.
 
 Fields (dotted name: default: meaning)
 
@@ -56,76 +58,18 @@ Fields (dotted name: default: meaning)
 from __future__ import annotations
 
 import copy
+import dataclasses
 import difflib
 import math
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
 from hyperct.errors import ConfigError
 
-DEFAULTS: dict[str, Any] = {
-    "seed": 0,
-    "output_dir": None,
-    "model": {
-        "name": "HyperCT",
-        "version": "1.0",
-        "demo": False,
-        "backbone": "vitb16",
-        "backbone_weights": None,
-        "train_backbone": False,
-        "include_backbone": False,
-        "backbone_source": None,
-        "rank": 16,
-        "alpha": 16.0,
-        "task_dim": 512,
-        "pos_dim": 64,
-        "hyper_hidden": 64,
-        "targets": ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"],
-    },
-    "data": {
-        "train": None,
-        "valid": None,
-        "cache_dir": None,
-        "cache_dtype": "uint8",
-        "num_workers": 0,
-        "prepare_workers": 1,
-        "tasks": None,
-    },
-    "optim": {
-        "name": "adamw",
-        "lr": 1.0e-5,
-        "weight_decay": 0.0,
-        "betas": [0.9, 0.999],
-        "eps": 1.0e-8,
-        "grad_clip": None,
-    },
-    "schedule": {
-        "name": "step",
-        "step_size": 15,
-        "gamma": 0.1,
-        "warmup_epochs": 0.0,
-        "warmup_start": 0.01,
-        "min_factor": 0.0,
-    },
-    "train": {
-        "epochs": 20,
-        "batch_size": 8,
-        "micro_batch": None,
-        "device": "auto",
-        "amp": "auto",
-        "valid_every": 1,
-        "valid_batch_size": 8,
-        "task_chunk": None,
-        "max_batches": None,
-        "task_draw": "uniform",
-        "positive_draw": 0.5,
-    },
-}
-
-# Fields whose value is a free-form mapping (validated elsewhere) rather than a leaf.
-_FREE_FORM = {"data.train", "data.valid", "model.backbone"}
+# --- checks of one value: None when it is valid, else what was expected -------------------------
 
 
 def _num(v: Any) -> bool:
@@ -219,70 +163,195 @@ def _tasks(v):
     return None
 
 
-CHECKS = {
-    "seed": _nonneg_int,
-    "output_dir": _opt(_str),
-    "model.name": _str,
-    "model.version": lambda v: (
-        None if isinstance(v, str | int | float) and str(v).strip() else "a version string"
-    ),
-    "model.demo": _bool,
-    "model.backbone": _backbone,
-    "model.backbone_weights": _opt(_str),
-    "model.train_backbone": _bool,
-    "model.include_backbone": _bool,
-    "model.backbone_source": _opt(_str),
-    "model.rank": _pos_int,
-    "model.alpha": _pos_num,
-    "model.task_dim": _pos_int,
-    "model.pos_dim": lambda v: None if _int(v) and v > 0 and v % 2 == 0 else "a positive even integer",
-    "model.hyper_hidden": _pos_int,
-    "model.targets": _targets,
-    "data.train": _dataset,
-    "data.valid": _dataset,
-    "data.cache_dir": _opt(_str),
-    "data.cache_dtype": _choice("uint8", "float16"),
-    "data.num_workers": _nonneg_int,
-    "data.prepare_workers": _nonneg_int,
-    "data.tasks": _tasks,
-    "optim.name": _choice("adamw"),
-    "optim.lr": _pos_num,
-    "optim.weight_decay": _nonneg_num,
-    "optim.betas": _betas,
-    "optim.eps": _pos_num,
-    "optim.grad_clip": _opt(_pos_num),
-    "schedule.name": _choice("step", "cosine", "constant"),
-    "schedule.step_size": _pos_int,
-    "schedule.gamma": _pos_num,
-    "schedule.warmup_epochs": _nonneg_num,
-    "schedule.warmup_start": _unit,
-    "schedule.min_factor": _unit,
-    "train.epochs": _pos_int,
-    "train.batch_size": _pos_int,
-    "train.micro_batch": _opt(_pos_int),
-    "train.device": _str,
-    "train.amp": _choice("auto", "off", "bf16"),
-    "train.valid_every": _pos_int,
-    "train.valid_batch_size": _pos_int,
-    "train.task_chunk": _opt(_pos_int),
-    "train.max_batches": _opt(_pos_int),
-    "train.task_draw": _choice("uniform", "positive"),
-    "train.positive_draw": _unit,
-}
+def _version(v):
+    return None if isinstance(v, str | int | float) and str(v).strip() else "a version string"
 
 
-def _leaf_fields(tree: dict, prefix: str = "") -> list[str]:
+def _even_pos_int(v):
+    return None if _int(v) and v > 0 and v % 2 == 0 else "a positive even integer"
+
+
+# --- the typed configuration -------------------------------------------------------------------
+
+
+def _field(default: Any, check, *, free_form: bool = False):
+    """A configuration field: its default, its check and whether its value is a free-form mapping
+    (a dataset description, a backbone config) that the field's own consumer validates further."""
+    meta = {"check": check, "free_form": free_form}
+    if isinstance(default, list | dict):
+        return dataclasses.field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+class _Section:
+    """A group of fields (one top-level key of the YAML). Built and validated by ``from_dict``."""
+
+    prefix: ClassVar[str] = ""
+
+    @classmethod
+    def from_dict(cls, values: dict | None = None, *, source: str | None = None):
+        """The section from a (possibly partial) mapping: missing fields keep their defaults, unknown
+        fields and invalid values raise ``ConfigError`` (field name first, then ``source``)."""
+        values = {} if values is None else values
+        if not isinstance(values, dict):
+            where = cls.prefix.rstrip(".") or "the configuration"
+            raise ConfigError(f"{where}: expected a mapping of fields, got {values!r}", path=source)
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        for key in values:
+            if key not in known:
+                raise _unknown(f"{cls.prefix}{key}", source)
+        kwargs = {}
+        for name, f in known.items():
+            if _is_section(f):
+                kwargs[name] = f.default_factory.from_dict(values.get(name), source=source)
+                continue
+            value = copy.deepcopy(values[name]) if name in values else _default(f)
+            problem = f.metadata["check"](value)
+            if problem:
+                raise ConfigError(f"{cls.prefix}{name}: expected {problem}, got {value!r}", path=source)
+            kwargs[name] = value
+        return cls(**kwargs)
+
+    def to_dict(self) -> dict:
+        """The mapping ``config.yaml`` holds (field order as declared)."""
+        return {
+            f.name: (
+                getattr(self, f.name).to_dict() if _is_section(f) else copy.deepcopy(getattr(self, f.name))
+            )
+            for f in dataclasses.fields(self)
+        }
+
+
+def _is_section(f: dataclasses.Field) -> bool:
+    return isinstance(f.default_factory, type) and issubclass(f.default_factory, _Section)
+
+
+def _default(f: dataclasses.Field) -> Any:
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default
+
+
+def _section(cls):
+    return dataclasses.field(default_factory=cls)
+
+
+@dataclass
+class ModelSection(_Section):
+    """``model.*``: the architecture (``HyperCTConfig``), the backbone and the manifest's name."""
+
+    prefix: ClassVar[str] = "model."
+    name: str = _field("HyperCT", _str)
+    version: str | int | float = _field("1.0", _version)
+    demo: bool = _field(False, _bool)
+    backbone: str | dict = _field("vitb16", _backbone, free_form=True)
+    backbone_weights: str | None = _field(None, _opt(_str))
+    train_backbone: bool = _field(False, _bool)
+    include_backbone: bool = _field(False, _bool)
+    backbone_source: str | None = _field(None, _opt(_str))
+    rank: int = _field(16, _pos_int)
+    alpha: float = _field(16.0, _pos_num)
+    task_dim: int = _field(512, _pos_int)
+    pos_dim: int = _field(64, _even_pos_int)
+    hyper_hidden: int = _field(64, _pos_int)
+    targets: list[str] = _field(["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"], _targets)
+
+
+@dataclass
+class DataSection(_Section):
+    """``data.*``: the dataset descriptions (``hyperct.training.datasets``) and the cache."""
+
+    prefix: ClassVar[str] = "data."
+    train: dict | None = _field(None, _dataset, free_form=True)
+    valid: dict | None = _field(None, _dataset, free_form=True)
+    cache_dir: str | None = _field(None, _opt(_str))
+    cache_dtype: str = _field("uint8", _choice("uint8", "float16"))
+    num_workers: int = _field(0, _nonneg_int)
+    prepare_workers: int = _field(1, _nonneg_int)
+    tasks: list[str] | None = _field(None, _tasks)
+
+
+@dataclass
+class OptimSection(_Section):
+    """``optim.*``: AdamW."""
+
+    prefix: ClassVar[str] = "optim."
+    name: str = _field("adamw", _choice("adamw"))
+    lr: float = _field(1.0e-5, _pos_num)
+    weight_decay: float = _field(0.0, _nonneg_num)
+    betas: list[float] = _field([0.9, 0.999], _betas)
+    eps: float = _field(1.0e-8, _pos_num)
+    grad_clip: float | None = _field(None, _opt(_pos_num))
+
+
+@dataclass
+class ScheduleSection(_Section):
+    """``schedule.*``: the learning-rate schedule (``hyperct.training.trainer.lr_factor``)."""
+
+    prefix: ClassVar[str] = "schedule."
+    name: str = _field("step", _choice("step", "cosine", "constant"))
+    step_size: int = _field(15, _pos_int)
+    gamma: float = _field(0.1, _pos_num)
+    warmup_epochs: float = _field(0.0, _nonneg_num)
+    warmup_start: float = _field(0.01, _unit)
+    min_factor: float = _field(0.0, _unit)
+
+
+@dataclass
+class TrainSection(_Section):
+    """``train.*``: epochs, batches, device, validation and the task draw."""
+
+    prefix: ClassVar[str] = "train."
+    epochs: int = _field(20, _pos_int)
+    batch_size: int = _field(8, _pos_int)
+    micro_batch: int | None = _field(None, _opt(_pos_int))
+    device: str = _field("auto", _str)
+    amp: str = _field("auto", _choice("auto", "off", "bf16"))
+    valid_every: int = _field(1, _pos_int)
+    valid_batch_size: int = _field(8, _pos_int)
+    task_chunk: int | None = _field(None, _opt(_pos_int))
+    max_batches: int | None = _field(None, _opt(_pos_int))
+    task_draw: str = _field("uniform", _choice("uniform", "positive"))
+    positive_draw: float = _field(0.5, _unit)
+
+
+@dataclass
+class TrainConfig(_Section):
+    """The whole training configuration, typed: ``cfg.seed``, ``cfg.optim.lr``, ``cfg.train.epochs`` ...
+
+    ``TrainConfig.from_dict(mapping, source=FILE)`` validates every field once (missing fields keep
+    the paper's defaults); ``to_dict()`` gives back the mapping ``config.yaml`` holds.
+    """
+
+    seed: int = _field(0, _nonneg_int)
+    output_dir: str | None = _field(None, _opt(_str))
+    model: ModelSection = _section(ModelSection)
+    data: DataSection = _section(DataSection)
+    optim: OptimSection = _section(OptimSection)
+    schedule: ScheduleSection = _section(ScheduleSection)
+    train: TrainSection = _section(TrainSection)
+
+    @classmethod
+    def coerce(cls, cfg: TrainConfig | dict, *, source: str | None = None) -> TrainConfig:
+        """``cfg`` as a ``TrainConfig`` (a mapping is validated; a ``TrainConfig`` is returned as is)."""
+        return cfg if isinstance(cfg, TrainConfig) else cls.from_dict(cfg, source=source)
+
+
+def _leaf_fields(cls: type[_Section], prefix: str = "") -> list[tuple[str, dataclasses.Field]]:
+    """(dotted name, field) of every value field, in declaration order (sections expanded)."""
     out = []
-    for k, v in tree.items():
-        name = f"{prefix}{k}"
-        if isinstance(v, dict) and name not in _FREE_FORM:
-            out += _leaf_fields(v, name + ".")
+    for f in dataclasses.fields(cls):
+        if _is_section(f):
+            out += _leaf_fields(f.default_factory, f"{prefix}{f.name}.")
         else:
-            out.append(name)
+            out.append((f"{prefix}{f.name}", f))
     return out
 
 
-FIELDS: tuple[str, ...] = tuple(_leaf_fields(DEFAULTS))
+_LEAVES = _leaf_fields(TrainConfig)
+FIELDS: tuple[str, ...] = tuple(name for name, _ in _LEAVES)
+CHECKS = {name: f.metadata["check"] for name, f in _LEAVES}
+# Fields whose value is a free-form mapping (validated elsewhere) rather than a section of fields.
+_FREE_FORM = {name for name, f in _LEAVES if f.metadata["free_form"]}
+DEFAULTS: dict[str, Any] = TrainConfig().to_dict()
 
 
 def default_config() -> dict:
@@ -387,13 +456,7 @@ def read_yaml(path: str | Path) -> dict:
 
 def validate(cfg: dict, *, source: str | None = None) -> dict:
     """Check every field; returns ``cfg``. Raises ``ConfigError`` naming the first bad field."""
-    for name in FIELDS:
-        node: Any = cfg
-        for part in name.split("."):
-            node = node[part]
-        problem = CHECKS[name](node)
-        if problem:
-            raise ConfigError(f"{name}: expected {problem}, got {node!r}", path=source)
+    TrainConfig.from_dict(cfg, source=source)
     return cfg
 
 
@@ -422,5 +485,14 @@ def load_config(path: str | Path | None, overrides: list[str] | dict | None = No
     return resolve(read_yaml(path), overrides, source=str(path))
 
 
-def dump_config(cfg: dict) -> str:
+def load_train_config(path: str | Path | None, overrides: list[str] | dict | None = None) -> TrainConfig:
+    """``load_config`` in the typed form."""
+    if path is None:
+        return TrainConfig.from_dict(resolve(None, overrides))
+    return TrainConfig.from_dict(resolve(read_yaml(path), overrides, source=str(path)), source=str(path))
+
+
+def dump_config(cfg: dict | TrainConfig) -> str:
+    if isinstance(cfg, TrainConfig):
+        cfg = cfg.to_dict()
     return yaml.safe_dump(cfg, sort_keys=False, default_flow_style=None)

@@ -39,7 +39,7 @@ from hyperct.errors import ConfigError, DatasetError
 from hyperct.findings import catalogue
 from hyperct.training import distributed as D
 from hyperct.training.cache import PreprocessCache
-from hyperct.training.config import dump_config
+from hyperct.training.config import ScheduleSection, TrainConfig, dump_config
 from hyperct.training.datasets import VolumeDataset, build_dataset
 from hyperct.training.metrics import macro_auc, roc_auc
 from hyperct.training.progress import progress_bar
@@ -67,32 +67,32 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_model(cfg: dict):
+def build_model(cfg: TrainConfig | dict):
     """A fresh HyperCT as the configuration describes (deterministic given ``seed``)."""
     from hyperct.network import HyperCT, HyperCTConfig
     from hyperct.network.backbone import build_backbone, config_to_dict, load_backbone
 
-    mc = cfg["model"]
-    seed = int(cfg["seed"])
-    if mc["backbone_weights"]:
-        backbone = load_backbone(mc["backbone_weights"])
+    cfg = TrainConfig.coerce(cfg)
+    mc = cfg.model
+    if mc.backbone_weights:
+        backbone = load_backbone(mc.backbone_weights)
         spec = config_to_dict(backbone.config)
     else:
-        backbone = build_backbone(mc["backbone"], seed=seed)
-        spec = mc["backbone"] if isinstance(mc["backbone"], str) else dict(mc["backbone"])
+        backbone = build_backbone(mc.backbone, seed=cfg.seed)
+        spec = mc.backbone if isinstance(mc.backbone, str) else dict(mc.backbone)
     hc = HyperCTConfig(
         backbone=spec,
-        task_dim=mc["task_dim"],
-        pos_dim=mc["pos_dim"],
-        hyper_hidden=mc["hyper_hidden"],
-        rank=mc["rank"],
-        alpha=float(mc["alpha"]),
-        targets=list(mc["targets"]),
+        task_dim=mc.task_dim,
+        pos_dim=mc.pos_dim,
+        hyper_hidden=mc.hyper_hidden,
+        rank=mc.rank,
+        alpha=float(mc.alpha),
+        targets=list(mc.targets),
     )
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed + 1)
+        torch.manual_seed(cfg.seed + 1)
         model = HyperCT(hc, backbone=backbone)
-    model.set_backbone_trainable(bool(mc["train_backbone"]))
+    model.set_backbone_trainable(bool(mc.train_backbone))
     # DINOv3's mask token only serves masked-image pre-training: it never gets a gradient here
     # (and DistributedDataParallel refuses parameters without one).
     mask_token = getattr(model.backbone.embeddings, "mask_token", None)
@@ -101,21 +101,27 @@ def build_model(cfg: dict):
     return model
 
 
-def lr_factor(sched: dict, epoch: int, step: int, steps_per_epoch: int, epochs: int) -> float:
-    """Multiplier of the base learning rate at ``step`` of ``epoch`` (both 0-based)."""
+def lr_factor(
+    sched: ScheduleSection | dict, epoch: int, step: int, steps_per_epoch: int, epochs: int
+) -> float:
+    """Multiplier of the base learning rate at ``step`` of ``epoch`` (both 0-based).
+
+    ``sched``: the ``schedule`` section (a mapping may leave fields out: they keep their defaults).
+    """
+    if not isinstance(sched, ScheduleSection):
+        sched = ScheduleSection.from_dict(sched)
     t = epoch + step / max(steps_per_epoch, 1)  # epochs done so far
-    warm = float(sched.get("warmup_epochs") or 0.0)
+    warm = float(sched.warmup_epochs or 0.0)
     f_warm = 1.0
     if warm > 0 and t < warm:
-        start = float(sched.get("warmup_start", 0.01))
+        start = float(sched.warmup_start)
         f_warm = start + (1.0 - start) * t / warm
-    name = sched["name"]
-    if name == "step":
-        main = float(sched["gamma"]) ** (epoch // int(sched["step_size"]))
-    elif name == "cosine":
+    if sched.name == "step":
+        main = float(sched.gamma) ** (epoch // int(sched.step_size))
+    elif sched.name == "cosine":
         span = max(epochs - warm, 1e-9)
         progress = min(max((t - warm) / span, 0.0), 1.0)
-        floor = float(sched.get("min_factor", 0.0))
+        floor = float(sched.min_factor)
         main = floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
     else:
         main = 1.0
@@ -281,7 +287,7 @@ def validation_metrics(labels: np.ndarray, logits: np.ndarray, tasks: list[int])
     return {"val_auc": aucs, "val_mean_auc": macro_auc(list(aucs.values())), "val_loss": loss}
 
 
-# --- the run -----------------------------------------------------------------------------------
+# --- the run folder ----------------------------------------------------------------------------
 
 
 def _prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
@@ -304,6 +310,19 @@ def _prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
         for p in ours:
             shutil.rmtree(p) if p.is_dir() else p.unlink()
     run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _run_folder(run_dir: Path, dist: D.DistInfo, *, resume: bool, overwrite: bool) -> None:
+    """Stage 1, the run folder: rank 0 checks and prepares it, the other ranks learn the outcome."""
+    problem = None
+    if dist.is_main:
+        try:
+            _prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
+        except ConfigError as exc:
+            problem = str(exc)
+    problem = D.broadcast_object(dist, problem)
+    if problem:
+        raise ConfigError(problem)
 
 
 def _read_log(path: Path, upto_epoch: int) -> list[dict]:
@@ -329,37 +348,326 @@ def _jsonable(x):
     return x
 
 
-def _manifest(model, cfg, *, epoch, val, data_desc, dist, device, backbone_sha):
+# --- the data and the task masks -----------------------------------------------------------------
+
+
+@dataclass
+class _Data:
+    """What training reads: the datasets, which tasks each training volume may draw, which
+    findings are validated, and their description for the manifest."""
+
+    train: VolumeDataset
+    valid: VolumeDataset | None
+    available: np.ndarray  # (N, 25) bool: labelled (0/1) and among data.tasks
+    val_tasks: list[int]  # findings with both classes in the validation data
+    desc: dict
+
+
+def _datasets(cfg: TrainConfig, dist: D.DistInfo, source: str | None):
+    """``data.train`` / ``data.valid`` built from their descriptions (through the cache)."""
+    dc = cfg.data
+    cache = PreprocessCache(dc.cache_dir, dc.cache_dtype) if dc.cache_dir else None
+    if not dc.train:
+        raise ConfigError("data.train: required (a dataset description)", path=source)
+
+    def make(key):
+        spec = getattr(dc, key)
+        if not spec:
+            return None
+        return build_dataset(
+            spec,
+            cache=cache,
+            field=f"data.{key}",
+            source=source,
+            rank=dist.rank,
+            world=dist.world,
+            barrier=lambda: D.barrier(dist),
+            progress=dist.is_main,
+            workers=max(1, int(dc.prepare_workers)),
+        )
+
+    return make("train"), make("valid"), cache
+
+
+def _load_data(
+    cfg: TrainConfig,
+    datasets: tuple[VolumeDataset, VolumeDataset | None] | None,
+    dist: D.DistInfo,
+    source: str | None,
+) -> _Data:
+    """Stage 2, data and task masks."""
+    cache = None
+    if datasets is not None:
+        train_ds, valid_ds = datasets
+        if cfg.data.cache_dir:
+            cache = PreprocessCache(cfg.data.cache_dir, cfg.data.cache_dtype)
+    else:
+        train_ds, valid_ds, cache = _datasets(cfg, dist, source)
+    mask = np.zeros(len(catalogue()), dtype=bool)
+    mask[catalogue().indices(cfg.data.tasks)] = True
+    available = ((train_ds.labels == 0) | (train_ds.labels == 1)) & mask[None, :]
+    if not available.any():
+        raise DatasetError(
+            "the training data have no labels for the findings being trained", path=train_ds.source
+        )
+    val_tasks: list[int] = []
+    if valid_ds is not None:
+        for k in np.flatnonzero(mask):
+            y = valid_ds.labels[:, k]
+            if (y == 1).any() and (y == 0).any():
+                val_tasks.append(int(k))
+        if not val_tasks:
+            raise DatasetError(
+                "the validation data have no finding with both positive and negative labels: AUC is undefined",
+                path=valid_ds.source,
+                hint="use a larger validation set, or set data.valid: null to keep the last epoch",
+            )
+    desc = {"train": train_ds.describe()}
+    if valid_ds is not None:
+        desc["valid"] = valid_ds.describe()
+    if cache is not None:
+        desc["cache"] = cache.describe()
+    desc["tasks"] = cfg.data.tasks or "all labelled"
+    return _Data(train_ds, valid_ds, available, val_tasks, desc)
+
+
+# --- the model and the optimiser -----------------------------------------------------------------
+
+
+@dataclass
+class _Trainable:
+    """The model, its trained parameters (and their names, for the resume state) and AdamW."""
+
+    model: torch.nn.Module
+    params: list[torch.nn.Parameter]
+    param_names: list[str]
+    optimizer: torch.optim.Optimizer
+    backbone_sha: str | None  # of the external backbone weights it was built on (frozen ones only)
+
+
+def _model_and_optimiser(cfg: TrainConfig, device: torch.device) -> _Trainable:
+    """Stage 3, model and optimiser (the model's initialisation is drawn from ``seed``)."""
+    from hyperct.checkpoint import sha256_file
+
+    mc, oc = cfg.model, cfg.optim
+    model = build_model(cfg).to(device)
+    backbone_sha = None
+    if mc.backbone_weights and not mc.train_backbone:
+        backbone_sha = sha256_file(Path(mc.backbone_weights) / "model.safetensors")
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    params = [p for _, p in named]
+    optimizer = torch.optim.AdamW(
+        params,
+        lr=oc.lr,
+        betas=tuple(oc.betas),
+        eps=oc.eps,
+        weight_decay=oc.weight_decay,
+        foreach=False,
+    )
+    return _Trainable(model, params, [n for n, _ in named], optimizer, backbone_sha)
+
+
+# --- where the run stands: restore -------------------------------------------------------------
+
+
+@dataclass
+class _Progress:
+    """Where the run stands after ``start_epoch`` epochs (saved in ``last/state.json``)."""
+
+    start_epoch: int = 0
+    global_step: int = 0
+    best_epoch: int | None = None
+    best_metric: float = -math.inf
+    best_val: dict | None = None
+    log: list[dict] = field(default_factory=list)
+
+    def record(self, epoch: int, val: dict | None, validated_data: bool) -> bool:
+        """Keep ``epoch`` (1-based) as the best one if it is; returns whether it is. Without
+        validation data every epoch is the best so far (``best/`` is the last epoch)."""
+        improved = (not validated_data) or (val is not None and val["val_mean_auc"] > self.best_metric)
+        if improved:
+            self.best_epoch, self.best_val = epoch, val
+            if val is not None:
+                self.best_metric = val["val_mean_auc"]
+        return improved
+
+
+def _restore(
+    run_dir: Path, run: _Trainable, cfg: TrainConfig, dist: D.DistInfo, echo: Callable[[str], None]
+) -> _Progress:
+    """Stage 4, restore: weights, AdamW moments and RNG states from ``last/``; the log up to there."""
+    doc = load_state(
+        run_dir / "last",
+        run.model,
+        run.optimizer,
+        run.param_names,
+        include_backbone=bool(cfg.model.train_backbone),
+    )
+    if int(doc.get("world_size", 1)) != dist.world:
+        echo(f"note: resuming a {doc.get('world_size')}-process run with {dist.world} processes")
+    best_metric = doc.get("best_metric")
+    state = _Progress(
+        start_epoch=int(doc["epoch"]),
+        global_step=int(doc["global_step"]),
+        best_epoch=doc.get("best_epoch"),
+        best_metric=-math.inf if best_metric is None else float(best_metric),
+        best_val=doc.get("best_val"),
+    )
+    state.log = _read_log(run_dir / "log.jsonl", state.start_epoch)
+    if dist.is_main:
+        _write_log(run_dir / "log.jsonl", state.log)
+    return state
+
+
+# --- one epoch ---------------------------------------------------------------------------------
+
+
+def _train_epoch(
+    net,
+    run: _Trainable,
+    data: _Data,
+    cfg: TrainConfig,
+    epoch: int,
+    state: _Progress,
+    device: torch.device,
+    dist: D.DistInfo,
+) -> dict:
+    """Stage 5, one epoch: the epoch's plan, then one optimiser step per global batch. Returns the
+    log entry's training part (loss, lr, samples, steps); advances ``state.global_step``."""
+    tc, oc = cfg.train, cfg.optim
+    epochs = int(tc.epochs)
+    positive_draw = tc.task_draw == "positive"
+    order, tasks = epoch_plan(
+        cfg.seed,
+        epoch,
+        data.available,
+        positive=(data.train.labels == 1) if positive_draw else None,
+        positive_draw=float(tc.positive_draw) if positive_draw else 0.0,
+    )
+    batches = rank_batches(len(order), int(tc.batch_size), dist.rank, dist.world)
+    if tc.max_batches:
+        batches = batches[: tc.max_batches]
+    steps = len(batches)
+    loader = _loader(
+        _PlanDataset(data.train, order, tasks),
+        [b for b, _ in batches],
+        cfg.data.num_workers,
+        cfg.seed + epoch,
+    )
+    run.model.train()
+    loss_sum = torch.zeros(2, dtype=torch.float64)
+    bar = progress_bar(
+        loader, desc=f"epoch {epoch + 1}/{epochs}", total=steps, unit="batch", enabled=dist.is_main
+    )
+    lr = oc.lr
+    for step, ((pixels, y, t, w), (_, n_global)) in enumerate(zip(bar, batches)):
+        lr = oc.lr * lr_factor(cfg.schedule, epoch, step, steps, epochs)
+        for g in run.optimizer.param_groups:
+            g["lr"] = lr
+        run.optimizer.zero_grad(set_to_none=True)
+        _accumulate(
+            net, (pixels, y, t, w), tc.micro_batch, dist.world / n_global, loss_sum, device, tc.amp, dist
+        )
+        if oc.grad_clip:
+            torch.nn.utils.clip_grad_norm_(run.params, oc.grad_clip)
+        run.optimizer.step()
+        state.global_step += 1
+        if dist.is_main and hasattr(bar, "set_postfix"):
+            bar.set_postfix(loss=f"{loss_sum[0] / max(loss_sum[1], 1):.4f}", lr=f"{lr:.2e}", refresh=False)
+    D.all_reduce_sum(dist, loss_sum)
+    return {
+        "epoch": epoch + 1,
+        "train_loss": float(loss_sum[0] / max(float(loss_sum[1]), 1.0)),
+        "lr": lr,
+        "samples": int(loss_sum[1]),
+        "steps": steps,
+        "global_step": state.global_step,
+    }
+
+
+def _accumulate(net, batch, micro_batch, scale, loss_sum, device, amp, dist) -> None:
+    """Gradients of one global batch's weighted BCE (this rank's share), ``micro_batch`` samples per
+    forward/backward (DDP synchronises on the last one); adds (loss sum, weight sum) to ``loss_sum``."""
+    pixels, y, t, w = batch
+    mb = micro_batch or len(y)
+    chunks = list(range(0, len(y), mb))
+    for ci, s in enumerate(chunks):
+        sync = contextlib.nullcontext()
+        if dist.enabled and ci < len(chunks) - 1:
+            sync = net.no_sync()
+        with sync:
+            with _autocast(device, amp):
+                logits = net(pixels[s : s + mb].to(device), t[s : s + mb].to(device), paired=True)
+            bce = F.binary_cross_entropy_with_logits(
+                logits.float(), y[s : s + mb].to(device), reduction="none"
+            )
+            wt = w[s : s + mb].to(device)
+            (bce * wt).sum().mul(scale).backward()
+        loss_sum[0] += float((bce.detach() * wt).sum())
+        loss_sum[1] += float(wt.sum())
+
+
+# --- validate ------------------------------------------------------------------------------------
+
+
+def _validate(
+    model, data: _Data, cfg: TrainConfig, epoch: int, device: torch.device, dist: D.DistInfo
+) -> dict | None:
+    """Stage 6, validate: the AUC per finding, their mean and the loss after ``epoch`` (0-based)
+    when it is a validation epoch (every ``valid_every`` and the last), else None."""
+    tc = cfg.train
+    last_epoch = epoch + 1 == tc.epochs
+    if data.valid is None or not ((epoch + 1) % tc.valid_every == 0 or last_epoch):
+        return None
+    logits = score_dataset(
+        model,
+        data.valid,
+        data.val_tasks,
+        device=device,
+        amp=tc.amp,
+        batch_size=tc.valid_batch_size,
+        task_chunk=tc.task_chunk,
+        workers=cfg.data.num_workers,
+        dist=dist,
+        desc=f"validate {epoch + 1}/{tc.epochs}",
+    )
+    return validation_metrics(data.valid.labels, logits, data.val_tasks)
+
+
+# --- save ------------------------------------------------------------------------------------
+
+
+def _manifest(model, cfg: TrainConfig, *, epoch, val, data_desc, dist, device, backbone_sha):
     from hyperct.checkpoint import build_manifest
 
-    mc = cfg["model"]
-    external = bool(mc["backbone_weights"]) and not mc["train_backbone"] and not mc["include_backbone"]
-    if mc["backbone_weights"]:
-        source = f"DINOv3 weights from {mc['backbone_weights']}" + (
-            " (fine-tuned during training)" if mc["train_backbone"] else ""
+    mc = cfg.model
+    external = bool(mc.backbone_weights) and not mc.train_backbone and not mc.include_backbone
+    if mc.backbone_weights:
+        source = f"DINOv3 weights from {mc.backbone_weights}" + (
+            " (fine-tuned during training)" if mc.train_backbone else ""
         )
     else:
-        name = mc["backbone"] if isinstance(mc["backbone"], str) else "custom"
-        source = f"random initialisation of the '{name}' configuration (seed {cfg['seed']})" + (
-            ", trained with the hypernetwork" if mc["train_backbone"] else ", frozen"
+        name = mc.backbone if isinstance(mc.backbone, str) else "custom"
+        source = f"random initialisation of the '{name}' configuration (seed {cfg.seed})" + (
+            ", trained with the hypernetwork" if mc.train_backbone else ", frozen"
         )
-    if mc["backbone_source"]:
-        source = mc["backbone_source"]
+    if mc.backbone_source:
+        source = mc.backbone_source
     training = {
         "protocol": "HyperCT paper Sec. 4.2 (one random available task per volume, BCE, best epoch by validation mean AUC)",
-        "seed": cfg["seed"],
-        "epochs": cfg["train"]["epochs"],
+        "seed": cfg.seed,
+        "epochs": cfg.train.epochs,
         "best_epoch": epoch,
-        "batch_size": cfg["train"]["batch_size"],
-        "optimizer": dict(cfg["optim"]),
-        "schedule": dict(cfg["schedule"]),
-        "backbone_trained": bool(mc["train_backbone"]),
+        "batch_size": cfg.train.batch_size,
+        "optimizer": cfg.optim.to_dict(),
+        "schedule": cfg.schedule.to_dict(),
+        "backbone_trained": bool(mc.train_backbone),
         "world_size": dist.world,
         "device": str(device),
-        "amp": cfg["train"]["amp"],
+        "amp": cfg.train.amp,
         "torch": torch.__version__,
         "data": data_desc,
-        "config": cfg,
+        "config": cfg.to_dict(),
     }
     metrics = {}
     if val:
@@ -377,11 +685,11 @@ def _manifest(model, cfg, *, epoch, val, data_desc, dist, device, backbone_sha):
     text = f"train: {train_d.get('source')} ({train_d.get('n')} volumes)"
     if "valid" in data_desc:
         text += f"; validation: {data_desc['valid'].get('source')} ({data_desc['valid'].get('n')} volumes)"
-    extra = {"demo": True} if mc.get("demo") else None
+    extra = {"demo": True} if mc.demo else None
     return build_manifest(
         model,
-        model_name=mc["name"],
-        model_version=str(mc["version"]),
+        model_name=mc.name,
+        model_version=str(mc.version),
         backbone_weights="external" if external else "included",
         backbone_source=source,
         training=_jsonable(training),
@@ -392,12 +700,86 @@ def _manifest(model, cfg, *, epoch, val, data_desc, dist, device, backbone_sha):
     )
 
 
+def _save_epoch(
+    run_dir: Path,
+    run: _Trainable,
+    cfg: TrainConfig,
+    data: _Data,
+    state: _Progress,
+    entry: dict,
+    val: dict | None,
+    *,
+    improved: bool,
+    steps: int,
+    dist: D.DistInfo,
+    device: torch.device,
+) -> None:
+    """Stage 7, save (rank 0): ``best/`` when the epoch improved, the log line, ``last/``."""
+    from hyperct.checkpoint import save_checkpoint
+
+    epoch, epochs, lr = entry["epoch"], int(cfg.train.epochs), entry["lr"]
+    if improved:
+        manifest = _manifest(
+            run.model,
+            cfg,
+            epoch=epoch,
+            val=val,
+            data_desc=data.desc,
+            dist=dist,
+            device=device,
+            backbone_sha=run.backbone_sha,
+        )
+        save_checkpoint(
+            run.model,
+            run_dir / "best",
+            manifest,
+            overwrite=True,
+            extra_files={"config.yaml": dump_config(cfg)},
+        )
+    state.log.append(_jsonable(entry))
+    _write_log(run_dir / "log.jsonl", state.log)
+    save_state(
+        run_dir / "last",
+        run.model,
+        run.optimizer,
+        run.param_names,
+        include_backbone=bool(cfg.model.train_backbone),
+        state={
+            "epoch": epoch,
+            "global_step": state.global_step,
+            "best_epoch": state.best_epoch,
+            "best_metric": state.best_metric if math.isfinite(state.best_metric) else None,
+            "best_val": _jsonable(state.best_val),
+            "scheduler": {
+                "name": cfg.schedule.name,
+                "epoch": epoch,
+                "last_lr": lr,
+                "factor_next_epoch": lr_factor(cfg.schedule, epoch, 0, steps, epochs),
+            },
+            "world_size": dist.world,
+            "torch_threads": torch.get_num_threads(),
+            "saved": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "host": platform.node(),
+        },
+    )
+
+
+# --- the run -----------------------------------------------------------------------------------
+
+
 def _echo_default(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+def _epoch_message(entry: dict, val: dict | None, epochs: int, improved: bool) -> str:
+    msg = f"epoch {entry['epoch']}/{epochs}: loss {entry['train_loss']:.4f}  lr {entry['lr']:.2e}"
+    if val:
+        msg += f"  val mean AUC {val['val_mean_auc']:.4f}  val loss {val['val_loss']:.4f}"
+    return msg + f"  {entry['seconds']:.0f} s" + ("  (best)" if improved else "")
+
+
 def train(
-    cfg: dict,
+    cfg: TrainConfig | dict,
     run_dir: str | Path | None = None,
     *,
     resume: bool = False,
@@ -409,313 +791,104 @@ def train(
 ) -> TrainResult:
     """Run (or resume) training as ``cfg`` describes; returns where the results are.
 
-    ``datasets`` replaces ``data.train``/``data.valid`` (tests, custom data);
-    ``on_epoch_end(entry)`` is called on every rank after an epoch is logged and saved (raise in
-    it to stop, e.g. to simulate an interruption).
+    ``cfg``: a ``TrainConfig`` or its mapping (validated here). ``datasets`` replaces
+    ``data.train``/``data.valid`` (tests, custom data); ``on_epoch_end(entry)`` is called on every
+    rank after an epoch is logged and saved (raise in it to stop, e.g. to simulate an interruption).
+
+    Stages: the run folder, the data and task masks, the model and optimiser, restore (``resume``),
+    then per epoch: one epoch of training, validate, save.
     """
-    from hyperct.checkpoint import save_checkpoint, sha256_file
     from hyperct.loading import resolve_device
 
     echo = echo or (lambda _m: None)
-    run_dir = Path(run_dir or cfg.get("output_dir") or "")
+    cfg = TrainConfig.coerce(cfg, source=config_source)
+    run_dir = Path(run_dir or cfg.output_dir or "")
     if not str(run_dir) or str(run_dir) == ".":
         raise ConfigError(
             "no run folder: set output_dir in the configuration or pass --out DIR", path=config_source
         )
-    tc, mc = cfg["train"], cfg["model"]
-    if mc["backbone_weights"] is None and mc["backbone"] == "vitb16" and not mc["train_backbone"]:
+    tc, mc = cfg.train, cfg.model
+    if mc.backbone_weights is None and mc.backbone == "vitb16" and not mc.train_backbone:
         echo(
             "warning: a randomly initialised, frozen ViT-B/16 backbone: set model.backbone_weights to a DINOv3 folder"
         )
 
-    device = resolve_device(tc["device"])
+    device = resolve_device(tc.device)
     dist = D.init_distributed(device.type)
     if dist.enabled and device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)
     try:
-        if tc["batch_size"] < dist.world:
+        if tc.batch_size < dist.world:
             raise ConfigError(
-                f"train.batch_size ({tc['batch_size']}) is smaller than the number of processes ({dist.world})",
+                f"train.batch_size ({tc.batch_size}) is smaller than the number of processes ({dist.world})",
                 path=config_source,
             )
-        # the run folder: rank 0 decides, the others learn the outcome
-        problem = None
-        if dist.is_main:
-            try:
-                _prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
-            except ConfigError as exc:
-                problem = str(exc)
-        problem = D.broadcast_object(dist, problem)
-        if problem:
-            raise ConfigError(problem)
-        seed = int(cfg["seed"])
-        seed_everything(seed)
-
-        # data
-        cache = None
-        if cfg["data"]["cache_dir"]:
-            cache = PreprocessCache(cfg["data"]["cache_dir"], cfg["data"]["cache_dtype"])
-        if datasets is not None:
-            train_ds, valid_ds = datasets
-        else:
-            if not cfg["data"]["train"]:
-                raise ConfigError("data.train: required (a dataset description)", path=config_source)
-
-            def make(key):
-                spec = cfg["data"][key]
-                if not spec:
-                    return None
-                return build_dataset(
-                    spec,
-                    cache=cache,
-                    field=f"data.{key}",
-                    source=config_source,
-                    rank=dist.rank,
-                    world=dist.world,
-                    barrier=lambda: D.barrier(dist),
-                    progress=dist.is_main,
-                    workers=max(1, int(cfg["data"]["prepare_workers"])),
-                )
-
-            train_ds, valid_ds = make("train"), make("valid")
-        mask = np.zeros(len(catalogue()), dtype=bool)
-        mask[catalogue().indices(cfg["data"]["tasks"])] = True
-        available = ((train_ds.labels == 0) | (train_ds.labels == 1)) & mask[None, :]
-        if not available.any():
-            raise DatasetError(
-                "the training data have no labels for the findings being trained", path=train_ds.source
-            )
-        val_tasks: list[int] = []
-        if valid_ds is not None:
-            for k in np.flatnonzero(mask):
-                y = valid_ds.labels[:, k]
-                if (y == 1).any() and (y == 0).any():
-                    val_tasks.append(int(k))
-            if not val_tasks:
-                raise DatasetError(
-                    "the validation data have no finding with both positive and negative labels: AUC is undefined",
-                    path=valid_ds.source,
-                    hint="use a larger validation set, or set data.valid: null to keep the last epoch",
-                )
-        data_desc = {"train": train_ds.describe()}
-        if valid_ds is not None:
-            data_desc["valid"] = valid_ds.describe()
-        if cache is not None:
-            data_desc["cache"] = cache.describe()
-        data_desc["tasks"] = cfg["data"]["tasks"] or "all labelled"
-
-        # model + optimiser
-        model = build_model(cfg).to(device)
-        backbone_sha = None
-        if mc["backbone_weights"] and not mc["train_backbone"]:
-            backbone_sha = sha256_file(Path(mc["backbone_weights"]) / "model.safetensors")
-        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-        param_names = [n for n, _ in named]
-        params = [p for _, p in named]
-        oc = cfg["optim"]
-        optimizer = torch.optim.AdamW(
-            params,
-            lr=oc["lr"],
-            betas=tuple(oc["betas"]),
-            eps=oc["eps"],
-            weight_decay=oc["weight_decay"],
-            foreach=False,
-        )
-        start_epoch, global_step = 0, 0
-        best_epoch, best_metric, best_val = None, -math.inf, None
-        log: list[dict] = []
-        if resume:
-            doc = load_state(
-                run_dir / "last", model, optimizer, param_names, include_backbone=bool(mc["train_backbone"])
-            )
-            if int(doc.get("world_size", 1)) != dist.world:
-                echo(f"note: resuming a {doc.get('world_size')}-process run with {dist.world} processes")
-            start_epoch, global_step = int(doc["epoch"]), int(doc["global_step"])
-            best_epoch = doc.get("best_epoch")
-            best_metric = doc.get("best_metric")
-            best_metric = -math.inf if best_metric is None else float(best_metric)
-            best_val = doc.get("best_val")
-            log = _read_log(run_dir / "log.jsonl", start_epoch)
-            if dist.is_main:
-                _write_log(run_dir / "log.jsonl", log)
+        _run_folder(run_dir, dist, resume=resume, overwrite=overwrite)
+        seed_everything(cfg.seed)
+        data = _load_data(cfg, datasets, dist, config_source)
+        run = _model_and_optimiser(cfg, device)
+        state = _restore(run_dir, run, cfg, dist, echo) if resume else _Progress()
         if dist.is_main:
             (run_dir / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
-        net = model
+        net = run.model
         if dist.enabled:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
-            net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+            net = DDP(run.model, device_ids=[device.index] if device.type == "cuda" else None)
 
-        epochs = int(tc["epochs"])
-        bs = int(tc["batch_size"])
+        epochs = int(tc.epochs)
         if dist.is_main:
-            counts = model.parameter_counts()
+            counts = run.model.parameter_counts()
             echo(
                 f"training {counts['trainable']:,} of {counts['total']:,} parameters on {device}"
                 + (f" x{dist.world} processes" if dist.enabled else "")
-                + f"; {len(train_ds)} training volumes"
+                + f"; {len(data.train)} training volumes"
                 + (
-                    f", {len(valid_ds)} validation volumes ({len(val_tasks)} findings)"
-                    if valid_ds is not None
+                    f", {len(data.valid)} validation volumes ({len(data.val_tasks)} findings)"
+                    if data.valid is not None
                     else ""
                 )
-                + f"; epochs {start_epoch + 1}..{epochs}"
+                + f"; epochs {state.start_epoch + 1}..{epochs}"
             )
-        for epoch in range(start_epoch, epochs):
+        for epoch in range(state.start_epoch, epochs):
             t0 = time.perf_counter()
-            order, tasks = epoch_plan(
-                seed,
-                epoch,
-                available,
-                positive=(train_ds.labels == 1) if tc["task_draw"] == "positive" else None,
-                positive_draw=float(tc["positive_draw"]) if tc["task_draw"] == "positive" else 0.0,
-            )
-            batches = rank_batches(len(order), bs, dist.rank, dist.world)
-            if tc["max_batches"]:
-                batches = batches[: tc["max_batches"]]
-            steps = len(batches)
-            loader = _loader(
-                _PlanDataset(train_ds, order, tasks),
-                [b for b, _ in batches],
-                cfg["data"]["num_workers"],
-                seed + epoch,
-            )
-            model.train()
-            loss_sum = torch.zeros(2, dtype=torch.float64)
-            bar = progress_bar(
-                loader, desc=f"epoch {epoch + 1}/{epochs}", total=steps, unit="batch", enabled=dist.is_main
-            )
-            lr = oc["lr"]
-            for step, ((pixels, y, t, w), (_, n_global)) in enumerate(zip(bar, batches)):
-                lr = oc["lr"] * lr_factor(cfg["schedule"], epoch, step, steps, epochs)
-                for g in optimizer.param_groups:
-                    g["lr"] = lr
-                optimizer.zero_grad(set_to_none=True)
-                scale = dist.world / n_global
-                mb = tc["micro_batch"] or len(y)
-                chunks = list(range(0, len(y), mb))
-                for ci, s in enumerate(chunks):
-                    sync = contextlib.nullcontext()
-                    if dist.enabled and ci < len(chunks) - 1:
-                        sync = net.no_sync()
-                    with sync:
-                        with _autocast(device, tc["amp"]):
-                            logits = net(pixels[s : s + mb].to(device), t[s : s + mb].to(device), paired=True)
-                        bce = F.binary_cross_entropy_with_logits(
-                            logits.float(), y[s : s + mb].to(device), reduction="none"
-                        )
-                        wt = w[s : s + mb].to(device)
-                        (bce * wt).sum().mul(scale).backward()
-                    loss_sum[0] += float((bce.detach() * wt).sum())
-                    loss_sum[1] += float(wt.sum())
-                if oc["grad_clip"]:
-                    torch.nn.utils.clip_grad_norm_(params, oc["grad_clip"])
-                optimizer.step()
-                global_step += 1
-                if dist.is_main and hasattr(bar, "set_postfix"):
-                    bar.set_postfix(
-                        loss=f"{loss_sum[0] / max(loss_sum[1], 1):.4f}", lr=f"{lr:.2e}", refresh=False
-                    )
-            D.all_reduce_sum(dist, loss_sum)
+            entry = _train_epoch(net, run, data, cfg, epoch, state, device, dist)
             train_seconds = time.perf_counter() - t0
-            entry = {
-                "epoch": epoch + 1,
-                "train_loss": float(loss_sum[0] / max(float(loss_sum[1]), 1.0)),
-                "lr": lr,
-                "samples": int(loss_sum[1]),
-                "steps": steps,
-                "global_step": global_step,
-            }
-            val = None
-            last_epoch = epoch + 1 == epochs
-            if valid_ds is not None and ((epoch + 1) % tc["valid_every"] == 0 or last_epoch):
-                logits = score_dataset(
-                    model,
-                    valid_ds,
-                    val_tasks,
-                    device=device,
-                    amp=tc["amp"],
-                    batch_size=tc["valid_batch_size"],
-                    task_chunk=tc["task_chunk"],
-                    workers=cfg["data"]["num_workers"],
-                    dist=dist,
-                    desc=f"validate {epoch + 1}/{epochs}",
-                )
-                val = validation_metrics(valid_ds.labels, logits, val_tasks)
+            val = _validate(run.model, data, cfg, epoch, device, dist)
+            if val is not None:
                 entry.update(val)
-            if valid_ds is None:
-                improved = True  # no validation data: best/ is the last epoch
-            else:
-                improved = val is not None and val["val_mean_auc"] > best_metric
-            if improved:
-                best_epoch, best_val = epoch + 1, val
-                if val is not None:
-                    best_metric = val["val_mean_auc"]
+            improved = state.record(epoch + 1, val, validated_data=data.valid is not None)
             entry["best"] = bool(improved)
             entry["seconds"] = round(time.perf_counter() - t0, 3)
             entry["train_seconds"] = round(train_seconds, 3)
             entry["samples_per_s"] = round(entry["samples"] / max(train_seconds, 1e-9), 3)
-            model.train()
+            run.model.train()
             if dist.is_main:
-                if improved:
-                    manifest = _manifest(
-                        model,
-                        cfg,
-                        epoch=epoch + 1,
-                        val=val,
-                        data_desc=data_desc,
-                        dist=dist,
-                        device=device,
-                        backbone_sha=backbone_sha,
-                    )
-                    save_checkpoint(
-                        model,
-                        run_dir / "best",
-                        manifest,
-                        overwrite=True,
-                        extra_files={"config.yaml": dump_config(cfg)},
-                    )
-                log.append(_jsonable(entry))
-                _write_log(run_dir / "log.jsonl", log)
-                save_state(
-                    run_dir / "last",
-                    model,
-                    optimizer,
-                    param_names,
-                    include_backbone=bool(mc["train_backbone"]),
-                    state={
-                        "epoch": epoch + 1,
-                        "global_step": global_step,
-                        "best_epoch": best_epoch,
-                        "best_metric": best_metric if math.isfinite(best_metric) else None,
-                        "best_val": _jsonable(best_val),
-                        "scheduler": {
-                            "name": cfg["schedule"]["name"],
-                            "epoch": epoch + 1,
-                            "last_lr": lr,
-                            "factor_next_epoch": lr_factor(cfg["schedule"], epoch + 1, 0, steps, epochs),
-                        },
-                        "world_size": dist.world,
-                        "torch_threads": torch.get_num_threads(),
-                        "saved": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                        "host": platform.node(),
-                    },
+                _save_epoch(
+                    run_dir,
+                    run,
+                    cfg,
+                    data,
+                    state,
+                    entry,
+                    val,
+                    improved=improved,
+                    steps=entry["steps"],
+                    dist=dist,
+                    device=device,
                 )
-                msg = f"epoch {epoch + 1}/{epochs}: loss {entry['train_loss']:.4f}  lr {lr:.2e}"
-                if val:
-                    msg += f"  val mean AUC {val['val_mean_auc']:.4f}  val loss {val['val_loss']:.4f}"
-                msg += f"  {entry['seconds']:.0f} s" + ("  (best)" if improved else "")
-                echo(msg)
+                echo(_epoch_message(entry, val, epochs, improved))
             D.barrier(dist)
             if on_epoch_end is not None:
                 on_epoch_end(entry)
+        best = state.best_metric
         return TrainResult(
             run_dir=run_dir,
             epochs_done=epochs,
-            best_epoch=best_epoch,
-            best_metric=best_metric if best_metric is not None and math.isfinite(best_metric) else None,
-            log=log,
-            model=model,
+            best_epoch=state.best_epoch,
+            best_metric=best if best is not None and math.isfinite(best) else None,
+            log=state.log,
+            model=run.model,
         )
     finally:
         D.shutdown(dist)
