@@ -68,15 +68,8 @@ from hyperct.volume import CTVolume, QCWarning
 
 __all__ = ["read_ct", "list_series", "SeriesInfo", "assess_quality", "SELECTION_RULE", "SUPPORTED_SUFFIXES"]
 
-SUPPORTED_SUFFIXES = (
-    ".nii",
-    ".nii.gz",
-    ".nrrd",
-    ".nhdr",
-    ".mha",
-    ".mhd",
-    ".dcm",
-)  # + folders, DICOMDIR, no-suffix DICOM
+# one list with the viewer's reader (hyperct_viewer/reader.py, napari.yaml; tests/packaging/test_manifest.py)
+SUPPORTED_SUFFIXES = (*dicom_series.VOLUME_SUFFIXES, ".dcm")  # + folders, DICOMDIR, no-suffix DICOM
 _SUPPORTED_TEXT = "a DICOM folder, DICOM files, a DICOMDIR, or a .nii/.nii.gz/.nrrd/.nhdr/.mha/.mhd file"
 
 
