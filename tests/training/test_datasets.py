@@ -109,7 +109,7 @@ def test_manifest_extra_columns_can_be_ignored(tmp_path):
 
 
 def test_build_dataset_errors_name_config_file_and_field(tmp_path):
-    with pytest.raises(ConfigError, match=r"cfg.yaml.*data.train.csv: required"):
+    with pytest.raises(ConfigError, match=r"^(?=.*cfg\.yaml).*data.train.csv: required"):
         build_dataset({"type": "manifest"}, field="data.train", source=str(tmp_path / "cfg.yaml"))
     with pytest.raises(ConfigError, match=r"data.valid.type: expected manifest, ct-rate or phantom"):
         build_dataset({"type": "dicom"}, field="data.valid", source="cfg.yaml")
@@ -191,6 +191,19 @@ def test_ct_rate_layout_labels_and_rescale(tmp_path):
     model_hu = ds.model_hu(1)
     assert model_hu.shape == (N_SLICES, IMAGE_SIZE, IMAGE_SIZE)
     assert model_hu.mean() == pytest.approx(2 * 300 - 1000, abs=6)
+
+
+def test_ct_rate_finds_its_csvs_in_the_release_folders_or_the_root(tmp_path):
+    root = tmp_path / "dataset"
+    make_ct_rate(root)
+    (root / "metadata" / "train_metadata.csv").rename(root / "train_metadata.csv")
+    assert CTRateDataset(root, "train").metadata_csv == root / "train_metadata.csv"
+    (root / "train_metadata.csv").unlink()
+    with pytest.raises(DatasetError, match="no CT-RATE metadata CSV found for split 'train'"):
+        CTRateDataset(root, "train")
+    (root / "multi_abnormality_labels" / "train_predicted_labels.csv").unlink()
+    with pytest.raises(DatasetError, match="no CT-RATE labels CSV found.*--labels"):
+        CTRateDataset(root, "train")
 
 
 def test_ct_rate_errors(tmp_path):
@@ -295,3 +308,9 @@ def test_phantoms_prepared_by_two_worker_processes_equal_serial_preparation(tmp_
     assert (serial.labels == parallel.labels).all()
     for i in range(3):
         assert (serial.model_hu(i) == parallel.model_hu(i)).all()
+
+
+def test_build_dataset_can_leave_phantoms_ungenerated():
+    ds = build_dataset({"type": "phantom", "count": 2, "first_seed": 5, "matrix": 64}, prepare=False)
+    assert len(ds) == 2 and (ds.labels == -1).all()
+    assert not any(ds.cache.contains(ds._key(i)) for i in range(2))  # nothing generated yet

@@ -28,7 +28,7 @@ import torch
 
 from hyperct.errors import ConfigError, DatasetError
 from hyperct.findings import GROUP_LABELS, catalogue
-from hyperct.training.datasets import VolumeDataset
+from hyperct.training.datasets import IndexedPixels, VolumeDataset
 from hyperct.training.metrics import (
     MIN_CI_PER_CLASS,
     FindingMetrics,
@@ -59,17 +59,6 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.asarray(x, dtype=np.float64)))
 
 
-class _Pixels(torch.utils.data.Dataset):
-    def __init__(self, data: VolumeDataset):
-        self.data = data
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def __getitem__(self, i: int):
-        return self.data.pixel_values(i), torch.tensor(i)
-
-
 def predict(
     loaded,
     data: VolumeDataset,
@@ -87,7 +76,7 @@ def predict(
     if not tasks:
         return out
     loader = torch.utils.data.DataLoader(
-        _Pixels(data), batch_size=batch_size, shuffle=False, num_workers=workers
+        IndexedPixels(data), batch_size=batch_size, shuffle=False, num_workers=workers
     )
     total = math.ceil(len(data) / batch_size)
     for pixels, idx in progress_bar(loader, desc="score", total=total, unit="batch", enabled=progress):

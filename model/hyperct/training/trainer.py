@@ -40,7 +40,7 @@ from hyperct.findings import catalogue
 from hyperct.training import distributed as D
 from hyperct.training.cache import PreprocessCache
 from hyperct.training.config import ScheduleSection, TrainConfig, dump_config
-from hyperct.training.datasets import VolumeDataset, build_dataset
+from hyperct.training.datasets import IndexedPixels, VolumeDataset, build_dataset
 from hyperct.training.metrics import macro_auc, roc_auc
 from hyperct.training.progress import progress_bar
 from hyperct.training.state import load_state, save_state
@@ -197,18 +197,6 @@ class _PlanDataset(torch.utils.data.Dataset):
         return pixels, torch.tensor(label), torch.tensor(task), torch.tensor(weight)
 
 
-class _IndexDataset(torch.utils.data.Dataset):
-    def __init__(self, data: VolumeDataset, indices: list[int]):
-        self.data, self.indices = data, indices
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, i: int):
-        idx = self.indices[i]
-        return self.data.pixel_values(idx), torch.tensor(idx)
-
-
 def _loader(ds, batch_sampler, workers: int, seed: int):
     g = torch.Generator()
     g.manual_seed(seed)
@@ -251,7 +239,7 @@ def score_dataset(
     batches = [list(range(s, min(s + batch_size, len(mine)))) for s in range(0, len(mine), batch_size)]
     out_idx, out_logits = [], []
     task_t = torch.as_tensor(tasks, dtype=torch.long)
-    loader = _loader(_IndexDataset(data, mine), batches, workers, 0)
+    loader = _loader(IndexedPixels(data, mine), batches, workers, 0)
     for pixels, idx in progress_bar(
         loader, desc=desc, total=len(batches), unit="batch", enabled=dist.is_main
     ):

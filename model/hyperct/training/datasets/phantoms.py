@@ -1,0 +1,301 @@
+"""``{type: phantom, count: N, first_seed: S, ...}``: synthetic phantoms from ``hyperct.phantom``,
+generated once into the preprocessing cache (with their labels and per-token finding masks), in
+pairs that share the anatomy when asked (``pair``)."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from hyperct.errors import DatasetError
+from hyperct.findings import catalogue
+from hyperct.preprocess import resample_hu
+from hyperct.training.cache import PreprocessCache
+from hyperct.training.datasets.base import MISSING, N_FINDINGS, VolumeDataset
+
+
+def phantom_version() -> str:
+    """The generator version that cache keys of phantoms carry (a new generator, new keys)."""
+    from hyperct.phantom import GENERATOR_VERSION
+
+    return str(GENERATOR_VERSION)
+
+
+class PhantomDataset(VolumeDataset):
+    """``count`` synthetic phantoms with seeds ``first_seed`` .. ``first_seed + count - 1``.
+
+    ``findings``: None = the generator's own draw (realistic prevalence, some labels missing);
+    a mapping ``{finding_id: prevalence}`` = each listed finding is switched on independently
+    with that probability (drawn from the seed), every other finding is absent, so all 25 labels
+    are known; a list = those findings in every phantom. ``severity: [lo, hi]`` draws the
+    severity of switched-on findings uniformly in that range (default: the generator's draw).
+    ``n_slices`` fixes the slice count (default: the generator's clinical slice spacing).
+    """
+
+    kind = "phantom"
+
+    def __init__(
+        self,
+        count: int,
+        first_seed: int = 0,
+        *,
+        matrix: int = 256,
+        n_slices: int | None = None,
+        findings: Any = None,
+        severity: list[float] | tuple[float, float] | None = None,
+        cache: PreprocessCache | None = None,
+        prepare: bool = True,
+        rank: int = 0,
+        world: int = 1,
+        barrier: Callable[[], None] | None = None,
+        progress: bool = False,
+        workers: int = 1,
+        pair: str | None = None,
+    ):
+        if int(count) < 1:
+            raise DatasetError(f"phantom count must be >= 1, got {count}")
+        if pair not in PAIRS:
+            raise DatasetError(f"phantom pair must be null, 'normal', 'variant' or 'drop_one', got {pair!r}")
+        last = int(first_seed) + int(count) - 1
+        source = f"phantoms seeds {first_seed}..{last} matrix {matrix}"
+        super().__init__(source=source + (f" in pairs ({pair} twin)" if pair else ""), cache=cache)
+        self.pair = pair
+        seeds = list(range(int(first_seed), int(first_seed) + int(count)))
+        # item i: seed self.seeds[i]; twin[i]: 0 = as drawn, 1 = the pair's twin
+        self.seeds = [s for s in seeds for _ in range(2)] if pair else seeds
+        self.twin = [i % 2 for i in range(len(self.seeds))] if pair else [0] * len(self.seeds)
+        self.matrix = int(matrix)
+        self.n_slices = None if n_slices is None else int(n_slices)
+        self.findings = _check_phantom_findings(findings)
+        self.severity = None if severity is None else [float(severity[0]), float(severity[1])]
+        self.cache = cache if cache is not None else PreprocessCache(None)
+        self.names = [f"phantom-{s}" + (f"-{pair}" if t else "") for s, t in zip(self.seeds, self.twin)]
+        self.labels = np.full((len(self.seeds), N_FINDINGS), MISSING, dtype=np.int8)
+        self._version = phantom_version()
+        if prepare:
+            self.prepare(rank=rank, world=world, barrier=barrier, progress=progress, workers=workers)
+
+    def identity(self, i: int) -> dict:
+        ident = {
+            "phantom": self._version,
+            "seed": self.seeds[i],
+            "matrix": self.matrix,
+            "n_slices": self.n_slices,
+            "findings": self.findings,
+            "severity": self.severity,
+        }
+        if self.twin[i]:  # (the drawn item keeps the key of an unpaired dataset's phantom)
+            ident["twin"] = self.pair
+        elif self.pair == "drop_one":  # rendered from its explicit draw: not the random-mode phantom
+            ident["explicit_draw"] = True
+        return ident
+
+    def pair_of(self, i: int) -> int:
+        """The index of item ``i``'s twin (``pair`` datasets only)."""
+        if not self.pair:
+            raise ValueError("this phantom dataset has no pairs (pair: null)")
+        return i ^ 1
+
+    def findings_for(self, i: int):
+        """What ``generate`` is asked for phantom ``i`` (None = the generator's random draw)."""
+        if self.twin[i] and self.pair == "normal":
+            return {}
+        if self.pair == "drop_one":
+            base = drawn_severities(self.seeds[i]) if self.findings is None else self._requested(i)
+            if isinstance(base, list):
+                base = dict.fromkeys(base)  # severities drawn from the seed
+            if not self.twin[i]:
+                return dict(base)
+            k = dropped_finding(self.seeds[i], base)
+            return {f: v for f, v in base.items() if f != k} if k else {}
+        return self._requested(i)
+
+    def _requested(self, i: int):
+        if not isinstance(self.findings, dict):
+            return self.findings
+        rng = np.random.default_rng([self.seeds[i], 0xF1D5])
+        chosen = {}
+        for fid in catalogue().ids:  # catalogue order: independent of the mapping's order
+            if fid not in self.findings:
+                continue
+            on = rng.random() < float(self.findings[fid])
+            sev = float(rng.uniform(*self.severity)) if self.severity else None
+            if on:
+                chosen[fid] = sev
+        return chosen
+
+    def generate(self, i: int):
+        import hyperct.phantom as ph
+
+        kwargs: dict[str, Any] = {"matrix": self.matrix}
+        if self.n_slices is not None:
+            kwargs["n_slices"] = self.n_slices
+        if self.twin[i] and self.pair == "variant":
+            kwargs["lesion_variant"] = 1
+        request = self.findings_for(i)
+        return ph.generate(self.seeds[i], request, **kwargs)
+
+    def read_hu(self, i: int) -> np.ndarray:
+        return self.generate(i).volume.hu
+
+    def _fill(self, i: int) -> np.ndarray:
+        from hyperct.training.token_labels import TOKEN_LABELS, token_labels
+
+        out = self.generate(i)
+        labels = np.asarray(out.labels, dtype=np.int8).reshape(-1)
+        if labels.size != N_FINDINGS:
+            raise DatasetError(f"phantom {self.seeds[i]}: {labels.size} labels, expected {N_FINDINGS}")
+        hu = resample_hu(out.volume.hu).numpy()
+        # where each finding is, per model token (for backbone pretraining): beside the volume
+        self.cache.put_array(
+            self._key(i), TOKEN_LABELS, np.packbits(token_labels(out.masks, out.volume.shape))
+        )
+        self.cache.put(self._key(i), hu, dict(self.cache_info(i), labels=labels.tolist()))
+        return labels
+
+    def token_labels(self, i: int) -> np.ndarray:
+        """(55, 9, 9, 25) bool: finding masks per model token (the generator's ground truth)."""
+        from hyperct.training.token_labels import TOKEN_LABELS, TOKEN_SHAPE
+
+        packed = self.cache.get_array(self._key(i), TOKEN_LABELS)
+        if packed is None:
+            self._fill(i)
+            packed = self.cache.get_array(self._key(i), TOKEN_LABELS)
+        n = int(np.prod(TOKEN_SHAPE))
+        return np.unpackbits(np.asarray(packed))[:n].reshape(TOKEN_SHAPE).astype(bool)
+
+    def prepare(
+        self, *, rank: int = 0, world: int = 1, barrier=None, progress: bool = False, workers: int = 1
+    ) -> None:
+        """Generate every phantom not in the cache yet (shared between ranks, and between ``workers``
+        processes when the cache is on disk), then read the labels."""
+        from hyperct.training.token_labels import TOKEN_LABELS
+
+        def missing(i: int) -> bool:
+            key = self._key(i)
+            return not self.cache.contains(key) or self.cache.get_array(key, TOKEN_LABELS) is None
+
+        todo = [i for i in range(len(self)) if missing(i)]
+        mine = todo if self.cache.directory is None else todo[rank::world]
+        bar = None
+        if progress and mine:
+            from hyperct.training.progress import progress_bar
+
+            bar = progress_bar(total=len(mine), desc=f"phantoms ({self.source})", unit="vol")
+        if workers > 1 and self.cache.directory is not None and len(mine) > 1:
+            import multiprocessing as mp
+
+            state = self.worker_state()
+            with mp.get_context("spawn").Pool(min(workers, len(mine)), initializer=_quiet_worker) as pool:
+                for i, labels in pool.imap_unordered(_fill_in_worker, [(state, i) for i in mine]):
+                    self.labels[i] = labels
+                    if bar is not None:
+                        bar.update(1)
+        else:
+            for i in mine:
+                self.labels[i] = self._fill(i)
+                if bar is not None:
+                    bar.update(1)
+        if bar is not None:
+            bar.close()
+        if barrier is not None and world > 1:
+            barrier()
+        for i in range(len(self)):
+            info = self.cache.get_info(self._key(i))
+            if info is None or "labels" not in info:
+                self.labels[i] = self._fill(i)
+            else:
+                self.labels[i] = np.asarray(info["labels"], dtype=np.int8)
+        self.check_has_labels()
+
+    def worker_state(self) -> tuple:
+        """What a worker process needs to rebuild this dataset (``_fill_in_worker``)."""
+        first, count = self.seeds[0], len(self.seeds) // (2 if self.pair else 1)
+        return (
+            first,
+            count,
+            self.matrix,
+            self.n_slices,
+            self.findings,
+            self.severity,
+            str(self.cache.directory),
+            self.cache.dtype,
+            self.cache.compress,
+            self.pair,
+        )
+
+
+def _quiet_worker() -> None:
+    torch.set_num_threads(1)
+
+
+def _fill_in_worker(job) -> tuple[int, np.ndarray]:
+    """Generate and cache one phantom in a worker process (``PhantomDataset.prepare(workers=N)``)."""
+    (first, count, matrix, n_slices, findings, severity, directory, dtype, compress, pair), i = job
+    ds = PhantomDataset(
+        count,
+        first,
+        matrix=matrix,
+        n_slices=n_slices,
+        findings=findings,
+        severity=severity,
+        cache=PreprocessCache(directory, dtype, compress=compress),
+        prepare=False,
+        pair=pair,
+    )
+    return i, ds._fill(i)
+
+
+PAIRS = (None, "normal", "variant", "drop_one")
+# findings whose removal changes a phantom only inside their own mask (cardiomegaly reshapes the heart
+# and moves its surroundings; the opportunistic findings share the cardiac state)
+DROPPABLE = tuple(f.id for f in catalogue() if f.group == "conventional" and f.id != "cardiomegaly")
+
+
+def drawn_severities(seed: int) -> dict[str, float]:
+    """The findings and severities ``hyperct.phantom.generate(seed, None)`` draws (its spec's
+    ``severities``), without rendering: the generator's own draw, step by step (tested against it)."""
+    from hyperct.phantom import cardiac, sampling
+    from hyperct.phantom._rng import stream
+    from hyperct.phantom.params import sample_habitus
+
+    hab = sample_habitus(int(seed))
+    echo, latent = cardiac.sample_population(stream(int(seed), "cardiac"), hab.sex)
+    conv = sampling.conventional(stream(int(seed), "findings"), hab, latent)
+    return {**conv, **cardiac.severities(echo, hab.sex)}
+
+
+def dropped_finding(seed: int, severities: dict) -> str | None:
+    """The finding a ``drop_one`` twin of ``seed`` lacks (None when none of its findings can be dropped)."""
+    options = [f for f in DROPPABLE if f in severities]
+    if not options:
+        return None
+    return options[int(np.random.default_rng([int(seed), 0xD1]).integers(len(options)))]
+
+
+def _check_phantom_findings(findings: Any) -> Any:
+    if findings is None:
+        return None
+    ids = catalogue().ids
+    names = list(findings) if isinstance(findings, dict | list | tuple) else None
+    if names is None:
+        raise DatasetError(
+            f"phantom findings must be null, a list of ids or a mapping id -> prevalence, got {findings!r}"
+        )
+    bad = [f for f in names if f not in ids]
+    if bad:
+        near = difflib.get_close_matches(str(bad[0]), ids, n=1)
+        raise DatasetError(
+            f"unknown finding id {bad[0]!r} in the phantom findings"
+            + (f" (did you mean {near[0]!r}?)" if near else "")
+        )
+    if isinstance(findings, dict):
+        for f, p in findings.items():
+            if isinstance(p, bool) or not isinstance(p, int | float) or not 0 <= p <= 1:
+                raise DatasetError(f"phantom prevalence of {f!r} must be a number in [0, 1], got {p!r}")
+        return {f: float(findings[f]) for f in ids if f in findings}
+    return [f for f in ids if f in names]
