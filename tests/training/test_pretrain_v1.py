@@ -255,28 +255,22 @@ def test_bag_pretraining_logs_every_epoch_and_resume_continues_on_new_seeds(tmp_
     assert log[1]["block"] == 1 and log[1]["seeds"] == [60002, 60003]
     assert log[2]["block"] == 1  # block 1 runs its two epochs
     assert log[1]["step"] == 2 and log[2]["step"] == 3  # the step count (lr schedule) continues
+
     # block 0 was dropped from the cache when block 1 began (keep_blocks: false); validation stays
-    old = PhantomDataset(
-        2,
-        60000,
-        matrix=48,
-        n_slices=24,
-        findings=cfg["data"]["train"]["findings"],
-        cache=PreprocessCache(tmp_path / "cache"),
-        prepare=False,
-        pair="normal",
-    )
+    def block(first_seed):
+        return PhantomDataset(
+            2,
+            first_seed,
+            matrix=48,
+            n_slices=24,
+            findings=cfg["data"]["train"]["findings"],
+            cache=PreprocessCache(tmp_path / "cache"),
+            prepare=False,
+            pair="normal",
+        )
+
+    old, last = block(60000), block(60002)
     assert not any(old.cache.contains(old._key(i)) for i in range(4))
-    last = PhantomDataset(
-        2,
-        60002,
-        matrix=48,
-        n_slices=24,
-        findings=cfg["data"]["train"]["findings"],
-        cache=PreprocessCache(tmp_path / "cache"),
-        prepare=False,
-        pair="normal",
-    )
     assert not any(last.cache.contains(last._key(i)) for i in range(4))  # nor the last one, at the end
     vs = cfg["data"]["valid"]
     valid = PhantomDataset(
