@@ -5,7 +5,8 @@ Scoring any set of tasks for a batch of volumes is ONE backbone pass: the patch 
 task-independent part) is computed once, the token batch is laid out task-major, and every
 ``MultiTaskLoRALinear`` applies its base weight to all rows and the low-rank terms per task group.
 The generated factors do not depend on the scan, so in inference they are generated once per loaded
-checkpoint and cached (invalidated automatically when the hypernetwork's parameters change).
+checkpoint and cached (invalidated automatically when the hypernetwork's parameters change), stored
+in the layout and dtype the LoRA matmuls read, so a forward hands them over without copying.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import threading
+from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -83,6 +85,60 @@ def _recorded_eager_attention(module, query, key, value, attention_mask, scaling
 AttentionInterface.register(ATTENTION_RECORDER, _recorded_eager_attention)
 
 
+def _consecutive(ids: list[int]) -> bool:
+    return bool(ids) and ids == list(range(ids[0], ids[0] + len(ids)))
+
+
+class FactorCache:
+    """Every task's generated LoRA factors for one state of the hypernetwork, as the layers read them.
+
+    Stored contiguous in the (L, T, ...) layout of ``GroupFactors``, one copy per compute dtype (the
+    backbone's dtype, or the autocast dtype inside autocast; derived from the generated factors by
+    one cast). A chunk of consecutive tasks (how scoring chunks all 25 findings) is then a view whose
+    slice for each layer is one contiguous block: the LoRA matmuls read the cache itself. Any other
+    task list is gathered once and remembered (a few lists, at most ``n_tasks`` tasks in all), so a
+    repeated forward does not copy either.
+    """
+
+    def __init__(self, key: tuple, generated: GroupFactors):
+        self.key = key
+        full = generated.contiguous()
+        self.full: dict[torch.dtype, GroupFactors] = {full.dtype: full}
+        self._generated_dtype = full.dtype
+        self._gathered: OrderedDict[tuple, GroupFactors] = OrderedDict()
+
+    @property
+    def n_tasks(self) -> int:
+        return self.full[self._generated_dtype].n_groups
+
+    def all_tasks(self, dtype: torch.dtype) -> GroupFactors:
+        if dtype not in self.full:
+            self.full[dtype] = self.full[self._generated_dtype].to(dtype=dtype).contiguous()
+        return self.full[dtype]
+
+    def factors(
+        self, ids: list[int] | None, index: torch.Tensor, dtype: torch.dtype, *, remember: bool
+    ) -> GroupFactors:
+        """Factors of tasks ``ids`` (``index``: the same ids as a tensor on the cache's device;
+        ``ids`` None: not known on the host, gathered from ``index``)."""
+        full = self.all_tasks(dtype)
+        if ids is None:
+            return full.select(index)
+        if _consecutive(ids):
+            return full.narrow(ids[0], len(ids))
+        if not remember:
+            return full.select(index)
+        key = (dtype, tuple(ids))
+        hit = self._gathered.get(key)
+        if hit is None:
+            hit = full.select(index)
+            self._gathered[key] = hit
+            while sum(len(k[1]) for k in self._gathered) > self.n_tasks and len(self._gathered) > 1:
+                self._gathered.popitem(last=False)
+        self._gathered.move_to_end(key)
+        return hit
+
+
 class HyperCT(nn.Module):
     def __init__(self, config: HyperCTConfig | None = None, backbone: DINOv3ViTModel | None = None):
         super().__init__()
@@ -118,7 +174,7 @@ class HyperCT(nn.Module):
         self._tap_site = "input"  # "input" of the block (residual stream) or its "norm1" output
         self._tap_per_volume = False
         self._tap_images = 0  # images per volume of the current pass (per-volume tap layout)
-        self._factor_cache: tuple[tuple, GroupFactors] | None = None
+        self._factor_cache: FactorCache | None = None
         # One backbone pass at a time: the LoRA factors are handed to the layers through shared
         # state, so concurrent callers (e.g. two viewer workers) must not interleave.
         self._forward_lock = threading.RLock()
@@ -171,8 +227,16 @@ class HyperCT(nn.Module):
     def _cache_key(self) -> tuple:
         return (self._device, tuple(p._version for p in self.hypernet.parameters()), id(self.hypernet))
 
-    def _grouped_factors(self, tasks: torch.Tensor) -> GroupFactors:
-        """Per-task factors, from the cache unless the hypernetwork must get gradients."""
+    def _grouped_factors(
+        self, tasks: torch.Tensor, ids: list[int] | None = None, *, remember: bool = False
+    ) -> GroupFactors:
+        """Per-task factors, from the cache unless the hypernetwork must get gradients.
+
+        ``ids``: ``tasks`` as a host list (read from ``tasks`` when they are on the CPU; otherwise
+        None gathers them on the device, without a sync). From the cache, consecutive tasks come as
+        views of it; other lists are gathered (and kept when ``remember``). The factors come in the
+        dtype the LoRA matmuls run in (see ``FactorCache``).
+        """
         needs_grad = (
             torch.is_grad_enabled()
             and not self._tap_active  # saliency: gradients w.r.t. activations only, factors are constants
@@ -181,14 +245,37 @@ class HyperCT(nn.Module):
         if needs_grad:
             return self.lora_factors(tasks).grouped()
         key = self._cache_key()
-        if self._factor_cache is None or self._factor_cache[0] != key:
+        if self._factor_cache is None or self._factor_cache.key != key:
+            self._factor_cache = None  # free the old factors before generating the new ones
             with torch.no_grad():
-                full = self.lora_factors(None).grouped()
-            self._factor_cache = (key, full)
-        return self._factor_cache[1].select(tasks.to(self._device))
+                self._factor_cache = FactorCache(key, self.lora_factors(None).grouped())
+        if ids is None and tasks.device.type == "cpu":
+            ids = [int(t) for t in tasks.tolist()]
+        index = tasks.to(self._device)
+        return self._factor_cache.factors(ids, index, self._compute_dtype(), remember=remember)
+
+    def _compute_dtype(self) -> torch.dtype:
+        """The dtype the backbone's matmuls run in: the autocast dtype inside autocast, else the weights'."""
+        dev = self._device.type
+        if torch.is_autocast_enabled(dev):
+            return torch.get_autocast_dtype(dev)
+        return self.backbone.embeddings.patch_embeddings.weight.dtype
 
     def clear_factor_cache(self) -> None:
         self._factor_cache = None
+
+    @torch.no_grad()
+    def to_inference_dtype(self, dtype: torch.dtype) -> HyperCT:
+        """Backbone weights in ``dtype`` (e.g. ``torch.bfloat16``) for inference, in place; returns self.
+
+        The backbone then runs in ``dtype`` end to end (no autocast, no per-op casts); the
+        hypernetwork, the head and the RoPE frequencies stay in their dtype (fp32), so the LoRA
+        factors are generated in fp32 and cast once into the factor cache. Inference only.
+        """
+        for p in self.backbone.parameters():
+            p.data = p.data.to(dtype)
+        self.clear_factor_cache()
+        return self
 
     @property
     def _device(self) -> torch.device:
@@ -306,12 +393,20 @@ class HyperCT(nn.Module):
         """
         dev = self._device
         if tasks is None:
-            tasks = torch.arange(self.config.n_tasks, device=dev)
+            tasks = range(self.config.n_tasks)
+        # The task ids on the host pick the cached factors. Tasks given on a GPU cost one sync per
+        # call to read, before any work of the call is queued; paired mode gathers them without.
+        on_host = not (isinstance(tasks, torch.Tensor) and tasks.device.type != "cpu")
+        ids = None
+        if on_host or not paired:
+            ids = [int(t) for t in torch.as_tensor(tasks).reshape(-1).tolist()]
         tasks = torch.as_tensor(tasks, device=dev, dtype=torch.long).reshape(-1)
         with self._forward_lock:
-            return self._pooled_features_locked(pixel_values, tasks, paired=paired, task_chunk=task_chunk)
+            return self._pooled_features_locked(
+                pixel_values, tasks, ids, paired=paired, task_chunk=task_chunk
+            )
 
-    def _pooled_features_locked(self, pixel_values, tasks, *, paired, task_chunk) -> torch.Tensor:
+    def _pooled_features_locked(self, pixel_values, tasks, ids, *, paired, task_chunk) -> torch.Tensor:
         dev = self._device
         b = pixel_values.shape[0]
         h0, pos, n_img = self._embed(pixel_values.to(dev))
@@ -323,7 +418,7 @@ class HyperCT(nn.Module):
                     raise ValueError(
                         f"paired scoring needs one task per volume: {tasks.numel()} tasks, {b} volumes"
                     )
-                self.lora_state.current = self._grouped_factors(tasks)
+                self.lora_state.current = self._grouped_factors(tasks, ids)
                 h = self._blocks(h0, pos)
                 return h[:, 0].reshape(b, n_img, d).mean(dim=1)
             chunk = task_chunk or tasks.numel()
@@ -331,7 +426,9 @@ class HyperCT(nn.Module):
             for start in range(0, tasks.numel(), chunk):
                 sub = tasks[start : start + chunk]
                 t = sub.numel()
-                self.lora_state.current = self._grouped_factors(sub)
+                self.lora_state.current = self._grouped_factors(
+                    sub, None if ids is None else ids[start : start + chunk], remember=True
+                )
                 h = h0.unsqueeze(0).expand(t, *h0.shape).reshape(t * h0.shape[0], *h0.shape[1:])
                 pos_t = tuple(p for p in pos)
                 h = self._blocks(h, pos_t)
@@ -350,7 +447,7 @@ class HyperCT(nn.Module):
     ) -> torch.Tensor:
         """Logits: (B, T) for every task in ``tasks`` (default: all 25), or (B,) when ``paired``."""
         feats = self.pooled_features(pixel_values, tasks, paired=paired, task_chunk=task_chunk)
-        return self.head(feats).squeeze(-1)
+        return self.head(feats.to(self.head[0].weight.dtype)).squeeze(-1)  # a no-op unless bf16 weights
 
     # -- reference implementations (tests, analysis) ----------------------------------------
     def backbone_only_logits(self, pixel_values: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,9 @@ batch; the low-rank terms are two batched matmuls over the groups:
 
 (PyTorch convention: W is d_out x d_in, A_g is r x d_in, B_g is d_out x r; delta W_g = (alpha/r) B_g A_g.)
 No forward hooks and no host synchronisation: the factors are handed over through a shared
-``LoRAState`` that the HyperCT model fills before it runs the backbone.
+``LoRAState`` that the HyperCT model fills before it runs the backbone. In inference the model hands
+over views of its factor cache, already contiguous per layer and in the dtype the matmuls run in, so
+the layer reads them as they are (no per-forward copy or cast of the factors).
 """
 
 from __future__ import annotations
@@ -47,11 +49,32 @@ class GroupFactors:
     def n_groups(self) -> int:
         return next(iter(self.at.values())).shape[1]
 
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(iter(self.at.values())).dtype
+
     def select(self, index: torch.Tensor) -> GroupFactors:
-        """Factors for the groups ``index`` (indices into this object's groups)."""
+        """Factors for the groups ``index`` (indices into this object's groups): gathered copies."""
         return GroupFactors(
             {k: v.index_select(1, index) for k, v in self.at.items()},
             {k: v.index_select(1, index) for k, v in self.bt.items()},
+            self.scale,
+        )
+
+    def narrow(self, start: int, length: int) -> GroupFactors:
+        """Groups ``start .. start + length - 1`` as views (no copy). On factors stored contiguous,
+        every layer's slice ``at[kind][l]`` of the result is itself a contiguous (G, d_in, r) block."""
+        return GroupFactors(
+            {k: v.narrow(1, start, length) for k, v in self.at.items()},
+            {k: v.narrow(1, start, length) for k, v in self.bt.items()},
+            self.scale,
+        )
+
+    def contiguous(self) -> GroupFactors:
+        """The same factors stored contiguous in the (L, G, ...) layout (copies only what is not)."""
+        return GroupFactors(
+            {k: v.contiguous() for k, v in self.at.items()},
+            {k: v.contiguous() for k, v in self.bt.items()},
             self.scale,
         )
 
@@ -91,10 +114,14 @@ class MultiTaskLoRALinear(nn.Linear):
         bt = factors.bt[self.kind][self.layer]  # (G, r, d_out)
         groups = at.shape[0]
         xs = x.reshape(groups, -1, self.in_features)
-        low = torch.bmm(xs, at.to(xs.dtype))
-        out = torch.baddbmm(
-            out.reshape(groups, -1, self.out_features), low, bt.to(low.dtype), alpha=factors.scale
-        )
+        if not torch.is_autocast_enabled(x.device.type):
+            # Under autocast the matmuls cast for themselves (HyperCT hands factors over already in
+            # the autocast dtype); otherwise match the activations (a no-op for the cached factors).
+            at = at.to(xs.dtype)
+        low = torch.bmm(xs, at)
+        if not torch.is_autocast_enabled(x.device.type):
+            bt = bt.to(low.dtype)
+        out = torch.baddbmm(out.reshape(groups, -1, self.out_features), low, bt, alpha=factors.scale)
         return out.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
