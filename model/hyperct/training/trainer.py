@@ -10,6 +10,11 @@ volume is scored for every finding it has labels for, and the AUC per finding an
 (over findings with both classes in the validation set) are computed; the epoch with the best
 mean AUC is written to ``best/``.
 
+``train`` runs named stages: the run folder (``_run_folder``), the data and task masks
+(``_load_data``), the model and optimiser (``_model_and_optimiser``), restore (``_restore``), then
+per epoch one epoch of training (``_train_epoch``), validate (``_validate``) and save
+(``_save_epoch``), in this order (the random stream depends on it).
+
 Run folder: ``config.yaml`` (resolved configuration), ``log.jsonl`` (one JSON line per epoch),
 ``best/`` (a checkpoint folder, ``hyperct.checkpoint``), ``last/`` (resume state,
 ``hyperct.training.state``).
@@ -548,14 +553,12 @@ def _train_epoch(
         loader, desc=f"epoch {epoch + 1}/{epochs}", total=steps, unit="batch", enabled=dist.is_main
     )
     lr = oc.lr
-    for step, ((pixels, y, t, w), (_, n_global)) in enumerate(zip(bar, batches)):
+    for step, (batch, (_, n_global)) in enumerate(zip(bar, batches)):
         lr = oc.lr * lr_factor(cfg.schedule, epoch, step, steps, epochs)
         for g in run.optimizer.param_groups:
             g["lr"] = lr
         run.optimizer.zero_grad(set_to_none=True)
-        _accumulate(
-            net, (pixels, y, t, w), tc.micro_batch, dist.world / n_global, loss_sum, device, tc.amp, dist
-        )
+        _accumulate(net, batch, tc.micro_batch, dist.world / n_global, loss_sum, device, tc.amp, dist)
         if oc.grad_clip:
             torch.nn.utils.clip_grad_norm_(run.params, oc.grad_clip)
         run.optimizer.step()
