@@ -27,7 +27,6 @@ from qtpy.QtWidgets import (
     QHBoxLayout,
     QHeaderView,
     QLabel,
-    QLineEdit,
     QMessageBox,
     QProgressBar,
     QPushButton,
@@ -56,6 +55,7 @@ from hyperct_viewer.layers import (
     window_limits,
 )
 from hyperct_viewer.session import ScanResults, scan_results, session_for
+from hyperct_viewer.widgets.export_form import ExportForm
 
 ROLE_VALUE = Qt.UserRole + 1  # numeric value for sorting / bars
 ROLE_ID = Qt.UserRole + 2  # finding id
@@ -336,28 +336,12 @@ class FindingsWidget(QWidget):
         lower_layout.addWidget(sal_box)
 
         exp_box = QGroupBox("Export")
-        eform = QFormLayout(exp_box)
-        self.mode_combo = QComboBox()
-        self.mode_combo.addItems(["Shareable (no patient identifiers)", "Clinical (identifiers kept)"])
-        self.mode_combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
-        eform.addRow("Mode", self.mode_combo)
-        orow2 = QHBoxLayout()
-        self.out_edit = QLineEdit(str(Path.home() / "hyperct-reports"))
-        self.out_button = QPushButton("…")
-        self.out_button.setFixedWidth(30)
-        self.out_button.setToolTip("Choose the export folder")
-        orow2.addWidget(self.out_edit, 1)
-        orow2.addWidget(self.out_button)
-        eform.addRow("Folder", orow2)
-        brow = QHBoxLayout()
-        self.export_buttons = {}
-        for fmt, label in (("json", "JSON"), ("pdf", "PDF"), ("sr", "DICOM SR")):
-            b = QPushButton(label)
-            b.setToolTip(f"Write the {label} report of the selected scan into the folder")
-            b.clicked.connect(lambda _=False, f=fmt: self.export_clicked((f,)))
-            brow.addWidget(b)
-            self.export_buttons[fmt] = b
-        eform.addRow(brow)
+        ebox = QVBoxLayout(exp_box)
+        self.export_form = ExportForm()  # magicgui: mode, folder, file types, overwrite, Export
+        ebox.addWidget(self.export_form.native)
+        self.out_edit = self.export_form.folder.line_edit.native  # the folder's text field
+        self.export_button = self.export_form.export_button.native
+        self.export_buttons = {"export": self.export_button}
         lower_layout.addWidget(exp_box)
         lower_layout.addStretch(1)
 
@@ -419,7 +403,7 @@ class FindingsWidget(QWidget):
         self.all_button.clicked.connect(self.compute_all_saliency)
         self.opacity_slider.valueChanged.connect(self._on_opacity)
         self.show_saliency.toggled.connect(self._on_show_toggled)
-        self.out_button.clicked.connect(self._choose_out_dir)
+        self.export_form.export_button.changed.connect(self.export_from_form)
         self.session.finding_selected.connect(self._on_finding_selected)
         self.session.model_changed.connect(lambda _m: self._update_banner())
 
@@ -439,7 +423,7 @@ class FindingsWidget(QWidget):
 
     @property
     def export_mode(self) -> str:
-        return "clinical" if self.mode_combo.currentIndex() == 1 else "shareable"
+        return self.export_form.mode.value
 
     def ct_layers(self) -> list:
         return [layer for layer in self.viewer.layers if volume_of(layer) is not None]
@@ -577,6 +561,7 @@ class FindingsWidget(QWidget):
                 "Open a chest CT (drag a DICOM folder or NIfTI in) or File > Open Sample > HyperCT."
             )
             return
+        self.export_form.allow_sr(volume.is_dicom)
         if volume.warnings:
             self.qc_label.setText("QC: " + " | ".join(w.message for w in volume.warnings))
             self.qc_label.show()
@@ -645,11 +630,6 @@ class FindingsWidget(QWidget):
         self.session.model = None
         self.device_label.setText("")
         self._forget_results()
-
-    def _choose_out_dir(self):
-        d = QFileDialog.getExistingDirectory(self, "Export folder", self.out_edit.text())
-        if d:
-            self.out_edit.setText(d)
 
     def load_model(self, then=None):
         """Load the chosen model as its own job; ``then()`` runs when it is the session's model."""
@@ -986,12 +966,17 @@ class FindingsWidget(QWidget):
         return derived_stem(source, volume_of(layer), mode)
 
     def _export_request(self, mode: str | None = None) -> dict:
-        """What an export of the selected scan needs, taken now (a later switch changes nothing)."""
+        """What an export of the selected scan needs, taken now (a later switch changes nothing):
+        the mode (default: the form's) and the findings whose saliency maps are written (the
+        positives when the form's Maps box is ticked, as ``hyperct predict --saliency``)."""
+        from hyperct.report.export import saliency_targets
+
         layer = self.ct_layer
         store = self.results_of(layer)
         if store is None or store.result is None:
             raise RuntimeError("no analysis result to export: press Analyze first")
         mode = mode or self.export_mode
+        maps_of = saliency_targets(store.result, "positive") if self.export_form.maps.value else []
         return {
             "layer": layer,
             "result": store.result,
@@ -1000,6 +985,7 @@ class FindingsWidget(QWidget):
             "model": self.session.model,
             "mode": mode,
             "stem": self._export_stem(layer, mode),
+            "saliency_findings": maps_of,
         }
 
     def export_files(self, formats, out_dir, *, mode: str | None = None, overwrite: bool = False, **kwargs):
@@ -1015,7 +1001,20 @@ class FindingsWidget(QWidget):
         from hyperct.report.export import output_paths
 
         req = self._export_request(mode)
-        return list(output_paths(Path(out_dir), req["stem"], tuple(formats)).values())
+        paths = output_paths(Path(out_dir), req["stem"], tuple(formats), req["saliency_findings"])
+        return list(paths.values())
+
+    def export_from_form(self, *_):
+        """The Export button: write what the export form says (a background job, see export_clicked)."""
+        settings = self.export_form.settings()
+        if settings.empty:
+            show_warning("Nothing to export: tick at least one file type (JSON, PDF, DICOM SR, FHIR, Maps).")
+            return None
+        if not settings.formats and self.result is not None and not self.result.positives:
+            show_warning("No positive finding, so there is no saliency map to write: tick a report format.")
+            return None
+        self.out_edit.setText(str(settings.folder))
+        return self.export_clicked(settings.formats, overwrite=settings.overwrite)
 
     def export_clicked(self, formats, overwrite: bool = False):
         """Export in a background job (saliency of all findings may need computing first). Files that
@@ -1086,11 +1085,12 @@ def _export_job(req: dict, formats, out_dir, overwrite: bool, kwargs: dict):
     from hyperct.saliency import SaliencyMaps
 
     result, volume, cached = req["result"], req["volume"], req["maps"]
+    map_ids = list(req.get("saliency_findings") or ())
     scored = [f.id for f in result.findings if f.call in SCORED_CALLS]
     new = None
     maps = cached
     if scored and (cached is None or not all(fid in cached for fid in scored)):
-        new = saliency_for_export(req["model"], volume, result, method=DEFAULT_METHOD)
+        new = saliency_for_export(req["model"], volume, result, method=DEFAULT_METHOD, extra=map_ids)
         if new is not None and cached is not None:
             maps = SaliencyMaps(cached.method, cached.source_shape, dict(cached.model_maps))
             maps.update(new)
@@ -1098,6 +1098,8 @@ def _export_job(req: dict, formats, out_dir, overwrite: bool, kwargs: dict):
             maps = new
     kwargs = dict(kwargs)
     kwargs.setdefault("stem", req["stem"])
+    if map_ids:
+        kwargs.setdefault("saliency_findings", map_ids)
     written = export(
         result, volume, maps, out_dir, formats=tuple(formats), mode=req["mode"], overwrite=overwrite, **kwargs
     )
