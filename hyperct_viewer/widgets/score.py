@@ -199,8 +199,12 @@ def _unwrap(obj):
     return getattr(obj, "__wrapped__", obj)
 
 
-def _add_cancel(widget) -> None:
-    """A Cancel button under Score: stops this viewer's scoring job (nothing of it is kept)."""
+def _init_widget(widget) -> None:
+    """The empty model folder says what it means; a Cancel button under Score stops this viewer's
+    scoring job (nothing of it is kept)."""
+    line = widget.model_folder.line_edit.native
+    if hasattr(line, "setPlaceholderText"):  # Qt
+        line.setPlaceholderText("embedded demo model")
     cancel = PushButton(text="Cancel", gui_only=True, tooltip="Stop the running scoring job")
     cancel.changed.connect(lambda *_: scorer_for(widget.viewer.value).jobs.cancel())
     widget.append(cancel)
@@ -208,7 +212,7 @@ def _add_cancel(widget) -> None:
 
 @magic_factory(
     call_button="Score",
-    widget_init=_add_cancel,
+    widget_init=_init_widget,
     image={
         "label": "CT layer",
         "tooltip": "A CT layer opened with the HyperCT reader or sample (HU values, mm geometry)",
@@ -220,6 +224,7 @@ def _add_cancel(widget) -> None:
         "empty: the embedded demo model",
     },
     device={
+        "label": "Device",
         "choices": DEVICE_CHOICES,
         "tooltip": "Where the model runs (Auto: a CUDA GPU if PyTorch sees one)",
     },
