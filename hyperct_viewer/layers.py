@@ -48,6 +48,7 @@ def window_level_drag(layer, event):
     level, width = (lo + hi) / 2.0, hi - lo
     yield
     while event.type == "mouse_move":
+        event.handled = True  # the camera must not also zoom on this right drag (as napari's drag_to_zoom)
         dx, dy = event.pos[0] - x0, event.pos[1] - y0
         w = max(1.0, width + WL_HU_PER_PIXEL * dx)
         c = level - WL_HU_PER_PIXEL * dy  # drag up: higher level (darker image)

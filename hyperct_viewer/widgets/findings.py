@@ -410,7 +410,11 @@ class FindingsWidget(QWidget):
     def _bind_keys(self) -> None:
         """Shift+L / Shift+M / Shift+B: lung, mediastinum and bone windows on the selected scan."""
         for preset, key in WINDOW_KEYS.items():
-            self.viewer.bind_key(key, partial(_apply_window, self, preset), overwrite=True)
+            # napari's key handler reads __name__ of every bound callable: a bare partial has none and
+            # broke every key press on the canvas (seen with real X events, scripts/check_mouse_xdotool.py)
+            apply = partial(_apply_window, self, preset)
+            apply.__name__ = f"hyperct_{preset}_window"
+            self.viewer.bind_key(key, apply, overwrite=True)
 
     # ------------------------------------------------------------------ state
     @property
