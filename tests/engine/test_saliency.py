@@ -192,3 +192,16 @@ def test_maps_are_drawn_inside_the_body_outline_only_lungs_included():
     maps = SaliencyMaps("gradcam", vol.shape, {"lung_nodule": np.ones((55, 9, 9), np.float32)})
     m = maps.volume_map("lung_nodule", within=mask)
     assert m[:, ~body].max() == 0 and m[:, lung].min() > 0
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_saliency_after_scoring_with_the_same_model_reuses_its_factors_and_gives_the_same_map(method):
+    # Scoring runs under torch.inference_mode and fills the LoRA factor cache; the saliency pass that
+    # follows (the viewer's Analyze then overlay, `predict --saliency`) needs a backward through the
+    # same model and must not trip over inference tensors in the cache.
+    px = torch.randn(1, 3, 3, 48, 48)
+    fresh = method_maps(tiny_model(seed=8), px, [2, 5], method)
+    model = tiny_model(seed=8)
+    with torch.inference_mode():
+        model(px, torch.tensor([2, 5]))
+    np.testing.assert_allclose(method_maps(model, px, [2, 5], method), fresh, rtol=1e-5, atol=1e-7)

@@ -245,14 +245,17 @@ class HyperCT(nn.Module):
         if needs_grad:
             return self.lora_factors(tasks).grouped()
         key = self._cache_key()
-        if self._factor_cache is None or self._factor_cache.key != key:
-            self._factor_cache = None  # free the old factors before generating the new ones
-            with torch.no_grad():
-                self._factor_cache = FactorCache(key, self.lora_factors(None).grouped())
         if ids is None and tasks.device.type == "cpu":
             ids = [int(t) for t in tasks.tolist()]
         index = tasks.to(self._device)
-        return self._factor_cache.factors(ids, index, self._compute_dtype(), remember=remember)
+        # Everything the cache holds is made outside inference mode: a cache filled while scoring
+        # (torch.inference_mode) is reused by the saliency pass, whose backward cannot save inference
+        # tensors. Generated under no_grad, so the factors stay constants either way.
+        with torch.inference_mode(False), torch.no_grad():
+            if self._factor_cache is None or self._factor_cache.key != key:
+                self._factor_cache = None  # free the old factors before generating the new ones
+                self._factor_cache = FactorCache(key, self.lora_factors(None).grouped())
+            return self._factor_cache.factors(ids, index, self._compute_dtype(), remember=remember)
 
     def _compute_dtype(self) -> torch.dtype:
         """The dtype the backbone's matmuls run in: the autocast dtype inside autocast, else the weights'."""
