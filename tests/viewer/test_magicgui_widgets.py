@@ -146,7 +146,7 @@ def test_score_widget_scores_a_phantom_layer_with_the_demo_model_and_adds_its_ov
         widget(image=other)
 
     done = []
-    worker = widget(image=ct)  # the demo model (no folder), the default Grad-CAM, the top finding
+    worker = widget(image=ct)  # the demo model (no folder), the default method, the top finding
     assert worker is not None
     worker.returned.connect(done.append)
     qtbot.waitUntil(lambda: bool(done) and not scorer_for(viewer).jobs.busy, timeout=120000)

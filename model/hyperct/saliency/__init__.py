@@ -3,9 +3,10 @@
 Methods (``METHODS``; the default is the one the saliency benchmark measured best, see
 ``benchmarks/bench_saliency.py`` and the model card):
 
-* ``gradcam`` (default): captum Grad-CAM on the last block's tokens with per-volume channel weights,
+* ``attention`` (default): gradient-weighted attention relevance (Chefer et al., ICCV 2021),
+  ``attention.py``;
+* ``gradcam``: captum Grad-CAM on the last block's tokens with per-volume channel weights,
   ``gradcam.py``;
-* ``attention``: gradient-weighted attention relevance (Chefer et al., ICCV 2021), ``attention.py``;
 * ``token_gradient``: gradient norm per patch token at an early block (fast), ``gradients.py``;
 * ``input_x_gradient``: captum |input x gradient| on the pixels, ``gradients.py``;
 * ``integrated_gradients``: captum integrated gradients from the blurred scan, ``integrated.py``;

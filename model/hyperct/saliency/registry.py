@@ -23,8 +23,8 @@ METHODS: dict[str, Method] = {
         Method(
             "gradcam",
             "Grad-CAM",
-            "captum Grad-CAM on the last block's tokens, channel weights over the whole scan: the map "
-            "that best follows the lesion's side on the benchmark (fast, all findings in one pass)",
+            "captum Grad-CAM on the last block's tokens, channel weights over the whole scan (the "
+            "fastest; all findings in one pass)",
             True,
             "token",
         ),
@@ -32,7 +32,7 @@ METHODS: dict[str, Method] = {
             "attention",
             "Attention relevance",
             "Gradient-weighted attention (Chefer et al. 2021): which patches feed the CLS token the "
-            "finding is read from, through every block",
+            "finding is read from, through every block (the default: best on the benchmark)",
             True,
             "token",
         ),
@@ -67,4 +67,4 @@ METHODS: dict[str, Method] = {
         ),
     )
 }
-DEFAULT_METHOD = "gradcam"  # benchmarks/results/saliency_demo.json; the model card says why
+DEFAULT_METHOD = "attention"  # benchmarks/results/saliency_demo*.json; the model card says why
