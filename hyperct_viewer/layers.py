@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 from napari.utils.colormaps import Colormap
 
+from hyperct.metadata import ACQUISITION_KEYS
 from hyperct.volume import NAPARI_AXIS_LABELS, CTVolume
 
 # (window level, window width) in HU
@@ -18,17 +19,11 @@ WINDOW_PRESETS: dict[str, tuple[float, float]] = {
 }
 VOLUME_KEY = "hyperct_volume"
 SALIENCY_KEY = "hyperct_saliency"
-HEADER_KEYS = (
+HEADER_KEYS = (  # the header panel's rows, where the volume has a value
     "SeriesDescription",
     "StudyDescription",
     "StudyDate",
-    "Modality",
-    "Manufacturer",
-    "ManufacturerModelName",
-    "ConvolutionKernel",
-    "KVP",
-    "SliceThickness",
-    "BodyPartExamined",
+    *ACQUISITION_KEYS,
     "SeriesInstanceUID",
     "StudyInstanceUID",
     "SelectionRule",

@@ -2,24 +2,23 @@
 
 ``analysis_steps`` is a generator yielding ``Progress`` and returning the ``AnalysisResult`` (the
 viewer runs it in a napari generator worker, so the GUI shows progress and can cancel between
-steps); ``analyze`` drives it for scripts and the CLI.
+steps); ``analyze`` drives it (``hyperct.progress.run_steps``) for scripts and the CLI.
 """
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable, Generator, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from hyperct import INTENDED_USE
-from hyperct.errors import HyperCTError
+from hyperct.device import autocast_for, default_task_chunk, task_chunks
 from hyperct.findings import catalogue
 from hyperct.loading import LoadedModel
 from hyperct.preprocess import HU_MAX, HU_MIN, IMAGE_SIZE, N_IMAGES, N_SLICES, Preprocessed, preprocess
+from hyperct.progress import Progress, run_steps
 from hyperct.results import (
     CALL_ABSENT,
     CALL_NO_SCORE,
@@ -30,35 +29,6 @@ from hyperct.results import (
     ModelInfo,
 )
 from hyperct.volume import PHI_KEYS, CTVolume
-
-
-class Cancelled(HyperCTError):
-    """The user cancelled the analysis."""
-
-
-@dataclass(frozen=True)
-class Progress:
-    done: int
-    total: int
-    stage: str
-    message: str
-
-
-def autocast_for(device: torch.device):
-    """bf16 autocast on CUDA, plain fp32 elsewhere."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def default_task_chunk(device: torch.device, model, batch: int = 1) -> int:
-    """Tasks per backbone pass: all 25 on a GPU (one large batched pass). On a CPU, small chunks whose
-    largest activation (batch x 55 images x 86 tokens x MLP width) stays around 16 MB run fastest
-    (measured: demo config, 2 cores, one scan: 1.5 s with 1-3 tasks per pass vs 3.8 s with all 25)."""
-    if device.type == "cuda":
-        return 25
-    per_task = max(1, int(batch)) * 55 * 86 * model.backbone.config.intermediate_size * 4
-    return max(1, min(25, int(16e6 // per_task)))
 
 
 @torch.inference_mode()
@@ -181,22 +151,23 @@ def analysis_steps(
     cat = catalogue()
     tasks = cat.indices(list(findings) if findings is not None else None)
     chunk = task_chunk or default_task_chunk(loaded.device, loaded.model)
-    n_chunks = -(-len(tasks) // chunk)
-    total = 1 + n_chunks
+    chunks = task_chunks(tasks, chunk)
+    total = 1 + len(chunks)
     start = time.perf_counter()
     yield Progress(0, total, "preprocess", "resampling to 165 x 144 x 144")
     pre = preprocessed or preprocess(volume)
     pixels = pre.pixel_values[None]
     logits = np.full(len(cat), np.nan)
-    for ci in range(n_chunks):
-        sub = tasks[ci * chunk : (ci + 1) * chunk]
+    first = 1
+    for ci, sub in enumerate(chunks):
         yield Progress(
             1 + ci,
             total,
             "score",
-            f"scoring findings {ci * chunk + 1}-{ci * chunk + len(sub)} of {len(tasks)}",
+            f"scoring findings {first}-{first + len(sub) - 1} of {len(tasks)}",
         )
         logits[sub] = score_pixels(loaded, pixels, sub, task_chunk=chunk)[0]
+        first += len(sub)
     results = finding_results(loaded, logits, tasks)
     seconds = time.perf_counter() - start
     yield Progress(total, total, "done", f"scored {len(tasks)} findings in {seconds:.1f} s")
@@ -220,15 +191,7 @@ def analyze(
     cancel: Callable[[], bool] | None = None,
     task_chunk: int | None = None,
 ) -> AnalysisResult:
-    """Run ``analysis_steps`` to completion (``cancel()`` returning True stops between steps)."""
-    gen = analysis_steps(loaded, volume, findings=findings, task_chunk=task_chunk)
-    while True:
-        try:
-            step = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        if progress:
-            progress(step)
-        if cancel and cancel():
-            gen.close()
-            raise Cancelled("analysis cancelled by the user")
+    """Run ``analysis_steps`` to completion (``cancel()`` returning True stops between steps and
+    raises ``hyperct.progress.Cancelled``)."""
+    steps = analysis_steps(loaded, volume, findings=findings, task_chunk=task_chunk)
+    return run_steps(steps, progress=progress, cancel=cancel, what="analysis")

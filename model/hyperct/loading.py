@@ -10,7 +10,8 @@ import numpy as np
 import torch
 
 from hyperct.checkpoint import Manifest, load_checkpoint
-from hyperct.errors import CheckpointError, ModelError
+from hyperct.device import resolve_device
+from hyperct.errors import CheckpointError
 from hyperct.findings import catalogue
 from hyperct.network.hyperct import HyperCT
 
@@ -18,25 +19,6 @@ from hyperct.network.hyperct import HyperCT
 def demo_model_dir() -> Path:
     """The embedded demo checkpoint (trained on synthetic phantoms; not a medical device)."""
     return Path(str(resources.files("hyperct.assets").joinpath("demo_model")))
-
-
-def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; ``cuda`` fails clearly when no GPU is usable."""
-    if isinstance(spec, torch.device):
-        return spec
-    spec = (spec or "auto").lower()
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if spec.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ModelError(
-                f"device {spec!r} requested but PyTorch sees no CUDA GPU",
-                hint="use --device cpu (or auto), or install a CUDA build of torch on a machine with a GPU",
-            )
-        return torch.device(spec)
-    if spec == "cpu":
-        return torch.device("cpu")
-    raise ModelError(f"unknown device {spec!r}", hint="use auto, cuda, cuda:N or cpu")
 
 
 @dataclass

@@ -19,6 +19,7 @@ import numpy as np
 import pydicom
 
 from hyperct.errors import CorruptFileError
+from hyperct.metadata import METADATA_KEYS
 
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
 CT_SOP_CLASSES = {
@@ -40,35 +41,6 @@ NON_IMAGE_MODALITIES = {
     "AU": "audio",
 }
 LOCALIZER_WORDS = {"LOCALIZER", "SCOUT", "TOPOGRAM", "SURVIEW", "SCANOGRAM"}
-
-# Header keys copied into CTVolume.metadata (DICOM keywords); empty values are left out.
-METADATA_KEYS = (
-    "PatientName",
-    "PatientID",
-    "PatientBirthDate",
-    "PatientSex",
-    "PatientAge",
-    "StudyInstanceUID",
-    "SeriesInstanceUID",
-    "FrameOfReferenceUID",
-    "StudyDate",
-    "StudyTime",
-    "StudyID",
-    "AccessionNumber",
-    "StudyDescription",
-    "SeriesDescription",
-    "SeriesNumber",
-    "Modality",
-    "Manufacturer",
-    "ManufacturerModelName",
-    "ConvolutionKernel",
-    "KVP",
-    "SliceThickness",
-    "ContrastBolusAgent",
-    "BodyPartExamined",
-    "ReferringPhysicianName",
-)
-
 
 # --- per-file headers -------------------------------------------------------------------------
 
