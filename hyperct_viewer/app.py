@@ -15,6 +15,8 @@ import argparse
 import os
 import sys
 
+from hyperct.cli.common import add_model_args
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -24,15 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("path", nargs="?", help="CT to open: DICOM folder or file, NIfTI, NRRD or MHA")
     p.add_argument("--sample", action="store_true", help="open the bundled synthetic chest CT and analyse it")
-    p.add_argument("--model", metavar="DIR", help="HyperCT checkpoint folder (default: embedded demo model)")
-    p.add_argument(
-        "--backbone", metavar="DIR", help="local DINOv3 folder for checkpoints with external backbone weights"
-    )
-    p.add_argument(
-        "--device",
-        default="auto",
-        choices=["auto", "cuda", "cpu"],
-        help="where the model runs (default: auto)",
+    add_model_args(
+        p, device_choices=["auto", "cuda", "cpu"], device_help="where the model runs (default: auto)"
     )
     p.add_argument("--no-analyze", action="store_true", help="open the CT without starting the analysis")
     p.add_argument(

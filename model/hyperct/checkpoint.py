@@ -15,9 +15,7 @@ import json
 import math
 import os
 import re
-import shutil
 import stat
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,8 +25,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from hyperct import INTENDED_USE, __version__
+from hyperct.atomic import replace_file, replacing_folder
 from hyperct.errors import BackboneWeightsError, CheckpointError
-from hyperct.filemodes import set_default_modes
 from hyperct.findings import NUM_FINDINGS, catalogue
 from hyperct.network.backbone import (
     BACKBONE_CONFIGS,
@@ -182,9 +180,7 @@ def save_checkpoint(
             "the checkpoint folder already exists", path=directory, hint="pass overwrite=True (--overwrite)"
         )
     include_backbone = manifest["backbone"]["weights"] == "included"
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
+    with replacing_folder(directory) as tmp:
         save_file(
             model_tensors(model, include_backbone=include_backbone),
             str(tmp / WEIGHTS),
@@ -196,18 +192,6 @@ def save_checkpoint(
             mode = "wb" if isinstance(content, bytes) else "w"
             with open(tmp / name, mode, **({} if mode == "wb" else {"encoding": "utf-8"})) as f:
                 f.write(content)
-        set_default_modes(tmp)
-        if directory.exists():
-            old = directory.with_name(f".{directory.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(directory, old)
-            os.replace(tmp, directory)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return directory
 
 
@@ -868,16 +852,5 @@ def update_manifest(directory: str | Path, **fields: Any) -> dict:
             )
         fields["thresholds"] = {k: th.get(k, manifest.thresholds.get(k, 0.5)) for k in ids}
     raw = dict(manifest.raw, **fields)
-    fd, tmp = tempfile.mkstemp(prefix=".manifest.", suffix=".json", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(json.dumps(raw, indent=2) + "\n")
-        set_default_modes(tmp)
-        os.replace(tmp, directory / MANIFEST)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    replace_file(directory / MANIFEST, json.dumps(raw, indent=2) + "\n")
     return raw

@@ -6,31 +6,48 @@ from pathlib import Path
 
 
 class HyperCTError(Exception):
-    """Base class of every error the engine raises on purpose."""
+    """Base class of every error the engine raises on purpose.
+
+    ``str(e)`` leads with the cause, then the file, then what to do: ``"cause (path) -> hint"``
+    (the path is left out when the cause already names it). napari's collapsed toast and a
+    terminal's first glance show the start of a message, so the cause comes first everywhere.
+    ``cause``, ``path`` and ``hint`` keep the parts.
+    """
 
     def __init__(self, message: str, *, path: str | Path | None = None, hint: str | None = None):
+        self.cause = message
         self.path = str(path) if path is not None else None
         self.hint = hint
-        text = message
-        if self.path and self.path not in message:
-            text = f"{self.path}: {message}"
-        if hint:
-            text = f"{text} -> {hint}"
-        super().__init__(text)
+        super().__init__(error_text(message, self.path, hint))
+
+    def __reduce__(self):  # keep path and hint across processes (DataLoader workers, multiprocessing)
+        return (_rebuild, (type(self), self.cause, self.path, self.hint, dict(self.__dict__)))
 
 
-def cause_first(label: str, exc: BaseException) -> str:
-    """'cause (file) -> what to do' for the console and tables: the error's 'path: cause -> hint'
-    reordered so the cause leads; ``label`` (the input) is named when the cause does not name it."""
+def _rebuild(cls, cause, path, hint, state):
+    exc = cls.__new__(cls)
+    HyperCTError.__init__(exc, cause, path=path, hint=hint)
+    exc.__dict__.update(state)
+    return exc
+
+
+def error_text(cause: str, path: str | None = None, hint: str | None = None) -> str:
+    """``"cause (path) -> hint"``: the one form of every error message (path and hint optional; the
+    path is left out when the cause names it already)."""
+    text = cause
+    if path and path not in cause:
+        text = f"{cause} ({path})"
+    return f"{text} -> {hint}" if hint else text
+
+
+def naming(label: str, exc: BaseException) -> str:
+    """``str(exc)`` for the console and tables, with the input ``label`` named when neither the
+    message nor the error's path already names it (e.g. an error about a model pass)."""
     text = str(exc)
-    path = getattr(exc, "path", None)
-    where = None
-    if path and text.startswith(f"{path}: "):
-        text, where = text[len(path) + 2 :], path
-    cause, sep, hint = text.partition(" -> ")
-    if where is None and label not in cause:
-        where = label
-    return cause + (f" ({where})" if where else "") + (f" -> {hint}" if sep else "")
+    if label and label not in text and not getattr(exc, "path", None):
+        cause, sep, hint = text.partition(" -> ")
+        text = f"{cause} ({label})" + (f" -> {hint}" if sep else "")
+    return text
 
 
 # --- input (reader) ---------------------------------------------------------------------------
@@ -100,3 +117,7 @@ class ConfigError(HyperCTError):
 
 class ExportError(HyperCTError):
     """A report cannot be written (e.g. target exists, SR for non-DICOM input)."""
+
+
+class OutputExistsError(ExportError):
+    """An output file or folder exists and replacing it was not asked for (``--overwrite``)."""

@@ -150,7 +150,8 @@ def test_fields_of_the_wrong_type_are_checkpoint_errors(ckpt, field, value):
 
 
 def test_cli_exits_with_the_model_error_status(ckpt, tmp_path, capsys):
-    from hyperct.cli.main import EXIT_ERROR, main
+    from hyperct.cli.common import EXIT_ERROR
+    from hyperct.cli.main import main
 
     (ckpt / "manifest.json").write_text("[]")
     scan = tmp_path / "scan.nii.gz"

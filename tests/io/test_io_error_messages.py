@@ -158,3 +158,5 @@ def test_error_names_the_file_or_series_and_what_to_do(tmp_path, monkeypatch, sc
     assert not missing, f"message does not name {missing}: {msg}"
     assert err.value.hint, f"no advice on what to do: {msg}"
     assert " -> " in msg
+    # the cause leads (napari's collapsed toast shows only the start), then the file, then the advice
+    assert msg.startswith(err.value.cause) and msg.endswith(f" -> {err.value.hint}")

@@ -217,14 +217,20 @@ def _close(a, b, tol=2e-6) -> bool:
 
 
 def test_fhir_bundles_match_the_json_reports(full_run, env):
-    from hyperct.report.fhir import SNOMED_SYSTEM, parse_bundle
+    from hyperct.report.export import read_set_record
+    from hyperct.report.fhir import SNOMED_SYSTEM, bundle_json, parse_bundle
 
     rc, stdout, stderr, out = full_run
     bundles = sorted((out / "reports").glob("*.fhir.json"))
     assert len(bundles) == 3  # the scored studies
     for path in bundles:
-        doc = json.loads(path.with_name(path.name.replace(".fhir.json", ".hyperct.json")).read_text())
+        assert path.name.endswith(".hyperct.fhir.json")  # named as 'predict --fhir' names it
+        json_path = path.with_name(path.name.replace(".hyperct.fhir.json", ".hyperct.json"))
+        doc = json.loads(json_path.read_text())
         text = path.read_text()
+        assert text == bundle_json(doc)  # one document for both files (same report id and time)
+        rec = read_set_record(out / "reports", path.name.removesuffix(".hyperct.fhir.json"))
+        assert rec["complete"] and {path.name, json_path.name} <= set(rec["files"])  # one export set
         bundle = parse_bundle(text)
         res = [e.resource for e in bundle.entry]
         kinds = [r.get_resource_type() for r in res]

@@ -78,4 +78,4 @@ def test_errors_reach_the_user_with_the_cause_first(qtbot, monkeypatch):
     jobs.start("read", boom, on_error=handled.append)
     _wait_idle(jobs, qtbot)
     assert len(handled) == 1 and isinstance(handled[0], CorruptFileError)
-    assert failed == shown == ["Damaged file: /data/ct/IM7: truncated pixel data"]
+    assert failed == shown == ["Damaged file: truncated pixel data (/data/ct/IM7)"]

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 
+from hyperct.cli.common import add_model_args, add_overwrite_arg
+
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser(
@@ -18,10 +20,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="evaluate a checkpoint on labelled data (AUC + CI, ROC, decision curves, thresholds)",
         description="Evaluate a HyperCT checkpoint on labelled CTs or phantoms and write CSV/Markdown/JSON/PNG reports.",
     )
-    p.add_argument("--model", metavar="DIR", help="checkpoint folder (default: the embedded demo model)")
-    p.add_argument(
-        "--backbone", metavar="DIR", help="DINOv3 folder for checkpoints with external backbone weights"
-    )
+    add_model_args(p)
     p.add_argument(
         "--data", metavar="SPEC", required=True, help="manifest CSV | ct-rate:ROOT:SPLIT | phantom:N:SEED"
     )
@@ -34,7 +33,6 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--cache", metavar="DIR", help="preprocessing cache folder (reused by later runs)")
     p.add_argument("--cache-dtype", choices=["uint8", "float16"], default="uint8")
     p.add_argument("--findings", nargs="+", metavar="ID", help="evaluate only these finding ids")
-    p.add_argument("--device", default="auto", help="auto (default), cuda, cuda:N or cpu")
     p.add_argument("--batch-size", type=int, default=4, help="volumes per scoring batch (default 4)")
     p.add_argument("--workers", type=int, default=0, help="data loading worker processes (default 0)")
     p.add_argument(
@@ -52,31 +50,18 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         action="store_true",
         help="write the Youden thresholds found on DATA into the checkpoint manifest (use validation data)",
     )
-    p.add_argument("--overwrite", action="store_true", help="replace an existing report in --out")
+    add_overwrite_arg(p, "an existing report in --out")
     return p
 
 
 def run(args: argparse.Namespace) -> int:
-    """Exit 2 for an invalid configuration/arguments (message on stderr), else see ``hyperct.cli.main``."""
-    import sys
-
-    from hyperct.errors import ConfigError
-
-    try:
-        return _run(args)
-    except ConfigError as exc:
-        print(f"hyperct evaluate: error: {exc}", file=sys.stderr)
-        return 2
-
-
-def _run(args: argparse.Namespace) -> int:
     from hyperct.errors import ConfigError
     from hyperct.findings import catalogue
     from hyperct.loading import load_model
+    from hyperct.progress import progress_enabled
     from hyperct.training.cache import PreprocessCache
     from hyperct.training.datasets import build_dataset, parse_data_spec
     from hyperct.training.evaluate import evaluate, write_thresholds
-    from hyperct.training.progress import progress_enabled
 
     if args.write_thresholds and not args.model:
         raise ConfigError("--write-thresholds needs --model DIR (the embedded demo model is read-only)")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from hyperct.cli.common import UsageError, add_model_args
+
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser(
@@ -12,18 +14,12 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="print the model card (names, parameter counts, manifest, device)",
         description="Print the model card of a HyperCT checkpoint (default: the embedded demo model).",
     )
-    p.add_argument("--model", metavar="DIR", help="checkpoint folder (default: embedded demo model)")
-    p.add_argument(
-        "--backbone",
-        metavar="DIR",
-        help="DINOv3 backbone folder, for checkpoints with external backbone weights",
-    )
+    add_model_args(p)
     p.add_argument(
         "--config",
         choices=["demo", "vitb16"],
         help="describe an untrained architecture instead of a checkpoint",
     )
-    p.add_argument("--device", default="auto", help="auto (default), cuda, cuda:N or cpu")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.add_argument(
         "--embeddings",
@@ -40,7 +36,8 @@ def _fmt_count(n: int) -> str:
 def card(args: argparse.Namespace, loaded=None) -> dict:
     import torch
 
-    from hyperct.loading import load_model, resolve_device
+    from hyperct.device import resolve_device
+    from hyperct.loading import load_model
     from hyperct.network import HyperCT, HyperCTConfig
 
     device = resolve_device(args.device)
@@ -89,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     loaded = None
     if args.embeddings:
         if args.config:
-            raise SystemExit("hyperct info: --embeddings needs a trained checkpoint, not --config")
+            raise UsageError("--embeddings needs a trained checkpoint, not --config")
         from hyperct.loading import load_model
 
         loaded = load_model(args.model, backbone_dir=args.backbone, device=args.device)

@@ -9,15 +9,25 @@ status is then 1.
 from __future__ import annotations
 
 import argparse
-import csv
 import glob
 import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from hyperct.errors import cause_first
-from hyperct.saliency import DEFAULT_METHOD, METHODS
+from hyperct.cli.common import (
+    EXIT_OK,
+    EXIT_PARTIAL,
+    UsageError,
+    add_input_args,
+    add_model_args,
+    add_overwrite_arg,
+    add_report_args,
+    add_scoring_args,
+    finding_ids,
+    read_manifest,
+)
+from hyperct.errors import naming
 
 EPILOG = """\
 inputs:
@@ -99,9 +109,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument(
         "inputs", nargs="*", metavar="INPUT", help="DICOM folder/files, DICOMDIR, NIfTI/NRRD/MHA, or a glob"
     )
-    p.add_argument(
-        "--manifest", metavar="CSV", help="CSV listing inputs (column 'path'; optional 'series_uid', 'id')"
-    )
+    add_input_args(p)
     p.add_argument(
         "--series",
         metavar="UID",
@@ -112,25 +120,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         action="store_true",
         help="score every usable CT series of every study (one report each) instead of one per study",
     )
-    p.add_argument(
-        "--resample-tilt",
-        action="store_true",
-        help="resample a gantry-tilted DICOM series onto an orthogonal grid (QC warning in the outputs) "
-        "instead of refusing it",
-    )
-    p.add_argument(
-        "--min-slices",
-        type=_min_slices,
-        default=16,
-        metavar="N",
-        help="fewest slices accepted as a chest CT volume (default 16)",
-    )
-    p.add_argument("--model", metavar="DIR", help="checkpoint folder (default: the embedded demo model)")
-    p.add_argument(
-        "--backbone", metavar="DIR", help="DINOv3 backbone folder for checkpoints with external weights"
-    )
-    p.add_argument("--device", default="auto", help="auto (default), cuda, cuda:N or cpu")
-    p.add_argument("--findings", metavar="A,B", help="score only these finding ids (others: not assessed)")
+    add_model_args(p)
+    add_scoring_args(p)
     p.add_argument("--out", metavar="DIR", help="output folder (default: current folder)")
     p.add_argument(
         "--json",
@@ -140,30 +131,13 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         metavar="-",
         help="write <stem>.hyperct.json ('--json -': print the JSON to stdout)",
     )
-    p.add_argument("--pdf", action="store_true", help="write <stem>.hyperct.pdf")
-    p.add_argument("--sr", action="store_true", help="write <stem>.hyperct.sr.dcm (DICOM input only)")
-    p.add_argument(
-        "--fhir",
-        action="store_true",
-        help="write <stem>.hyperct.fhir.json (FHIR R4 Bundle: DiagnosticReport + one Observation per assessed finding)",
-    )
-    p.add_argument(
-        "--saliency", action="store_true", help="write saliency maps (NIfTI) of the positive findings"
-    )
+    add_report_args(p)
     p.add_argument(
         "--saliency-findings",
         metavar="A,B|all",
         help="write saliency maps of these findings (or all assessed ones) instead of the positives",
     )
-    p.add_argument(
-        "--saliency-method",
-        choices=list(METHODS),
-        default=DEFAULT_METHOD,
-        help=f"saliency method (default {DEFAULT_METHOD}): "
-        + "; ".join(f"{m.id}: {m.description}" for m in METHODS.values()),
-    )
-    p.add_argument("--mode", choices=["shareable", "clinical"], default="shareable", help="export mode")
-    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    add_overwrite_arg(p)
     p.add_argument(
         "-q",
         "--quiet",
@@ -173,26 +147,12 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return p
 
 
-def _min_slices(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if n < 2:
-        raise argparse.ArgumentTypeError(f"must be at least 2, got {n}")
-    return n
-
-
 @dataclass
 class Item:
     source: str | list[str]
     label: str
     series_uid: str | None = None
     stem: str | None = None
-
-
-class UsageError(Exception):
-    pass
 
 
 def report_identity(result) -> tuple[str | None, str | None]:
@@ -214,44 +174,6 @@ def _expand(inputs: list[str]) -> list[Item]:
             items.append(Item(arg, arg))  # reported as a failed input: no such file
         items += [Item(m, m) for m in matches]
     return items
-
-
-def _read_manifest(path: str) -> list[Item]:
-    p = Path(path)
-    try:
-        with open(p, newline="", encoding="utf-8-sig") as f:
-            rows = list(csv.DictReader(f))
-    except OSError as exc:
-        raise UsageError(f"cannot read the manifest {p}: {exc}") from exc
-    except csv.Error as exc:
-        raise UsageError(f"{p}: not a valid CSV ({exc})") from exc
-    if not rows or "path" not in (rows[0].keys() if rows else []):
-        raise UsageError(f"{p}: the manifest needs a header row with a 'path' column (and at least one row)")
-    items = []
-    for n, row in enumerate(rows, start=2):
-        raw = (row.get("path") or "").strip()
-        if not raw:
-            raise UsageError(f"{p}, line {n}: empty 'path'")
-        src = raw if os.path.isabs(raw) else str(p.parent / raw)
-        items.append(
-            Item(
-                src, src, (row.get("series_uid") or "").strip() or None, (row.get("id") or "").strip() or None
-            )
-        )
-    return items
-
-
-def _finding_list(text: str | None) -> list[str] | None:
-    if not text:
-        return None
-    from hyperct.findings import catalogue
-
-    ids = [t.strip() for t in text.split(",") if t.strip()]
-    cat = catalogue()
-    for fid in ids:
-        if fid not in cat.ids:
-            raise UsageError(f"unknown finding id {fid!r}; known ids: {', '.join(cat.ids)}")
-    return ids
 
 
 def _table(result, label: str) -> str:
@@ -352,7 +274,9 @@ class _Progress:
 
 
 def _progress_mode(args) -> str:
-    if getattr(args, "quiet", False) or os.environ.get("HYPERCT_NO_PROGRESS"):
+    from hyperct.progress import progress_enabled
+
+    if getattr(args, "quiet", False) or not progress_enabled():
         return "off"
     return "bar" if sys.stderr.isatty() else "lines"
 
@@ -378,8 +302,6 @@ def _say_plan(progress: _Progress, label: str, plan) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hyperct.cli.main import EXIT_OK, EXIT_PARTIAL, EXIT_USAGE
-
     inputs = list(args.inputs)
     json_stdout = args.json == "-"
     if isinstance(args.json, str) and not json_stdout:  # '--json scan.nii': the word is an input
@@ -389,20 +311,16 @@ def run(args: argparse.Namespace) -> int:
         f for f, on in (("json", want_json), ("pdf", args.pdf), ("sr", args.sr), ("fhir", args.fhir)) if on
     ]
     maps_wanted = bool(args.saliency or args.saliency_findings)
-    try:
-        items = _expand(inputs)
-        if args.manifest:
-            items += _read_manifest(args.manifest)
-        if not items:
-            raise UsageError("no inputs: give INPUT paths/globs or --manifest CSV")
-        if args.all_series and args.series:
-            raise UsageError("--series and --all-series exclude each other: give one of them")
-        findings = _finding_list(args.findings)
-        if args.saliency_findings and args.saliency_findings != "all":
-            _finding_list(args.saliency_findings)
-    except UsageError as exc:
-        print(f"hyperct predict: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    items = _expand(inputs)
+    if args.manifest:
+        items += [Item(r.path, r.path, r.series_uid, r.id) for r in read_manifest(args.manifest)]
+    if not items:
+        raise UsageError("no inputs: give INPUT paths/globs or --manifest CSV")
+    if args.all_series and args.series:
+        raise UsageError("--series and --all-series exclude each other: give one of them")
+    findings = finding_ids(args.findings)
+    if args.saliency_findings and args.saliency_findings != "all":
+        finding_ids(args.saliency_findings)
 
     from hyperct.errors import HyperCTError
     from hyperct.io.selection import plan_input
@@ -444,7 +362,7 @@ def run(args: argparse.Namespace) -> int:
             except HyperCTError as exc:
                 units += 1
                 failed.append(item.label)
-                progress.say(f"hyperct predict: error: {cause_first(item.label, exc)}")
+                progress.say(f"hyperct predict: error: {naming(item.label, exc)}")
                 progress.end()
                 continue
             _say_plan(progress, item.label, plan)
@@ -476,7 +394,7 @@ def run(args: argparse.Namespace) -> int:
                     raise
                 except HyperCTError as exc:
                     failed.append(label)
-                    progress.say(f"hyperct predict: error: {cause_first(label, exc)}")
+                    progress.say(f"hyperct predict: error: {naming(label, exc)}")
                 except Exception as exc:  # noqa: BLE001 - keep going past an unexpected failure, but say what it was
                     failed.append(label)
                     progress.say(

@@ -13,6 +13,12 @@ from __future__ import annotations
 
 import argparse
 
+from hyperct.cli.common import UsageError, add_overwrite_arg
+from hyperct.errors import HyperCTError
+
+# Config, dataset and init-backbone problems are all the user's to fix before a run: exit 2.
+USAGE_ERRORS = (HyperCTError,)
+
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser(
@@ -50,37 +56,25 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         metavar="FIELD=VALUE",
         help="override a configuration field (YAML value), e.g. --set data.prepare_workers=12 --set device=cuda",
     )
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    add_overwrite_arg(p, "an existing output folder")
     return p
 
 
 def run(args: argparse.Namespace) -> int:
-    import sys
-
-    from hyperct.errors import HyperCTError
     from hyperct.training.pretrain import apply_sets, load_pretrain_config, pretrain_backbone, resume_config
 
     if bool(args.resume) == bool(args.config) or (args.resume and (args.out or args.init)):
-        print(
-            "hyperct pretrain: error: give --config FILE --out DIR (a new run) or --resume DIR (continue one)",
-            file=sys.stderr,
-        )
-        return 2
+        raise UsageError("give --config FILE --out DIR (a new run) or --resume DIR (continue one)")
     if args.config and not args.out:
-        print("hyperct pretrain: error: --out DIR is required with --config", file=sys.stderr)
-        return 2
-    try:
-        if args.resume:
-            cfg = resume_config(args.resume, args.epochs, args.set)
-            out = pretrain_backbone(cfg, args.resume, resume=True, source=args.resume)
-        else:
-            over: dict = {"init": args.init} if args.init else {}
-            if args.epochs:
-                over["optim"] = {"epochs": args.epochs}
-            cfg = apply_sets(load_pretrain_config(args.config, over or None), args.set, args.config)
-            out = pretrain_backbone(cfg, args.out, overwrite=args.overwrite, source=args.config)
-    except HyperCTError as exc:  # config, dataset or init-backbone problems: one clear line
-        print(f"hyperct pretrain: error: {exc}", file=sys.stderr)
-        return 2
+        raise UsageError("--out DIR is required with --config")
+    if args.resume:
+        cfg = resume_config(args.resume, args.epochs, args.set)
+        out = pretrain_backbone(cfg, args.resume, resume=True, source=args.resume)
+    else:
+        over: dict = {"init": args.init} if args.init else {}
+        if args.epochs:
+            over["optim"] = {"epochs": args.epochs}
+        cfg = apply_sets(load_pretrain_config(args.config, over or None), args.set, args.config)
+        out = pretrain_backbone(cfg, args.out, overwrite=args.overwrite, source=args.config)
     print(f"backbone written to {out} (config.json + model.safetensors; report in pretrain.json)")
     return 0

@@ -7,17 +7,19 @@ Output layout in ``--out DIR``::
     DIR/masks/<finding>.nii.gz   one mask per present finding (same grid)
     DIR/labels.json    seed, labels (1/0/-1 per finding), severities, cardiac state, spec
 
-Exit codes: 0 written; 2 usage error (unknown finding, output exists); 3 write error.
+Exit codes: 0 written; 2 usage error (unknown finding, bad severity, output exists without --force).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-EXIT_OK, EXIT_USAGE, EXIT_ERROR = 0, 2, 3
+from hyperct.cli.common import EXIT_OK, UsageError, check_finding_ids
+from hyperct.errors import OutputExistsError
+
+USAGE_ERRORS = (OutputExistsError,)  # an existing output without --force: the user's to decide
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -73,31 +75,20 @@ def parse_findings(text: str):
 
 
 def run(args) -> int:
-    from hyperct.findings import FINDING_IDS
-
     try:
         requested = parse_findings(args.findings)
     except ValueError as exc:
-        print(f"hyperct sample: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        raise UsageError(str(exc)) from None
     if requested:
-        unknown = [f for f in requested if f not in FINDING_IDS]
-        if unknown:
-            print(
-                f"hyperct sample: error: unknown finding id(s) {', '.join(map(repr, unknown))}; "
-                f"known ids: {', '.join(FINDING_IDS)}",
-                file=sys.stderr,
-            )
-            return EXIT_USAGE
+        check_finding_ids(requested)
     out: Path = args.out
     ct_path = out / ("ct" if args.format == "dicom" else "ct.nii.gz")
     if (ct_path.exists() or (out / "labels.json").exists()) and not args.force:
-        print(
-            f"hyperct sample: error: {ct_path} or labels.json already exists in {out}; use --force to overwrite",
-            file=sys.stderr,
+        raise OutputExistsError(
+            f"{ct_path.name} or labels.json already exists", path=out, hint="use --force to overwrite"
         )
-        return EXIT_USAGE
 
+    from hyperct.jsonable import jsonable
     from hyperct.phantom import generate, write_dicom_series, write_nifti
     from hyperct.phantom._rng import stream
 
@@ -114,8 +105,7 @@ def run(args) -> int:
     try:
         ph = generate(args.seed, requested, matrix=args.matrix, n_slices=args.slices)
     except ValueError as exc:
-        print(f"hyperct sample: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        raise UsageError(str(exc)) from None
     if ct_path.exists() and args.format == "dicom":
         for f in ct_path.glob("*.dcm"):
             f.unlink()
@@ -163,20 +153,10 @@ def run(args) -> int:
         "spec": ph.spec,
     }
     lp = out / "labels.json"
-    lp.write_text(json.dumps(labels, indent=2, default=_json_default))
+    lp.write_text(json.dumps(jsonable(labels), indent=2))
     print(f"wrote {lp}")
     z, y, x = ph.volume.shape
     sz, sy, sx = ph.volume.spacing
     present = ", ".join(f"{k} ({v:.2f})" for k, v in ph.severities.items()) or "none (normal CT)"
     print(f"phantom seed {ph.seed}: {x}x{y}x{z} voxels, {sx:.2f}x{sy:.2f}x{sz:.2f} mm; findings: {present}")
     return EXIT_OK
-
-
-def _json_default(o):
-    import numpy as np
-
-    if isinstance(o, np.integer | np.floating):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")

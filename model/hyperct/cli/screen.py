@@ -7,7 +7,19 @@ import os
 import sys
 from pathlib import Path
 
-from hyperct.saliency import DEFAULT_METHOD, METHODS
+from hyperct.cli.common import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_PARTIAL,
+    UsageError,
+    add_input_args,
+    add_model_args,
+    add_report_args,
+    add_scoring_args,
+    finding_ids,
+    read_manifest,
+    whole_number,
+)
 
 EPILOG = """\
 archive:
@@ -32,7 +44,8 @@ outputs (in RESULTS):
                                 error (cause, file, what to do)
   index.parquet, index.csv      studies and series, chosen, skipped + reason
   summary.json, summary.txt     findings present/absent/not assessed, failures by reason, QC codes
-  reports/study-<hash>.*        with --json/--pdf/--sr/--saliency/--fhir, per study, as 'predict' writes them
+  reports/study-<hash>.*        with --json/--pdf/--sr/--fhir/--saliency, per study, one export set as
+                                'predict' writes it (<stem>.hyperct.json, .pdf, .sr.dcm, .fhir.json)
   .state/                       the index and one part file per completed study (holds file paths:
                                 do not share)
 
@@ -70,75 +83,34 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("archive", nargs="?", metavar="ARCHIVE", help="folder tree, DICOMDIR or image file")
-    p.add_argument(
-        "--manifest", metavar="CSV", help="CSV listing inputs (column 'path'; optional 'series_uid', 'id')"
-    )
+    add_input_args(p)
     p.add_argument(
         "--out", required=True, metavar="RESULTS", help="results folder (created; reused to resume)"
     )
-    p.add_argument("--model", metavar="DIR", help="checkpoint folder (default: the embedded demo model)")
-    p.add_argument(
-        "--backbone", metavar="DIR", help="DINOv3 backbone folder for checkpoints with external weights"
-    )
-    p.add_argument(
-        "--device", default="auto", help="auto (default; cuda:LOCAL_RANK under torchrun), cuda, cuda:N or cpu"
-    )
-    p.add_argument("--findings", metavar="A,B", help="score only these finding ids (others: not assessed)")
+    add_model_args(p, device_help="auto (default; cuda:LOCAL_RANK under torchrun), cuda, cuda:N or cpu")
+    add_scoring_args(p, describe_methods=False)
     p.add_argument(
         "--batch-size",
-        type=_positive,
+        type=whole_number(1),
         metavar="N",
         help="volumes per model pass (default 8 on a GPU, 2 on a CPU)",
     )
     p.add_argument(
         "--workers",
-        type=_non_negative,
+        type=whole_number(0),
         default=min(4, os.cpu_count() or 1),
         metavar="N",
         help="reader processes per rank (default min(4, CPUs); 0 reads in the main process)",
     )
     p.add_argument(
         "--index-workers",
-        type=_non_negative,
+        type=whole_number(0),
         default=0,
         metavar="N",
         help="processes for the header reads of the index (default 0: in the main process)",
     )
-    p.add_argument(
-        "--min-slices",
-        type=_min_slices,
-        default=16,
-        metavar="N",
-        help="fewest slices accepted as a chest CT volume (default 16)",
-    )
-    p.add_argument(
-        "--resample-tilt",
-        action="store_true",
-        help="resample gantry-tilted series (QC warning) instead of failing them",
-    )
-    p.add_argument(
-        "--mode",
-        choices=["shareable", "clinical"],
-        default="shareable",
-        help="export mode (default shareable)",
-    )
     p.add_argument("--json", action="store_true", help="write reports/<stem>.hyperct.json per study")
-    p.add_argument("--pdf", action="store_true", help="write reports/<stem>.hyperct.pdf per study")
-    p.add_argument("--sr", action="store_true", help="write reports/<stem>.hyperct.sr.dcm per DICOM study")
-    p.add_argument(
-        "--fhir",
-        action="store_true",
-        help="write reports/<stem>.fhir.json (FHIR R4 Bundle: DiagnosticReport + Observations)",
-    )
-    p.add_argument(
-        "--saliency", action="store_true", help="write saliency maps (NIfTI) of the positive findings"
-    )
-    p.add_argument(
-        "--saliency-method",
-        choices=list(METHODS),
-        default=DEFAULT_METHOD,
-        help=f"saliency method (default {DEFAULT_METHOD})",
-    )
+    add_report_args(p, folder="reports/", each=" per study")
     p.add_argument("--force", action="store_true", help="score every study again, even those already done")
     p.add_argument(
         "--retry-failed", action="store_true", help="score the studies that failed in an earlier run again"
@@ -148,74 +120,21 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return p
 
 
-def _int(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-
-
-def _positive(text: str) -> int:
-    n = _int(text)
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
-    return n
-
-
-def _non_negative(text: str) -> int:
-    n = _int(text)
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {n}")
-    return n
-
-
-def _min_slices(text: str) -> int:
-    n = _int(text)
-    if n < 2:
-        raise argparse.ArgumentTypeError(f"must be at least 2, got {n}")
-    return n
-
-
-def _manifest_rows(path: str) -> list[tuple[str, str | None, str | None]]:
-    from hyperct.cli.predict import UsageError, _read_manifest
-
-    try:
-        items = _read_manifest(path)
-    except UsageError as exc:
-        raise _Usage(str(exc)) from None
-    return [(str(i.source), i.series_uid, i.stem) for i in items]
-
-
-class _Usage(Exception):
-    pass
-
-
 def run(args: argparse.Namespace) -> int:
-    from hyperct.cli.main import EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE
     from hyperct.screening import ScreenInterrupted, ScreenOptions, Source, screen
 
-    try:
-        if bool(args.archive) == bool(args.manifest):
-            raise _Usage("give either ARCHIVE or --manifest CSV (one of them)")
-        if args.archive and not os.path.exists(args.archive):
-            raise _Usage(
-                f"the archive does not exist ({args.archive}) -> give a folder, DICOMDIR or image file"
-            )
-        findings = None
-        if args.findings:
-            from hyperct.findings import catalogue
-
-            findings = [t.strip() for t in args.findings.split(",") if t.strip()]
-            unknown = [f for f in findings if f not in catalogue().ids]
-            if unknown:
-                raise _Usage(
-                    f"unknown finding id(s) {', '.join(unknown)}; known ids: {', '.join(catalogue().ids)}"
-                )
-        source = Source(args.archive, None) if args.archive else Source("", _manifest_rows(args.manifest))
-    except _Usage as exc:
-        print(f"hyperct screen: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    formats = [f for f, on in (("json", args.json), ("pdf", args.pdf), ("sr", args.sr)) if on]
+    if bool(args.archive) == bool(args.manifest):
+        raise UsageError("give either ARCHIVE or --manifest CSV (one of them)")
+    if args.archive and not os.path.exists(args.archive):
+        raise UsageError(
+            f"the archive does not exist ({args.archive}) -> give a folder, DICOMDIR or image file"
+        )
+    findings = finding_ids(args.findings)
+    if args.archive:
+        source = Source(args.archive, None)
+    else:
+        source = Source("", [(r.path, r.series_uid, r.id) for r in read_manifest(args.manifest)])
+    formats = [f for f in ("json", "pdf", "sr", "fhir") if getattr(args, f)]
     opts = ScreenOptions(
         out=Path(args.out),
         mode=args.mode,
@@ -226,7 +145,6 @@ def run(args: argparse.Namespace) -> int:
         min_slices=args.min_slices,
         resample_tilt=args.resample_tilt,
         formats=formats,
-        fhir=args.fhir,
         saliency="positive" if args.saliency else None,
         saliency_method=args.saliency_method,
         force=args.force,

@@ -17,6 +17,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from hyperct.cli.common import add_overwrite_arg
+
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser(
@@ -42,7 +44,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         metavar="RUN_DIR",
         help="continue a run from its last finished epoch (uses RUN_DIR/config.yaml plus --set overrides)",
     )
-    p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    add_overwrite_arg(p, "an existing run folder")
     p.add_argument("--device", help="auto, cuda, cuda:N or cpu (overrides train.device)")
     p.add_argument("--print-config", action="store_true", help="print the resolved configuration and exit")
     p.add_argument(
@@ -54,19 +56,6 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Exit 2 for an invalid configuration/arguments (message on stderr), else see ``hyperct.cli.main``."""
-    import sys
-
-    from hyperct.errors import ConfigError
-
-    try:
-        return _run(args)
-    except ConfigError as exc:
-        print(f"hyperct train: error: {exc}", file=sys.stderr)
-        return 2
-
-
-def _run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from hyperct.errors import ConfigError

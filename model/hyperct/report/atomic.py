@@ -1,14 +1,12 @@
-"""Atomic file writes that never replace an existing file unless told to.
+"""Export writes: atomic (``hyperct.atomic``), and never replacing an existing file unless told to.
 
 A file is written to a temporary name in the target's own folder (same file system), flushed and
 fsync'ed, then moved over the target with ``os.replace``: a reader sees either the old file or the
 complete new one, never a half-written file, and an interrupted export leaves no partial target.
 
-Without ``overwrite`` the complete file is hard-linked to its final name, which fails if a file of
-that name exists, so nothing is ever replaced. Where the file system has no hard links (FAT/exFAT,
-some SMB mounts) the final name is claimed with an exclusive create (``O_EXCL``: fails if it exists)
-and the complete file then replaces that empty claim: the no-overwrite guarantee holds, and a
-reader may see an empty file for a moment.
+Without ``overwrite`` the complete file only takes a free name (``hyperct.atomic.publish``: a hard
+link, or where the file system has none an exclusive-create claim), so nothing is ever replaced;
+a target that exists is an ``OutputExistsError``. Errors of the file system are ``ExportError``.
 
 Temporary files are named ``.<final name>.<8 random characters>.tmp``; ``temp_pattern`` recognises
 them, so an export can remove those a killed run left behind. ``stem_lock`` serialises the writers
@@ -21,39 +19,32 @@ import contextlib
 import errno
 import os
 import re
-import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from hyperct.errors import ExportError
+from hyperct.atomic import publish, remove_quietly, stage_file
+from hyperct.errors import ExportError, OutputExistsError
 from hyperct.filemodes import UMASK
+
+FILE_MODE = 0o644 & ~UMASK  # report files: readable by all, writable by the owner
 
 
 def check_targets(paths: Iterable[str | os.PathLike[str]], *, overwrite: bool) -> None:
-    """Raise ``ExportError`` naming the first target that exists (unless ``overwrite``)."""
+    """Raise ``OutputExistsError`` naming the first target that exists (unless ``overwrite``)."""
     for p in paths:
         p = Path(p)
         if p.is_dir():
             raise ExportError("the output path is a folder", path=p, hint="choose another --out or stem")
         if p.exists() and not overwrite:
-            raise ExportError(
-                "the output file already exists",
-                path=p,
-                hint="pass --overwrite (overwrite=True) to replace it, or choose another --out folder",
-            )
+            raise exists_error(p, also="or choose another --out folder")
 
 
 def write_atomic(path: str | os.PathLike[str], data: bytes | str, *, overwrite: bool = False) -> Path:
     """Write ``data`` to ``path`` atomically; refuse to replace an existing file unless ``overwrite``."""
     path = Path(path)
     check_targets([path], overwrite=overwrite)
-    tmp = stage(path, data)
-    try:
-        place(tmp, path, overwrite=overwrite)
-    except BaseException:
-        _remove(tmp)
-        raise
+    place(stage(path, data), path, overwrite=overwrite)
     return path
 
 
@@ -63,41 +54,21 @@ def stage(path: str | os.PathLike[str], data: bytes | str) -> str:
     On failure (e.g. a full disk) the temporary file is removed and ``ExportError`` raised.
     """
     path = Path(path)
-    if isinstance(data, str):
-        data = data.encode("utf-8")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
         raise ExportError(f"cannot write to the folder ({exc})", path=path.parent) from exc
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644 & ~UMASK)
+        return stage_file(path, data, mode=FILE_MODE)
     except OSError as exc:
-        _remove(tmp)
         raise ExportError(f"writing failed ({exc})", path=path) from exc
-    except BaseException:
-        _remove(tmp)
-        raise
-    return tmp
 
 
-# link() errors that mean "this file system has no hard links" (FAT/exFAT, some SMB mounts).
-NO_HARDLINK_ERRNOS = {
-    getattr(errno, n)
-    for n in ("EPERM", "ENOTSUP", "EOPNOTSUPP", "ENOSYS", "EMLINK", "EXDEV")
-    if hasattr(errno, n)
-}
-
-
-def _exists_error(path: Path) -> ExportError:
-    return ExportError(
+def exists_error(path: Path, also: str = "") -> OutputExistsError:
+    return OutputExistsError(
         "the output file already exists",
         path=path,
-        hint="pass --overwrite (overwrite=True) to replace it",
+        hint="pass --overwrite (overwrite=True) to replace it" + (f", {also}" if also else ""),
     )
 
 
@@ -110,27 +81,14 @@ def place(tmp: str, path: str | os.PathLike[str], *, overwrite: bool) -> None:
     try:
         if overwrite:
             os.replace(tmp, path)
-            return
-        try:
-            os.link(tmp, path)  # fails if the name exists: nothing is replaced
-        except FileExistsError:
-            raise _exists_error(path) from None
-        except OSError as exc:
-            if exc.errno not in NO_HARDLINK_ERRNOS:
-                raise
-            # No hard links here: claim the name exclusively, then replace our own (empty) claim.
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644 & ~UMASK)
-            except FileExistsError:
-                raise _exists_error(path) from None
-            os.close(fd)
-            os.replace(tmp, path)
+        elif not publish(tmp, path):
+            raise exists_error(path)
     except ExportError:
         raise
     except OSError as exc:
         raise ExportError(f"writing failed ({exc})", path=path) from exc
     finally:
-        _remove(tmp)
+        remove_quietly(tmp)
 
 
 def temp_pattern(name: str) -> re.Pattern[str]:
@@ -174,7 +132,7 @@ def stem_lock(folder: str | os.PathLike[str], stem: str, *, wait_s: float | None
         return
     while True:
         try:
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644 & ~UMASK)
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, FILE_MODE)
         except OSError as exc:
             raise ExportError(f"cannot create the lock file ({exc})", path=lock) from exc
         try:
@@ -198,7 +156,7 @@ def stem_lock(folder: str | os.PathLike[str], stem: str, *, wait_s: float | None
     try:
         yield
     finally:
-        _remove(str(lock))
+        remove_quietly(lock)
         os.close(fd)  # closing releases the flock
 
 
@@ -211,7 +169,7 @@ def _exclusive_lock(lock: Path, deadline: float, busy: ExportError):  # pragma: 
         except FileExistsError:
             try:
                 if time.time() - lock.stat().st_mtime > LOCK_STALE_S:
-                    _remove(str(lock))
+                    remove_quietly(lock)
                     continue
             except FileNotFoundError:
                 continue
@@ -221,9 +179,4 @@ def _exclusive_lock(lock: Path, deadline: float, busy: ExportError):  # pragma: 
     try:
         yield
     finally:
-        _remove(str(lock))
-
-
-def _remove(path: str) -> None:
-    with contextlib.suppress(OSError):
-        os.unlink(path)
+        remove_quietly(lock)

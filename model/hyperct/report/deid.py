@@ -45,19 +45,18 @@ Level Confidentiality Profile (``PROFILE``), with the options in ``RETAINED_OPTI
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import hmac
 import os
 import re
 import secrets
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hyperct.atomic import publish, stage_file
 from hyperct.errors import ExportError
 from hyperct.volume import PHI_KEYS
 
@@ -198,60 +197,21 @@ def link_key(*, create: bool = True) -> LinkKey:
 
 
 KEY_WAIT_S = 2.0
-# link() errors that mean "this file system has no hard links" (FAT/exFAT, some SMB mounts).
-NO_HARDLINK_ERRNOS = {
-    getattr(errno, n)
-    for n in ("EPERM", "ENOTSUP", "EOPNOTSUPP", "ENOSYS", "EMLINK", "EXDEV")
-    if hasattr(errno, n)
-}
 
 
 def _create_key_file(path: Path) -> None:
-    """Write a new key to a temporary file, then hard-link it to ``path`` (fails if one exists).
+    """Write a new key to a temporary file, then give it the name ``path`` only if that name is free
+    (``hyperct.atomic.publish``): another process that made the key first wins, and its key is used.
 
-    The key file never exists empty: a process racing to create it either links its complete file
-    or finds the other's complete file. Without hard links, an exclusive create is used and
-    ``link_key`` waits for the content.
+    The key file never exists half-written; where the file system has no hard links it may exist
+    empty for a moment, and ``link_key`` waits for the content.
     """
     hint = f"set the environment variable {LINK_KEY_ENV} (or {CONFIG_DIR_ENV} to a writable folder)"
-    data = (secrets.token_hex(32) + "\n").encode("ascii")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        tmp = stage_file(path, secrets.token_hex(32) + "\n", mode=0o600)
+        publish(tmp, path)  # False: another process made it first (complete: use theirs)
     except OSError as exc:
         raise ExportError(f"cannot create the link key file ({exc})", path=path, hint=hint) from exc
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o600)
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            return  # another process made it first: use theirs (complete: link() is atomic)
-        except OSError as exc:
-            if exc.errno not in NO_HARDLINK_ERRNOS:
-                raise
-            _create_key_file_exclusive(path, data)
-    except OSError as exc:
-        raise ExportError(f"cannot create the link key file ({exc})", path=path, hint=hint) from exc
-    finally:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-
-
-def _create_key_file_exclusive(path: Path, data: bytes) -> None:
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def link_id(keyword: str, value: Any, key: bytes) -> str:

@@ -6,13 +6,15 @@ Files, in ``out_dir``, for a ``stem`` (default: from the input's name, see ``def
 * ``<stem>.hyperct.json``: the report document (schema ``assets/report.schema.json``);
 * ``<stem>.hyperct.pdf``: the PDF report;
 * ``<stem>.hyperct.sr.dcm``: DICOM Comprehensive 3D SR, TID 1500 (DICOM input only);
+* ``<stem>.hyperct.fhir.json``: FHIR R4 Bundle, a DiagnosticReport and one Observation per
+  assessed finding (``hyperct.report.fhir``), built from the same document as the JSON;
 * ``<stem>.saliency.<finding>.nii.gz``: saliency maps in the input's geometry (``saliency_findings``),
   uint8 with the scaling 1/255 in the header, gzip-compressed (``hyperct.report.maps``).
 
 The files of one scan form a set, written so they land together:
 
 1. everything is rendered in memory; the targets are checked (nothing is replaced unless
-   ``overwrite=True``: if a target exists, ``ExportError`` names it and nothing is written);
+   ``overwrite=True``: if a target exists, ``OutputExistsError`` names it and nothing is written);
 2. under the scan's lock (``.<stem>.hyperct.lock``: two writers of one stem in one folder take
    turns, so their files never interleave), temporary files a killed run left behind are removed;
 3. every file is written to a temporary name (``.<name>.<random>.tmp``) and fsync'ed; a failure
@@ -38,7 +40,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from hyperct.errors import ExportError
+from hyperct.errors import ExportError, OutputExistsError
 from hyperct.report import deid
 from hyperct.report.atomic import (
     TEMP_NAME,
@@ -461,7 +463,7 @@ def write_set(
             else:
                 others = there
         if others and not overwrite:
-            raise ExportError(
+            raise OutputExistsError(
                 f"the folder holds files of another report of this scan ({', '.join(others)}), which this "
                 "export would leave beside its own",
                 path=out / others[0],
@@ -488,11 +490,9 @@ def write_set(
                 if isinstance(exc, ExportError):
                     done = ", ".join(p.name for p in written.values()) or "none"
                     left = ", ".join(files[x][0].name for x in order[n:])
-                    cause = str(exc)
-                    if exc.path and cause.startswith(f"{exc.path}: "):
-                        cause = cause[len(exc.path) + 2 :]
-                    err = ExportError(
-                        f"{cause.partition(' -> ')[0]}; the set is incomplete: written {done}; not written {left}",
+                    kind = OutputExistsError if isinstance(exc, OutputExistsError) else ExportError
+                    err = kind(
+                        f"{exc.cause}; the set is incomplete: written {done}; not written {left}",
                         path=path,
                         hint="fix the cause and export again: the incomplete set is replaced without --overwrite",
                     )

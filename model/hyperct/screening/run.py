@@ -29,7 +29,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from hyperct.errors import cause_first
+from hyperct.atomic import replace_file
+from hyperct.errors import naming
 from hyperct.report import deid
 from hyperct.screening import index as idx
 from hyperct.screening import tables
@@ -50,8 +51,7 @@ class ScreenOptions:
     index_workers: int = 0
     min_slices: int = 16
     resample_tilt: bool = False
-    formats: list[str] = field(default_factory=list)  # json, pdf, sr (per study, via report.export)
-    fhir: bool = False
+    formats: list[str] = field(default_factory=list)  # json, pdf, sr, fhir (per study, via report.export)
     saliency: str | None = None  # None, "positive", "all" or "a,b"
     saliency_method: str | None = None
     force: bool = False
@@ -83,7 +83,7 @@ def _say(text: str, rank: int = 0, world: int = 1) -> None:
 
 
 def _write_json_atomic(path: Path, obj: Any) -> None:
-    tables._replace_atomic(path, lambda f: f.write(json.dumps(obj, ensure_ascii=False).encode("utf-8")))
+    replace_file(path, json.dumps(obj, ensure_ascii=False))
 
 
 def part_path(out: Path, key: str) -> Path:
@@ -224,7 +224,7 @@ class StudyReads(torch.utils.data.Dataset):
                 volume=vol if self.keep_volume else None,
             )
         except HyperCTError as exc:
-            item.update(error_code=type(exc).__name__, error=cause_first(e.label, exc))
+            item.update(error_code=type(exc).__name__, error=naming(e.label, exc))
         except Exception as exc:  # noqa: BLE001 - one study's unexpected failure must not stop the archive
             item.update(
                 error_code=f"unexpected {type(exc).__name__}",
@@ -344,49 +344,39 @@ def _selection(entry: idx.StudyEntry) -> dict[str, Any]:
     }
 
 
-def _exports(loaded, entry, result, volume, opts: ScreenOptions, link: deid.LinkKey | None) -> list[Path]:
-    """Per-study JSON/PDF/SR/maps (``report.export``) and FHIR (``report.fhir``), in ``out/reports``."""
-    from hyperct.report.atomic import write_atomic
+def _exports(loaded, entry, result, volume, opts: ScreenOptions) -> list[Path]:
+    """Per-study JSON/PDF/SR/FHIR/maps in ``out/reports``: one export set per study, written by
+    ``report.export`` as ``hyperct predict`` writes it (SR left out for a non-DICOM study)."""
+    from hyperct.report.export import export, saliency_for_export, saliency_targets
 
-    folder = opts.out / "reports"
-    stem = _stem(entry)
-    written: list[Path] = []
     if entry.series:
         result.input["series_selection"] = _selection(entry)
     formats = list(opts.formats)
-    if "sr" in formats and volume is not None:
+    if "sr" in formats:
         from hyperct.report.sr import sr_skip_reason
 
         if sr_skip_reason(volume):
             formats.remove("sr")
-    if formats or opts.saliency:
-        from hyperct.report.export import export, saliency_for_export, saliency_targets
-
-        maps = saliency_targets(result, opts.saliency) if opts.saliency else []
-        sal = (
-            saliency_for_export(loaded, volume, result, method=opts.saliency_method, extra=maps)
-            if (maps or "pdf" in formats)
-            else None
-        )
-        out = export(
-            result,
-            volume,
-            sal,
-            folder,
-            formats,
-            mode=opts.mode,
-            overwrite=True,
-            stem=stem,
-            saliency_findings=maps or None,
-        )
-        written += list(out.values())
-    if opts.fhir:
-        from hyperct.report.document import build_document
-        from hyperct.report.fhir import bundle_json
-
-        doc = build_document(result, volume, mode=opts.mode, key=link)
-        written.append(write_atomic(folder / f"{stem}.fhir.json", bundle_json(doc), overwrite=True))
-    return written
+    maps = saliency_targets(result, opts.saliency) if opts.saliency else []
+    if not formats and not maps:
+        return []
+    sal = (
+        saliency_for_export(loaded, volume, result, method=opts.saliency_method, extra=maps)
+        if (maps or "pdf" in formats)
+        else None
+    )
+    written = export(
+        result,
+        volume,
+        sal,
+        opts.out / "reports",
+        formats,
+        mode=opts.mode,
+        overwrite=True,
+        stem=_stem(entry),
+        saliency_findings=maps or None,
+    )
+    return list(written.values())
 
 
 class _Progress:
@@ -562,19 +552,19 @@ def screen(
                     try:
                         problem = check_scores(result, entry.label)
                         t2 = time.perf_counter()
-                        if keep_volume or opts.fhir:
-                            _exports(loaded, entry, result, item.get("volume"), opts, link)
+                        if keep_volume:
+                            _exports(loaded, entry, result, item.get("volume"), opts)
                         stats["export_s"] += time.perf_counter() - t2
                         row = _scored_row(base, result, problem)
                     except KeyboardInterrupt:
                         raise
                     except Exception as exc:  # noqa: BLE001 - a study's failure is a row, not the end of the run
-                        msg = cause_first(entry.label, exc)
+                        msg = naming(entry.label, exc)
                         if opts.mode == deid.SHAREABLE:
                             msg = shareable_text(msg, entry, roots)
                         row = dict(base, status="failed", error_code=type(exc).__name__, error=msg)
                         if not opts.quiet:
-                            _say(f"failed: {cause_first(entry.label, exc)}", dist.rank, dist.world)
+                            _say(f"failed: {naming(entry.label, exc)}", dist.rank, dist.world)
                     record(entry, row, secs)
         except KeyboardInterrupt:
             interrupted = True

@@ -11,11 +11,11 @@ import csv
 import io
 import json
 import os
-import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from hyperct.atomic import replace_file
 from hyperct.findings import catalogue
 from hyperct.report import deid
 
@@ -111,21 +111,6 @@ def _arrow_type(kind: str):
     return {"str": pa.string(), "float": pa.float64(), "int": pa.int64(), "bool": pa.bool_()}[kind]
 
 
-def _replace_atomic(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def write_table(
     rows: list[dict[str, Any]], columns: list[tuple[str, str]], folder: Path, stem: str
 ) -> list[Path]:
@@ -138,7 +123,7 @@ def write_table(
     data = {c: [r.get(c) for r in rows] for c in names}
     table = pa.Table.from_pydict(data, schema=schema)
     pq_path, csv_path = folder / f"{stem}.parquet", folder / f"{stem}.csv"
-    _replace_atomic(pq_path, lambda f: pq.write_table(table, f))
+    replace_file(pq_path, lambda f: pq.write_table(table, f))
     text = io.StringIO()
     w = csv.writer(text, lineterminator="\n")
     w.writerow(names)
@@ -146,7 +131,7 @@ def write_table(
         w.writerow(
             ["" if r.get(c) is None else (repr(r[c]) if isinstance(r[c], float) else r[c]) for c in names]
         )
-    _replace_atomic(csv_path, lambda f: f.write(text.getvalue().encode("utf-8")))
+    replace_file(csv_path, text.getvalue())
     return [pq_path, csv_path]
 
 
@@ -227,6 +212,6 @@ def summary_text(s: dict) -> str:
 
 def write_summary(summary: dict, folder: Path) -> list[Path]:
     j, t = folder / f"{SUMMARY_STEM}.json", folder / f"{SUMMARY_STEM}.txt"
-    _replace_atomic(j, lambda f: f.write(json.dumps(summary, indent=2).encode("utf-8")))
-    _replace_atomic(t, lambda f: f.write((summary_text(summary) + "\n").encode("utf-8")))
+    replace_file(j, json.dumps(summary, indent=2))
+    replace_file(t, summary_text(summary) + "\n")
     return [j, t]
