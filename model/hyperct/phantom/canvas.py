@@ -115,9 +115,3 @@ class Canvas:
             self.lab[bb][alpha > 0.5] = code
         if not lung_keep:
             self.lung[bb] *= 1.0 - alpha
-
-
-def paint_arrays(hu: np.ndarray, lab: np.ndarray, alpha: np.ndarray, value, code: int | None) -> None:
-    hu += alpha * (value - hu)
-    if code is not None:
-        lab[alpha > 0.5] = code

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime as _dt
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from pydicom.dataset import FileDataset, FileMetaDataset
@@ -331,13 +330,3 @@ def _write_localizer(volume: CTVolume, out: Path, meta: dict, pat: dict, ts) -> 
     path = out / "SCOUT0001.dcm"
     _encode(ds, img, ts, path)
     return path
-
-
-def dicom_header_summary(path: str | Path) -> dict[str, Any]:  # pragma: no cover - debugging aid
-    import pydicom
-
-    ds = pydicom.dcmread(path, stop_before_pixels=True)
-    return {
-        k: str(getattr(ds, k, ""))
-        for k in ("SOPClassUID", "ImageType", "SeriesInstanceUID", "InstanceNumber")
-    }

@@ -6,10 +6,8 @@ probabilities in the SR are the JSON's, rounded to 6 decimals once, here).
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import math
-import uuid
 from functools import lru_cache
 from importlib import resources
 from typing import Any
@@ -46,14 +44,6 @@ FORMAT_NAMES = {"dicom": "DICOM", "nifti": "NIfTI", "nrrd": "NRRD", "mha": "Meta
 def format_name(source_format: str) -> str:
     """Display name of an input format ("nifti" -> "NIfTI")."""
     return FORMAT_NAMES.get(source_format, str(source_format).upper())
-
-
-def new_report_id() -> str:
-    return str(uuid.uuid4())
-
-
-def now_iso() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
 @lru_cache(maxsize=1)
