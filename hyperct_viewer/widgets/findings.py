@@ -1037,28 +1037,49 @@ class FindingsWidget(QWidget):
         out = Path(self.out_edit.text()).expanduser()
         existing = [p for p in self.export_targets(fmts, out) if p.exists()]
         if existing and not overwrite:
-            names = "\n".join(f"  {p.name}" for p in existing)
-            answer = QMessageBox.question(
-                self,
-                "Replace existing report?",
-                f"This folder already holds a report with the same name:\n{names}\nin {out}\n\n"
-                "Replace it with the report of the selected scan?",
-                QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
-                QMessageBox.StandardButton.No,
-            )
-            if answer != QMessageBox.StandardButton.Yes:
-                self.status.setText("Export cancelled: the existing files were kept.")
+            if not self._replace_confirmed([p.name for p in existing], out):
                 return None
             overwrite = True
-        req = self._export_request()
+        return self._start_export(self._export_request(), fmts, out, overwrite)
+
+    def _start_export(self, req, fmts, out, overwrite: bool, *, queue: bool = False):
         self.status.setText(f"Exporting {', '.join(fmts)} ({req['mode']})…")
         self.progress.setRange(0, 0)
         return self.jobs.start(
             "export",
             partial(_export_job, req, fmts, out, overwrite, {}),
             on_done=partial(self._on_exported, req),
-            on_error=self._status_error("Export failed"),
+            on_error=partial(self._on_export_error, req, fmts, out, overwrite),
+            queue=queue,
         )
+
+    def _replace_confirmed(self, names, out: Path) -> bool:
+        listed = "\n".join(f"  {n}" for n in names)
+        answer = QMessageBox.question(
+            self,
+            "Replace existing report?",
+            f"This folder already holds a report with the same name:\n{listed}\nin {out}\n\n"
+            "Replace it with the report of the selected scan?",
+            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+            QMessageBox.StandardButton.No,
+        )
+        if answer != QMessageBox.StandardButton.Yes:
+            self.status.setText("Export cancelled: the existing files were kept.")
+            return False
+        return True
+
+    def _on_export_error(self, req, fmts, out: Path, overwrite: bool, exc) -> bool | None:
+        """An output that exists (``OutputExistsError``: written since the check, or files of another
+        report under this scan's name) is the user's to replace: asked, then the same export is run
+        again with overwrite. Other errors go to the status line (and a notification)."""
+        from hyperct.errors import OutputExistsError
+
+        self._status_error("Export failed")(exc)
+        if overwrite or not isinstance(exc, OutputExistsError):
+            return None
+        if self._replace_confirmed([Path(exc.path).name], out):
+            self._start_export(req, fmts, out, True, queue=True)  # runs when the failed job has ended
+        return True
 
     def _on_exported(self, req, value):
         written, maps = value

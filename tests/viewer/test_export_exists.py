@@ -1,0 +1,55 @@
+"""An export that finds its file taken after the check (``OutputExistsError``, caught by type) asks
+the user and, on Yes, runs the same export again with overwrite (GUI, under Xvfb)."""
+
+from __future__ import annotations
+
+import pytest
+
+from hyperct_viewer.layers import ct_layer_data
+from tests.viewer.conftest import small_ct
+
+pytestmark = pytest.mark.gui
+
+
+def test_a_file_appearing_during_the_export_is_asked_about_then_replaced(
+    make_napari_viewer_proxy, tiny_checkpoint, qtbot, tmp_path, monkeypatch
+):
+    from qtpy.QtWidgets import QMessageBox
+
+    from hyperct_viewer.widgets import findings as findings_mod
+    from hyperct_viewer.widgets.findings import FindingsWidget
+
+    viewer = make_napari_viewer_proxy()
+    widget = FindingsWidget(viewer)
+    widget.device_combo.setCurrentText("CPU")
+    widget.set_model_dirs(str(tiny_checkpoint))
+    data, kwargs, _ = ct_layer_data(small_ct())
+    viewer.add_image(data, **kwargs)
+    with qtbot.waitSignal(widget.analysis_finished, timeout=60000):
+        widget.analyze()
+    qtbot.waitUntil(lambda: not widget.jobs.busy, timeout=60000)
+    widget.out_edit.setText(str(tmp_path))
+    (target,) = widget.export_targets(("json",), tmp_path)
+
+    real_job, calls = findings_mod._export_job, []
+
+    def racing_job(req, formats, out_dir, overwrite, kwargs):
+        calls.append(overwrite)
+        if len(calls) == 1:
+            target.write_text("someone else's")  # appears after the widget's check
+        return real_job(req, formats, out_dir, overwrite, kwargs)
+
+    asked = []
+
+    def question(parent, title, text, *args):
+        asked.append(text)
+        return QMessageBox.StandardButton.Yes
+
+    monkeypatch.setattr(findings_mod, "_export_job", racing_job)
+    monkeypatch.setattr(QMessageBox, "question", question)
+    assert widget.export_clicked(("json",)) is not None  # nothing exists yet: no question
+    qtbot.waitUntil(lambda: len(calls) == 2 and not widget.jobs.busy, timeout=60000)
+    qtbot.wait(20)
+    assert calls == [False, True]  # refused, asked, then the same export with overwrite
+    assert len(asked) == 1 and target.name in asked[0]
+    assert target.read_text().startswith("{") and widget.status.text().startswith("Exported")
