@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from hyperct.inference import Progress, autocast_for, default_task_chunk
+from hyperct.device import autocast_for, default_task_chunk, task_chunks
+from hyperct.progress import Progress, run_steps
 
 if TYPE_CHECKING:  # pragma: no cover
     from hyperct.network.hyperct import HyperCT
@@ -181,8 +182,8 @@ def scan_feature_steps(
     model, device = _model_of(model_or_loaded)
     n_tasks = model.config.n_tasks
     chunk = max(1, int(task_chunk or default_task_chunk(device, model)))
-    n_chunks = -(-n_tasks // chunk)
-    total = 1 + n_chunks
+    chunks = task_chunks(range(n_tasks), chunk)
+    total = 1 + len(chunks)
     yield Progress(0, total, "preprocess", "resampling to 165 x 144 x 144")
     if isinstance(scan, torch.Tensor):
         pixels = scan
@@ -196,8 +197,8 @@ def scan_feature_steps(
         raise ValueError(f"expected the pixels of one scan (55, 3, H, W), got {tuple(pixels.shape)}")
     pixels = pixels.to(device)
     feats = []
-    for ci in range(n_chunks):
-        tasks = torch.arange(ci * chunk, min(n_tasks, (ci + 1) * chunk), device=device)
+    for ci, part in enumerate(chunks):
+        tasks = torch.arange(part.start, part.stop, device=device)
         yield Progress(
             1 + ci,
             total,
@@ -219,11 +220,4 @@ def scan_feature_vectors(
     progress: Callable[[Progress], None] | None = None,
 ) -> np.ndarray:
     """Run ``scan_feature_steps`` to completion: (25, D)."""
-    gen = scan_feature_steps(model_or_loaded, scan, task_chunk=task_chunk)
-    while True:
-        try:
-            step = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        if progress:
-            progress(step)
+    return run_steps(scan_feature_steps(model_or_loaded, scan, task_chunk=task_chunk), progress=progress)

@@ -33,7 +33,6 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 import zlib
 from pathlib import Path
 from typing import Any
@@ -41,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from hyperct import __version__
-from hyperct.filemodes import set_default_modes
+from hyperct.atomic import replace_file
 from hyperct.preprocess import HU_MAX, HU_MIN, IMAGE_SIZE, N_SLICES
 
 # Bump the suffix when hyperct.preprocess.resample_hu changes its output.
@@ -92,22 +91,6 @@ def file_identity(path: str | Path) -> dict:
 def cache_key(identity: dict, dtype: str) -> str:
     blob = json.dumps({"source": identity, "preprocess": PREPROCESS_ID, "dtype": dtype}, sort_keys=True)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
-
-
-def _atomic_write(path: Path, writer) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            writer(f)
-        set_default_modes(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 class PreprocessCache:
@@ -199,7 +182,7 @@ class PreprocessCache:
             self._memory[f"{key}.{name}"] = (np.asarray(array), {})
             return
         path = self._paths(key)[0].with_name(f"{key}.{name}.npy")
-        _atomic_write(path, lambda f: np.save(f, np.asarray(array), allow_pickle=False))
+        replace_file(path, lambda f: np.save(f, np.asarray(array), allow_pickle=False), fsync=False)
 
     def get_array(self, key: str, name: str, mmap: bool = False) -> np.ndarray | None:
         if self.directory is None:
@@ -236,11 +219,11 @@ class PreprocessCache:
             buf = io.BytesIO()
             np.save(buf, stored, allow_pickle=False)
             blob = zlib.compress(buf.getbuffer(), 1)
-            _atomic_write(_zpath(npy), lambda f: f.write(blob))
+            replace_file(_zpath(npy), lambda f: f.write(blob), fsync=False)
         else:
-            _atomic_write(npy, lambda f: np.save(f, stored, allow_pickle=False))
+            replace_file(npy, lambda f: np.save(f, stored, allow_pickle=False), fsync=False)
         text = json.dumps(info, indent=1, default=str).encode("utf-8")
-        _atomic_write(meta, lambda f: f.write(text))  # sidecar last: it marks the entry complete
+        replace_file(meta, lambda f: f.write(text), fsync=False)  # sidecar last: it marks the entry complete
         return decode(stored)
 
 

@@ -28,6 +28,7 @@ import torch
 
 from hyperct.errors import ConfigError, DatasetError
 from hyperct.findings import GROUP_LABELS, catalogue
+from hyperct.jsonable import jsonable
 from hyperct.training.datasets import IndexedPixels, VolumeDataset
 from hyperct.training.metrics import (
     MIN_CI_PER_CLASS,
@@ -87,18 +88,6 @@ def predict(
 
 def _fmt(x: float, digits: int = 3) -> str:
     return "n/a" if x is None or not np.isfinite(x) else f"{x:.{digits}f}"
-
-
-def _jsonable(x):
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {k: _jsonable(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, np.floating | np.integer):
-        return _jsonable(x.item())
-    return x
 
 
 TABLE_COLUMNS = (
@@ -352,7 +341,7 @@ def evaluate(
         "files": [p.name for p in files] + ["metrics.json"],
     }
     report.summary = dict(report.summary, **summary)
-    (out_dir / "metrics.json").write_text(json.dumps(_jsonable(summary), indent=2) + "\n", encoding="utf-8")
+    (out_dir / "metrics.json").write_text(json.dumps(jsonable(summary), indent=2) + "\n", encoding="utf-8")
     files.append(out_dir / "metrics.json")
     report.files = files
     return report

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import sys
 
+from hyperct.progress import progress_enabled
 
-def progress_enabled() -> bool:
-    return os.environ.get("HYPERCT_NO_PROGRESS", "").strip().lower() not in ("1", "true", "yes")
+__all__ = ["progress_bar", "progress_enabled"]
 
 
 def progress_bar(

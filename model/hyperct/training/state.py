@@ -11,10 +11,7 @@
 from __future__ import annotations
 
 import json
-import os
 import random
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +19,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from hyperct.atomic import replacing_folder
 from hyperct.errors import CheckpointError
-from hyperct.filemodes import set_default_modes
 
 STATE_FORMAT = "hyperct-train-state"
 STATE_VERSION = 1
@@ -84,9 +81,7 @@ def save_state(
 ) -> Path:
     """Write the resume state atomically (temporary folder, then rename)."""
     directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
+    with replacing_folder(directory) as tmp:
         sd = model.state_dict()
         tensors = {
             k: sd[k].detach().contiguous().cpu()
@@ -120,18 +115,6 @@ def save_state(
             rng=rng_meta,
         )
         (tmp / "state.json").write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
-        set_default_modes(tmp)
-        if directory.exists():
-            old = directory.with_name(f".{directory.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(directory, old)
-            os.replace(tmp, directory)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return directory
 
 

@@ -26,7 +26,6 @@ import contextlib
 import datetime as _dt
 import json
 import math
-import os
 import platform
 import random
 import shutil
@@ -40,8 +39,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from hyperct.atomic import replace_file
+from hyperct.device import autocast_for, default_task_chunk, resolve_device
 from hyperct.errors import ConfigError, DatasetError
 from hyperct.findings import catalogue
+from hyperct.jsonable import jsonable
 from hyperct.training import distributed as D
 from hyperct.training.cache import PreprocessCache
 from hyperct.training.config import ScheduleSection, TrainConfig, dump_config
@@ -210,14 +212,8 @@ def _loader(ds, batch_sampler, workers: int, seed: int):
     )
 
 
-def _autocast(device: torch.device, amp: str):
-    if amp == "off":
-        return contextlib.nullcontext()
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    if amp == "bf16":
-        return torch.autocast("cpu", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+# benchmarks/bench_training.py imports the trainer's autocast under this name
+_autocast = autocast_for
 
 
 @torch.inference_mode()
@@ -235,8 +231,6 @@ def score_dataset(
     desc: str = "validate",
 ) -> np.ndarray:
     """Logits (len(data), len(tasks)) for every volume (sharded over ranks, gathered on all)."""
-    from hyperct.inference import default_task_chunk
-
     dist = dist or D.DistInfo()
     model.eval()
     chunk = task_chunk or default_task_chunk(device, model, batch_size)
@@ -248,7 +242,7 @@ def score_dataset(
     for pixels, idx in progress_bar(
         loader, desc=desc, total=len(batches), unit="batch", enabled=dist.is_main
     ):
-        with _autocast(device, amp):
+        with autocast_for(device, amp):
             logits = model(pixels.to(device), task_t, task_chunk=chunk)
         out_idx.append(idx.numpy())
         out_logits.append(logits.float().cpu().numpy().reshape(len(idx), len(tasks)))
@@ -326,19 +320,7 @@ def _read_log(path: Path, upto_epoch: int) -> list[dict]:
 
 
 def _write_log(path: Path, entries: list[dict]) -> None:
-    tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(json.dumps(e) + "\n" for e in entries), encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _jsonable(x):
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {k: _jsonable(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_jsonable(v) for v in x]
-    return x
+    replace_file(path, "".join(json.dumps(e) + "\n" for e in entries))
 
 
 # --- the data and the task masks -----------------------------------------------------------------
@@ -587,7 +569,7 @@ def _accumulate(net, batch, micro_batch, scale, loss_sum, device, amp, dist) -> 
         if dist.enabled and ci < len(chunks) - 1:
             sync = net.no_sync()
         with sync:
-            with _autocast(device, amp):
+            with autocast_for(device, amp):
                 logits = net(pixels[s : s + mb].to(device), t[s : s + mb].to(device), paired=True)
             bce = F.binary_cross_entropy_with_logits(
                 logits.float(), y[s : s + mb].to(device), reduction="none"
@@ -683,9 +665,9 @@ def _manifest(model, cfg: TrainConfig, *, epoch, val, data_desc, dist, device, b
         model_version=str(mc.version),
         backbone_weights="external" if external else "included",
         backbone_source=source,
-        training=_jsonable(training),
+        training=jsonable(training),
         training_data=text,
-        metrics=_jsonable(metrics),
+        metrics=jsonable(metrics),
         backbone_sha256=backbone_sha,
         extra=extra,
     )
@@ -727,7 +709,7 @@ def _save_epoch(
             overwrite=True,
             extra_files={"config.yaml": dump_config(cfg)},
         )
-    state.log.append(_jsonable(entry))
+    state.log.append(jsonable(entry))
     _write_log(run_dir / "log.jsonl", state.log)
     save_state(
         run_dir / "last",
@@ -740,7 +722,7 @@ def _save_epoch(
             "global_step": state.global_step,
             "best_epoch": state.best_epoch,
             "best_metric": state.best_metric if math.isfinite(state.best_metric) else None,
-            "best_val": _jsonable(state.best_val),
+            "best_val": jsonable(state.best_val),
             "scheduler": {
                 "name": cfg.schedule.name,
                 "epoch": epoch,
@@ -789,8 +771,6 @@ def train(
     Stages: the run folder, the data and task masks, the model and optimiser, restore (``resume``),
     then per epoch: one epoch of training, validate, save.
     """
-    from hyperct.loading import resolve_device
-
     echo = echo or (lambda _m: None)
     cfg = TrainConfig.coerce(cfg, source=config_source)
     run_dir = Path(run_dir or cfg.output_dir or "")
