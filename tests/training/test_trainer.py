@@ -194,3 +194,28 @@ def test_external_dinov3_weights_stay_external_and_reload(tmp_path, synthetic):
     pixels = torch.stack([synthetic[1].pixel_values(i) for i in range(3)])
     with torch.no_grad():
         torch.testing.assert_close(model(pixels), result.model.eval()(pixels))
+
+
+def test_optimizer_state_split_by_name_and_joined_back_is_the_same_state():
+    from hyperct.training.state import join_optimizer_state, split_optimizer_state
+
+    params = [torch.nn.Parameter(torch.randn(3)), torch.nn.Parameter(torch.randn(2, 2))]
+    opt = torch.optim.AdamW(params, lr=1e-2)
+    sum(p.square().sum() for p in params).backward()
+    opt.step()
+    state = opt.state_dict()["state"]
+    tensors, scalars = split_optimizer_state(state, ["a", "b"])
+    assert set(tensors) == {
+        "a::exp_avg",
+        "a::exp_avg_sq",
+        "b::exp_avg",
+        "b::exp_avg_sq",
+        "a::step",
+        "b::step",
+    }
+    joined = join_optimizer_state(tensors, scalars, ["a", "b"])
+    assert joined.keys() == state.keys()
+    for i in state:
+        assert joined[i].keys() == state[i].keys()
+        assert all(torch.equal(torch.as_tensor(joined[i][k]), torch.as_tensor(state[i][k])) for k in state[i])
+    assert join_optimizer_state(tensors, scalars, ["a", "b", "c"]).keys() == {0, 1}  # c: no state saved

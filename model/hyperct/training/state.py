@@ -70,6 +70,38 @@ def set_rng_state(tensors: dict[str, torch.Tensor], meta: dict) -> None:
     np.random.set_state((n[0], np.asarray(n[1], dtype=np.uint32), n[2], n[3], n[4]))  # noqa: NPY002
 
 
+def split_optimizer_state(
+    optimizer_state: dict, names: list[str]
+) -> tuple[dict[str, torch.Tensor], dict[str, dict]]:
+    """An optimizer's ``state_dict()["state"]`` by parameter name: its tensors as
+    ``{"<name>::<key>": tensor}`` (for safetensors) and its other values as ``{name: {key: value}}``
+    (for JSON). ``names[i]`` is the name of parameter ``i``."""
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict] = {}
+    for idx, st in optimizer_state.items():
+        name = names[idx]
+        for key, value in st.items():
+            if torch.is_tensor(value):
+                tensors[f"{name}::{key}"] = value.detach().contiguous().cpu()
+            else:
+                scalars.setdefault(name, {})[key] = value
+    return tensors, scalars
+
+
+def join_optimizer_state(
+    tensors: dict[str, torch.Tensor], scalars: dict[str, dict], names: list[str]
+) -> dict[int, dict]:
+    """The inverse of ``split_optimizer_state``: ``{parameter index: state}`` for
+    ``optimizer.load_state_dict``; parameters without any saved state are left out."""
+    state: dict[int, dict] = {}
+    for idx, name in enumerate(names):
+        st = {key.split("::", 1)[1]: v for key, v in tensors.items() if key.split("::", 1)[0] == name}
+        st.update(scalars.get(name, {}))
+        if st:
+            state[idx] = st
+    return state
+
+
 def save_state(
     directory: str | Path,
     model: torch.nn.Module,
@@ -90,15 +122,7 @@ def save_state(
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
 
         opt = optimizer.state_dict()
-        opt_tensors: dict[str, torch.Tensor] = {}
-        opt_scalars: dict[str, dict] = {}
-        for idx, st in opt["state"].items():
-            name = param_names[idx]
-            for key, value in st.items():
-                if torch.is_tensor(value):
-                    opt_tensors[f"{name}::{key}"] = value.detach().contiguous().cpu()
-                else:
-                    opt_scalars.setdefault(name, {})[key] = value
+        opt_tensors, opt_scalars = split_optimizer_state(opt["state"], param_names)
         save_file(opt_tensors, str(tmp / "optimizer.safetensors"), metadata={"format": "pt"})
 
         rng_tensors, rng_meta = rng_state()
@@ -172,12 +196,7 @@ def load_state(
     model.load_state_dict({k: tensors[k] for k in expected}, strict=False)
 
     opt_tensors = _read_tensors(directory / "optimizer.safetensors")
-    state: dict[int, dict] = {}
-    for idx, name in enumerate(param_names):
-        st = {key.split("::", 1)[1]: v for key, v in opt_tensors.items() if key.split("::", 1)[0] == name}
-        st.update(doc.get("optimizer_scalars", {}).get(name, {}))
-        if st:
-            state[idx] = st
+    state = join_optimizer_state(opt_tensors, doc.get("optimizer_scalars", {}), param_names)
     groups = [dict(g, params=list(range(len(param_names)))) for g in doc["param_groups"]]
     if len(groups) != 1:
         raise CheckpointError("unexpected optimizer parameter groups in state.json", path=directory)
