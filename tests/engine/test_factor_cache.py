@@ -92,8 +92,8 @@ def test_a_non_consecutive_task_list_is_gathered_once_and_then_reused(tiny, pixe
 def _gathered_copies(monkeypatch):
     """Make the cache hand over gathered copies for every chunk (what it did before issue 20)."""
 
-    def copies(self, ids, index, dtype, *, remember):
-        return self.all_tasks(dtype).select(index)
+    def copies(self, ids, index, dtype, generate, *, remember):
+        return self.all_tasks(dtype, generate).select(index)
 
     monkeypatch.setattr(FactorCache, "factors", copies)
 
@@ -126,6 +126,20 @@ def test_under_autocast_the_factors_come_cast_once_and_give_the_same_logits(tiny
     assert torch.equal(cast_once, cast_per_op)
 
 
+def test_factors_cached_under_autocast_are_generated_in_fp32_and_cast_once(tiny, pixels):
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        tiny(pixels, task_chunk=5)  # the cache is first filled here, under autocast
+    with torch.no_grad():
+        tiny(pixels, task_chunk=5)
+        exact = tiny.lora_factors(None).grouped()  # the hypernetwork in fp32
+    cache = tiny._factor_cache.full
+    assert set(cache) == {torch.bfloat16, torch.float32}
+    for kind in exact.at:
+        assert torch.equal(cache[torch.float32].at[kind], exact.at[kind])
+        assert torch.equal(cache[torch.bfloat16].at[kind], exact.at[kind].to(torch.bfloat16))
+        assert torch.equal(cache[torch.bfloat16].bt[kind], exact.bt[kind].to(torch.bfloat16))
+
+
 def test_bf16_backbone_weights_keep_the_hypernetwork_and_head_fp32_and_stay_close(tiny, pixels, monkeypatch):
     with torch.no_grad():
         ref = tiny(pixels)
@@ -139,5 +153,6 @@ def test_bf16_backbone_weights_keep_the_hypernetwork_and_head_fp32_and_stay_clos
     assert out.dtype == torch.float32 and out.shape == ref.shape
     assert all(f.dtype == torch.bfloat16 for f in spy.at + spy.bt)  # no per-op cast to the activations
     assert _reads_only_the_cache(spy, low, torch.bfloat16)
+    assert list(low._factor_cache.full) == [torch.bfloat16]  # generated in fp32, kept in bf16 only
     diff = (out - ref).abs().max().item()
     assert 0 < diff < 0.02  # bf16 rounding (measured 0.004 on this model)

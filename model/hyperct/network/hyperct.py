@@ -15,6 +15,7 @@ import contextlib
 import copy
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -92,36 +93,47 @@ def _consecutive(ids: list[int]) -> bool:
 class FactorCache:
     """Every task's generated LoRA factors for one state of the hypernetwork, as the layers read them.
 
-    Stored contiguous in the (L, T, ...) layout of ``GroupFactors``, one copy per compute dtype (the
-    backbone's dtype, or the autocast dtype inside autocast; derived from the generated factors by
-    one cast). A chunk of consecutive tasks (how scoring chunks all 25 findings) is then a view whose
-    slice for each layer is one contiguous block: the LoRA matmuls read the cache itself. Any other
-    task list is gathered once and remembered (a few lists, at most ``n_tasks`` tasks in all), so a
-    repeated forward does not copy either.
+    Stored contiguous in the (L, T, ...) layout of ``GroupFactors``, in the dtype the matmuls run in
+    (the backbone's dtype, or the autocast dtype inside autocast): the hypernetwork runs once per
+    dtype asked for (``generate``), and its output is moved in one kind at a time (each kind's generated block is
+    freed as soon as it is copied), so only the cache itself stays. A chunk of consecutive tasks (how
+    scoring chunks all 25 findings) is then a view whose slice for each layer is one contiguous
+    block: the LoRA matmuls read the cache itself. Any other task list is gathered once and
+    remembered (a few lists, at most ``n_tasks`` tasks in all), so a repeated forward does not copy.
     """
 
-    def __init__(self, key: tuple, generated: GroupFactors):
+    def __init__(self, key: tuple):
         self.key = key
-        full = generated.contiguous()
-        self.full: dict[torch.dtype, GroupFactors] = {full.dtype: full}
-        self._generated_dtype = full.dtype
+        self.full: dict[torch.dtype, GroupFactors] = {}
         self._gathered: OrderedDict[tuple, GroupFactors] = OrderedDict()
 
-    @property
-    def n_tasks(self) -> int:
-        return self.full[self._generated_dtype].n_groups
-
-    def all_tasks(self, dtype: torch.dtype) -> GroupFactors:
+    def all_tasks(self, dtype: torch.dtype, generate: Callable[[], GroupFactors]) -> GroupFactors:
+        """All tasks' factors in ``dtype``; ``generate()``: all tasks' factors from the hypernetwork."""
         if dtype not in self.full:
-            self.full[dtype] = self.full[self._generated_dtype].to(dtype=dtype).contiguous()
+            generated = generate()
+
+            def as_read(t: torch.Tensor) -> torch.Tensor:  # one copy: contiguous, in dtype
+                return torch.empty(t.shape, dtype=dtype, device=t.device).copy_(t)
+
+            at, bt = {}, {}
+            for kind in list(generated.at):
+                at[kind] = as_read(generated.at.pop(kind))
+                bt[kind] = as_read(generated.bt.pop(kind))
+            self.full[dtype] = GroupFactors(at, bt, generated.scale)
         return self.full[dtype]
 
     def factors(
-        self, ids: list[int] | None, index: torch.Tensor, dtype: torch.dtype, *, remember: bool
+        self,
+        ids: list[int] | None,
+        index: torch.Tensor,
+        dtype: torch.dtype,
+        generate: Callable[[], GroupFactors],
+        *,
+        remember: bool,
     ) -> GroupFactors:
         """Factors of tasks ``ids`` (``index``: the same ids as a tensor on the cache's device;
         ``ids`` None: not known on the host, gathered from ``index``)."""
-        full = self.all_tasks(dtype)
+        full = self.all_tasks(dtype, generate)
         if ids is None:
             return full.select(index)
         if _consecutive(ids):
@@ -133,7 +145,8 @@ class FactorCache:
         if hit is None:
             hit = full.select(index)
             self._gathered[key] = hit
-            while sum(len(k[1]) for k in self._gathered) > self.n_tasks and len(self._gathered) > 1:
+            n_tasks = full.n_groups
+            while sum(len(k[1]) for k in self._gathered) > n_tasks and len(self._gathered) > 1:
                 self._gathered.popitem(last=False)
         self._gathered.move_to_end(key)
         return hit
@@ -253,9 +266,16 @@ class HyperCT(nn.Module):
         # tensors. Generated under no_grad, so the factors stay constants either way.
         with torch.inference_mode(False), torch.no_grad():
             if self._factor_cache is None or self._factor_cache.key != key:
-                self._factor_cache = None  # free the old factors before generating the new ones
-                self._factor_cache = FactorCache(key, self.lora_factors(None).grouped())
-            return self._factor_cache.factors(ids, index, self._compute_dtype(), remember=remember)
+                self._factor_cache = FactorCache(key)  # frees the old factors; new ones made on first read
+            return self._factor_cache.factors(
+                ids, index, self._compute_dtype(), self._generate_all_factors, remember=remember
+            )
+
+    def _generate_all_factors(self) -> GroupFactors:
+        """Every task's factors in the hypernetwork's own dtype, also inside autocast (the cache
+        casts them once to what the matmuls read; the result does not depend on the first caller)."""
+        with torch.autocast(self._device.type, enabled=False):
+            return self.lora_factors(None).grouped()
 
     def _compute_dtype(self) -> torch.dtype:
         """The dtype the backbone's matmuls run in: the autocast dtype inside autocast, else the weights'."""
@@ -273,7 +293,8 @@ class HyperCT(nn.Module):
 
         The backbone then runs in ``dtype`` end to end (no autocast, no per-op casts); the
         hypernetwork, the head and the RoPE frequencies stay in their dtype (fp32), so the LoRA
-        factors are generated in fp32 and cast once into the factor cache. Inference only.
+        factors are generated in fp32 and cast once into the factor cache (which then holds them in
+        ``dtype`` only). Inference only.
         """
         for p in self.backbone.parameters():
             p.data = p.data.to(dtype)

@@ -70,14 +70,6 @@ class GroupFactors:
             self.scale,
         )
 
-    def contiguous(self) -> GroupFactors:
-        """The same factors stored contiguous in the (L, G, ...) layout (copies only what is not)."""
-        return GroupFactors(
-            {k: v.contiguous() for k, v in self.at.items()},
-            {k: v.contiguous() for k, v in self.bt.items()},
-            self.scale,
-        )
-
     def to(self, device: torch.device | None = None, dtype: torch.dtype | None = None) -> GroupFactors:
         return GroupFactors(
             {k: v.to(device=device, dtype=dtype) for k, v in self.at.items()},
