@@ -8,35 +8,46 @@ from pathlib import Path
 class HyperCTError(Exception):
     """Base class of every error the engine raises on purpose.
 
-    ``str(e)`` leads with the cause, then the file, then what to do: ``"cause (path) -> hint"``
-    (the path is left out when the cause already names it). napari's collapsed toast and a
-    terminal's first glance show the start of a message, so the cause comes first everywhere.
-    ``cause``, ``path`` and ``hint`` keep the parts.
+    ``str(e)`` leads with the cause, then where (the series or part of the input, and the file),
+    then what to do: ``"cause (where; path) -> hint"`` (a place the cause already names is not
+    repeated). napari's collapsed toast and a terminal's first glance show the start of a message,
+    so the cause comes first everywhere. ``cause``, ``where``, ``path`` and ``hint`` keep the parts.
     """
 
-    def __init__(self, message: str, *, path: str | Path | None = None, hint: str | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str | Path | None = None,
+        hint: str | None = None,
+        where: str | None = None,
+    ):
         self.cause = message
         self.path = str(path) if path is not None else None
         self.hint = hint
-        super().__init__(error_text(message, self.path, hint))
+        self.where = where
+        super().__init__(error_text(message, self.path, hint, where=where))
 
-    def __reduce__(self):  # keep path and hint across processes (DataLoader workers, multiprocessing)
-        return (_rebuild, (type(self), self.cause, self.path, self.hint, dict(self.__dict__)))
+    def __reduce__(self):  # keep the parts across processes (DataLoader workers, multiprocessing)
+        return (_rebuild, (type(self), self.cause, self.path, self.hint, self.where, dict(self.__dict__)))
 
 
-def _rebuild(cls, cause, path, hint, state):
+def _rebuild(cls, cause, path, hint, where, state):
     exc = cls.__new__(cls)
-    HyperCTError.__init__(exc, cause, path=path, hint=hint)
+    HyperCTError.__init__(exc, cause, path=path, hint=hint, where=where)
     exc.__dict__.update(state)
     return exc
 
 
-def error_text(cause: str, path: str | None = None, hint: str | None = None) -> str:
-    """``"cause (path) -> hint"``: the one form of every error message (path and hint optional; the
-    path is left out when the cause names it already)."""
-    text = cause
-    if path and path not in cause:
-        text = f"{cause} ({path})"
+def error_text(
+    cause: str, path: str | None = None, hint: str | None = None, *, where: str | None = None
+) -> str:
+    """``"cause (where; path) -> hint"``: the one form of every error message (each part optional;
+    a place that the cause, or ``where`` for the path, already names is left out)."""
+    places = [w for w in (where,) if w and w not in cause]
+    if path and path not in cause and not (where and path in where):
+        places.append(path)
+    text = f"{cause} ({'; '.join(places)})" if places else cause
     return f"{text} -> {hint}" if hint else text
 
 

@@ -84,12 +84,10 @@ def _paths(source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) ->
         label = str(items[0]) if len(items) == 1 else f"{len(items)} selected paths ({items[0].parent})"
     for p in items:
         if not p.exists():
-            raise UnsupportedInputError(
-                f"{p}: no such file or folder", path=p, hint=f"select {_SUPPORTED_TEXT}"
-            )
+            raise UnsupportedInputError("no such file or folder", path=p, hint=f"select {_SUPPORTED_TEXT}")
         if not p.is_dir() and not dicom_scan.is_regular_file(p):
             raise UnsupportedInputError(
-                f"{p}: {dicom_scan.file_kind(p)}, not a regular file; only regular files are read",
+                f"{dicom_scan.file_kind(p)}, not a regular file; only regular files are read",
                 path=p,
                 hint=f"select {_SUPPORTED_TEXT}",
             )
@@ -103,7 +101,7 @@ def _single_image_file(items: list[Path]) -> tuple[Path, str] | None:
         return None
     if len(items) > 1:
         raise UnsupportedInputError(
-            f"{found[0][0]}: a {found[0][1]} file was selected together with {len(items) - 1} other path(s)",
+            f"a {found[0][1]} file was selected together with {len(items) - 1} other path(s)",
             path=found[0][0],
             hint="open one NIfTI/NRRD/MHA file at a time, or only DICOM files",
         )
@@ -123,7 +121,7 @@ def _check_dicom_file(items: list[Path]) -> None:
         is_dicom, _ = dicom_scan.looks_like_dicom(str(items[0]))
         if not is_dicom:
             raise UnsupportedInputError(
-                f"{items[0]}: not a DICOM, NIfTI, NRRD or MHA file",
+                "not a DICOM, NIfTI, NRRD or MHA file",
                 path=items[0],
                 hint=f"open {_SUPPORTED_TEXT}",
             )
@@ -216,7 +214,7 @@ def read_ct(
             )
         )
     if scan.unreadable:
-        path, reason = scan.unreadable[0]
+        path = scan.unreadable[0][0]
         reader_warnings.append(
             QCWarning(
                 quality.UNREADABLE_FILES,
@@ -231,10 +229,10 @@ def _raise_unreadable_in(scan: dicom_scan.ScanResult, folders: set[str], cause: 
     """A damaged DICOM file next to the series' own files is probably one of its slices: refuse."""
     bad = [(p, r) for p, r in scan.unreadable if os.path.dirname(p) in folders]
     if bad:
-        path, reason = bad[0]
+        path, exc = bad[0]
         more = f" ({len(bad)} damaged files in the series' folder)" if len(bad) > 1 else ""
         raise CorruptFileError(
-            f"{reason.split(' -> ')[0]}{more}; it sits with the series' slices, so the volume may be incomplete",
+            f"{exc.cause}{more}; it sits with the series' slices, so the volume may be incomplete",
             path=path,
             hint="copy the series again from the source media or PACS, or remove the file if it does not belong "
             "to the series",

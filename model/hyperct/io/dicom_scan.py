@@ -102,7 +102,7 @@ class ScanResult:
     source: str
     images: list[SliceHeader] = field(default_factory=list)
     non_images: list[NonImageFile] = field(default_factory=list)
-    unreadable: list[tuple[str, str]] = field(default_factory=list)
+    unreadable: list[tuple[str, CorruptFileError]] = field(default_factory=list)  # (path, why)
     not_dicom: list[str] = field(default_factory=list)
     special: list[str] = field(default_factory=list)  # named pipes, devices, sockets: never opened
     n_files: int = 0
@@ -396,7 +396,7 @@ def read_header(
         description = str(_get(ds, "SeriesDescription", ""))
     except Exception as exc:  # noqa: BLE001 - any parse failure of a file is reported as corrupt
         raise CorruptFileError(
-            f"{path}: not readable as DICOM ({type(exc).__name__}: {exc})",
+            f"not readable as DICOM ({type(exc).__name__}: {exc})",
             path=path,
             hint="the file is truncated or damaged; copy it again from the source media or PACS",
         ) from exc
@@ -420,7 +420,7 @@ def read_header(
         # a CT image object without its matrix size or pixel data: a slice cut short, not a non-image
         what = "Rows/Columns" if ("Rows" not in ds or "Columns" not in ds) else "pixel data"
         raise CorruptFileError(
-            f"{path}: not readable as DICOM (a {CT_SOP_CLASSES[sop_class]} file without {what}; the file is cut "
+            f"not readable as DICOM (a {CT_SOP_CLASSES[sop_class]} file without {what}; the file is cut "
             "short or damaged)",
             path=path,
             hint="the file is truncated or damaged; copy it again from the source media or PACS",
@@ -574,7 +574,7 @@ def scan(sources: list[Path], label: str) -> ScanResult:
             if force:  # a bare (no preamble) guess that did not parse: just not DICOM
                 result.not_dicom.append(path)
             else:
-                result.unreadable.append((path, str(exc)))
+                result.unreadable.append((path, exc))
             continue
         if isinstance(headers, NonImageFile):
             result.non_images.append(headers)
@@ -613,9 +613,9 @@ def _flag_lookalikes(result: ScanResult) -> None:
             size = -1
         what = "an empty file (0 bytes)" if size == 0 else f"no DICOM header ({size} bytes, no 'DICM' marker)"
         exc = CorruptFileError(
-            f"{path}: not readable as DICOM ({what}), although it is named like the DICOM images beside it",
+            f"not readable as DICOM ({what}), although it is named like the DICOM images beside it",
             path=path,
             hint="the file is truncated or damaged; copy it again from the source media or PACS",
         )
-        result.unreadable.append((path, str(exc)))
+        result.unreadable.append((path, exc))
     result.not_dicom = kept

@@ -286,7 +286,9 @@ def _build_candidate(
     iops = np.stack([h.iop for h in main])
     if np.max(np.abs(iops - iops[0])) > geometry.ORIENTATION_TOL:
         return fail(
-            SeriesGeometryError(f"{label} in {source}: slices have different ImageOrientationPatient values"),
+            SeriesGeometryError(
+                "slices have different ImageOrientationPatient values", where=f"{label} in {source}"
+            ),
             "mixed orientation",
         )
     spacings = np.array([h.pixel_spacing for h in main])
@@ -310,7 +312,7 @@ def _build_candidate(
             allow_tilt=resample_tilt,
         )
     except SeriesGeometryError as exc:
-        return fail(exc, f"geometry: {str(exc).split(': ', 1)[-1].split(' -> ')[0]}")
+        return fail(exc, f"geometry: {exc.cause}")
     if len(main) < min_slices:  # after the geometry checks: a gap explains a short series better
         return too_few()
     cand.geometry = geom
@@ -387,10 +389,10 @@ def _name_gap_filler(cand: Candidate, scan_result: ScanResult) -> None:
             continue
         pos = float(h.ipp @ normal)
         if mine.min() < pos < mine.max() and float(np.min(np.abs(mine - pos))) > geometry.DUPLICATE_TOL_MM:
-            text = str(cand.problem).split(" -> ")[0]
             cand.problem = SeriesGeometryError(
-                f"{text}; '{h.name}' beside these slices lies in the gap but carries another SeriesInstanceUID "
+                f"{cand.problem.cause}; '{h.name}' beside these slices lies in the gap but carries another SeriesInstanceUID "
                 f"({h.series_uid or 'none'}), so it is probably a slice of this series with a damaged header",
+                where=cand.problem.where,
                 path=h.path,
                 hint="copy the series again from the source media or PACS",
             )
@@ -464,9 +466,9 @@ def _nothing_usable(cands: list[Candidate], scan_result: ScanResult) -> InputErr
             hint="HyperCT reads chest CT only; choose a folder or files with a CT series",
         )
     if scan_result.unreadable:
-        path, reason = scan_result.unreadable[0]
+        path, exc = scan_result.unreadable[0]
         more = f" ({len(scan_result.unreadable)} unreadable files)" if len(scan_result.unreadable) > 1 else ""
-        return CorruptFileError(reason + more, path=path)
+        return CorruptFileError(exc.cause + more, path=path, hint=exc.hint)
     others = [c for c in cands if c.problem is not None]
     if len(others) == 1:
         return others[0].problem  # type: ignore[return-value]

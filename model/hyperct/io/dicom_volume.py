@@ -55,8 +55,9 @@ def check_decoders(slices: list[SliceHeader], where: str) -> None:
             decoder = get_decoder(ts)
         except NotImplementedError:
             raise MissingCodecError(
-                f"{where}: pixel data in '{example}' uses transfer syntax {name} ({ts}), which no installed "
+                f"pixel data in '{example}' uses transfer syntax {name} ({ts}), which no installed "
                 "Python decoder supports",
+                where=where,
                 path=example,
                 hint="convert the series to an uncompressed or JPEG/JPEG 2000 syntax (e.g. with dcmtk/gdcmconv)",
             ) from None
@@ -64,7 +65,8 @@ def check_decoders(slices: list[SliceHeader], where: str) -> None:
             continue
         if not decoder.is_available:
             raise MissingCodecError(
-                f"{where}: pixel data in '{example}' is compressed as {name} ({ts}) and no decoder is installed",
+                f"pixel data in '{example}' is compressed as {name} ({ts}) and no decoder is installed",
+                where=where,
                 path=example,
                 hint=f"pip install {codec_package(ts).split(' (')[0].replace(' + ', ' ')}",
             )
@@ -91,7 +93,8 @@ def _read_native(h: SliceHeader, where: str) -> np.ndarray | None:
         raise _corrupt(h, where, exc) from exc
     if len(buf) < nbytes:
         raise CorruptFileError(
-            f"{where}: pixel data of '{h.name}' is cut short ({len(buf)} of {nbytes} bytes)",
+            f"pixel data of '{h.name}' is cut short ({len(buf)} of {nbytes} bytes)",
+            where=where,
             path=h.path,
             hint="the file is truncated; copy the series again from the source media or PACS",
         )
@@ -123,7 +126,8 @@ def _decode(h: SliceHeader, where: str) -> np.ndarray:
             arr = pixel_array(fp) if h.frame is None else pixel_array(fp, index=h.frame)
     except NotImplementedError as exc:
         raise MissingCodecError(
-            f"{where}: cannot decode '{h.name}': {exc}",
+            f"cannot decode '{h.name}': {exc}",
+            where=where,
             path=h.path,
             hint=f"install {codec_package(h.transfer_syntax)}",
         ) from exc
@@ -134,7 +138,8 @@ def _decode(h: SliceHeader, where: str) -> np.ndarray:
             h.transfer_syntax
         ):
             raise MissingCodecError(
-                f"{where}: cannot decode '{h.name}': {exc}",
+                f"cannot decode '{h.name}': {exc}",
+                where=where,
                 path=h.path,
                 hint=f"pip install {codec_package(h.transfer_syntax).split(' (')[0].replace(' + ', ' ')}",
             ) from exc
@@ -142,10 +147,11 @@ def _decode(h: SliceHeader, where: str) -> np.ndarray:
     except Exception as exc:  # noqa: BLE001 - anything else is a damaged file
         raise _corrupt(h, where, exc) from exc
     if arr.ndim == 3 and arr.shape[-1] in (3, 4):
-        raise NotCTError(f"{where}: '{h.name}' holds a colour image, not a CT slice", path=h.path)
+        raise NotCTError(f"'{h.name}' holds a colour image, not a CT slice", where=where, path=h.path)
     if arr.shape != (h.rows, h.cols):
         raise CorruptFileError(
-            f"{where}: '{h.name}' decodes to shape {arr.shape}, but its header says {h.rows}x{h.cols}",
+            f"'{h.name}' decodes to shape {arr.shape}, but its header says {h.rows}x{h.cols}",
+            where=where,
             path=h.path,
             hint="the file is damaged; copy the series again",
         )
@@ -154,7 +160,8 @@ def _decode(h: SliceHeader, where: str) -> np.ndarray:
 
 def _corrupt(h: SliceHeader, where: str, exc: Exception) -> CorruptFileError:
     return CorruptFileError(
-        f"{where}: pixel data of '{h.name}' cannot be decoded ({type(exc).__name__}: {exc})",
+        f"pixel data of '{h.name}' cannot be decoded ({type(exc).__name__}: {exc})",
+        where=where,
         path=h.path,
         hint="the file is truncated or damaged; copy the series again from the source media or PACS",
     )
@@ -196,7 +203,8 @@ def assemble(
         plane += np.float32(intercept)
         if not np.isfinite(plane).all():
             raise CorruptFileError(
-                f"{where}: rescaling '{h.name}' (slope {slope:g}, intercept {intercept:g}) gives infinite or NaN HU",
+                f"rescaling '{h.name}' (slope {slope:g}, intercept {intercept:g}) gives infinite or NaN HU",
+                where=where,
                 path=h.path,
                 hint="the RescaleSlope/RescaleIntercept values are damaged; copy the series again, or override "
                 "them (read_ct(..., rescale=(slope, intercept)))",
@@ -253,7 +261,9 @@ def _decode_all_frames(h: SliceHeader, where: str) -> np.ndarray:
         raise _corrupt(h, where, exc) from exc
     if arr.ndim != 3 or arr.shape[1:] != (h.rows, h.cols):
         raise CorruptFileError(
-            f"{where}: '{h.path}' decodes to shape {arr.shape}, not frames of {h.rows}x{h.cols}", path=h.path
+            f"'{h.path}' decodes to shape {arr.shape}, not frames of {h.rows}x{h.cols}",
+            where=where,
+            path=h.path,
         )
     return arr
 

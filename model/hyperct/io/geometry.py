@@ -76,7 +76,8 @@ def check_volume_size(shape: tuple[int, ...], where: str, *, path: object = None
     dims = [int(n) for n in shape]
     if any(n <= 0 for n in dims):
         raise UnsupportedInputError(
-            f"{where}: the header declares an empty volume ({' x '.join(map(str, dims))} voxels)",
+            f"the header declares an empty volume ({' x '.join(map(str, dims))} voxels)",
+            where=where,
             path=path,
             hint="the header is damaged; re-export or re-convert the volume",
         )
@@ -85,8 +86,9 @@ def check_volume_size(shape: tuple[int, ...], where: str, *, path: object = None
         total *= n
     if total > MAX_VOXELS:
         raise UnsupportedInputError(
-            f"{where}: the header declares {' x '.join(map(str, dims))} = {total:,} voxels, more than the reader's "
+            f"the header declares {' x '.join(map(str, dims))} = {total:,} voxels, more than the reader's "
             f"limit of {MAX_VOXELS:,} (1024 x 1024 x 1024)",
+            where=where,
             path=path,
             hint="if the header is right, crop or downsample the volume before opening it; otherwise the header "
             "is damaged",
@@ -97,7 +99,8 @@ def _unit(v: np.ndarray, what: str, where: str) -> np.ndarray:
     n = float(np.linalg.norm(v))
     if not np.isfinite(n) or n < 0.5 or n > 1.5:
         raise SeriesGeometryError(
-            f"{where}: {what} {np.round(v, 4).tolist()} is not a unit vector",
+            f"{what} {np.round(v, 4).tolist()} is not a unit vector",
+            where=where,
             hint="the ImageOrientationPatient tag is corrupt; re-export the series from the PACS",
         )
     return v / n
@@ -108,15 +111,17 @@ def orientation_vectors(iop: np.ndarray, where: str) -> tuple[np.ndarray, np.nda
     iop = np.asarray(iop, dtype=np.float64)
     if iop.shape != (6,) or not np.all(np.isfinite(iop)):
         raise SeriesGeometryError(
-            f"{where}: ImageOrientationPatient must hold 6 finite numbers, got {iop.tolist()}",
+            f"ImageOrientationPatient must hold 6 finite numbers, got {iop.tolist()}",
+            where=where,
             hint="the header is corrupt; re-export the series from the PACS",
         )
     r = _unit(iop[:3], "row direction", where)
     c = _unit(iop[3:], "column direction", where)
     if abs(float(r @ c)) > 1e-2:
         raise SeriesGeometryError(
-            f"{where}: ImageOrientationPatient row and column directions are not perpendicular "
+            f"ImageOrientationPatient row and column directions are not perpendicular "
             f"(cos = {float(r @ c):.3f})",
+            where=where,
             hint="the header is corrupt; re-export the series from the PACS",
         )
     c = c - (r @ c) * r
@@ -153,18 +158,22 @@ def sort_stack(
     n_slices = positions.shape[0]
     if positions.ndim != 2 or positions.shape[1] != 3 or not np.all(np.isfinite(positions)):
         raise SeriesGeometryError(
-            f"{where}: ImagePositionPatient values are not finite 3-D positions",
+            "ImagePositionPatient values are not finite 3-D positions",
+            where=where,
             hint="the header is corrupt; re-export the series from the PACS",
         )
     r, c, n = orientation_vectors(iop, where)
     dy, dx = (float(pixel_spacing[0]), float(pixel_spacing[1]))
     if not (np.isfinite(dy) and np.isfinite(dx) and dy > 0 and dx > 0):
         raise SeriesGeometryError(
-            f"{where}: PixelSpacing {list(pixel_spacing)} is not positive",
+            f"PixelSpacing {list(pixel_spacing)} is not positive",
+            where=where,
             hint="the header is corrupt; re-export the series from the PACS",
         )
     if n_slices < 2:
-        raise SeriesGeometryError(f"{where}: a single slice is not a volume", hint="select the whole series")
+        raise SeriesGeometryError(
+            "a single slice is not a volume", where=where, hint="select the whole series"
+        )
 
     along = positions @ n
     order = np.argsort(along, kind="stable")
@@ -175,8 +184,9 @@ def sort_stack(
     if dup.size:
         a, b = order[dup[0]], order[dup[0] + 1]
         raise SeriesGeometryError(
-            f"{where}: {dup.size} duplicate slice position(s); e.g. '{names[a]}' and '{names[b]}' are both "
+            f"{dup.size} duplicate slice position(s); e.g. '{names[a]}' and '{names[b]}' are both "
             f"at {float(along[a]):.3f} mm along the slice normal",
+            where=where,
             hint="the folder holds the same slice twice (a copy or a second reconstruction with the same "
             "series UID); remove the duplicates or export the series again",
         )
@@ -193,8 +203,9 @@ def sort_stack(
             else "uneven slice spacing"
         )
         raise SeriesGeometryError(
-            f"{where}: {kind}: {steps[s]:.3f} mm between '{names[a]}' and '{names[b]}' where the typical "
+            f"{kind}: {steps[s]:.3f} mm between '{names[a]}' and '{names[b]}' where the typical "
             f"step is {median:.3f} mm ({bad.size} irregular step(s) in {n_slices} slices)",
+            where=where,
             hint="the series is incomplete or mixes reconstructions; export the complete series again",
         )
     step = float(d[-1] / (n_slices - 1))
@@ -210,16 +221,18 @@ def sort_stack(
     residual = float(np.max(np.abs(shift - d[:, None] * per_mm)))
     if residual > SHEAR_TOL_PX:
         raise SeriesGeometryError(
-            f"{where}: the slices do not line up (in-plane offsets of the slice origins vary irregularly "
+            f"the slices do not line up (in-plane offsets of the slice origins vary irregularly "
             f"by up to {residual:.1f} pixels)",
+            where=where,
             hint="the series mixes acquisitions or has corrupt ImagePositionPatient values",
         )
     shear_mm = float(np.hypot(per_mm[0, 0] * dy, per_mm[0, 1] * dx))
     tilt = float(np.degrees(np.arctan(shear_mm)))
     if not allow_tilt:
         raise SeriesGeometryError(
-            f"{where}: gantry tilt of {tilt:.1f} degrees (the slice origins shift in-plane along the stack, "
+            f"gantry tilt of {tilt:.1f} degrees (the slice origins shift in-plane along the stack, "
             "so the voxels are sheared)",
+            where=where,
             hint="resample it onto an orthogonal grid (hyperct predict --resample-tilt; read_ct(..., resample_tilt=True); "
             "the viewer does this itself), "
             "or reconstruct the scan without tilt on the scanner",
@@ -256,7 +269,8 @@ def canonical_layout(
     m = a[:3, :3]
     if not np.all(np.isfinite(a)) or abs(np.linalg.det(m)) < 1e-9 * max(1.0, np.abs(m).max() ** 3):
         raise SeriesGeometryError(
-            f"{where}: the voxel-to-patient matrix is singular or not finite",
+            "the voxel-to-patient matrix is singular or not finite",
+            where=where,
             hint="the file's orientation/spacing header is corrupt; re-export it",
         )
     spacing_src = np.linalg.norm(m, axis=0)  # (si, sj, sk)

@@ -37,7 +37,7 @@ MAX_DATA_FILES = 100_000  # a detached header naming more data files than this i
 
 
 def _corrupt(path: Path, what: str, hint: str = "the file is truncated or damaged") -> CorruptFileError:
-    return CorruptFileError(f"{path}: {what}", path=path, hint=hint)
+    return CorruptFileError(what, path=path, hint=hint)
 
 
 def _declared_shape(shape: tuple[int, ...], path: Path) -> tuple[int, int, int]:
@@ -45,7 +45,7 @@ def _declared_shape(shape: tuple[int, ...], path: Path) -> tuple[int, int, int]:
     shape = tuple(int(n) for n in shape)
     if len(shape) < 3 or any(n != 1 for n in shape[3:]):
         raise UnsupportedInputError(
-            f"{path}: image has shape {shape}; a single 3-D CT volume is expected",
+            f"image has shape {shape}; a single 3-D CT volume is expected",
             path=path,
             hint="split 4-D/multi-volume files and open one 3-D volume",
         )
@@ -125,7 +125,7 @@ def _squeeze(raw: Any, path: Path) -> Any:
     shape = tuple(int(n) for n in raw.shape)
     if len(shape) < 3 or any(n != 1 for n in shape[3:]):
         raise UnsupportedInputError(
-            f"{path}: image has shape {shape}; a single 3-D CT volume is expected",
+            f"image has shape {shape}; a single 3-D CT volume is expected",
             path=path,
             hint="split 4-D/multi-volume files and open one 3-D volume",
         )
@@ -137,7 +137,7 @@ def _check_orthogonal(affine_lps: np.ndarray, path: Path) -> None:
     norms = np.linalg.norm(m, axis=0)
     if np.any(norms <= 0) or not np.all(np.isfinite(m)):
         raise SeriesGeometryError(
-            f"{path}: the voxel-to-world affine is singular (a zero voxel size or NaN)",
+            "the voxel-to-world affine is singular (a zero voxel size or NaN)",
             path=path,
             hint="fix the file's header (sform/qform, pixdim) or re-convert it from DICOM",
         )
@@ -145,7 +145,7 @@ def _check_orthogonal(affine_lps: np.ndarray, path: Path) -> None:
     gram = u.T @ u - np.eye(3)
     if float(np.max(np.abs(gram))) > 1e-3:
         raise SeriesGeometryError(
-            f"{path}: the voxel-to-world affine is sheared (its axes are not perpendicular; e.g. a gantry-tilt "
+            "the voxel-to-world affine is sheared (its axes are not perpendicular; e.g. a gantry-tilt "
             "conversion)",
             path=path,
             hint="re-convert the DICOM with tilt correction (e.g. dcm2niix) or read the DICOM series with "
@@ -171,7 +171,7 @@ def _to_volume(
     n_slices = min(source_shape)
     if n_slices < min_slices:
         raise TooFewSlicesError(
-            f"{path}: volume {source_shape[::-1]} has only {n_slices} slice(s) along its shortest axis; a chest "
+            f"volume {source_shape[::-1]} has only {n_slices} slice(s) along its shortest axis; a chest "
             f"CT volume needs at least {min_slices}",
             path=path,
             hint="open the complete volume, or if this short volume is intended lower the minimum "
@@ -183,7 +183,7 @@ def _to_volume(
         np.multiply(view, np.float32(slope) if slope != 1.0 else 1, out=hu, casting="unsafe")
     except (OSError, ValueError, EOFError) as exc:
         raise CorruptFileError(
-            f"{path}: image data cannot be read ({type(exc).__name__}: {exc})",
+            f"image data cannot be read ({type(exc).__name__}: {exc})",
             path=path,
             hint="the file is truncated or damaged",
         ) from exc
@@ -268,7 +268,7 @@ def read_nifti(path: Path, *, rescale: tuple[float, float] | None, min_slices: i
         qform, qcode = hdr.get_qform(coded=True)
     except Exception as exc:  # noqa: BLE001 - nibabel raises many types for damaged files
         raise CorruptFileError(
-            f"{path}: not a readable NIfTI file ({type(exc).__name__}: {exc})",
+            f"not a readable NIfTI file ({type(exc).__name__}: {exc})",
             path=path,
             hint="the file is truncated or damaged, or not NIfTI",
         ) from exc
@@ -276,7 +276,7 @@ def read_nifti(path: Path, *, rescale: tuple[float, float] | None, min_slices: i
         diff = np.abs(np.asarray(sform) - np.asarray(qform))
         if diff[:3, :3].max() > AFFINE_ATOL or diff[:3, 3].max() > AFFINE_ORIGIN_ATOL_MM:
             raise SeriesGeometryError(
-                f"{path}: the sform and qform affines disagree (by up to {diff[:3, :3].max():.3g} mm/voxel and "
+                f"the sform and qform affines disagree (by up to {diff[:3, :3].max():.3g} mm/voxel and "
                 f"{diff[:3, 3].max():.3g} mm), so the orientation is ambiguous",
                 path=path,
                 hint="fix the header (e.g. set one of them from the other with nibabel or fslorient)",
@@ -287,13 +287,13 @@ def read_nifti(path: Path, *, rescale: tuple[float, float] | None, min_slices: i
         affine, which = np.asarray(qform, dtype=np.float64), "qform"
     else:
         raise SeriesGeometryError(
-            f"{path}: neither sform nor qform is set (codes 0), so the patient orientation is unknown",
+            "neither sform nor qform is set (codes 0), so the patient orientation is unknown",
             path=path,
             hint="re-convert from DICOM (e.g. dcm2niix), or set the affine with nibabel",
         )
     if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
         raise SeriesGeometryError(
-            f"{path}: the {which} affine is singular (determinant 0) or not finite",
+            f"the {which} affine is singular (determinant 0) or not finite",
             path=path,
             hint="fix the header (voxel sizes, sform/qform) or re-convert from DICOM",
         )
@@ -316,7 +316,7 @@ def read_nifti(path: Path, *, rescale: tuple[float, float] | None, min_slices: i
         raise
     except Exception as exc:  # noqa: BLE001
         raise CorruptFileError(
-            f"{path}: image data cannot be read ({type(exc).__name__}: {exc})",
+            f"image data cannot be read ({type(exc).__name__}: {exc})",
             path=path,
             hint="the file is truncated or damaged",
         ) from exc
@@ -420,7 +420,7 @@ def _data_files(path: Path, fmt: str, entries: list[str]) -> list[Path]:
             target = os.path.realpath(os.path.join(folder, name))
             if os.path.isabs(name) or os.path.commonpath([folder, target]) != folder:
                 raise UnsupportedInputError(
-                    f"{path}: the header's data file '{name}' is outside the header's folder; only data files "
+                    f"the header's data file '{name}' is outside the header's folder; only data files "
                     "beside the header are read",
                     path=path,
                     hint="put the data file in the same folder as the header and name it without a folder",
@@ -433,7 +433,7 @@ def _data_files(path: Path, fmt: str, entries: list[str]) -> list[Path]:
                 )
             if not is_regular_file(target):
                 raise UnsupportedInputError(
-                    f"{path}: the header's data file '{name}' is {file_kind(target)}, not a regular file; only "
+                    f"the header's data file '{name}' is {file_kind(target)}, not a regular file; only "
                     "regular files are read",
                     path=path,
                     hint="point the header at the image data file",
@@ -508,16 +508,16 @@ def read_itk(path: Path, fmt: str, *, rescale: tuple[float, float] | None, min_s
         n_comp = int(reader.GetNumberOfComponents())
     except Exception as exc:  # noqa: BLE001 - SimpleITK raises RuntimeError with ITK's text
         raise CorruptFileError(
-            f"{path}: not a readable {fmt.upper()} file ({str(exc).strip().splitlines()[-1] if str(exc).strip() else exc})",
+            f"not a readable {fmt.upper()} file ({str(exc).strip().splitlines()[-1] if str(exc).strip() else exc})",
             path=path,
             hint="the file (or its detached data file) is missing, truncated or damaged",
         ) from exc
     if n_comp != 1:
         raise UnsupportedInputError(
-            f"{path}: image has {n_comp} components per voxel; a greyscale CT is expected", path=path
+            f"image has {n_comp} components per voxel; a greyscale CT is expected", path=path
         )
     if len(size) not in (3, 4):
-        raise UnsupportedInputError(f"{path}: image is {len(size)}-D; a 3-D CT volume is expected", path=path)
+        raise UnsupportedInputError(f"image is {len(size)}-D; a 3-D CT volume is expected", path=path)
     try:
         itemsize = sitk.GetArrayViewFromImage(sitk.Image([1] * len(size), reader.GetPixelID())).itemsize
     except Exception:  # noqa: BLE001 - an unusual pixel type: assume the widest
@@ -527,21 +527,21 @@ def read_itk(path: Path, fmt: str, *, rescale: tuple[float, float] | None, min_s
         img = reader.Execute()
     except Exception as exc:  # noqa: BLE001 - SimpleITK raises RuntimeError with ITK's text
         raise CorruptFileError(
-            f"{path}: not a readable {fmt.upper()} file ({str(exc).strip().splitlines()[-1] if str(exc).strip() else exc})",
+            f"not a readable {fmt.upper()} file ({str(exc).strip().splitlines()[-1] if str(exc).strip() else exc})",
             path=path,
             hint="the file (or its detached data file) is missing, truncated or damaged",
         ) from exc
     if img.GetNumberOfComponentsPerPixel() != 1:
         raise UnsupportedInputError(
-            f"{path}: image has {img.GetNumberOfComponentsPerPixel()} components per voxel; a greyscale CT is expected",
+            f"image has {img.GetNumberOfComponentsPerPixel()} components per voxel; a greyscale CT is expected",
             path=path,
         )
     dim = img.GetDimension()
     if dim not in (3, 4):
-        raise UnsupportedInputError(f"{path}: image is {dim}-D; a 3-D CT volume is expected", path=path)
+        raise UnsupportedInputError(f"image is {dim}-D; a 3-D CT volume is expected", path=path)
     if dim == 4:
         if img.GetSize()[3] != 1:
-            raise UnsupportedInputError(f"{path}: image is 4-D with {img.GetSize()[3]} volumes", path=path)
+            raise UnsupportedInputError(f"image is 4-D with {img.GetSize()[3]} volumes", path=path)
         img = img[:, :, :, 0]
     spacing = np.array(img.GetSpacing(), dtype=np.float64)
     direction = np.array(img.GetDirection(), dtype=np.float64).reshape(3, 3)
@@ -550,7 +550,7 @@ def read_itk(path: Path, fmt: str, *, rescale: tuple[float, float] | None, min_s
     affine[:3, 3] = img.GetOrigin()
     if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
         raise SeriesGeometryError(
-            f"{path}: the voxel-to-world matrix is singular or not finite", path=path, hint="fix the header"
+            "the voxel-to-world matrix is singular or not finite", path=path, hint="fix the header"
         )
     raw_kji = sitk.GetArrayViewFromImage(img)
     slope, intercept = (float(rescale[0]), float(rescale[1])) if rescale is not None else (1.0, 0.0)
