@@ -125,24 +125,15 @@ def _decode(h: SliceHeader, where: str) -> np.ndarray:
         with open_regular(h.path) as fp:
             arr = pixel_array(fp) if h.frame is None else pixel_array(fp, index=h.frame)
     except NotImplementedError as exc:
-        raise MissingCodecError(
-            f"cannot decode '{h.name}': {exc}",
-            where=where,
-            path=h.path,
-            hint=f"install {codec_package(h.transfer_syntax)}",
-        ) from exc
+        raise _missing_codec(h, where, exc, f"install {codec_package(h.transfer_syntax)}") from exc
     except RuntimeError as exc:
         # pydicom says "plugins" both when no decoder is installed and when every installed one failed
         # on damaged data: only the first is a missing codec
         if ("missing dependencies" in str(exc) or "plugins" in str(exc)) and not _decoder_available(
             h.transfer_syntax
         ):
-            raise MissingCodecError(
-                f"cannot decode '{h.name}': {exc}",
-                where=where,
-                path=h.path,
-                hint=f"pip install {codec_package(h.transfer_syntax).split(' (')[0].replace(' + ', ' ')}",
-            ) from exc
+            package = codec_package(h.transfer_syntax).split(" (")[0].replace(" + ", " ")
+            raise _missing_codec(h, where, exc, f"pip install {package}") from exc
         raise _corrupt(h, where, exc) from exc
     except Exception as exc:  # noqa: BLE001 - anything else is a damaged file
         raise _corrupt(h, where, exc) from exc
@@ -156,6 +147,10 @@ def _decode(h: SliceHeader, where: str) -> np.ndarray:
             hint="the file is damaged; copy the series again",
         )
     return arr
+
+
+def _missing_codec(h: SliceHeader, where: str, exc: Exception, hint: str) -> MissingCodecError:
+    return MissingCodecError(f"cannot decode '{h.name}': {exc}", where=where, path=h.path, hint=hint)
 
 
 def _corrupt(h: SliceHeader, where: str, exc: Exception) -> CorruptFileError:

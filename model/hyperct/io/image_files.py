@@ -494,6 +494,15 @@ def _check_itk_header(
         )
 
 
+def _unreadable_itk(path: Path, fmt: str, exc: Exception) -> CorruptFileError:
+    text = str(exc).strip()  # SimpleITK raises RuntimeError with ITK's text: its last line says why
+    return CorruptFileError(
+        f"not a readable {fmt.upper()} file ({text.splitlines()[-1] if text else exc})",
+        path=path,
+        hint="the file (or its detached data file) is missing, truncated or damaged",
+    )
+
+
 def read_itk(path: Path, fmt: str, *, rescale: tuple[float, float] | None, min_slices: int) -> CTVolume:
     import SimpleITK as sitk
 
@@ -507,11 +516,7 @@ def read_itk(path: Path, fmt: str, *, rescale: tuple[float, float] | None, min_s
         size = tuple(int(n) for n in reader.GetSize())
         n_comp = int(reader.GetNumberOfComponents())
     except Exception as exc:  # noqa: BLE001 - SimpleITK raises RuntimeError with ITK's text
-        raise CorruptFileError(
-            f"not a readable {fmt.upper()} file ({str(exc).strip().splitlines()[-1] if str(exc).strip() else exc})",
-            path=path,
-            hint="the file (or its detached data file) is missing, truncated or damaged",
-        ) from exc
+        raise _unreadable_itk(path, fmt, exc) from exc
     if n_comp != 1:
         raise UnsupportedInputError(
             f"image has {n_comp} components per voxel; a greyscale CT is expected", path=path
@@ -526,11 +531,7 @@ def read_itk(path: Path, fmt: str, *, rescale: tuple[float, float] | None, min_s
     try:
         img = reader.Execute()
     except Exception as exc:  # noqa: BLE001 - SimpleITK raises RuntimeError with ITK's text
-        raise CorruptFileError(
-            f"not a readable {fmt.upper()} file ({str(exc).strip().splitlines()[-1] if str(exc).strip() else exc})",
-            path=path,
-            hint="the file (or its detached data file) is missing, truncated or damaged",
-        ) from exc
+        raise _unreadable_itk(path, fmt, exc) from exc
     if img.GetNumberOfComponentsPerPixel() != 1:
         raise UnsupportedInputError(
             f"image has {img.GetNumberOfComponentsPerPixel()} components per voxel; a greyscale CT is expected",
