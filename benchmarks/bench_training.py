@@ -23,9 +23,12 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "model"))
 
-from hyperct.loading import resolve_device  # noqa: E402
+from hyperct.device import (
+    autocast_for,  # noqa: E402
+    resolve_device,  # noqa: E402
+)
 from hyperct.training.config import load_config  # noqa: E402
-from hyperct.training.trainer import _autocast, build_model  # noqa: E402
+from hyperct.training.trainer import build_model  # noqa: E402
 
 
 def main() -> None:
@@ -58,7 +61,7 @@ def main() -> None:
             t0 = time.perf_counter()
             opt.zero_grad(set_to_none=True)
             for s in range(0, bs, micro):
-                with _autocast(dev, cfg["train"]["amp"]):
+                with autocast_for(dev, cfg["train"]["amp"]):
                     logits = model(x[s : s + micro].to(dev), tasks[s : s + micro].to(dev), paired=True)
                 loss = F.binary_cross_entropy_with_logits(
                     logits.float(), y[s : s + micro].to(dev), reduction="sum"

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import torch
 
-from hyperct.inference import default_task_chunk
+from hyperct.device import default_task_chunk
 
 
 @contextlib.contextmanager

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from hyperct.inference import autocast_for
+from hyperct.device import autocast_for
 from hyperct.saliency._passes import as_batch, evaluating, per_task_chunks
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from captum.attr import LayerGradCam
 
-from hyperct.inference import autocast_for
+from hyperct.device import autocast_for
 from hyperct.saliency._passes import as_batch, evaluating, per_task_chunks, summed_logits
 
 GRADCAM_SITE = "norm1"

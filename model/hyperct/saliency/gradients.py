@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from captum.attr import InputXGradient, LayerGradientXActivation
 
-from hyperct.inference import autocast_for
+from hyperct.device import autocast_for
 from hyperct.network.backbone import encoder_layers
 from hyperct.saliency._passes import as_batch, evaluating, per_task_chunks, summed_logits
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from captum.attr import Occlusion
 
-from hyperct.inference import autocast_for
+from hyperct.device import autocast_for
 from hyperct.saliency._passes import as_batch, evaluating
 from hyperct.saliency.reference import blurred
 

@@ -424,9 +424,10 @@ def screen(
 ) -> ScreenOutcome:
     """Index, score and tabulate an archive (see the package docstring). Under ``torchrun`` every rank
     calls this; rank 0 writes the tables."""
+    from hyperct.device import resolve_device
     from hyperct.findings import catalogue
     from hyperct.inference import score_pixels
-    from hyperct.loading import load_model, resolve_device
+    from hyperct.loading import load_model
     from hyperct.results import check_scores
     from hyperct.training.distributed import (
         barrier,

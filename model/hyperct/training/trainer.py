@@ -212,10 +212,6 @@ def _loader(ds, batch_sampler, workers: int, seed: int):
     )
 
 
-# benchmarks/bench_training.py imports the trainer's autocast under this name
-_autocast = autocast_for
-
-
 @torch.inference_mode()
 def score_dataset(
     model,
