@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from hyperct.findings import catalogue
 from hyperct.network.backbone import load_backbone
 from hyperct.preprocess import model_to_source_coords
 from hyperct.training.token_labels import TOKEN_SHAPE, token_labels
 from tests.engine.conftest import TINY_BACKBONE
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 def _expected_token(k, j, i, shape):
@@ -94,14 +98,75 @@ def test_pretraining_writes_a_dinov3_folder_that_stage_2_can_use(tmp_path):
 
 def test_pretrain_config_errors_name_the_field(tmp_path):
     from hyperct.errors import ConfigError
-    from hyperct.training.pretrain import load_pretrain_config
+    from hyperct.training.pretrain import load_pretrain_config, pretrain_backbone
 
     with pytest.raises(ConfigError, match="optim.learning_rate: unknown field"):
         load_pretrain_config(
             None, {"data": {"train": {"type": "phantom", "count": 2}}, "optim": {"learning_rate": 1}}
         )
+    with pytest.raises(ConfigError, match=r"^seeds: unknown field \(allowed: seed, .*did you mean seed\?"):
+        load_pretrain_config(None, {"seeds": 1})
     with pytest.raises(ConfigError, match="needs a phantom dataset"):
         load_pretrain_config(None, {"data": {"train": {"type": "manifest", "csv": "x.csv"}}})
+    # a mapping handed to the run is validated before anything is written
+    with pytest.raises(ConfigError, match="needs a phantom dataset"):
+        pretrain_backbone({"data": {"train": {"type": "manifest", "csv": "x.csv"}}}, tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize(
+    ("item", "message"),
+    [
+        ("optim.epochs=0", "optim.epochs: expected a positive integer, got 0"),
+        ("optim.lr=fast", "optim.lr: expected a number >= 0, got 'fast'"),
+        ("optim.loss=l2", "optim.loss: expected one of bce, balanced, focal, got 'l2'"),
+        ("optim.positive_fraction=2", "optim.positive_fraction: expected a number in [0, 1], got 2"),
+        ("data.cache_dtype=int16", "data.cache_dtype: expected one of uint8, float16, got 'int16'"),
+        ("data.block_epochs=0", "data.block_epochs: expected an integer >= 1, got 0"),
+        ("data.keep_blocks=maybe", "data.keep_blocks: expected true or false, got 'maybe'"),
+        ("valid.phantoms=-1", "valid.phantoms: expected a positive integer, got -1"),
+        ("seed=1.5", "seed: expected an integer >= 0, got 1.5"),
+        ("backbone=huge", "backbone: expected one of "),
+        ("data.fresh_seeds=true", "data.fresh_seeds: needs data.cache_dir"),
+    ],
+)
+def test_every_pretrain_field_is_checked_once_at_load(tmp_path, item, message):
+    from hyperct.errors import ConfigError
+    from hyperct.training.pretrain import PretrainConfig
+
+    path = tmp_path / "stage1.yaml"
+    path.write_text("data: {train: {type: phantom, count: 2}}\n")
+    with pytest.raises(ConfigError) as err:
+        PretrainConfig.load(path, sets=[item])
+    assert str(err.value).startswith(message) and str(path) in str(err.value)
+
+
+def test_typed_pretrain_config_is_the_validated_mapping(tmp_path):
+    from hyperct.training.pretrain_config import DEFAULTS, PretrainConfig, load_pretrain_config
+
+    over, sets = {"optim": {"epochs": 3}}, ["optim.lr=2e-4", "data.train.count=7"]
+    for name in ("demo_backbone", "demo_backbone_v1", "demo_backbone_volume"):
+        path = CONFIGS / f"{name}.yaml"
+        raw = yaml.safe_load(path.read_text())
+        typed = PretrainConfig.load(path, over, sets)
+        mapping = load_pretrain_config(path, over, sets)
+        assert typed.to_dict() == mapping and list(mapping) == list(DEFAULTS)
+        assert list(mapping["optim"]) == list(DEFAULTS["optim"])
+        assert typed.optim.lr == 2e-4 and typed.optim.epochs == 3 and typed.data.train["count"] == 7
+        # every other value is the file's (a section's missing fields keep their defaults)
+        for key, value in raw.items():
+            for sub, v in value.items() if isinstance(value, dict) else [(None, value)]:
+                got = mapping[key] if sub is None else mapping[key][sub]
+                want = v if (key, sub) != ("data", "train") else dict(v, count=7)
+                assert (key, sub) in (("optim", "lr"), ("optim", "epochs")) or got == want, (name, key, sub)
+        assert typed.optim.bag == (raw["optim"].get("bag_loss_weight", 0) > 0)
+        # a run folder's pretrain_config.yaml reads back as the same configuration
+        saved = tmp_path / f"{name}.yaml"
+        saved.write_text(typed.dump())
+        assert PretrainConfig.load(saved) == typed
+        assert yaml.safe_load(saved.read_text()) == mapping
+    assert PretrainConfig().to_dict() == DEFAULTS and DEFAULTS["optim"]["bag_max"] == 55
+    assert PretrainConfig.coerce(typed) is typed
 
 
 def test_volume_objective_pools_the_mean_cls_and_ignores_unlabelled_findings():
@@ -145,21 +210,21 @@ def test_heads_without_the_volume_objective_draw_the_same_random_numbers_as_befo
 
 def test_volume_objective_needs_every_image_of_the_phantom():
     from hyperct.errors import ConfigError
-    from hyperct.training.pretrain import load_pretrain_config
+    from hyperct.training.pretrain import PretrainConfig, load_pretrain_config
 
     train = {"type": "phantom", "count": 2}
     with pytest.raises(ConfigError, match="optim.volume_loss_weight.*images_per_phantom to 55"):
         load_pretrain_config(None, {"data": {"train": train}, "optim": {"volume_loss_weight": 1.0}})
-    cfg = load_pretrain_config(
+    cfg = PretrainConfig.load(
         None, {"data": {"train": train}, "optim": {"volume_loss_weight": 1.0, "images_per_phantom": 55}}
     )
-    assert cfg["optim"]["volume_loss_weight"] == 1.0
+    assert cfg.optim.volume_loss_weight == 1.0 and cfg.optim.volume and not cfg.optim.bag
 
 
 @pytest.mark.slow
 def test_pretraining_can_continue_from_a_backbone_folder_with_the_volume_objective(tmp_path):
     from hyperct.network.backbone import build_backbone, save_backbone
-    from hyperct.training.pretrain import load_pretrain_config, pretrain_backbone
+    from hyperct.training.pretrain import PretrainConfig, pretrain_backbone
 
     start = build_backbone(dict(TINY_BACKBONE), seed=11)
     save_backbone(start, tmp_path / "start")
@@ -183,7 +248,7 @@ def test_pretraining_can_continue_from_a_backbone_folder_with_the_volume_objecti
         },
         "valid": {"phantoms": 4},
     }
-    out = pretrain_backbone(load_pretrain_config(None, base), tmp_path / "same")
+    out = pretrain_backbone(PretrainConfig.load(None, base), tmp_path / "same")
     written = load_backbone(out).state_dict()
     for key, value in start.state_dict().items():
         torch.testing.assert_close(written[key], value, msg=key)
@@ -191,10 +256,10 @@ def test_pretraining_can_continue_from_a_backbone_folder_with_the_volume_objecti
     assert "pleural_effusion" in report["log"][-1]["valid"]["volume_auc"]
 
     base["optim"]["lr"] = 3e-3
-    moved = load_backbone(pretrain_backbone(load_pretrain_config(None, base), tmp_path / "moved"))
+    moved = load_backbone(pretrain_backbone(PretrainConfig.load(None, base), tmp_path / "moved"))
     key = "model.layer.0.mlp.up_proj.weight"
     assert not torch.equal(moved.state_dict()[key], start.state_dict()[key])
 
     base["init"] = str(tmp_path / "nowhere")
     with pytest.raises(Exception, match="backbone folder does not exist"):
-        pretrain_backbone(load_pretrain_config(None, base), tmp_path / "x")
+        pretrain_backbone(PretrainConfig.load(None, base), tmp_path / "x")

@@ -15,6 +15,7 @@ from hyperct.findings import catalogue
 from hyperct.training.cache import PreprocessCache
 from hyperct.training.datasets import PhantomDataset, build_dataset
 from hyperct.training.pretrain import (
+    PretrainConfig,
     bag_labels,
     finding_loss,
     load_pretrain_config,
@@ -194,7 +195,7 @@ def _v1_config(tmp_path, **optim):
         "n_slices": 24,
         "findings": {"pleural_effusion": 0.7, "lung_nodule": 0.7},
     }
-    return load_pretrain_config(
+    return PretrainConfig.load(
         None,
         {
             "seed": 5,
@@ -247,7 +248,7 @@ def test_bag_pretraining_logs_every_epoch_and_resume_continues_on_new_seeds(tmp_
     }
 
     again = resume_config(out, epochs=3)
-    assert again["optim"]["epochs"] == 3 and again["data"]["fresh_seeds"]
+    assert again.optim.epochs == 3 and again.data.fresh_seeds
     pretrain_backbone(again, out, resume=True)
     log = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
     assert [e["epoch"] for e in log] == [1, 2, 3]
@@ -263,7 +264,7 @@ def test_bag_pretraining_logs_every_epoch_and_resume_continues_on_new_seeds(tmp_
             first_seed,
             matrix=48,
             n_slices=24,
-            findings=cfg["data"]["train"]["findings"],
+            findings=cfg.data.train["findings"],
             cache=PreprocessCache(tmp_path / "cache"),
             prepare=False,
             pair="normal",
@@ -272,7 +273,7 @@ def test_bag_pretraining_logs_every_epoch_and_resume_continues_on_new_seeds(tmp_
     old, last = block(60000), block(60002)
     assert not any(old.cache.contains(old._key(i)) for i in range(4))
     assert not any(last.cache.contains(last._key(i)) for i in range(4))  # nor the last one, at the end
-    vs = cfg["data"]["valid"]
+    vs = cfg.data.valid
     valid = PhantomDataset(
         vs["count"],
         vs["first_seed"],
@@ -297,8 +298,7 @@ def test_resume_starts_from_the_saved_weights(tmp_path):
     out = tmp_path / "bb"
     pretrain_backbone(cfg, out)
     before = load_backbone(out).state_dict()
-    again = resume_config(out, epochs=2)
-    again["optim"]["lr"] = 0.0  # nothing moves: the resumed weights are the saved ones
+    again = resume_config(out, epochs=2, sets=["optim.lr=0"])  # nothing moves: the saved weights stay
     pretrain_backbone(again, out, resume=True)
     after = load_backbone(out).state_dict()
     for key, value in before.items():
@@ -410,17 +410,27 @@ def test_pretrain_cli_takes_a_new_run_or_a_resume(tmp_path, capsys):
 
 def test_set_overrides_existing_fields_and_is_checked(tmp_path):
     from hyperct.errors import ConfigError
-    from hyperct.training.pretrain import apply_sets
 
-    cfg = load_pretrain_config("configs/demo_backbone_v1.yaml")
-    apply_sets(cfg, ["data.prepare_workers=12", "device=cuda", "data.train.count=50", "optim.lr=2e-4"])
-    assert cfg["data"]["prepare_workers"] == 12 and cfg["device"] == "cuda"
-    assert cfg["data"]["train"]["count"] == 50 and cfg["data"]["train"]["pair"] == "normal"
-    assert cfg["optim"]["lr"] == 2e-4
+    path = "configs/demo_backbone_v1.yaml"
+    sets = ["data.prepare_workers=12", "device=cuda", "data.train.count=50", "optim.lr=2e-4"]
+    cfg = PretrainConfig.load(path, sets=sets)
+    assert cfg.data.prepare_workers == 12 and cfg.device == "cuda"
+    assert cfg.data.train["count"] == 50 and cfg.data.train["pair"] == "normal"
+    assert cfg.optim.lr == 2e-4
+    assert load_pretrain_config(path, sets=sets) == cfg.to_dict()
     with pytest.raises(ConfigError, match="optim.learning_rate: unknown field"):
-        apply_sets(cfg, ["optim.learning_rate=1"])
+        PretrainConfig.load(path, sets=["optim.learning_rate=1"])
     with pytest.raises(ConfigError, match="optim.loss"):
-        apply_sets(cfg, ["optim.loss=l1"])
+        PretrainConfig.load(path, sets=["optim.loss=l1"])
+    with pytest.raises(ConfigError, match="expected FIELD=VALUE"):
+        PretrainConfig.load(path, sets=["optim.lr"])
+    # checked once, after every override: a --set can repair what the file alone gets wrong
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: {train: {type: phantom, count: 2}}\noptim: {volume_loss_weight: 1.0}\n")
+    with pytest.raises(ConfigError, match="images_per_phantom to 55") as err:
+        PretrainConfig.load(bad)
+    assert str(bad) in str(err.value)
+    assert PretrainConfig.load(bad, sets=["optim.images_per_phantom=55"]).optim.images_per_phantom == 55
 
 
 def test_drop_one_pairs_differ_in_one_finding_only_inside_its_mask():

@@ -30,7 +30,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument(
         "--config",
         metavar="FILE",
-        help="YAML configuration (see hyperct.training.pretrain); not with --resume",
+        help="YAML configuration (fields: hyperct.training.pretrain_config); not with --resume",
     )
     p.add_argument("--out", metavar="DIR", help="backbone folder to write")
     p.add_argument(
@@ -61,7 +61,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hyperct.training.pretrain import apply_sets, load_pretrain_config, pretrain_backbone, resume_config
+    from hyperct.training.pretrain import PretrainConfig, pretrain_backbone, resume_config
 
     if bool(args.resume) == bool(args.config) or (args.resume and (args.out or args.init)):
         raise UsageError("give --config FILE --out DIR (a new run) or --resume DIR (continue one)")
@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         over: dict = {"init": args.init} if args.init else {}
         if args.epochs:
             over["optim"] = {"epochs": args.epochs}
-        cfg = apply_sets(load_pretrain_config(args.config, over or None), args.set, args.config)
+        cfg = PretrainConfig.load(args.config, over or None, args.set)
         out = pretrain_backbone(cfg, args.out, overwrite=args.overwrite, source=args.config)
     print(f"backbone written to {out} (config.json + model.safetensors; report in pretrain.json)")
     return 0

@@ -43,6 +43,9 @@ Stage 1 v1 (``configs/demo_backbone_v1.yaml``; issue 18) adds what the pooled fe
   state: backbone, heads, AdamW moments, the next block). ``hyperct pretrain --resume DIR
   [--epochs N]`` continues on a NEW block of seeds (never re-reading the block it stopped in).
 
+The configuration (fields, defaults, checks) is ``hyperct.training.pretrain_config.PretrainConfig``,
+read from the YAML files below and validated once at load.
+
 The result is written as a DINOv3 folder in the Hugging Face layout (``config.json`` +
 ``model.safetensors``), exactly what a user's DINOv3 download looks like, so stage 2 is a normal
 ``hyperct train`` with ``model.backbone_weights`` pointing at it.
@@ -54,7 +57,6 @@ The result is written as a DINOv3 folder in the Hugging Face layout (``config.js
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import shutil
@@ -65,9 +67,9 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-import yaml
 from torch import nn
 
+from hyperct.device import resolve_device
 from hyperct.errors import ConfigError
 from hyperct.network.backbone import (
     build_backbone,
@@ -80,122 +82,17 @@ from hyperct.preprocess import N_IMAGES, normalise
 from hyperct.training.cache import PreprocessCache, decode
 from hyperct.training.datasets import PhantomDataset, build_dataset
 from hyperct.training.metrics import roc_auc
+from hyperct.training.pretrain_config import (  # noqa: F401 - LOSSES and load_pretrain_config: re-exported
+    CONFIG_FILE,
+    LOSSES,
+    PretrainConfig,
+    PretrainData,
+    load_pretrain_config,
+)
 from hyperct.training.progress import progress_bar
 
-LOSSES = ("bce", "balanced", "focal")
-
-DEFAULTS: dict[str, Any] = {
-    "seed": 0,
-    "backbone": "demo",
-    "init": None,
-    "device": "cpu",
-    "data": {
-        "train": None,
-        "valid": None,
-        "cache_dir": None,
-        "cache_dtype": "uint8",
-        "cache_compress": False,
-        "prepare_workers": 1,
-        "fresh_seeds": False,
-        "block_epochs": 1,
-        "keep_blocks": True,
-    },
-    "optim": {
-        "epochs": 4,
-        "lr": 1.0e-3,
-        "weight_decay": 0.05,
-        "warmup_steps": 200,
-        "min_factor": 0.02,
-        "grad_clip": 1.0,
-        "phantoms_per_step": 2,
-        "images_per_phantom": 24,
-        "token_pos_weight": 4.0,
-        "image_pos_weight": 2.0,
-        "volume_loss_weight": 0.0,
-        "volume_pos_weight": 2.0,
-        "loss": "bce",
-        "focal_gamma": 2.0,
-        "bag_loss_weight": 0.0,
-        "bag_min": 8,
-        "bag_max": N_IMAGES,
-        "positive_fraction": 0.5,
-    },
-    "valid": {"phantoms": 60},
-}
-
-CONFIG_FILE = "pretrain_config.yaml"
 LOG_FILE = "log.jsonl"
 STATE_DIR = "last"
-
-
-def _check(cfg: dict, path) -> None:
-    oc, dc = cfg["optim"], cfg["data"]
-    if float(oc["volume_loss_weight"]) > 0 and int(oc["images_per_phantom"]) != N_IMAGES:
-        raise ConfigError(
-            f"optim.volume_loss_weight: the volume objective pools all {N_IMAGES} images of a phantom; "
-            f"set optim.images_per_phantom to {N_IMAGES} (it is {oc['images_per_phantom']})",
-            path=path,
-        )
-    if oc["loss"] not in LOSSES:
-        raise ConfigError(f"optim.loss: expected one of {', '.join(LOSSES)}, got {oc['loss']!r}", path=path)
-    bag = float(oc["bag_loss_weight"]) > 0
-    if bag:
-        if float(oc["volume_loss_weight"]) > 0:
-            raise ConfigError(
-                "optim.bag_loss_weight: the bag objective replaces the volume objective; set "
-                "optim.volume_loss_weight to 0",
-                path=path,
-            )
-        lo, hi = int(oc["bag_min"]), int(oc["bag_max"])
-        if not 1 <= lo <= hi <= N_IMAGES:
-            raise ConfigError(
-                f"optim.bag_min/bag_max: expected 1 <= bag_min <= bag_max <= {N_IMAGES}, got {lo}, {hi}",
-                path=path,
-            )
-        if not 0.0 <= float(oc["positive_fraction"]) <= 1.0:
-            raise ConfigError("optim.positive_fraction: expected a number in [0, 1]", path=path)
-    if dc["train"].get("pair") and not bag:
-        raise ConfigError(
-            "data.train.pair: paired phantoms are used by the bag objective (set optim.bag_loss_weight > 0)",
-            path=path,
-        )
-    if int(dc["block_epochs"]) < 1:
-        raise ConfigError("data.block_epochs: expected an integer >= 1", path=path)
-    if dc["fresh_seeds"] and not dc["cache_dir"]:
-        raise ConfigError(
-            "data.fresh_seeds: needs data.cache_dir (blocks are generated into it in the background)",
-            path=path,
-        )
-
-
-def load_pretrain_config(path: str | Path | None, overrides: dict | None = None) -> dict:
-    """DEFAULTS updated by the YAML file (unknown fields are an error, naming the field)."""
-    cfg = copy.deepcopy(DEFAULTS)
-    raw: dict = {}
-    if path:
-        try:
-            raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"cannot read the configuration ({exc})", path=path) from exc
-    for src in (raw, overrides or {}):
-        for key, value in src.items():
-            if key not in cfg:
-                raise ConfigError(f"{key}: unknown field (allowed: {', '.join(cfg)})", path=path)
-            if isinstance(cfg[key], dict) and isinstance(value, dict):
-                unknown = sorted(set(value) - set(cfg[key]))
-                if unknown:
-                    raise ConfigError(
-                        f"{key}.{unknown[0]}: unknown field (allowed: {', '.join(cfg[key])})", path=path
-                    )
-                cfg[key].update(value)
-            else:
-                cfg[key] = value
-    if not cfg["data"]["train"] or cfg["data"]["train"].get("type") != "phantom":
-        raise ConfigError(
-            "data.train: backbone pretraining needs a phantom dataset (finding masks)", path=path
-        )
-    _check(cfg, path)
-    return cfg
 
 
 class PretrainHeads(nn.Module):
@@ -442,18 +339,17 @@ def _check_block_seeds(spec: dict, valid_spec: dict | None, block: int) -> None:
 class _Blocks:
     """Training phantoms block by block; the next block is generated in the background."""
 
-    def __init__(self, cfg: dict, cache: PreprocessCache, source: str | None):
-        self.cfg, self.cache, self.source = cfg, cache, source
-        dc = cfg["data"]
-        self.workers = max(0, int(dc["prepare_workers"]))
+    def __init__(self, data: PretrainData, cache: PreprocessCache, source: str | None):
+        self.data, self.cache, self.source = data, cache, source
+        self.workers = data.prepare_workers
         self.pool = None
         self.pending: tuple[int, PhantomDataset, Any] | None = None
 
     def _dataset(self, block: int, prepare: bool) -> PhantomDataset:
-        dc = self.cfg["data"]
-        spec = block_spec(dc["train"], block) if dc["fresh_seeds"] else dc["train"]
-        if dc["fresh_seeds"]:
-            _check_block_seeds(spec, dc["valid"], block)
+        dc = self.data
+        spec = block_spec(dc.train, block) if dc.fresh_seeds else dc.train
+        if dc.fresh_seeds:
+            _check_block_seeds(spec, dc.valid, block)
         return (
             build_dataset(
                 spec,
@@ -479,7 +375,7 @@ class _Blocks:
 
     def prefetch(self, block: int) -> None:
         """Start generating ``block`` in worker processes (nothing to do without workers)."""
-        if self.workers < 1 or self.cache.directory is None or not self.cfg["data"]["fresh_seeds"]:
+        if self.workers < 1 or self.cache.directory is None or not self.data.fresh_seeds:
             return
         import multiprocessing as mp
 
@@ -614,38 +510,11 @@ def _read_log(out: Path, upto: int) -> list[dict]:
     return [r for r in rows if int(r.get("epoch", 0)) <= upto]
 
 
-def apply_sets(cfg: dict, items: list[str] | None, source=None) -> dict:
-    """``--set a.b=value`` overrides (the value is read as YAML) on a loaded configuration; the field
-    must exist (inside ``data.train`` / ``data.valid`` any dataset field); then checked again."""
-    for item in items or []:
-        key, sep, text = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(
-                f"--set {item!r}: expected FIELD=VALUE, e.g. data.prepare_workers=4", path=source
-            )
-        parts = key.split(".")
-        node = cfg
-        for part in parts[:-1]:
-            if not isinstance(node, dict) or part not in node or not isinstance(node[part], dict):
-                raise ConfigError(f"--set {key}: unknown field", path=source)
-            node = node[part]
-        free = len(parts) == 3 and parts[0] == "data" and parts[1] in ("train", "valid")
-        if parts[-1] not in node and not free:
-            raise ConfigError(f"--set {key}: unknown field", path=source)
-        value = yaml.safe_load(text)
-        if isinstance(value, str):  # YAML 1.1 reads 2e-4 as text
-            try:
-                value = float(value)
-            except ValueError:
-                pass
-        node[parts[-1]] = value
-    _check(cfg, source)
-    return cfg
-
-
-def resume_config(out: str | Path, epochs: int | None = None, sets: list[str] | None = None) -> dict:
+def resume_config(
+    out: str | Path, epochs: int | None = None, sets: list[str] | None = None
+) -> PretrainConfig:
     """The configuration a run folder was started with (``pretrain_config.yaml``), with new ``epochs``
-    and ``--set`` overrides (e.g. more ``data.prepare_workers`` on another machine)."""
+    and ``--set`` overrides (e.g. more ``data.prepare_workers`` on another machine), validated."""
     path = Path(out) / CONFIG_FILE
     if not path.is_file():
         raise ConfigError(
@@ -653,15 +522,14 @@ def resume_config(out: str | Path, epochs: int | None = None, sets: list[str] | 
             path=out,
             hint="resume a folder written by `hyperct pretrain` after at least one epoch",
         )
-    cfg = load_pretrain_config(path, {"optim": {"epochs": int(epochs)}} if epochs else None)
-    return apply_sets(cfg, sets, path)
+    return PretrainConfig.load(path, {"optim": {"epochs": int(epochs)}} if epochs else None, sets)
 
 
 # --- the run -----------------------------------------------------------------------------------
 
 
 def pretrain_backbone(
-    cfg: dict,
+    cfg: PretrainConfig | dict,
     out_dir: str | Path,
     *,
     overwrite: bool = False,
@@ -672,10 +540,12 @@ def pretrain_backbone(
     """Run stage 1 and write the backbone folder (``config.json``, ``model.safetensors``,
     ``pretrain.json``, ``log.jsonl``, ``pretrain_config.yaml`` and the resume state ``last/``).
 
+    ``cfg``: a ``PretrainConfig`` or its mapping (validated here; ``source`` names it in errors).
     ``resume``: continue the run in ``out_dir`` (its saved configuration should be passed as
     ``cfg``, see ``resume_config``); with fresh seeds it goes on with a new block of seeds.
     ``stop_after``: stop after that many epochs of this call (tests: an interruption).
     """
+    cfg = PretrainConfig.coerce(cfg, source=source)
     out = Path(out_dir)
     if resume:
         if not (out / STATE_DIR / "state.json").is_file():
@@ -693,34 +563,30 @@ def pretrain_backbone(
             p = out / name
             shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
-    seed = int(cfg["seed"])
+    seed = cfg.seed
     torch.manual_seed(seed)
-    oc, dc = cfg["optim"], cfg["data"]
-    device = torch.device(
-        "cuda"
-        if cfg["device"] == "auto" and torch.cuda.is_available()
-        else ("cpu" if cfg["device"] == "auto" else cfg["device"])
-    )
+    oc, dc = cfg.optim, cfg.data
+    device = resolve_device(cfg.device)
     cache = (
-        PreprocessCache(dc["cache_dir"], dc["cache_dtype"], compress=bool(dc["cache_compress"]))
-        if dc["cache_dir"]
+        PreprocessCache(dc.cache_dir, dc.cache_dtype, compress=dc.cache_compress)
+        if dc.cache_dir
         else PreprocessCache(None)
     )
-    workers = max(1, int(dc["prepare_workers"]))
-    bag_mode = float(oc["bag_loss_weight"]) > 0
-    fresh = bool(dc["fresh_seeds"])
-    blocks = _Blocks(cfg, cache, source)
+    workers = max(1, dc.prepare_workers)
+    bag_mode = oc.bag
+    fresh = dc.fresh_seeds
+    blocks = _Blocks(dc, cache, source)
     try:
         if fresh:
             train = None  # the first block is chosen below (a resumed run starts a new one)
         else:
             train = build_dataset(
-                dc["train"], cache=cache, field="data.train", source=source, progress=True, workers=workers
+                dc.train, cache=cache, field="data.train", source=source, progress=True, workers=workers
             )
         valid = None
-        if dc["valid"]:
+        if dc.valid:
             valid = build_dataset(
-                dc["valid"], cache=cache, field="data.valid", source=source, progress=True, workers=workers
+                dc.valid, cache=cache, field="data.valid", source=source, progress=True, workers=workers
             )
         from hyperct.findings import catalogue
 
@@ -728,17 +594,15 @@ def pretrain_backbone(
         if resume:  # the folder holds the backbone of its last epoch (the state below overwrites it)
             torch.manual_seed(seed)
             backbone = load_backbone(out)
-        elif cfg["init"]:
+        elif cfg.init:
             # reseed as build_backbone(seed=...) does below: the heads' initialisation must not depend
             # on whether the phantoms above were generated or read from the cache
             torch.manual_seed(seed)
-            backbone = load_backbone(cfg["init"])  # BackboneWeightsError naming the folder if it is wrong
+            backbone = load_backbone(cfg.init)  # BackboneWeightsError naming the folder if it is wrong
         else:
-            backbone = build_backbone(cfg["backbone"], seed=seed)
+            backbone = build_backbone(cfg.backbone, seed=seed)
         backbone.embeddings.mask_token.requires_grad_(False)  # unused (no masked-image modelling)
-        heads = PretrainHeads(
-            backbone.config.hidden_size, n_findings, volume=float(oc["volume_loss_weight"]) > 0, bag=bag_mode
-        )
+        heads = PretrainHeads(backbone.config.hidden_size, n_findings, volume=oc.volume, bag=bag_mode)
         module = nn.ModuleDict({"backbone": backbone, "heads": heads}).to(device)
         named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
         decay = [(n, p) for n, p in named if p.ndim >= 2]
@@ -747,48 +611,48 @@ def pretrain_backbone(
         params = [p for _, p in named]  # (this order: the gradient-norm clipping sums in it)
         optimizer = torch.optim.AdamW(
             [
-                {"params": [p for _, p in decay], "weight_decay": float(oc["weight_decay"])},
+                {"params": [p for _, p in decay], "weight_decay": float(oc.weight_decay)},
                 {"params": [p for _, p in no_decay], "weight_decay": 0.0},
             ],
-            lr=float(oc["lr"]),
+            lr=float(oc.lr),
         )
-        per_step, per_phantom = int(oc["phantoms_per_step"]), int(oc["images_per_phantom"])
-        units = int(dc["train"]["count"])  # seeds per epoch (pairs in a paired dataset)
+        per_step, per_phantom = oc.phantoms_per_step, oc.images_per_phantom
+        units = int(dc.train["count"])  # seeds per epoch (pairs in a paired dataset)
         steps_per_epoch = math.ceil(units / per_step)
-        tok_pw = torch.tensor(float(oc["token_pos_weight"]), device=device)
-        img_pw = torch.tensor(float(oc["image_pos_weight"]), device=device)
-        vol_w = float(oc["volume_loss_weight"])
-        vol_pw = torch.tensor(float(oc["volume_pos_weight"]), device=device)
-        bag_w = float(oc["bag_loss_weight"])
-        mode, gamma = str(oc["loss"]), float(oc["focal_gamma"])
+        tok_pw = torch.tensor(float(oc.token_pos_weight), device=device)
+        img_pw = torch.tensor(float(oc.image_pos_weight), device=device)
+        vol_w = float(oc.volume_loss_weight)
+        vol_pw = torch.tensor(float(oc.volume_pos_weight), device=device)
+        bag_w = float(oc.bag_loss_weight)
+        mode, gamma = oc.loss, float(oc.focal_gamma)
         log: list[dict] = []
         step, first_epoch, block, epoch_in_block = 0, 1, 0, 0
         if resume:
             doc = _load_run_state(out, module, optimizer, names)
             step, first_epoch = int(doc["step"]), int(doc["epoch"]) + 1
             block, epoch_in_block = int(doc["next_block"]), 0  # new seeds, never the block it stopped in
-            if fresh and not dc["keep_blocks"]:  # the block it stopped in is not used again
+            if fresh and not dc.keep_blocks:  # the block it stopped in is not used again
                 blocks.drop(blocks._dataset(int(doc["block"]), prepare=False))
             log = _read_log(out, first_epoch - 1)
             (out / LOG_FILE).write_text(
                 "".join(json.dumps(e, default=str) + "\n" for e in log), encoding="utf-8"
             )
         else:
-            (out / CONFIG_FILE).write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
-        epochs = int(oc["epochs"])
+            (out / CONFIG_FILE).write_text(cfg.dump(), encoding="utf-8")
+        epochs = oc.epochs
         total = steps_per_epoch * epochs
         start = time.time()
         if fresh and first_epoch <= epochs:
             train = blocks.get(block)
         done = 0
         for epoch in range(first_epoch, epochs + 1):
-            if fresh and epoch_in_block == int(dc["block_epochs"]):
+            if fresh and epoch_in_block == dc.block_epochs:
                 old = train
                 block, epoch_in_block = block + 1, 0
                 train = blocks.get(block)
-                if not dc["keep_blocks"]:
+                if not dc.keep_blocks:
                     blocks.drop(old)
-            if fresh and epoch_in_block == 0 and epoch + int(dc["block_epochs"]) <= epochs:
+            if fresh and epoch_in_block == 0 and epoch + dc.block_epochs <= epochs:
                 blocks.prefetch(block + 1)  # generated while this block's epochs train
             sampler = _ImageSampler(train)
             module.train()
@@ -817,9 +681,9 @@ def pretrain_backbone(
                         which = sample_bag(
                             grid.any(axis=(1, 2)),
                             rng,
-                            size_min=int(oc["bag_min"]),
-                            size_max=int(oc["bag_max"]),
-                            positive_fraction=float(oc["positive_fraction"]),
+                            size_min=oc.bag_min,
+                            size_max=oc.bag_max,
+                            positive_fraction=float(oc.positive_fraction),
                             include=include,
                         )
                         batch.append(sampler.images(i, which))
@@ -838,8 +702,8 @@ def pretrain_backbone(
                 pixels = torch.cat([b[0] for b in batch]).to(device)
                 tokens = torch.cat([b[1] for b in batch]).to(device)
                 for group in optimizer.param_groups:
-                    group["lr"] = float(oc["lr"]) * _lr_factor(
-                        step, total, int(oc["warmup_steps"]), float(oc["min_factor"])
+                    group["lr"] = float(oc.lr) * _lr_factor(
+                        step, total, oc.warmup_steps, float(oc.min_factor)
                     )
                 tok_logits, img_logits, cls = forward_heads(backbone, heads, pixels, with_cls=True)
                 image_truth = tokens.amax(dim=1)
@@ -862,8 +726,8 @@ def pretrain_backbone(
                     n_positive_bags += int((truth.amax(dim=1) > 0).sum())
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                if oc["grad_clip"]:
-                    torch.nn.utils.clip_grad_norm_(params, float(oc["grad_clip"]))
+                if oc.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(params, float(oc.grad_clip))
                 optimizer.step()
                 sums["loss"].append(float(loss.detach()))
                 sums["token"].append(float(tok_loss.detach()))
@@ -895,9 +759,7 @@ def pretrain_backbone(
                 entry["block"] = block
                 entry["seeds"] = [int(train.seeds[0]), int(train.seeds[-1])]
             if valid is not None:
-                entry["valid"] = validate(
-                    backbone, heads, valid, int(cfg["valid"]["phantoms"]), device=device
-                )
+                entry["valid"] = validate(backbone, heads, valid, cfg.valid.phantoms, device=device)
             log.append(entry)
             epoch_in_block += 1
             msg = f"pretrain epoch {epoch}: loss {entry['loss']:.4f}"
@@ -931,7 +793,7 @@ def pretrain_backbone(
             done += 1
             if stop_after is not None and done >= stop_after:
                 break
-        if fresh and train is not None and not dc["keep_blocks"]:
+        if fresh and train is not None and not dc.keep_blocks:
             blocks.drop(train)  # never used again: a resumed run starts a new block
     finally:
         blocks.close()
@@ -943,7 +805,7 @@ def pretrain_backbone(
         + (", bag objective on the mean CLS" if bag_mode else "")
         + ")",
         "backbone": config_to_dict(backbone.config),
-        "config": cfg,
+        "config": cfg.to_dict(),
         "train": train.describe() if train is not None else None,
         "valid": valid.describe() if valid is not None else None,
         "log": log if not resume else _read_log(out, 10**9),
