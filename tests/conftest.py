@@ -7,6 +7,8 @@ import os
 import pytest
 
 os.environ.setdefault("HYPERCT_NO_PROGRESS", "1")
+# the shared helpers' asserts (e.g. tests.support.dicom.assert_matches_phantom) report values too
+pytest.register_assert_rewrite("tests.support")
 
 
 def pytest_collection_modifyitems(config, items):

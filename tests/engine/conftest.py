@@ -1,32 +1,13 @@
+"""Fixtures for the engine tests (the tiny model itself: ``tests.support.models``)."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 
-from hyperct.network import HyperCT, HyperCTConfig
-from hyperct.network.backbone import BACKBONE_CONFIGS
-
-# Same structure as the real backbones, tiny: fast enough for unit tests.
-TINY_BACKBONE = dict(
-    BACKBONE_CONFIGS["demo"], hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=2
-)
-
-
-def tiny_model(seed: int = 0, *, random_lora: bool = True, rank: int = 4) -> HyperCT:
-    torch.manual_seed(seed)
-    model = HyperCT(
-        HyperCTConfig(
-            backbone=dict(TINY_BACKBONE), task_dim=16, pos_dim=8, hyper_hidden=16, rank=rank, alpha=rank
-        )
-    )
-    if random_lora:
-        # Non-zero B (trained-like) so every task has its own, clearly different update.
-        with torch.no_grad():
-            for kind, head in model.hypernet.heads.items():
-                n_a = model.hypernet.rank * model.hypernet.dims[kind][0]
-                head.weight[n_a:].normal_(0, 0.2)
-                head.bias[n_a:].normal_(0, 0.2)
-    return model.eval()
+# re-exported: tests/training/test_pretrain*.py still import TINY_BACKBONE from here
+from tests.support.models import TINY_BACKBONE as TINY_BACKBONE
+from tests.support.models import tiny_model
 
 
 @pytest.fixture

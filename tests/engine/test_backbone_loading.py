@@ -10,7 +10,7 @@ from safetensors.torch import load_file, save_file
 
 from hyperct.errors import BackboneWeightsError
 from hyperct.network.backbone import backbone_config, build_backbone, load_backbone, save_backbone
-from tests.engine.conftest import TINY_BACKBONE
+from tests.support.models import TINY_BACKBONE
 
 
 def vit_parameter_count(d: int, layers: int, mlp: int, patch: int, registers: int) -> int:

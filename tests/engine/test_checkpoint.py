@@ -11,7 +11,7 @@ from hyperct.checkpoint import build_manifest, load_checkpoint, read_manifest, s
 from hyperct.errors import CheckpointError
 from hyperct.findings import catalogue
 from hyperct.network.backbone import save_backbone
-from tests.engine.conftest import tiny_model
+from tests.support.models import tiny_model
 
 
 def _save(model, path, weights="included", **kw):

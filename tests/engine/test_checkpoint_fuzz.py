@@ -378,18 +378,12 @@ def run_cases(base: Path, work: Path, seed: int, n: int) -> list[dict]:
 
 
 def test_mutated_checkpoints_load_or_fail_typed_fast_and_bounded(tmp_path):
-    from hyperct.checkpoint import build_manifest, save_checkpoint
-    from tests.engine.conftest import tiny_model
+    from tests.support.models import save_tiny_checkpoint
 
     n = int(os.environ.get("HYPERCT_FUZZ_CASES", "120"))
     seed = int(os.environ.get("HYPERCT_FUZZ_SEED", "15"))
-    model = tiny_model(seed=4)
-    base = save_checkpoint(
-        model,
-        tmp_path / "base",
-        build_manifest(
-            model, model_name="fuzz", model_version="1", backbone_weights="included", backbone_source="tiny"
-        ),
+    base = save_tiny_checkpoint(
+        tmp_path / "base", seed=4, model_name="fuzz", model_version="1", backbone_source="tiny"
     )
     root = Path(__file__).resolve().parents[2]
     env = dict(

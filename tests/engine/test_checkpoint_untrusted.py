@@ -16,20 +16,18 @@ from safetensors.torch import save_file
 import hyperct.checkpoint as ckpt_mod
 from hyperct.checkpoint import build_manifest, load_checkpoint, save_checkpoint, sha256_file
 from hyperct.errors import CheckpointError
-from tests.engine.conftest import tiny_model
+from tests.support.models import save_tiny_checkpoint, tiny_model
 
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
-    model = tiny_model(seed=3)
-    manifest = build_manifest(
-        model,
+    return save_tiny_checkpoint(
+        tmp_path_factory.mktemp("base") / "ckpt",
+        seed=3,
         model_name="test",
         model_version="1",
-        backbone_weights="included",
         backbone_source="tiny random backbone",
     )
-    return save_checkpoint(model, tmp_path_factory.mktemp("base") / "ckpt", manifest)
 
 
 @pytest.fixture

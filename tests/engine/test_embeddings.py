@@ -11,11 +11,10 @@ import pytest
 import torch
 
 from hyperct import embeddings as emb
-from hyperct.checkpoint import build_manifest, save_checkpoint
 from hyperct.errors import ExportError, ModelError
 from hyperct.findings import catalogue
 from hyperct.network.hypernet import LoRAFactors
-from tests.engine.conftest import tiny_model
+from tests.support.models import save_tiny_checkpoint, tiny_model
 
 CAT = catalogue()
 IDS = CAT.ids
@@ -270,18 +269,8 @@ def test_csv_exports_round_trip(tmp_path, module_grams):
 def test_hyperct_info_embeddings_writes_the_report(tmp_path, capsys):
     from hyperct.cli.main import main
 
-    model = tiny_model(seed=8, random_lora=True)
-    ckpt = save_checkpoint(
-        model,
-        tmp_path / "ckpt",
-        build_manifest(
-            model,
-            model_name="tiny",
-            model_version="0.1",
-            backbone_weights="included",
-            backbone_source="random",
-        ),
-    )
+    ckpt = save_tiny_checkpoint(tmp_path / "ckpt", seed=8, model_name="tiny", model_version="0.1")
+    model = tiny_model(seed=8)  # the model saved there (seeded: the same weights)
     out = tmp_path / "report"
     rc = main(["info", "--model", str(ckpt), "--device", "cpu", "--json", "--embeddings", str(out)])
     assert rc == 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from tests.engine.conftest import tiny_model
+from tests.support.models import tiny_model
 
 
 def test_all_tasks_in_one_pass_equal_per_task_loop_and_merged_weights(tiny, pixels):

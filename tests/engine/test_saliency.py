@@ -20,7 +20,7 @@ from hyperct.saliency import (
     token_grid,
 )
 from hyperct.volume import CTVolume
-from tests.engine.conftest import tiny_model
+from tests.support.models import tiny_model
 
 
 @pytest.mark.parametrize("image,row,col", [(0, 0, 0), (20, 4, 6), (54, 8, 2)])

@@ -19,7 +19,7 @@ import torch
 
 from hyperct.saliency import METHODS, integrated_gradients_map, method_maps, occlusion_token_map
 from hyperct.saliency.maps import peak_token, token_grid
-from tests.engine.saliency_oracle import move_lesion, scans, train_oracle
+from tests.support.saliency_oracle import move_lesion, scans, train_oracle
 
 N_CASES = 24
 

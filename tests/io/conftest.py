@@ -1,10 +1,10 @@
-"""Shared fixtures for the reader tests (synthetic series come from ``dicom_factory``)."""
+"""Fixtures for the reader tests (synthetic series come from ``tests.support.dicom``)."""
 
 from __future__ import annotations
 
 import pytest
 
-from .dicom_factory import Phantom, asymmetric_phantom
+from tests.support.dicom import Phantom, asymmetric_phantom
 
 
 @pytest.fixture(scope="session")

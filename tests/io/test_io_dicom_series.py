@@ -13,8 +13,7 @@ from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless, generate_
 
 from hyperct.errors import MissingCodecError, SeriesSelectionError
 from hyperct.io import SELECTION_RULE, list_series, read_ct
-
-from .dicom_factory import (
+from tests.support.dicom import (
     AXIAL,
     CORONAL,
     SAGITTAL,

@@ -9,8 +9,7 @@ from pydicom.uid import generate_uid
 
 from hyperct import errors
 from hyperct.io import read_ct
-
-from .dicom_factory import CORONAL, asymmetric_phantom, write_nifti, write_series, write_single_image
+from tests.support.dicom import CORONAL, asymmetric_phantom, write_nifti, write_series, write_single_image
 
 SMALL = asymmetric_phantom(shape=(18, 10, 12), spacing=(2.0, 1.0, 1.0), seed=30)
 

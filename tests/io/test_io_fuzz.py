@@ -9,43 +9,17 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import pydicom
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pydicom import config
-from pydicom.datadict import dictionary_VR, tag_for_keyword
-from pydicom.dataelem import RawDataElement
-from pydicom.tag import Tag
 
 from hyperct.errors import InputError
 from hyperct.io import read_ct
 from hyperct.volume import CTVolume
-
-from .dicom_factory import asymmetric_phantom, write_series
+from tests.support.dicom import asymmetric_phantom, write_series
+from tests.support.dicom_fuzz import HEADER_KEYWORDS, set_tag
 
 N_SLICES = 20
-KEYWORDS = [
-    "ImagePositionPatient",
-    "ImageOrientationPatient",
-    "PixelSpacing",
-    "Rows",
-    "Columns",
-    "RescaleSlope",
-    "RescaleIntercept",
-    "SeriesInstanceUID",
-    "Modality",
-    "ImageType",
-    "BitsAllocated",
-    "BitsStored",
-    "PixelRepresentation",
-    "SamplesPerPixel",
-    "NumberOfFrames",
-    "PixelPaddingValue",
-    "SOPClassUID",
-    "SliceThickness",
-    "PhotometricInterpretation",
-]
 
 values = st.one_of(
     st.none(),  # delete the element
@@ -56,7 +30,7 @@ values = st.one_of(
     st.sampled_from(["CT", "MR", "SR", "1.2.3", "LOCALIZER", "0\\1\\0\\0\\0\\1", "1A", "-0", ""]),
 )
 header_mutation = st.tuples(
-    st.just("header"), st.integers(0, N_SLICES - 1), st.sampled_from(KEYWORDS), values
+    st.just("header"), st.integers(0, N_SLICES - 1), st.sampled_from(HEADER_KEYWORDS), values
 )
 byte_mutation = st.tuples(
     st.just("bytes"), st.integers(0, N_SLICES - 1), st.floats(0.0, 1.0), st.binary(min_size=1, max_size=8)
@@ -76,31 +50,7 @@ def _apply(folder: Path, mutation) -> None:
     kind, index, where, payload = mutation
     path = sorted(folder.iterdir())[index]
     if kind == "header":
-        try:
-            ds = pydicom.dcmread(path)
-        except Exception:  # noqa: BLE001 - already broken by an earlier mutation
-            return
-        if payload is None:
-            if where in ds:
-                delattr(ds, where)
-        else:
-            try:
-                setattr(ds, where, payload)
-            except Exception:  # noqa: BLE001 - pydicom refuses some values outright: store raw text bytes
-                raw = str(payload).encode("latin-1", "replace")
-                raw += b" " * (len(raw) % 2)
-                tag = Tag(tag_for_keyword(where))
-                ds[tag] = RawDataElement(tag, dictionary_VR(tag), len(raw), raw, 0, False, True)
-        old = config.settings.writing_validation_mode
-        config.settings.writing_validation_mode = config.IGNORE
-        try:
-            ds.save_as(path, enforce_file_format=False)
-        except Exception:  # noqa: BLE001 - not encodable at all: mutate a byte instead
-            data = bytearray(path.read_bytes())
-            data[len(data) // 3] ^= 0xFF
-            path.write_bytes(bytes(data))
-        finally:
-            config.settings.writing_validation_mode = old
+        set_tag(path, where, payload)
     else:
         data = bytearray(path.read_bytes())
         pos = min(int(where * len(data)), len(data) - 1)

@@ -12,8 +12,7 @@ from pydicom.uid import generate_uid
 from hyperct.errors import NotCTError, SeriesGeometryError, TooFewSlicesError
 from hyperct.io import list_series, read_ct
 from hyperct.volume import CANONICAL_DIRECTION
-
-from .dicom_factory import AXIAL, CORONAL, assert_matches_phantom, asymmetric_phantom, write_series
+from tests.support.dicom import AXIAL, CORONAL, assert_matches_phantom, asymmetric_phantom, write_series
 
 
 def test_missing_slice_is_a_gap(tmp_path, phantom):

@@ -19,9 +19,8 @@ import SimpleITK as sitk
 
 from hyperct import errors
 from hyperct.io import geometry, list_series, read_ct
-
-from .dicom_factory import asymmetric_phantom, write_nifti, write_series
-from .fuzz_worker import Worker
+from tests.support.dicom import asymmetric_phantom, write_nifti, write_series
+from tests.support.fuzz_worker import Worker
 
 PH = asymmetric_phantom(shape=(20, 18, 17), spacing=(2.0, 0.8, 0.7), seed=15)
 X, Y, Z = np.eye(3)

@@ -16,8 +16,7 @@ from hyperct.errors import (
     UnsupportedInputError,
 )
 from hyperct.io import list_series, read_ct
-
-from .dicom_factory import assert_matches_phantom, asymmetric_phantom, sample_grid
+from tests.support.dicom import assert_matches_phantom, asymmetric_phantom, sample_grid
 
 X, Y, Z = np.eye(3)
 NIFTI_LAYOUTS = {
@@ -32,7 +31,7 @@ NIFTI_LAYOUTS = {
 @pytest.mark.parametrize("layout", list(NIFTI_LAYOUTS))
 @pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
 def test_nifti_in_any_axis_order_reads_the_same_canonical_volume(tmp_path, phantom, layout, suffix):
-    from .dicom_factory import write_nifti
+    from tests.support.dicom import write_nifti
 
     path = write_nifti(phantom, tmp_path / f"ct{suffix}", NIFTI_LAYOUTS[layout])
     vol = read_ct(path)
@@ -48,7 +47,7 @@ def test_nifti_in_any_axis_order_reads_the_same_canonical_volume(tmp_path, phant
 
 
 def test_nifti_header_scaling_and_rescale_override(tmp_path, phantom):
-    from .dicom_factory import write_nifti
+    from tests.support.dicom import write_nifti
 
     scaled = write_nifti(phantom, tmp_path / "scaled.nii.gz", [X, Y, Z], header_scaled=True)
     slope = float(nib.load(str(scaled)).dataobj.slope)  # the file's scl_slope (nibabel moves it here)
@@ -64,7 +63,7 @@ def test_nifti_header_scaling_and_rescale_override(tmp_path, phantom):
 
 
 def test_nifti_with_only_a_qform_or_only_an_sform(tmp_path, phantom):
-    from .dicom_factory import write_nifti
+    from tests.support.dicom import write_nifti
 
     only_q = write_nifti(phantom, tmp_path / "q.nii", [-X, -Y, Z], sform=False)
     only_s = write_nifti(phantom, tmp_path / "s.nii", [-X, -Y, Z], qform=False)
@@ -74,7 +73,7 @@ def test_nifti_with_only_a_qform_or_only_an_sform(tmp_path, phantom):
 
 
 def test_nifti_conflicting_sform_and_qform_is_rejected(tmp_path, phantom):
-    from .dicom_factory import write_nifti
+    from tests.support.dicom import write_nifti
 
     other = np.diag([-0.7, -0.8, 2.0, 1.0])  # a different (flipped-z) orientation
     path = write_nifti(phantom, tmp_path / "conflict.nii.gz", [-X, -Y, Z], qform=other)
@@ -84,7 +83,7 @@ def test_nifti_conflicting_sform_and_qform_is_rejected(tmp_path, phantom):
 
 
 def test_nifti_without_orientation_or_with_singular_affine_is_rejected(tmp_path, phantom):
-    from .dicom_factory import write_nifti
+    from tests.support.dicom import write_nifti
 
     none = write_nifti(phantom, tmp_path / "none.nii", [X, Y, Z], sform=False, qform=False)
     with pytest.raises(SeriesGeometryError, match="neither sform nor qform"):
@@ -153,8 +152,7 @@ def test_itk_formats_through_simpleitk(tmp_path, suffix):
 
 def test_folder_with_a_volume_file_but_no_dicom_points_to_the_file(tmp_path, phantom):
     from hyperct.errors import NoImageDataError
-
-    from .dicom_factory import write_nifti
+    from tests.support.dicom import write_nifti
 
     write_nifti(phantom, tmp_path / "ct.nii.gz", [X, Y, Z])
     with pytest.raises(NoImageDataError) as err:

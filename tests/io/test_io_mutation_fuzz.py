@@ -27,13 +27,10 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from pydicom import config
-from pydicom.datadict import dictionary_VR, tag_for_keyword
-from pydicom.dataelem import RawDataElement
-from pydicom.tag import Tag
 
-from .dicom_factory import asymmetric_phantom, write_nifti, write_series
-from .fuzz_worker import Worker
+from tests.support.dicom import asymmetric_phantom, write_nifti, write_series
+from tests.support.dicom_fuzz import ALL_KEYWORDS, save_unvalidated, set_tag
+from tests.support.fuzz_worker import Worker
 
 CASES = int(os.environ.get("HYPERCT_FUZZ_CASES", "300"))
 SEED = int(os.environ.get("HYPERCT_FUZZ_SEED", "15"))
@@ -43,28 +40,6 @@ ONLY = os.environ.get("HYPERCT_FUZZ_ONLY")
 N_SLICES = 20
 SHAPE_KJI = (N_SLICES, 16, 16)  # slices, rows, columns of every template
 
-DICOM_KEYWORDS = [
-    "ImagePositionPatient",
-    "ImageOrientationPatient",
-    "PixelSpacing",
-    "Rows",
-    "Columns",
-    "RescaleSlope",
-    "RescaleIntercept",
-    "SeriesInstanceUID",
-    "Modality",
-    "ImageType",
-    "BitsAllocated",
-    "BitsStored",
-    "PixelRepresentation",
-    "SamplesPerPixel",
-    "NumberOfFrames",
-    "PixelPaddingValue",
-    "SOPClassUID",
-    "SliceThickness",
-    "PhotometricInterpretation",
-    "TransferSyntaxUID",
-]
 HOSTILE = [
     None,  # delete
     "",
@@ -192,41 +167,6 @@ def _target(folder: Path, kind: str) -> Path:
 # --- DICOM mutations ------------------------------------------------------------------------------
 
 
-def _save(ds, path: Path) -> None:
-    old = config.settings.writing_validation_mode
-    config.settings.writing_validation_mode = config.IGNORE
-    try:
-        ds.save_as(path, enforce_file_format=False)
-    finally:
-        config.settings.writing_validation_mode = old
-
-
-def _set_tag(path: Path, keyword: str, value) -> bool:
-    try:
-        ds = pydicom.dcmread(path)
-    except Exception:  # noqa: BLE001 - already broken by an earlier mutation
-        return False
-    target = ds.file_meta if keyword == "TransferSyntaxUID" else ds
-    if value is None:
-        if keyword in target:
-            delattr(target, keyword)
-    else:
-        try:
-            setattr(target, keyword, value)
-        except Exception:  # noqa: BLE001 - pydicom refuses the value: store it as raw text bytes
-            raw = str(value).encode("latin-1", "replace")
-            raw += b" " * (len(raw) % 2)
-            tag = Tag(tag_for_keyword(keyword))
-            target[tag] = RawDataElement(tag, dictionary_VR(tag), len(raw), raw, 0, False, True)
-    try:
-        _save(ds, path)
-    except Exception:  # noqa: BLE001 - not encodable: flip a byte instead
-        data = bytearray(path.read_bytes())
-        data[len(data) // 3] ^= 0xFF
-        path.write_bytes(bytes(data))
-    return True
-
-
 def _mutate_dicom(rng: random.Random, folder: Path, m: Mutant) -> None:
     files = sorted(p for p in folder.iterdir() if p.is_file())
     # the first and last slices (by position) are where a loss would go unnoticed: favour them
@@ -247,25 +187,25 @@ def _mutate_dicom(rng: random.Random, folder: Path, m: Mutant) -> None:
             continue
         m.touched.add(path.name)
         if op == "tag":
-            kw, value = rng.choice(DICOM_KEYWORDS), rng.choice(HOSTILE)
-            _set_tag(path, kw, value)
+            kw, value = rng.choice(ALL_KEYWORDS), rng.choice(HOSTILE)
+            set_tag(path, kw, value)
             m.ops.append(f"{path.name}: {kw} = {value!r}")
         elif op == "no_rescale":
-            _set_tag(path, "RescaleSlope", None)
-            _set_tag(path, "RescaleIntercept", None)
+            set_tag(path, "RescaleSlope", None)
+            set_tag(path, "RescaleIntercept", None)
             m.ops.append(f"{path.name}: no rescale")
         elif op == "rows":
             targets = files if rng.random() < 0.5 else [path]
             for f in targets:
-                _set_tag(f, "Rows", 8192)
-                _set_tag(f, "Columns", 8192)
+                set_tag(f, "Rows", 8192)
+                set_tag(f, "Columns", 8192)
                 m.touched.add(f.name)
             m.ops.append(f"Rows=Columns=8192 in {len(targets)} file(s)")
         elif op == "long_pixels":
             try:
                 ds = pydicom.dcmread(path)
                 ds.PixelData = ds.PixelData + bytes(rng.choice((2, 32, 512, 4096)))
-                _save(ds, path)
+                save_unvalidated(ds, path)
             except Exception:  # noqa: BLE001
                 pass
             m.ops.append(f"{path.name}: longer pixel data")

@@ -12,8 +12,7 @@ from pydicom.data import get_testdata_file
 
 from hyperct.errors import CorruptFileError, InputError, NoImageDataError, NotCTError, TooFewSlicesError
 from hyperct.io import list_series, read_ct
-
-from .dicom_factory import write_series
+from tests.support.dicom import write_series
 
 DATA = Path(get_testdata_file("CT_small.dcm")).parent
 DICOMDIR_TESTS = DATA / "dicomdirtests"

@@ -7,8 +7,7 @@ import pytest
 
 from hyperct.io import assess_quality, read_ct
 from hyperct.volume import CANONICAL_DIRECTION, CTVolume
-
-from .dicom_factory import chest_like_phantom, write_series
+from tests.support.dicom import chest_like_phantom, write_series
 
 
 def _vol(ph, **metadata) -> CTVolume:

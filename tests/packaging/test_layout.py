@@ -83,7 +83,7 @@ def test_one_version_number():
 
 def test_checkpoints_record_the_package_version():
     from hyperct.checkpoint import build_manifest
-    from tests.engine.conftest import tiny_model
+    from tests.support.models import tiny_model
 
     manifest = build_manifest(
         tiny_model(seed=3),

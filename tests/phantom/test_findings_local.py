@@ -12,8 +12,7 @@ import pytest
 
 from hyperct.findings import FINDING_IDS
 from hyperct.phantom import cardiac
-
-from .conftest import cached
+from tests.support.phantoms import cached
 
 GRID = dict(matrix=144, n_slices=110)
 SEED = 6

@@ -10,8 +10,7 @@ import pytest
 from hyperct.findings import FINDING_IDS, NUM_FINDINGS
 from hyperct.phantom import Phantom, generate, generate_from_spec, sample_findings
 from hyperct.phantom.params import make_grid, sample_habitus, sample_scan
-
-from .conftest import cached
+from tests.support.phantoms import cached
 
 
 def test_same_seed_same_phantom():

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from .conftest import cached
+from tests.support.phantoms import cached
 
 # (tissue label names, (low, high) bounds of the median HU) for a non-contrast chest CT
 RANGES = {

@@ -10,8 +10,7 @@ import pytest
 from hyperct import io
 from hyperct.phantom import write_dicom_series, write_nifti
 from hyperct.phantom.dicom import TRANSFER_SYNTAXES
-
-from .conftest import cached
+from tests.support.phantoms import cached
 
 
 @pytest.fixture(scope="module")

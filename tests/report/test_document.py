@@ -17,7 +17,8 @@ from hyperct.errors import ExportError
 from hyperct.findings import catalogue
 from hyperct.report import deid
 from hyperct.report.document import build_document, schema, to_json, validate_document
-from tests.report.conftest import PHI, PHI_SEARCH, POSITIVE, SERIES_UID, STUDY_UID, make_result, make_volume
+from tests.support.results import POSITIVE, make_result
+from tests.support.volumes import PHI, PHI_SEARCH, SERIES_UID, STUDY_UID, make_volume
 
 
 def test_the_schema_is_draft_2020_12_and_the_document_validates(link_env, volume, result, saliency):

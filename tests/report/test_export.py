@@ -9,7 +9,8 @@ import pytest
 
 from hyperct.errors import ExportError
 from hyperct.report import default_stem, export
-from tests.report.conftest import PHI_SEARCH, POSITIVE, make_result, make_saliency, make_volume
+from tests.support.results import POSITIVE, make_result, make_saliency
+from tests.support.volumes import PHI_SEARCH, make_volume
 
 RID = "0f8fad5b-d9cb-469f-a165-70867728950e"
 

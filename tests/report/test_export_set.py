@@ -14,7 +14,8 @@ import pytest
 
 from hyperct.errors import ExportError
 from hyperct.report import atomic, deid, export
-from tests.report.conftest import make_result, make_volume
+from tests.support.results import make_result
+from tests.support.volumes import make_volume
 
 CTX = mp.get_context("fork")
 export_mod = importlib.import_module("hyperct.report.export")  # the module (the package exports the function)

@@ -11,7 +11,7 @@ import pytest
 
 from hyperct.io import read_ct
 from hyperct.report.maps import saliency_nifti_bytes, source_affine_ras
-from tests.report.series import oblique_order_nifti, write_dicom_series
+from tests.support.scan_files import oblique_order_nifti, write_dicom_series
 
 
 def _load(data: bytes) -> nib.Nifti1Image:

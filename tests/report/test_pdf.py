@@ -13,7 +13,8 @@ from hyperct import DISCLAIMER
 from hyperct.findings import catalogue
 from hyperct.report.document import build_document
 from hyperct.report.pdf import render_pdf
-from tests.report.conftest import PHI_SEARCH, POSITIVE, make_result, make_saliency, make_volume
+from tests.support.results import POSITIVE, make_result, make_saliency
+from tests.support.volumes import PHI_SEARCH, make_volume
 
 
 def _text(pdf: bytes) -> tuple[PdfReader, list[str], str]:

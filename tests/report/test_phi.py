@@ -17,9 +17,9 @@ from pypdf import PdfReader
 
 from hyperct.errors import ExportError
 from hyperct.report import export
-from tests.report.conftest import make_result, make_saliency
-from tests.report.series import write_dicom_series, write_nifti
-from tests.report.test_predict_cli import _run
+from tests.support.cli import predict_options, run_cli, site_settings
+from tests.support.results import make_result, make_saliency
+from tests.support.scan_files import write_dicom_series, write_nifti
 
 NAME = ("ZYGMUNTOWICZ", "BARNABY")
 PLANTED = {
@@ -55,7 +55,6 @@ NEEDLES = (
     "COMMENTZYGMUNTOWICZ",
     PRIVATE,
 )
-FINDINGS = "cardiomegaly,emphysema"
 
 
 def _plant(folder: Path, *, description: str, n: int) -> None:
@@ -73,21 +72,10 @@ def _plant(folder: Path, *, description: str, n: int) -> None:
 
 @pytest.fixture(scope="module")
 def phi_env(tmp_path_factory):
-    from hyperct.checkpoint import build_manifest, save_checkpoint
-    from tests.engine.conftest import tiny_model
+    from tests.support.models import save_tiny_checkpoint
 
     root = tmp_path_factory.mktemp("phi")
-    save_checkpoint(
-        m := tiny_model(),
-        root / "ckpt",
-        build_manifest(
-            m,
-            model_name="HyperCT-tiny",
-            model_version="0",
-            backbone_weights="included",
-            backbone_source="random",
-        ),
-    )
+    save_tiny_checkpoint(root / "ckpt", model_version="0")
     study = root / "in" / "ZYGMUNTOWICZ_BARNABY_MRN4471902"
     uids = write_dicom_series(study / "BARNABY_thorax", shape=(24, 40, 40), seed=2)
     _plant(study / "BARNABY_thorax", description="Lung BARNABY", n=24)
@@ -111,9 +99,7 @@ def phi_env(tmp_path_factory):
     arr = rng.integers(-900, -700, size=(32, 32, 20)).astype(np.int16)
     arr[6:26, 6:26] = 40
     write_nifti(nii_dir / "ZYGMUNTOWICZ_BARNABY.nii.gz", arr, np.diag([9.0, 9.0, 8.0, 1.0]))
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HYPERCT_LINK_KEY", "phi-test-key")
-        mp.setenv("HYPERCT_CONFIG_DIR", str(root / "config"))
+    with site_settings(root, "phi-test-key"):
         yield {"root": root, "study": study, "nifti": nii_dir / "ZYGMUNTOWICZ_BARNABY.nii.gz"}
 
 
@@ -154,9 +140,9 @@ def _leaks(folder: Path, needles=NEEDLES) -> list[tuple[str, str]]:
 def test_shareable_cli_exports_of_a_study_rich_in_identifiers_leak_nothing(phi_env):
     root = phi_env["root"]
     out = root / "share"
-    common = ["--model", str(root / "ckpt"), "--device", "cpu", "--findings", FINDINGS, "--out", str(out)]
+    common = [*predict_options(root), "--out", str(out)]
     flags = ["--json", "--pdf", "--sr", "--saliency-findings", "cardiomegaly"]
-    rc, _, stderr = _run(["predict", str(phi_env["study"]), str(phi_env["nifti"]), *common, *flags])
+    rc, _, stderr = run_cli(["predict", str(phi_env["study"]), str(phi_env["nifti"]), *common, *flags])
     assert rc == 0, stderr
     names = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
     assert len(names) == 4 + 3  # DICOM: JSON, PDF, SR, map; NIfTI: JSON, PDF, map
@@ -182,7 +168,7 @@ def test_shareable_cli_exports_of_a_study_rich_in_identifiers_leak_nothing(phi_e
 
     # clinical mode keeps them (name, IDs, descriptions, paths)
     clin = root / "clinical"
-    rc, _, stderr = _run(
+    rc, _, stderr = run_cli(
         ["predict", str(phi_env["study"]), *common[:-1], str(clin), *flags, "--mode", "clinical"]
     )
     assert rc == 0, stderr
@@ -216,7 +202,7 @@ def test_shareable_export_function_leaks_nothing_either(phi_env, tmp_path):
 def test_short_name_parts_and_ids_never_reach_a_file_name(tmp_path, monkeypatch):
     """NG^LI with ID 77 in a folder named NG_LI_77 (the audit's example) and a neutral NIfTI name."""
     from hyperct.report import derived_stem
-    from tests.report.conftest import make_volume
+    from tests.support.volumes import make_volume
 
     monkeypatch.setenv("HYPERCT_LINK_KEY", "k")
     vol = make_volume()

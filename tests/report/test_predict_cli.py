@@ -13,56 +13,34 @@ import numpy as np
 import pytest
 from pypdf import PdfReader
 
-from hyperct.checkpoint import build_manifest, save_checkpoint
 from hyperct.cli import predict
 from hyperct.cli.main import build_parser, main
 from hyperct.report.document import validate_document
-from tests.engine.conftest import tiny_model
-from tests.report.conftest import PHI_SEARCH
-from tests.report.series import oblique_order_nifti, write_dicom_series
+from tests.support.cli import FEW_FINDINGS, predict_options, run_cli, site_settings
+from tests.support.models import save_tiny_checkpoint
+from tests.support.scan_files import oblique_order_nifti, write_dicom_series
+from tests.support.volumes import PHI_SEARCH
 
-FINDINGS = "cardiomegaly,emphysema"  # two tasks keep the tiny model's passes short
 RID = "6f1c4c7e-9d1a-4c55-8a8e-2f6d3b1b2a90"
 CREATED = "2024-02-03T04:05:06+00:00"
-
-
-def _run(argv: list[str]) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = main(argv)
-    return rc, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     root = tmp_path_factory.mktemp("predict")
-    model = tiny_model()
-    manifest = build_manifest(
-        model,
-        model_name="HyperCT-tiny",
-        model_version="0.0.7",
-        backbone_weights="included",
-        backbone_source="random",
-    )
-    save_checkpoint(model, root / "ckpt", manifest)
+    save_tiny_checkpoint(root / "ckpt", model_version="0.0.7")
     write_dicom_series(root / "dicom")
     oblique_order_nifti(root / "oblique.nii.gz")
     (root / "broken.nii.gz").write_bytes(b"this is not a NIfTI file")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HYPERCT_LINK_KEY", "cli-test-key")
-        mp.setenv("HYPERCT_CONFIG_DIR", str(root / "config"))
+    with site_settings(root, "cli-test-key"):
         yield root
-
-
-def _common(env: Path) -> list[str]:
-    return ["--model", str(env / "ckpt"), "--device", "cpu", "--findings", FINDINGS]
 
 
 @pytest.fixture(scope="module")
 def batch(env):
     out = env / "out"
     argv = ["predict", str(env / "dicom"), str(env / "broken.nii.gz"), str(env / "oblique.nii.gz")]
-    argv += _common(env) + [
+    argv += predict_options(env) + [
         "--out",
         str(out),
         "--json",
@@ -71,7 +49,7 @@ def batch(env):
         "--saliency-findings",
         "cardiomegaly",
     ]
-    rc, stdout, stderr = _run(argv)
+    rc, stdout, stderr = run_cli(argv)
     return rc, stdout, stderr, out
 
 
@@ -124,7 +102,7 @@ def test_written_json_validates_and_scores_only_the_asked_findings(batch, S):
         doc = json.loads((out / name).read_text())
         validate_document(doc)
         assessed = {f["id"] for f in doc["findings"] if f["call"] != "not assessed"}
-        assert assessed == set(FINDINGS.split(","))
+        assert assessed == set(FEW_FINDINGS.split(","))
         assert doc["model"]["name"] == "HyperCT-tiny" and doc["model"]["version"] == "0.0.7"
         assert all(f["saliency"] is not None for f in doc["findings"] if f["id"] in assessed)
     assert json.loads((out / f"{S['dicom']}.hyperct.json").read_text())["input"]["type"] == "dicom"
@@ -157,18 +135,18 @@ def test_saliency_map_has_the_input_geometry(batch, env, S):
 def test_existing_outputs_are_not_overwritten_without_the_flag(batch, env, S):
     out = batch[3]
     before = (out / f"{S['dicom']}.hyperct.json").read_bytes()
-    argv = ["predict", str(env / "dicom")] + _common(env) + ["--out", str(out), "--json"]
-    rc, _, stderr = _run(argv)
+    argv = ["predict", str(env / "dicom")] + predict_options(env) + ["--out", str(out), "--json"]
+    rc, _, stderr = run_cli(argv)
     assert rc == 1
     assert str(out / f"{S['dicom']}.hyperct.json") in stderr and "--overwrite" in stderr
     assert (out / f"{S['dicom']}.hyperct.json").read_bytes() == before
-    rc, _, stderr = _run(argv + ["--overwrite"])
+    rc, _, stderr = run_cli(argv + ["--overwrite"])
     assert rc == 0, stderr
     assert (out / f"{S['dicom']}.hyperct.json").read_bytes() != before  # a new report id and time
 
 
 def test_without_output_flags_a_table_is_printed(env):
-    rc, stdout, _ = _run(["predict", str(env / "oblique.nii.gz")] + _common(env))
+    rc, stdout, _ = run_cli(["predict", str(env / "oblique.nii.gz")] + predict_options(env))
     assert rc == 0
     from hyperct.findings import catalogue
 
@@ -179,7 +157,7 @@ def test_without_output_flags_a_table_is_printed(env):
 
 
 def test_json_dash_prints_the_document_to_stdout(env, tmp_path):
-    rc, stdout, _ = _run(["predict", "--json", "-", str(env / "oblique.nii.gz")] + _common(env))
+    rc, stdout, _ = run_cli(["predict", "--json", "-", str(env / "oblique.nii.gz")] + predict_options(env))
     assert rc == 0
     doc = json.loads(stdout)
     validate_document(doc)
@@ -189,8 +167,8 @@ def test_json_dash_prints_the_document_to_stdout(env, tmp_path):
 def test_manifest_rows_give_inputs_and_stems(env, tmp_path):
     csv = tmp_path / "list.csv"
     csv.write_text(f"path,id\n{env / 'oblique.nii.gz'},case-A\n", encoding="utf-8")
-    rc, _, stderr = _run(
-        ["predict", "--manifest", str(csv)] + _common(env) + ["--out", str(tmp_path), "--json"]
+    rc, _, stderr = run_cli(
+        ["predict", "--manifest", str(csv)] + predict_options(env) + ["--out", str(tmp_path), "--json"]
     )
     assert rc == 0, stderr
     assert (tmp_path / "case-A.hyperct.json").is_file()
@@ -206,13 +184,17 @@ def test_cli_files_equal_the_export_function_files(env, tmp_path, monkeypatch):
 
     monkeypatch.setattr(predict, "report_identity", lambda result: (RID, CREATED))
     cli_out = tmp_path / "cli"
-    argv = ["predict", str(env / "dicom")] + _common(env) + ["--out", str(cli_out), "--json", "--pdf", "--sr"]
-    rc, _, stderr = _run(argv)
+    argv = (
+        ["predict", str(env / "dicom")]
+        + predict_options(env)
+        + ["--out", str(cli_out), "--json", "--pdf", "--sr"]
+    )
+    rc, _, stderr = run_cli(argv)
     assert rc == 0, stderr
 
     loaded = load_model(env / "ckpt", device="cpu")
     volume = read_ct(env / "dicom")
-    result = analyze(loaded, volume, findings=FINDINGS.split(","))
+    result = analyze(loaded, volume, findings=FEW_FINDINGS.split(","))
     saliency = saliency_for_export(loaded, volume, result)
     paths = export(
         result,
@@ -229,11 +211,11 @@ def test_cli_files_equal_the_export_function_files(env, tmp_path, monkeypatch):
 
 
 def test_exit_codes_for_usage_and_model_errors(env, tmp_path):
-    rc, _, stderr = _run(["predict"])
+    rc, _, stderr = run_cli(["predict"])
     assert rc == 2 and "no inputs" in stderr
-    rc, _, stderr = _run(["predict", str(env / "oblique.nii.gz"), "--findings", "heart"])
+    rc, _, stderr = run_cli(["predict", str(env / "oblique.nii.gz"), "--findings", "heart"])
     assert rc == 2 and "unknown finding id(s) 'heart'" in stderr
-    rc, _, stderr = _run(["predict", str(env / "oblique.nii.gz"), "--model", str(tmp_path / "nope")])
+    rc, _, stderr = run_cli(["predict", str(env / "oblique.nii.gz"), "--model", str(tmp_path / "nope")])
     assert rc == 3 and "checkpoint folder does not exist" in stderr
 
 
@@ -259,15 +241,15 @@ def test_folder_named_after_the_patient_gives_pseudonymous_file_names(env, tmp_p
 
     named = tmp_path / "in" / "QUIXOTE^ALONSO"
     shutil.copytree(env / "dicom", named)
-    rc, _, stderr = _run(
-        ["predict", str(named)] + _common(env) + ["--out", str(tmp_path / "share"), "--json"]
+    rc, _, stderr = run_cli(
+        ["predict", str(named)] + predict_options(env) + ["--out", str(tmp_path / "share"), "--json"]
     )
     assert rc == 0, stderr
     (written,) = _visible(tmp_path / "share")
     assert written.startswith("scan-") and "QUIXOTE" not in written.upper()
-    rc, _, stderr = _run(
+    rc, _, stderr = run_cli(
         ["predict", str(named)]
-        + _common(env)
+        + predict_options(env)
         + ["--out", str(tmp_path / "clin"), "--json", "--mode", "clinical"]
     )
     assert rc == 0, stderr
@@ -275,18 +257,20 @@ def test_folder_named_after_the_patient_gives_pseudonymous_file_names(env, tmp_p
 
 
 def test_tilted_series_is_refused_unless_resample_tilt_is_given(env, tmp_path):
-    from tests.io.dicom_factory import asymmetric_phantom, write_series
+    from tests.support.dicom import asymmetric_phantom, write_series
 
     ph = asymmetric_phantom(shape=(16, 24, 20), spacing=(2.0, 0.8, 0.7), seed=11)
     write_series(ph, tmp_path / "tilted", shear_px=(1, 0), tags={"GantryDetectorTilt": 21.8})
-    rc, _, stderr = _run(["predict", str(tmp_path / "tilted"), *_common(env), "--out", str(tmp_path / "a")])
+    rc, _, stderr = run_cli(
+        ["predict", str(tmp_path / "tilted"), *predict_options(env), "--out", str(tmp_path / "a")]
+    )
     # the error names the option that is really there
     assert rc == 1 and "gantry tilt of 21.8 degrees" in stderr and "hyperct predict --resample-tilt" in stderr
-    rc, _, stderr = _run(
+    rc, _, stderr = run_cli(
         [
             "predict",
             str(tmp_path / "tilted"),
-            *_common(env),
+            *predict_options(env),
             "--resample-tilt",
             "--json",
             "--out",
@@ -304,15 +288,15 @@ def test_min_slices_lowers_the_short_volume_limit(env, tmp_path):
     arr[8:16, 8:16] = 40  # not constant (a constant volume is refused)
     img = nib.Nifti1Image(arr, np.diag([8.0, 8.0, 5.0, 1.0]))
     nib.save(img, tmp_path / "short.nii.gz")
-    rc, _, stderr = _run(
-        ["predict", str(tmp_path / "short.nii.gz"), *_common(env), "--out", str(tmp_path / "a")]
+    rc, _, stderr = run_cli(
+        ["predict", str(tmp_path / "short.nii.gz"), *predict_options(env), "--out", str(tmp_path / "a")]
     )
     assert rc == 1 and "only 10 slice(s)" in stderr and "hyperct predict --min-slices N" in stderr
-    rc, _, stderr = _run(
+    rc, _, stderr = run_cli(
         [
             "predict",
             str(tmp_path / "short.nii.gz"),
-            *_common(env),
+            *predict_options(env),
             "--min-slices",
             "8",
             "--json",
@@ -343,13 +327,17 @@ def test_json_dash_never_prints_nan(env, monkeypatch):
 
     odd.spacing = False
     monkeypatch.setattr(inference, "describe_input", odd)
-    rc, stdout, stderr = _run(["predict", "--json", "-", str(env / "oblique.nii.gz")] + _common(env))
+    rc, stdout, stderr = run_cli(
+        ["predict", "--json", "-", str(env / "oblique.nii.gz")] + predict_options(env)
+    )
     assert rc == 0, stderr
     assert "NaN" not in stdout and "Infinity" not in stdout
     doc = json.loads(stdout)
     assert doc["input"]["kvp"] is None and doc["input"]["slice_thickness_mm"] is None
     odd.spacing = True
-    rc, stdout, stderr = _run(["predict", "--json", "-", str(env / "oblique.nii.gz")] + _common(env))
+    rc, stdout, stderr = run_cli(
+        ["predict", "--json", "-", str(env / "oblique.nii.gz")] + predict_options(env)
+    )
     assert rc == 1 and stdout == "" and "NaN" not in stdout
     assert "spacing is nan, not a finite number" in stderr and "unexpected" not in stderr
 
@@ -370,8 +358,17 @@ def test_the_cli_names_the_files_it_wrote_when_a_later_one_fails(env, tmp_path, 
 
     monkeypatch.setattr(export_mod, "place", failing)
     out = tmp_path / "o"
-    argv = ["predict", str(env / "dicom"), *_common(env), "--out", str(out), "--json", "--pdf", "--sr"]
-    rc, _, stderr = _run(argv)
+    argv = [
+        "predict",
+        str(env / "dicom"),
+        *predict_options(env),
+        "--out",
+        str(out),
+        "--json",
+        "--pdf",
+        "--sr",
+    ]
+    rc, _, stderr = run_cli(argv)
     assert rc == 1
     (wrote,) = [ln for ln in stderr.splitlines() if "wrote" in ln]
     assert wrote.endswith(".hyperct.sr.dcm (its set is incomplete)")
@@ -379,7 +376,7 @@ def test_the_cli_names_the_files_it_wrote_when_a_later_one_fails(env, tmp_path, 
     assert err.index("No space left") < err.index(str(out))  # the cause first, then the file
     assert "not written" in err and "without --overwrite" in err
     monkeypatch.setattr(export_mod, "place", real)
-    rc, _, stderr = _run(argv)  # the retry is not refused: the earlier set was incomplete
+    rc, _, stderr = run_cli(argv)  # the retry is not refused: the earlier set was incomplete
     assert rc == 0, stderr
     assert len(_visible(out)) == 3 and not [p for p in out.iterdir() if p.name.endswith(".tmp")]
 
@@ -387,8 +384,16 @@ def test_the_cli_names_the_files_it_wrote_when_a_later_one_fails(env, tmp_path, 
 def test_fhir_bundle_is_written_beside_the_json_with_the_same_values(env, tmp_path):
     from hyperct.report.fhir import parse_bundle
 
-    rc, _, err = _run(
-        ["predict", str(env / "oblique.nii.gz"), *_common(env), "--json", "--fhir", "--out", str(tmp_path)]
+    rc, _, err = run_cli(
+        [
+            "predict",
+            str(env / "oblique.nii.gz"),
+            *predict_options(env),
+            "--json",
+            "--fhir",
+            "--out",
+            str(tmp_path),
+        ]
     )
     assert rc == 0, err
     (fhir_file,) = tmp_path.glob("*.hyperct.fhir.json")

@@ -4,8 +4,6 @@ and compact saliency maps. Phantoms are written by ``hyperct sample`` (48 x 48, 
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import shutil
 from pathlib import Path
@@ -16,58 +14,19 @@ import pydicom
 import pytest
 from pypdf import PdfReader
 
-from hyperct.checkpoint import build_manifest, save_checkpoint
-from hyperct.cli.main import main
 from hyperct.report.document import validate_document
-from tests.engine.conftest import tiny_model
-
-FINDINGS = "cardiomegaly,emphysema"
-
-
-def _run(argv: list[str]) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = main(argv)
-    return rc, out.getvalue(), err.getvalue()
-
-
-def _uids(folder: Path) -> dict[str, set[str]]:
-    """SeriesInstanceUIDs by file-name prefix (IM: thin series, TH: thick series, SCOUT: localizer)."""
-    out: dict[str, set[str]] = {}
-    for f in sorted(folder.glob("*.dcm")):
-        prefix = f.name.rstrip(".dcm").rstrip("0123456789")
-        out.setdefault(prefix, set()).add(pydicom.dcmread(f, stop_before_pixels=True).SeriesInstanceUID)
-    return out
+from tests.support.archive import sample_study, series_uids
+from tests.support.cli import predict_options, run_cli, site_settings
+from tests.support.models import save_tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     root = tmp_path_factory.mktemp("studies")
-    model = tiny_model()
-    manifest = build_manifest(
-        model,
-        model_name="HyperCT-tiny",
-        model_version="0.0.7",
-        backbone_weights="included",
-        backbone_source="random",
-    )
-    save_checkpoint(model, root / "ckpt", manifest)
+    save_tiny_checkpoint(root / "ckpt", model_version="0.0.7")
     archive = root / "archive"
     for seed, name in ((1, "a"), (2, "b")):
-        argv = [
-            "sample",
-            "--out",
-            str(root / f"s{seed}"),
-            "--seed",
-            str(seed),
-            "--matrix",
-            "48",
-            "--slices",
-            "40",
-        ]
-        rc, _, err = _run(argv + ["--findings", "none", "--second-series", "--localizer"])
-        assert rc == 0, err
-        shutil.copytree(root / f"s{seed}" / "ct", archive / name)
+        shutil.copytree(sample_study(root, seed, "--second-series", "--localizer") / "ct", archive / name)
     # an anonymised copy of study a's thin series: no Study/Series Instance UIDs, no names
     anon = root / "anon"
     anon.mkdir()
@@ -77,21 +36,15 @@ def env(tmp_path_factory):
             if kw in ds:
                 delattr(ds, kw)
         ds.save_as(anon / f.name)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HYPERCT_LINK_KEY", "studies-test-key")
-        mp.setenv("HYPERCT_CONFIG_DIR", str(root / "config"))
+    with site_settings(root, "studies-test-key"):
         yield root
-
-
-def _common(env: Path) -> list[str]:
-    return ["--model", str(env / "ckpt"), "--device", "cpu", "--findings", FINDINGS]
 
 
 @pytest.fixture(scope="module")
 def archive_run(env):
     out = env / "out"
-    rc, stdout, stderr = _run(
-        ["predict", str(env / "archive"), *_common(env), "--out", str(out), "--json", "--pdf", "--sr"]
+    rc, stdout, stderr = run_cli(
+        ["predict", str(env / "archive"), *predict_options(env), "--out", str(out), "--json", "--pdf", "--sr"]
     )
     return rc, stderr, out
 
@@ -103,7 +56,7 @@ def test_one_report_per_study_of_its_thinnest_axial_series(archive_run, env):
     assert (
         len(docs) == 2 and len(list(out.glob("*.hyperct.pdf"))) == 2 and len(list(out.glob("*.sr.dcm"))) == 2
     )
-    thin = {_uids(env / "archive" / n)["IM"].pop() for n in ("a", "b")}
+    thin = {series_uids(env / "archive" / n)["IM"] for n in ("a", "b")}
     assert {d["input"]["SeriesInstanceUID"] for d in docs} == thin
     assert len({d["input"]["StudyInstanceUID"] for d in docs}) == 2
     # file names: a pseudonym per series (shareable mode: never the input's name), one set per study
@@ -117,9 +70,9 @@ def test_skipped_series_are_listed_in_the_report_and_on_the_console(archive_run,
     rc, stderr, out = archive_run
     assert "archive: 2 studies, 2 reports" in stderr
     for name in ("a", "b"):
-        uids = _uids(env / "archive" / name)
+        uids = series_uids(env / "archive" / name)
         for prefix, why in (("TH", "slices thicker than 5 mm"), ("SCOUT", "localizer")):
-            (uid,) = uids[prefix]
+            uid = uids[prefix]
             (line,) = [ln for ln in stderr.splitlines() if "skipped" in ln and uid in ln]
             assert why in line
     for p in out.glob("*.hyperct.json"):
@@ -137,11 +90,11 @@ def test_skipped_series_are_listed_in_the_report_and_on_the_console(archive_run,
 
 
 def test_all_series_and_series_override(env, tmp_path):
-    rc, _, stderr = _run(
+    rc, _, stderr = run_cli(
         [
             "predict",
             str(env / "archive"),
-            *_common(env),
+            *predict_options(env),
             "--all-series",
             "--json",
             "--out",
@@ -154,15 +107,15 @@ def test_all_series_and_series_override(env, tmp_path):
     }
     expected = set()
     for n in ("a", "b"):
-        u = _uids(env / "archive" / n)
-        expected |= u["IM"] | u["TH"]
+        u = series_uids(env / "archive" / n)
+        expected |= {u["IM"], u["TH"]}
     assert series == expected  # thin and thick series of both studies; never the localizer
-    (thick,) = _uids(env / "archive" / "b")["TH"]
-    rc, _, stderr = _run(
+    thick = series_uids(env / "archive" / "b")["TH"]
+    rc, _, stderr = run_cli(
         [
             "predict",
             str(env / "archive"),
-            *_common(env),
+            *predict_options(env),
             "--series",
             thick,
             "--json",
@@ -177,13 +130,24 @@ def test_all_series_and_series_override(env, tmp_path):
         s["reason"] in ("not requested (--series)", "localizer/scout")
         for s in doc["input"]["series_selection"]["skipped"]
     )
-    rc, _, stderr = _run(["predict", str(env / "archive"), *_common(env), "--series", thick, "--all-series"])
+    rc, _, stderr = run_cli(
+        ["predict", str(env / "archive"), *predict_options(env), "--series", thick, "--all-series"]
+    )
     assert rc == 2 and "exclude each other" in stderr
 
 
 def test_anonymised_series_without_uids_writes_json_and_pdf_and_skips_the_sr(env, tmp_path):
-    rc, _, stderr = _run(
-        ["predict", str(env / "anon"), *_common(env), "--json", "--pdf", "--sr", "--out", str(tmp_path)]
+    rc, _, stderr = run_cli(
+        [
+            "predict",
+            str(env / "anon"),
+            *predict_options(env),
+            "--json",
+            "--pdf",
+            "--sr",
+            "--out",
+            str(tmp_path),
+        ]
     )
     assert rc == 0, stderr
     names = sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("."))
@@ -198,18 +162,18 @@ def test_anonymised_series_without_uids_writes_json_and_pdf_and_skips_the_sr(env
 
 
 def _no_lung_dicom(folder: Path) -> None:
-    from tests.io.dicom_factory import chest_like_phantom, write_series
+    from tests.support.dicom import chest_like_phantom, write_series
 
     write_series(chest_like_phantom(shape=(20, 48, 48), spacing=(4.0, 6.0, 6.0), lungs=False), folder)
 
 
 def test_out_of_scope_warning_on_the_console_on_pdf_page_1_and_in_the_sr(env, tmp_path):
     _no_lung_dicom(tmp_path / "abdomen")
-    rc, _, stderr = _run(
+    rc, _, stderr = run_cli(
         [
             "predict",
             str(tmp_path / "abdomen"),
-            *_common(env),
+            *predict_options(env),
             "--json",
             "--pdf",
             "--sr",
@@ -236,8 +200,8 @@ def test_a_constant_volume_is_refused(env, tmp_path):
         nib.Nifti1Image(np.full((24, 24, 20), 40, np.int16), np.diag([8.0, 8.0, 5.0, 1.0])),
         tmp_path / "c.nii.gz",
     )
-    rc, _, stderr = _run(
-        ["predict", str(tmp_path / "c.nii.gz"), *_common(env), "--json", "--out", str(tmp_path / "o")]
+    rc, _, stderr = run_cli(
+        ["predict", str(tmp_path / "c.nii.gz"), *predict_options(env), "--json", "--out", str(tmp_path / "o")]
     )
     assert rc == 1
     (err,) = [ln for ln in stderr.splitlines() if "error:" in ln]
@@ -266,7 +230,9 @@ def test_non_finite_model_output_is_a_failure_not_not_assessed(env, tmp_path, mo
 
     cat = catalogue()
     nan_for.update({cat["cardiomegaly"].index, cat["emphysema"].index})
-    rc, stdout, stderr = _run(["predict", str(src), *_common(env), "--json", "--out", str(tmp_path / "all")])
+    rc, stdout, stderr = run_cli(
+        ["predict", str(src), *predict_options(env), "--json", "--out", str(tmp_path / "all")]
+    )
     assert rc == 1
     assert (
         "no valid score (non-finite output) for any of the 2 finding(s)" in stderr
@@ -275,7 +241,9 @@ def test_non_finite_model_output_is_a_failure_not_not_assessed(env, tmp_path, mo
     assert not (tmp_path / "all").exists() or not list((tmp_path / "all").iterdir())
 
     nan_for.discard(cat["cardiomegaly"].index)  # only emphysema broken: outputs written, still a failure
-    rc, _, stderr = _run(["predict", str(src), *_common(env), "--json", "--out", str(tmp_path / "part")])
+    rc, _, stderr = run_cli(
+        ["predict", str(src), *predict_options(env), "--json", "--out", str(tmp_path / "part")]
+    )
     assert rc == 1 and "no valid score (non-finite output) for 1 of 2 finding(s): emphysema" in stderr
     doc = json.loads(next((tmp_path / "part").glob("*.hyperct.json")).read_text())
     calls = {f["id"]: f["call"] for f in doc["findings"]}
@@ -286,22 +254,41 @@ def test_non_finite_model_output_is_a_failure_not_not_assessed(env, tmp_path, mo
 
 def test_progress_lines_per_input_and_step_when_not_a_terminal(env, tmp_path, monkeypatch):
     monkeypatch.delenv("HYPERCT_NO_PROGRESS", raising=False)
-    rc, _, stderr = _run(["predict", str(env / "anon"), *_common(env), "--json", "--out", str(tmp_path)])
+    rc, _, stderr = run_cli(
+        ["predict", str(env / "anon"), *predict_options(env), "--json", "--out", str(tmp_path)]
+    )
     assert rc == 0, stderr
     steps = [ln.split(": ", 2)[-1] for ln in stderr.splitlines() if "[1/1]" in ln]
     assert steps[0] == "listing series" and "reading" in steps and "preprocessing" in steps
     assert "scoring 2 findings" in steps and "writing" in steps
     assert steps.index("reading") < steps.index("preprocessing") < steps.index("scoring 2 findings")
     assert steps[-1].startswith("finished in")
-    rc, _, stderr = _run(
-        ["predict", str(env / "anon"), *_common(env), "--json", "--overwrite", "-q", "--out", str(tmp_path)]
+    rc, _, stderr = run_cli(
+        [
+            "predict",
+            str(env / "anon"),
+            *predict_options(env),
+            "--json",
+            "--overwrite",
+            "-q",
+            "--out",
+            str(tmp_path),
+        ]
     )
     assert rc == 0 and "[1/1]" not in stderr
 
 
 def test_saliency_maps_are_compact_and_their_total_size_is_printed(env, tmp_path):
-    rc, _, stderr = _run(
-        ["predict", str(env / "anon"), *_common(env), "--saliency-findings", "all", "--out", str(tmp_path)]
+    rc, _, stderr = run_cli(
+        [
+            "predict",
+            str(env / "anon"),
+            *predict_options(env),
+            "--saliency-findings",
+            "all",
+            "--out",
+            str(tmp_path),
+        ]
     )
     assert rc == 0, stderr
     maps = sorted(tmp_path.glob("*.saliency.*.nii.gz"))

@@ -13,15 +13,8 @@ from hyperct.errors import ExportError
 from hyperct.findings import catalogue
 from hyperct.report.document import build_document
 from hyperct.report.sr import build_sr, sr_bytes
-from tests.report.conftest import (
-    PHI,
-    PHI_SEARCH,
-    SERIES_UID,
-    STUDY_UID,
-    make_result,
-    make_saliency,
-    make_volume,
-)
+from tests.support.results import make_result, make_saliency
+from tests.support.volumes import PHI, PHI_SEARCH, SERIES_UID, STUDY_UID, make_volume
 
 
 @pytest.fixture(scope="module")

@@ -15,10 +15,10 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from hyperct.checkpoint import build_manifest, save_checkpoint
 from hyperct.screening.tables import read_table
-from tests.engine.conftest import tiny_model
-from tests.screening.archive import build_archive, run_cli, series_uids, study_uid
+from tests.support.archive import build_archive, series_uids, study_uid
+from tests.support.cli import run_cli, site_settings
+from tests.support.models import save_tiny_checkpoint
 
 LINK_KEY = "screen-test-key"
 
@@ -26,19 +26,9 @@ LINK_KEY = "screen-test-key"
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     root = tmp_path_factory.mktemp("screen")
-    model = tiny_model()
-    manifest = build_manifest(
-        model,
-        model_name="HyperCT-tiny",
-        model_version="0.0.9",
-        backbone_weights="included",
-        backbone_source="random",
-    )
-    save_checkpoint(model, root / "ckpt", manifest)
+    save_tiny_checkpoint(root / "ckpt", model_version="0.0.9")
     build_archive(root)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HYPERCT_LINK_KEY", LINK_KEY)
-        mp.setenv("HYPERCT_CONFIG_DIR", str(root / "config"))
+    with site_settings(root, LINK_KEY) as mp:
         mp.delenv("HYPERCT_SCREEN_STOP_AFTER", raising=False)
         yield root
 

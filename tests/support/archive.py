@@ -13,39 +13,36 @@ Layout (``build_archive(root)``)::
 
 from __future__ import annotations
 
-import contextlib
-import io
 import shutil
 from pathlib import Path
 
 import pydicom
 from pydicom.uid import generate_uid
 
-from hyperct.cli.main import main
-
-
-def run_cli(argv: list[str]) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = main(argv)
-    return rc, out.getvalue(), err.getvalue()
+from tests.support.cli import run_cli
 
 
 def series_uids(folder: Path) -> dict[str, str]:
-    """File-name prefix (IM, TH, SCOUT, CE) -> SeriesInstanceUID."""
-    out: dict[str, str] = {}
+    """File-name prefix (IM, TH, SCOUT, CE) -> SeriesInstanceUID; each prefix holds one series (a file
+    cut short, whose header does not reach the UID, is passed over)."""
+    found: dict[str, set[str]] = {}
     for f in sorted(folder.glob("*.dcm")):
         prefix = f.name.removesuffix(".dcm").rstrip("0123456789")
-        if prefix not in out:
-            out[prefix] = pydicom.dcmread(f, stop_before_pixels=True).SeriesInstanceUID
-    return out
+        uid = pydicom.dcmread(f, stop_before_pixels=True).get("SeriesInstanceUID")
+        if uid is not None:
+            found.setdefault(prefix, set()).add(uid)
+    assert all(len(uids) == 1 for uids in found.values()), (
+        f"several series under one prefix in {folder}: {found}"
+    )
+    return {prefix: uids.pop() for prefix, uids in found.items()}
 
 
 def study_uid(folder: Path) -> str:
     return pydicom.dcmread(next(folder.glob("IM*.dcm")), stop_before_pixels=True).StudyInstanceUID
 
 
-def _sample(root: Path, seed: int, *extra: str) -> Path:
+def sample_study(root: Path, seed: int, *extra: str) -> Path:
+    """``hyperct sample`` of a normal phantom (48 x 48, 40 slices) into ``root/s<seed>``; returns that folder."""
     out = root / f"s{seed}"
     argv = ["sample", "--out", str(out), "--seed", str(seed), "--matrix", "48", "--slices", "40", *extra]
     rc, _, err = run_cli(argv + ["--findings", "none"])
@@ -56,11 +53,11 @@ def _sample(root: Path, seed: int, *extra: str) -> Path:
 def build_archive(root: Path) -> Path:
     work = root / "samples"
     arch = root / "archive"
-    a = _sample(work, 1, "--second-series", "--localizer")
-    b = _sample(work, 2, "--second-series", "--localizer")
-    c = _sample(work, 3, "--localizer")
-    d = _sample(work, 4)
-    e = _sample(work, 5, "--format", "nifti")
+    a = sample_study(work, 1, "--second-series", "--localizer")
+    b = sample_study(work, 2, "--second-series", "--localizer")
+    c = sample_study(work, 3, "--localizer")
+    d = sample_study(work, 4)
+    e = sample_study(work, 5, "--format", "nifti")
     shutil.copytree(a / "ct", arch / "site1" / "p1")
     shutil.copytree(b / "ct", arch / "site1" / "p2")
     shutil.copytree(c / "ct", arch / "site2" / "x" / "y")

@@ -1,10 +1,11 @@
 """Subprocess side of the reader mutation fuzz (``test_io_mutation_fuzz``): reads one input per request.
 
-``Worker`` is the test side; the process runs as ``python -m tests.io.fuzz_worker LIMIT_BYTES``. The address space is limited first (so a reader
-that allocates for a size it only read from a header fails here with ``MemoryError`` instead of taking
-the machine), then each stdin line ``{"path": ..., "min_slices": n}`` is answered on stdout with one JSON
-line: ``{"outcome": "ok", "source_shape": [...], ...}``, ``{"outcome": "typed", "type": ..., "message":
-...}`` for a ``hyperct.errors.InputError``, or ``{"outcome": "untyped", ...}`` with the traceback for
+``Worker`` is the test side; the process runs as ``python -m tests.support.fuzz_worker LIMIT_BYTES``.
+The address space is limited first (so a reader that allocates for a size it only read from a header
+fails here with ``MemoryError`` instead of taking the machine), then each stdin line
+``{"path": ..., "min_slices": n}`` is answered on stdout with one JSON line:
+``{"outcome": "ok", "source_shape": [...], ...}``, ``{"outcome": "typed", "type": ..., "message": ...}``
+for a ``hyperct.errors.InputError``, or ``{"outcome": "untyped", ...}`` with the traceback for
 anything else (``MemoryError`` included).
 """
 
@@ -69,7 +70,7 @@ class Worker:
             "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS": "1",
         }
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.io.fuzz_worker", str(self.memory_bytes)],
+            [sys.executable, "-m", "tests.support.fuzz_worker", str(self.memory_bytes)],
             cwd=REPO,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,

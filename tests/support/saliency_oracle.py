@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from tests.engine.conftest import tiny_model
+from tests.support.models import tiny_model
 
 N_IMAGES = 4
 SIDE = 3  # tokens per image side (48 px / 16)

@@ -9,7 +9,7 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-from tests.report.conftest import PHI, chest_hu
+from tests.support.volumes import PHI, chest_hu
 
 
 def write_dicom_series(

@@ -10,7 +10,7 @@ import yaml
 
 from hyperct.checkpoint import read_manifest
 from hyperct.cli.main import main
-from tests.training.conftest import TINY_MODEL
+from tests.support.training import TINY_MODEL
 
 sitk = pytest.importorskip("SimpleITK")
 

@@ -12,7 +12,7 @@ import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
-from tests.training.conftest import SignalDataset, tiny_config
+from tests.support.training import SignalDataset, tiny_config
 
 
 def _free_port() -> int:

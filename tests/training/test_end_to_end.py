@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from hyperct.findings import catalogue
 from hyperct.training.cache import PreprocessCache
-from tests.training.conftest import tiny_config
+from tests.support.training import tiny_config
 
 pytest.importorskip("hyperct.phantom")
 

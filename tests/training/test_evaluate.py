@@ -8,24 +8,22 @@ import json
 import numpy as np
 import pytest
 
-from hyperct.checkpoint import build_manifest, load_checkpoint, read_manifest, save_checkpoint, sha256_file
+from hyperct.checkpoint import load_checkpoint, read_manifest, sha256_file
 from hyperct.cli.main import main
 from hyperct.errors import CheckpointError, ConfigError
 from hyperct.findings import catalogue
 from hyperct.loading import load_model
 from hyperct.training.evaluate import compute_metrics, evaluate, write_thresholds
 from hyperct.training.metrics import bootstrap_auc_ci, roc_auc, youden_threshold
-from tests.engine.conftest import tiny_model
-from tests.training.conftest import CM, PE, SignalDataset
+from tests.support.models import save_tiny_checkpoint
+from tests.support.training import CM, PE, SignalDataset
 
 
 @pytest.fixture
 def checkpoint(tmp_path):
-    model = tiny_model(seed=2)
-    manifest = build_manifest(
-        model, model_name="tiny", model_version="0.1", backbone_weights="included", backbone_source="test"
+    return save_tiny_checkpoint(
+        tmp_path / "ckpt", seed=2, model_name="tiny", model_version="0.1", backbone_source="test"
     )
-    return save_checkpoint(model, tmp_path / "ckpt", manifest)
 
 
 def test_compute_metrics_matches_direct_computation():

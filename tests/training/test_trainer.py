@@ -12,7 +12,7 @@ import yaml
 from hyperct.checkpoint import load_checkpoint, read_manifest
 from hyperct.errors import ConfigError, DatasetError
 from hyperct.training.trainer import epoch_plan, lr_factor, rank_batches, train
-from tests.training.conftest import CM, PE, SignalDataset, tiny_config
+from tests.support.training import CM, PE, SignalDataset, tiny_config
 
 
 def test_epoch_plan_draws_only_available_tasks_deterministically():
@@ -177,7 +177,7 @@ def test_external_dinov3_weights_stay_external_and_reload(tmp_path, synthetic):
 
     from hyperct.checkpoint import sha256_file
     from hyperct.network.backbone import build_backbone, save_backbone
-    from tests.engine.conftest import TINY_BACKBONE
+    from tests.support.models import TINY_BACKBONE
 
     folder = save_backbone(build_backbone(dict(TINY_BACKBONE), seed=42), tmp_path / "dinov3")
     cfg = tiny_config(model={"backbone_weights": str(folder), "train_backbone": False}, train={"epochs": 1})

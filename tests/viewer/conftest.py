@@ -1,43 +1,42 @@
-"""Viewer test helpers: a tiny random checkpoint and a small synthetic CT (no trained weights needed)."""
+"""Fixtures for the viewer tests: a tiny random checkpoint and a Findings widget using it (no trained
+weights needed; the synthetic CT is ``tests.support.volumes.small_ct``)."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
-from hyperct.checkpoint import build_manifest, save_checkpoint
-from hyperct.volume import CTVolume
-from tests.engine.conftest import tiny_model
+from tests.support.models import save_tiny_checkpoint
+from tests.support.volumes import small_ct
 
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory):
-    path = tmp_path_factory.mktemp("ckpt") / "tiny"
-    model = tiny_model(seed=11)
-    manifest = build_manifest(
-        model,
-        model_name="Tiny test model",
-        model_version="0.0.1",
-        backbone_weights="included",
-        backbone_source="random",
+    return save_tiny_checkpoint(
+        tmp_path_factory.mktemp("ckpt") / "tiny", seed=11, model_name="Tiny test model", model_version="0.0.1"
     )
-    return save_checkpoint(model, path, manifest)
 
 
-def small_ct(n_slices: int = 40, seed: int = 0, description: str = "small synthetic") -> CTVolume:
-    rng = np.random.default_rng(seed)
-    hu = np.full((n_slices, 96, 96), -1000.0, np.float32)
-    zz, yy, xx = np.mgrid[:n_slices, :96, :96]
-    body = ((yy - 48) / 40.0) ** 2 + ((xx - 48) / 44.0) ** 2 < 1
-    hu[body] = 40.0
-    lungs = (((yy - 46) / 28.0) ** 2 + ((np.abs(xx - 48) - 20) / 14.0) ** 2 < 1) & body
-    hu[lungs] = -850.0
-    hu += rng.normal(0, 15, hu.shape).astype(np.float32)
-    return CTVolume(
-        hu=hu,
-        spacing=(2.5, 3.5, 3.5),
-        origin=(-168.0, -168.0, 50.0),
-        metadata={"SeriesDescription": description, "PatientName": "DOE^JANE", "PatientID": "PID-42"},
-        source_format="nifti",
-        source_paths=[f"/tmp/{description.replace(' ', '_')}.nii.gz"],
-    )
+@pytest.fixture
+def findings_widget(make_napari_viewer_proxy, tiny_checkpoint):
+    """A viewer and its Findings widget, set to the CPU and the tiny checkpoint: (viewer, widget)."""
+    from hyperct_viewer.widgets.findings import FindingsWidget
+
+    viewer = make_napari_viewer_proxy()
+    widget = FindingsWidget(viewer)
+    widget.device_combo.setCurrentText("CPU")
+    widget.set_model_dirs(str(tiny_checkpoint))
+    return viewer, widget
+
+
+@pytest.fixture
+def analysed_widget(findings_widget, qtbot):
+    """``findings_widget`` after Analyze on ``small_ct()``: the top finding's map shown, no job left."""
+    from hyperct_viewer.layers import ct_layer_data
+
+    viewer, widget = findings_widget
+    data, kwargs, _ = ct_layer_data(small_ct())
+    viewer.add_image(data, **kwargs)
+    with qtbot.waitSignal(widget.saliency_shown, timeout=60000):
+        widget.analyze()
+    qtbot.waitUntil(lambda: not widget.jobs.busy, timeout=60000)
+    return viewer, widget

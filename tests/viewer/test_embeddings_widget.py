@@ -8,7 +8,7 @@ import pytest
 from hyperct import embeddings as emb
 from hyperct.errors import CheckpointError
 from hyperct.loading import load_model
-from tests.viewer.conftest import small_ct
+from tests.support.volumes import small_ct
 
 pytestmark = pytest.mark.gui
 

@@ -5,29 +5,17 @@ from __future__ import annotations
 
 import pytest
 
-from hyperct_viewer.layers import ct_layer_data
-from tests.viewer.conftest import small_ct
-
 pytestmark = pytest.mark.gui
 
 
 def test_a_file_appearing_during_the_export_is_asked_about_then_replaced(
-    make_napari_viewer_proxy, tiny_checkpoint, qtbot, tmp_path, monkeypatch
+    analysed_widget, qtbot, tmp_path, monkeypatch
 ):
     from qtpy.QtWidgets import QMessageBox
 
     from hyperct_viewer.widgets import findings as findings_mod
-    from hyperct_viewer.widgets.findings import FindingsWidget
 
-    viewer = make_napari_viewer_proxy()
-    widget = FindingsWidget(viewer)
-    widget.device_combo.setCurrentText("CPU")
-    widget.set_model_dirs(str(tiny_checkpoint))
-    data, kwargs, _ = ct_layer_data(small_ct())
-    viewer.add_image(data, **kwargs)
-    with qtbot.waitSignal(widget.analysis_finished, timeout=60000):
-        widget.analyze()
-    qtbot.waitUntil(lambda: not widget.jobs.busy, timeout=60000)
+    _, widget = analysed_widget
     widget.out_edit.setText(str(tmp_path))
     (target,) = widget.export_targets(("json",), tmp_path)
 

@@ -6,19 +6,9 @@ import numpy as np
 import pytest
 
 from hyperct_viewer.layers import ct_layer_data, window_limits
-from tests.viewer.conftest import small_ct
+from tests.support.volumes import small_ct
 
 pytestmark = pytest.mark.gui
-
-
-def _widget(make_napari_viewer_proxy, tiny_checkpoint):
-    from hyperct_viewer.widgets.findings import FindingsWidget
-
-    viewer = make_napari_viewer_proxy()
-    widget = FindingsWidget(viewer)
-    widget.device_combo.setCurrentText("CPU")
-    widget.set_model_dirs(str(tiny_checkpoint))
-    return viewer, widget
 
 
 def test_ct_layer_has_mm_geometry_lung_window_and_metadata(make_napari_viewer_proxy):
@@ -33,10 +23,8 @@ def test_ct_layer_has_mm_geometry_lung_window_and_metadata(make_napari_viewer_pr
     assert [str(u) for u in layer.units] == ["millimeter"] * 3
 
 
-def test_analyze_fills_table_and_selecting_shows_saliency_on_the_ct_grid(
-    make_napari_viewer_proxy, tiny_checkpoint, qtbot
-):
-    viewer, widget = _widget(make_napari_viewer_proxy, tiny_checkpoint)
+def test_analyze_fills_table_and_selecting_shows_saliency_on_the_ct_grid(findings_widget, qtbot):
+    viewer, widget = findings_widget
     vol = small_ct()
     data, kwargs, _ = ct_layer_data(vol)
     ct = viewer.add_image(data, **kwargs)
@@ -82,8 +70,8 @@ def test_analyze_fills_table_and_selecting_shows_saliency_on_the_ct_grid(
     assert tuple(ct.contrast_limits) == window_limits("bone")
 
 
-def test_cancel_stops_the_analysis_and_leaves_no_result(make_napari_viewer_proxy, tiny_checkpoint, qtbot):
-    viewer, widget = _widget(make_napari_viewer_proxy, tiny_checkpoint)
+def test_cancel_stops_the_analysis_and_leaves_no_result(findings_widget, qtbot):
+    viewer, widget = findings_widget
     data, kwargs, _ = ct_layer_data(small_ct())
     viewer.add_image(data, **kwargs)
     assert widget.analyze() is not None
@@ -94,8 +82,8 @@ def test_cancel_stops_the_analysis_and_leaves_no_result(make_napari_viewer_proxy
     assert widget.analyze_button.isEnabled() and not widget.cancel_button.isEnabled()
 
 
-def test_table_selection_and_session_selection_are_linked(make_napari_viewer_proxy, tiny_checkpoint):
-    viewer, widget = _widget(make_napari_viewer_proxy, tiny_checkpoint)
+def test_table_selection_and_session_selection_are_linked(findings_widget):
+    viewer, widget = findings_widget
     got = []
     widget.session.finding_selected.connect(got.append)
     widget._items["emphysema"].setSelected(True)
@@ -134,9 +122,7 @@ def test_table_before_analysis_is_in_catalogue_order_conventional_first(make_nap
     assert item.toolTip(0).startswith(cat[0].name)
 
 
-def test_no_valid_score_is_shown_apart_and_gets_no_saliency(
-    make_napari_viewer_proxy, tiny_checkpoint, qtbot, monkeypatch
-):
+def test_no_valid_score_is_shown_apart_and_gets_no_saliency(findings_widget, qtbot, monkeypatch):
     import hyperct.inference as inference
     from hyperct.results import CALL_NO_SCORE
 
@@ -149,7 +135,7 @@ def test_no_valid_score_is_shown_apart_and_gets_no_saliency(
         return result
 
     monkeypatch.setattr(inference, "analysis_steps", steps)
-    viewer, widget = _widget(make_napari_viewer_proxy, tiny_checkpoint)
+    viewer, widget = findings_widget
     data, kwargs, _ = ct_layer_data(small_ct())
     viewer.add_image(data, **kwargs)
     widget.select_finding("emphysema")  # chosen before the analysis: no map may be asked for it
@@ -169,16 +155,11 @@ def test_no_valid_score_is_shown_apart_and_gets_no_saliency(
 
 
 def test_export_of_an_existing_file_asks_in_gui_words_and_replaces_it_without_error(
-    make_napari_viewer_proxy, tiny_checkpoint, qtbot, tmp_path, monkeypatch
+    analysed_widget, qtbot, tmp_path, monkeypatch
 ):
     from qtpy.QtWidgets import QMessageBox
 
-    viewer, widget = _widget(make_napari_viewer_proxy, tiny_checkpoint)
-    data, kwargs, _ = ct_layer_data(small_ct())
-    viewer.add_image(data, **kwargs)
-    with qtbot.waitSignal(widget.saliency_shown, timeout=60000):
-        widget.analyze()
-    qtbot.waitUntil(lambda: not widget.jobs.busy, timeout=60000)
+    viewer, widget = analysed_widget
     widget.out_edit.setText(str(tmp_path))
     first = widget.export_files(("json",), tmp_path)["json"]
     first.write_text("old")
@@ -223,12 +204,10 @@ def test_window_presets_have_keyboard_shortcuts(make_napari_viewer_proxy):
         assert key in widget.window_buttons[preset].toolTip()
 
 
-def test_a_slow_cpu_analysis_says_how_long_it_will_take(
-    make_napari_viewer_proxy, tiny_checkpoint, qtbot, monkeypatch
-):
+def test_a_slow_cpu_analysis_says_how_long_it_will_take(findings_widget, qtbot, monkeypatch):
     from hyperct import inference
 
-    viewer, widget = _widget(make_napari_viewer_proxy, tiny_checkpoint)
+    viewer, widget = findings_widget
     data, kwargs, _ = ct_layer_data(small_ct())
     viewer.add_image(data, **kwargs)
     monkeypatch.setattr(inference, "estimated_cpu_seconds", lambda loaded, n=25: 600.0)
@@ -242,12 +221,12 @@ def test_a_slow_cpu_analysis_says_how_long_it_will_take(
     qtbot.waitUntil(lambda: not widget.jobs.busy, timeout=60000)
 
 
-def test_right_drag_on_a_ct_sets_window_and_level(make_napari_viewer_proxy, tiny_checkpoint):
+def test_right_drag_on_a_ct_sets_window_and_level(findings_widget):
     from types import SimpleNamespace
 
     from hyperct_viewer.layers import WL_HU_PER_PIXEL
 
-    viewer, widget = _widget(make_napari_viewer_proxy, tiny_checkpoint)
+    viewer, widget = findings_widget
     data, kwargs, _ = ct_layer_data(small_ct())
     ct = viewer.add_image(data, **kwargs)
     assert widget._window_level_drag in viewer.mouse_drag_callbacks  # on the canvas, whatever layer is active

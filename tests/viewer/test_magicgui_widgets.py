@@ -8,8 +8,6 @@ import inspect
 import numpy as np
 import pytest
 
-from tests.viewer.conftest import small_ct
-
 
 def _options(name: str) -> dict:
     from hyperct_viewer.widgets.score import score_layer
@@ -38,32 +36,16 @@ def test_score_widget_offers_exactly_the_engines_saliency_methods_findings_and_d
     assert _default("model_folder") is None and _options("model_folder")["mode"] == "d"
 
 
-def _analysed_findings_widget(make_napari_viewer_proxy, tiny_checkpoint, qtbot):
-    from hyperct_viewer.layers import ct_layer_data
-    from hyperct_viewer.widgets.findings import FindingsWidget
-
-    viewer = make_napari_viewer_proxy()
-    widget = FindingsWidget(viewer)
-    widget.device_combo.setCurrentText("CPU")
-    widget.set_model_dirs(str(tiny_checkpoint))
-    data, kwargs, _ = ct_layer_data(small_ct())
-    viewer.add_image(data, **kwargs)
-    with qtbot.waitSignal(widget.saliency_shown, timeout=60000):
-        widget.analyze()
-    qtbot.waitUntil(lambda: not widget.jobs.busy, timeout=60000)
-    return viewer, widget
-
-
 @pytest.mark.gui
 @pytest.mark.slow
 def test_export_form_values_drive_an_export_that_writes_the_chosen_formats(
-    make_napari_viewer_proxy, tiny_checkpoint, qtbot, tmp_path, monkeypatch
+    analysed_widget, qtbot, tmp_path, monkeypatch
 ):
     from qtpy.QtWidgets import QMessageBox
 
     from hyperct.report.export import derived_stem
 
-    viewer, widget = _analysed_findings_widget(make_napari_viewer_proxy, tiny_checkpoint, qtbot)
+    viewer, widget = analysed_widget
     form = widget.export_form
     result = widget.result
     # this scan is a NIfTI: DICOM SR cannot be written, and its box says so
@@ -108,11 +90,11 @@ def test_export_form_values_drive_an_export_that_writes_the_chosen_formats(
 
 @pytest.mark.gui
 def test_export_form_with_nothing_ticked_writes_nothing_and_says_why(
-    make_napari_viewer_proxy, tiny_checkpoint, qtbot, tmp_path, monkeypatch
+    analysed_widget, qtbot, tmp_path, monkeypatch
 ):
     import hyperct_viewer.widgets.findings as findings_module
 
-    viewer, widget = _analysed_findings_widget(make_napari_viewer_proxy, tiny_checkpoint, qtbot)
+    viewer, widget = analysed_widget
     said = []
     monkeypatch.setattr(findings_module, "show_warning", said.append)
     for box in widget.export_form.checks.values():

@@ -59,7 +59,7 @@ def test_reader_claims_a_folder_with_a_dicom_file(tmp_path):
 def test_a_refused_input_gives_one_error_that_leads_with_the_cause(tmp_path, monkeypatch):
     import napari.utils.notifications as notifications
 
-    from tests.io.dicom_factory import asymmetric_phantom, write_series
+    from tests.support.dicom import asymmetric_phantom, write_series
 
     ph = asymmetric_phantom(shape=(16, 24, 20), spacing=(2.0, 0.8, 0.7), seed=11)
     write_series(ph, tmp_path / "series 1", tags={"Modality": "MR"})

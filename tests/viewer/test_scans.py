@@ -13,18 +13,13 @@ import pytest
 
 from hyperct.results import SCORED_CALLS
 from hyperct_viewer.layers import ct_layer_data, volume_of
-from tests.viewer.conftest import small_ct
+from tests.support.volumes import small_ct
 
 pytestmark = pytest.mark.gui
 
 
-def _two_scans(make_napari_viewer_proxy, tiny_checkpoint):
-    from hyperct_viewer.widgets.findings import FindingsWidget
-
-    viewer = make_napari_viewer_proxy()
-    widget = FindingsWidget(viewer)
-    widget.device_combo.setCurrentText("CPU")
-    widget.set_model_dirs(str(tiny_checkpoint))
+def _two_scans(findings_widget):
+    viewer, widget = findings_widget
     layers = []
     for n, seed, name in ((40, 0, "scan A"), (32, 1, "scan B")):
         data, kwargs, _ = ct_layer_data(small_ct(n, seed=seed, description=name))
@@ -69,10 +64,8 @@ def _assert_shows(widget, viewer, layer):
         assert viewer.layers.index(ov) == viewer.layers.index(layer) + 1  # right above its own CT
 
 
-def test_two_scans_keep_their_own_table_overlay_and_export(
-    make_napari_viewer_proxy, tiny_checkpoint, qtbot, tmp_path
-):
-    viewer, widget, a, b = _two_scans(make_napari_viewer_proxy, tiny_checkpoint)
+def test_two_scans_keep_their_own_table_overlay_and_export(findings_widget, qtbot, tmp_path):
+    viewer, widget, a, b = _two_scans(findings_widget)
     # a new scan becomes the selected one and hides the first (its overlay is not left under it)
     assert widget.ct_layer is b and not a.visible
     assert [widget.layer_combo.itemText(i) for i in range(2)] == [a.name, b.name]
@@ -119,11 +112,11 @@ def test_two_scans_keep_their_own_table_overlay_and_export(
 
 
 def test_switching_scan_while_analyze_and_all_findings_run_never_mixes_scans(
-    make_napari_viewer_proxy, tiny_checkpoint, qtbot, tmp_path
+    findings_widget, qtbot, tmp_path
 ):
     from hyperct.report import saliency_for_export
 
-    viewer, widget, a, b = _two_scans(make_napari_viewer_proxy, tiny_checkpoint)
+    viewer, widget, a, b = _two_scans(findings_widget)
     widget.select_scan(a)
     assert widget.analyze() is not None  # loads the model, then analyses scan A ...
     widget.select_scan(b)  # ... while the user looks at scan B
@@ -170,10 +163,8 @@ def test_switching_scan_while_analyze_and_all_findings_run_never_mixes_scans(
             assert tuple(f["saliency"]["peak_index"]) == own.peak_index(f["id"])
 
 
-def test_cancel_then_switch_drops_the_job_and_keeps_the_scan_clean(
-    make_napari_viewer_proxy, tiny_checkpoint, qtbot
-):
-    viewer, widget, a, b = _two_scans(make_napari_viewer_proxy, tiny_checkpoint)
+def test_cancel_then_switch_drops_the_job_and_keeps_the_scan_clean(findings_widget, qtbot):
+    viewer, widget, a, b = _two_scans(findings_widget)
     failed = []
     widget.job_failed.connect(failed.append)
     widget.select_scan(a)
@@ -185,10 +176,8 @@ def test_cancel_then_switch_drops_the_job_and_keeps_the_scan_clean(
     assert not failed and widget.analyze_button.isEnabled()
 
 
-def test_closing_the_scan_being_analysed_leaves_the_other_untouched(
-    make_napari_viewer_proxy, tiny_checkpoint, qtbot
-):
-    viewer, widget, a, b = _two_scans(make_napari_viewer_proxy, tiny_checkpoint)
+def test_closing_the_scan_being_analysed_leaves_the_other_untouched(findings_widget, qtbot):
+    viewer, widget, a, b = _two_scans(findings_widget)
     failed = []
     widget.job_failed.connect(failed.append)
     widget.select_scan(a)

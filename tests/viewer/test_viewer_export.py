@@ -36,7 +36,7 @@ def test_plugin_reader_resamples_a_tilted_series_and_says_so(make_napari_viewer_
     # the CLI refuses a tilted series unless asked (--resample-tilt); a viewer user has nothing to
     # pass, so the reader resamples it and the QC warning is in the layer's metadata
     from hyperct_viewer.layers import volume_of
-    from tests.io.dicom_factory import asymmetric_phantom, write_series
+    from tests.support.dicom import asymmetric_phantom, write_series
 
     ph = asymmetric_phantom(shape=(16, 24, 20), spacing=(2.0, 0.8, 0.7), seed=11)
     write_series(ph, tmp_path / "tilted", shear_px=(1, 0), tags={"GantryDetectorTilt": 21.8})
@@ -50,17 +50,13 @@ def test_plugin_reader_resamples_a_tilted_series_and_says_so(make_napari_viewer_
 
 
 def test_export_buttons_write_the_same_files_as_the_cli(
-    make_napari_viewer_proxy, dicom_folder, tiny_checkpoint, tmp_path, qtbot, monkeypatch
+    findings_widget, dicom_folder, tiny_checkpoint, tmp_path, qtbot, monkeypatch
 ):
     from hyperct.cli import main as cli_main
     from hyperct.cli import predict
-    from hyperct_viewer.widgets.findings import FindingsWidget
 
     monkeypatch.setenv("HYPERCT_LINK_KEY", "test-site-key")
-    viewer = make_napari_viewer_proxy()
-    widget = FindingsWidget(viewer)
-    widget.device_combo.setCurrentText("CPU")
-    widget.set_model_dirs(str(tiny_checkpoint))
+    viewer, widget = findings_widget
     viewer.open(dicom_folder, plugin="hyperct-viewer")
     # the status names the series' folder, not one of its files
     assert f"from {dicom_folder}\n" in widget.status.text() and ".dcm" not in widget.status.text()
