@@ -69,6 +69,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hyperct.atomic import replacing_folder
 from hyperct.device import resolve_device
 from hyperct.errors import ConfigError
 from hyperct.network.backbone import (
@@ -90,6 +91,7 @@ from hyperct.training.pretrain_config import (  # noqa: F401 - LOSSES and load_p
     load_pretrain_config,
 )
 from hyperct.training.progress import progress_bar
+from hyperct.training.state import join_optimizer_state, split_optimizer_state
 
 LOG_FILE = "log.jsonl"
 STATE_DIR = "last"
@@ -350,27 +352,14 @@ class _Blocks:
         spec = block_spec(dc.train, block) if dc.fresh_seeds else dc.train
         if dc.fresh_seeds:
             _check_block_seeds(spec, dc.valid, block)
-        return (
-            build_dataset(
-                spec,
-                cache=self.cache,
-                field="data.train",
-                source=self.source,
-                progress=prepare,
-                workers=max(1, self.workers),
-            )
-            if prepare
-            else PhantomDataset(
-                spec["count"],
-                spec.get("first_seed", 0),
-                matrix=spec.get("matrix", 256),
-                n_slices=spec.get("n_slices"),
-                findings=spec.get("findings"),
-                severity=spec.get("severity"),
-                cache=self.cache,
-                prepare=False,
-                pair=spec.get("pair"),
-            )
+        return build_dataset(
+            spec,
+            cache=self.cache,
+            field="data.train",
+            source=self.source,
+            progress=prepare,
+            workers=max(1, self.workers),
+            prepare=prepare,
         )
 
     def prefetch(self, block: int) -> None:
@@ -379,7 +368,7 @@ class _Blocks:
             return
         import multiprocessing as mp
 
-        from hyperct.training.datasets import _fill_in_worker, _quiet_worker
+        from hyperct.training.datasets.phantoms import _fill_in_worker, _quiet_worker
 
         ds = self._dataset(block, prepare=False)
         jobs = [(ds.worker_state(), i) for i in range(len(ds)) if not self.cache.contains(ds._key(i))]
@@ -413,15 +402,9 @@ class _Blocks:
 
 def _save_run_state(out: Path, module: nn.Module, optimizer, names: list[list[str]], state: dict) -> None:
     """``out/last``: backbone + heads, AdamW moments per parameter name, state.json (atomic)."""
-    import os
-    import tempfile
-
     from safetensors.torch import save_file
 
-    from hyperct.filemodes import set_default_modes
-
-    tmp = Path(tempfile.mkdtemp(prefix=".last.", dir=out))
-    try:
+    with replacing_folder(out / STATE_DIR) as tmp:
         sd = {
             k: v.detach().contiguous().cpu()
             for k, v in module.state_dict().items()
@@ -429,14 +412,7 @@ def _save_run_state(out: Path, module: nn.Module, optimizer, names: list[list[st
         }
         save_file(sd, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         opt = optimizer.state_dict()
-        flat = [n for group in names for n in group]
-        tensors, scalars = {}, {}
-        for idx, st in opt["state"].items():
-            for key, value in st.items():
-                if torch.is_tensor(value):
-                    tensors[f"{flat[idx]}::{key}"] = value.detach().contiguous().cpu()
-                else:
-                    scalars.setdefault(flat[idx], {})[key] = value
+        tensors, scalars = split_optimizer_state(opt["state"], [n for group in names for n in group])
         save_file(tensors, str(tmp / "optimizer.safetensors"), metadata={"format": "pt"})
         groups = [{k: v for k, v in g.items() if k != "params"} for g in opt["param_groups"]]
         doc = dict(
@@ -448,17 +424,6 @@ def _save_run_state(out: Path, module: nn.Module, optimizer, names: list[list[st
             optimizer_scalars=scalars,
         )
         (tmp / "state.json").write_text(json.dumps(doc, indent=1, default=str) + "\n", encoding="utf-8")
-        set_default_modes(tmp)
-        final = out / STATE_DIR
-        old = out / f".{STATE_DIR}.old"
-        shutil.rmtree(old, ignore_errors=True)
-        if final.exists():
-            os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _load_run_state(out: Path, module: nn.Module, optimizer, names: list[list[str]]) -> dict:
@@ -483,12 +448,7 @@ def _load_run_state(out: Path, module: nn.Module, optimizer, names: list[list[st
     module.load_state_dict(tensors, strict=False)
     opt_tensors = _read_tensors(out / STATE_DIR / "optimizer.safetensors")
     flat = [n for group in names for n in group]
-    state: dict[int, dict] = {}
-    for idx, name in enumerate(flat):
-        st = {k.split("::", 1)[1]: v for k, v in opt_tensors.items() if k.split("::", 1)[0] == name}
-        st.update(doc.get("optimizer_scalars", {}).get(name, {}))
-        if st:
-            state[idx] = st
+    state = join_optimizer_state(opt_tensors, doc.get("optimizer_scalars", {}), flat)
     groups, offset = [], 0
     for g, group_names in zip(doc["param_groups"], names):
         groups.append(dict(g, params=list(range(offset, offset + len(group_names)))))
