@@ -95,10 +95,10 @@ class FactorCache:
 
     Stored contiguous in the (L, T, ...) layout of ``GroupFactors``, in the dtype the matmuls run in
     (the backbone's dtype, or the autocast dtype inside autocast): the hypernetwork runs once per
-    dtype asked for (``generate``), and its output is moved in one kind at a time (each kind's generated block is
-    freed as soon as it is copied), so only the cache itself stays. A chunk of consecutive tasks (how
-    scoring chunks all 25 findings) is then a view whose slice for each layer is one contiguous
-    block: the LoRA matmuls read the cache itself. Any other task list is gathered once and
+    dtype asked for (``generate``), and its output is moved in one kind at a time (each kind's
+    generated block is freed as soon as it is copied), so only the cache itself stays. A chunk of
+    consecutive tasks (how scoring chunks all 25 findings) is then a view whose slice for each layer
+    is one contiguous block: the LoRA matmuls read the cache itself. Any other task list is gathered once and
     remembered (a few lists, at most ``n_tasks`` tasks in all), so a repeated forward does not copy.
     """
 
