@@ -3,6 +3,8 @@
     OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_inference.py --config demo --device cpu
     OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_inference.py --config vitb16 --images 6 --tasks 3
     python benchmarks/bench_inference.py --config vitb16 --device cuda [--compile]
+    (--dtype fp32: without the bf16-weights arm; --bf16-check-scans 8: also the demo checkpoint's
+    probabilities with bf16 vs fp32 weights on the viewer's sample scan and 7 random phantoms)
 
 Three ways to compute the same logits, from the same weights (a random HyperCT whose LoRA B is
 non-zero, so every task differs):
@@ -17,19 +19,24 @@ non-zero, so every task differs):
   pass per task chunk (base GEMM shared, low-rank terms as batched matmuls). Reported twice:
   with the product's default chunk (what ``hyperct predict`` runs; on a CPU that is a few tasks
   per pass) and with every task in one pass.
+* ``batched_bf16_weights`` (``--dtype bf16``, the default): the batched pass (default chunk) of a
+  copy whose backbone weights are bf16 (``HyperCT.to_inference_dtype``: no autocast, no per-op
+  casts; hypernetwork, head and RoPE frequencies fp32). Not part of the fp32 equivalence check: its
+  logit and probability differences from fp32 are reported against ``BF16_PROB_TOL``.
 
 First every variant's logits are compared with the batched pass (fp32; tolerance in the JSON),
 then the arms are timed interleaved (min and median over ``--repeats``). Also measured: a large
-matmul's throughput on this device (the practical peak), GFLOP/s of each arm and its fraction of
-that peak, peak memory per arm (sampled RSS above the arm's starting RSS on CPU,
-``torch.cuda.max_memory_allocated`` on GPU), and the run conditions (CPU model, threads,
-OMP_WAIT_POLICY, load average). On CUDA the batched pass is also timed under bf16 autocast, with
-its logit error against fp32.
+matmul's throughput on this device (the practical peak: the best of a measurement in every timing
+round and one at the end), GFLOP/s of each arm and its fraction of that peak, peak memory per arm
+(sampled RSS above the arm's starting RSS on CPU, ``torch.cuda.max_memory_allocated`` on GPU),
+and the run conditions (CPU model, threads, OMP_WAIT_POLICY, load average). On CUDA the batched
+pass is also timed under bf16 autocast, with its logit error against fp32.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import platform
 import random
@@ -46,11 +53,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "model"))
 
 from _output import emit_json  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
-from hyperct.inference import default_task_chunk  # noqa: E402
+from hyperct.device import default_task_chunk  # noqa: E402
 from hyperct.network import HyperCT, HyperCTConfig  # noqa: E402
 from hyperct.network.reference import AuthorsStyleHyperCT, MergedPerTask  # noqa: E402
 
 ATOL, RTOL = 1e-4, 1e-4  # fp32 logits: |a - b| <= ATOL + RTOL * |b|
+BF16_PROB_TOL = 0.01  # bf16 weights: |sigmoid(bf16 logit) - sigmoid(fp32 logit)| <= this
+# The viewer's sample scan (hyperct_viewer/sample.py; not imported: that module pulls in napari)
+SAMPLE_SEED = 20251
+SAMPLE_FINDINGS = {
+    "pleural_effusion": 0.8,
+    "lung_nodule": 0.8,
+    "cardiomegaly": 0.7,
+    "coronary_artery_wall_calcification": 0.8,
+    "emphysema": 0.6,
+}
+SAMPLE_MATRIX = 384
 
 
 # --- measurement helpers ----------------------------------------------------------------------
@@ -154,7 +172,7 @@ def run_conditions(dev: torch.device) -> dict:
 
 
 def choose_chunk(dev: torch.device, model: HyperCT, n_images: int, n_tasks: int) -> int:
-    """Tasks per backbone pass. CPU: the rule of ``hyperct.inference.default_task_chunk`` (largest
+    """Tasks per backbone pass. CPU: the rule of ``hyperct.device.default_task_chunk`` (largest
     activation ~16 MB) for this image count; CUDA: from free memory (~12 live MLP-wide fp32 activations)."""
     cfg = model.backbone.config
     tokens = 1 + cfg.num_register_tokens + (144 // cfg.patch_size) ** 2
@@ -168,6 +186,51 @@ def choose_chunk(dev: torch.device, model: HyperCT, n_images: int, n_tasks: int)
     return max(1, min(n_tasks, int(16e6 // per_task)))
 
 
+def bf16_demo_check(dev: torch.device, n_scans: int) -> dict:
+    """The embedded demo checkpoint with fp32 vs bf16 backbone weights (``to_inference_dtype``) on the
+    viewer's sample scan and ``n_scans - 1`` random phantoms (seeds 0.., matrix 256): the largest
+    logit and probability differences, and calls (probability >= the model's threshold) that flip."""
+    from hyperct.loading import load_model
+    from hyperct.phantom import generate
+    from hyperct.preprocess import preprocess
+
+    loaded = load_model(device=dev)
+    fp32 = loaded.model.eval()
+    low = copy.deepcopy(fp32).to_inference_dtype(torch.bfloat16)
+    th = torch.as_tensor(loaded.thresholds)
+    chunk = default_task_chunk(dev, fp32)
+    scans = [("sample", lambda: generate(SAMPLE_SEED, findings=dict(SAMPLE_FINDINGS), matrix=SAMPLE_MATRIX))]
+    scans += [(f"phantom_{s}", lambda s=s: generate(s, matrix=256)) for s in range(n_scans - 1)]
+    per_scan, near = {}, []
+    for name, make in scans:
+        px = preprocess(make().volume).pixel_values[None].to(dev)
+        with torch.inference_mode():
+            a = fp32(px, task_chunk=chunk)[0].double().cpu()
+            b = low(px, task_chunk=chunk)[0].double().cpu()
+        pa, pb = torch.sigmoid(a), torch.sigmoid(b)
+        flips = torch.nonzero((pa >= th) != (pb >= th)).flatten().tolist()
+        near.append((pa - th).abs())
+        per_scan[name] = {
+            "max_abs_logit_diff": round((a - b).abs().max().item(), 5),
+            "max_abs_prob_diff": round((pa - pb).abs().max().item(), 5),
+            "call_flips": len(flips),
+            "flipped_fp32_prob_minus_threshold": [round((pa[i] - th[i]).item(), 6) for i in flips],
+        }
+    near = torch.cat(near)
+    return {
+        "model": f"{loaded.name} v{loaded.version} (embedded demo checkpoint)",
+        "scans": len(scans),
+        "task_chunk": chunk,
+        "max_abs_logit_diff": max(r["max_abs_logit_diff"] for r in per_scan.values()),
+        "max_abs_prob_diff": max(r["max_abs_prob_diff"] for r in per_scan.values()),
+        "call_flips": sum(r["call_flips"] for r in per_scan.values()),
+        "calls": int(near.numel()),
+        "fp32_probs_within_0.01_of_threshold": int((near < 0.01).sum()),
+        "within_tolerance": max(r["max_abs_prob_diff"] for r in per_scan.values()) <= BF16_PROB_TOL,
+        "per_scan": per_scan,
+    }
+
+
 # --- the benchmark ------------------------------------------------------------------------------
 
 
@@ -179,6 +242,20 @@ def main() -> None:
     ap.add_argument("--tasks", type=int, default=25, help="findings scored (first K)")
     ap.add_argument("--repeats", type=int, default=3, help="interleaved timed rounds (after one warm-up)")
     ap.add_argument("--compile", action="store_true", help="torch.compile the batched pass's blocks (CUDA)")
+    ap.add_argument(
+        "--dtype",
+        default="bf16",
+        choices=["fp32", "bf16"],
+        help="bf16 (default): also time the batched pass with bf16 backbone weights; fp32: fp32 arms only",
+    )
+    ap.add_argument(
+        "--bf16-check-scans",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --dtype bf16: also compare bf16 vs fp32 weights of the demo checkpoint on N scans "
+        "(the viewer's sample + N-1 phantoms)",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", help="also write the JSON here")
     args = ap.parse_args()
@@ -198,6 +275,7 @@ def main() -> None:
             head.weight[n_a:].normal_(0, 0.05)
             head.bias[n_a:].normal_(0, 0.05)
     model = model.to(dev).eval()
+    bf16_model = copy.deepcopy(model).to_inference_dtype(torch.bfloat16) if args.dtype == "bf16" else None
     authors = AuthorsStyleHyperCT(model)
     merged = MergedPerTask(model)
     cfg = model.backbone.config
@@ -210,6 +288,8 @@ def main() -> None:
     blocks = model._blocks
     if args.compile:
         model._blocks = torch.compile(blocks, dynamic=False)
+        if bf16_model is not None:
+            bf16_model._blocks = torch.compile(bf16_model._blocks, dynamic=False)
 
     def t_generation():  # what every per-task arm pays once per task in authors' style
         with torch.no_grad():
@@ -221,6 +301,8 @@ def main() -> None:
         "batched": lambda: model(px, tasks, task_chunk=chunk),  # product default chunk, cached factors
         "batched_one_pass": lambda: model(px, tasks, task_chunk=K),
     }
+    if bf16_model is not None:
+        arms["batched_bf16_weights"] = lambda: bf16_model(px, tasks, task_chunk=chunk)
     if dev.type == "cuda":
 
         def batched_bf16():
@@ -244,7 +326,7 @@ def main() -> None:
     equivalence = {"tolerance": f"|x - batched| <= {ATOL} + {RTOL} * |batched| (fp32)"}
     ok = True
     for name, val in logits.items():
-        if name in ("batched", "batched_bf16"):
+        if name in ("batched", "batched_bf16", "batched_bf16_weights"):
             continue
         diff = (val - ref).abs().max().item()
         passed = bool(torch.all((val - ref).abs() <= ATOL + RTOL * ref.abs()).item())
@@ -254,6 +336,13 @@ def main() -> None:
     equivalence["passed"] = ok
     if "batched_bf16" in logits:
         equivalence["batched_bf16_max_abs_diff_vs_fp32"] = (logits["batched_bf16"] - ref).abs().max().item()
+    if "batched_bf16_weights" in logits:
+        low = logits["batched_bf16_weights"]
+        dp = (torch.sigmoid(low.double()) - torch.sigmoid(ref.double())).abs().max().item()
+        equivalence["bf16_weights_tolerance"] = f"|p_bf16 - p_fp32| <= {BF16_PROB_TOL} (p = sigmoid(logit))"
+        equivalence["batched_bf16_weights_max_abs_diff_vs_fp32"] = (low - ref).abs().max().item()
+        equivalence["batched_bf16_weights_max_abs_prob_diff_vs_fp32"] = dp
+        equivalence["bf16_weights_within_tolerance"] = dp <= BF16_PROB_TOL
     if not ok:
         emit_json({"error": "variants disagree", "equivalence": equivalence}, args.out)
         sys.exit(1)
@@ -261,8 +350,13 @@ def main() -> None:
     # 2. interleaved timing (arm order shuffled every round)
     times: dict[str, list[float]] = {name: [] for name in arms}
     rng = random.Random(args.seed)
+    n_peak = 8192 if dev.type == "cuda" else 2048
+    peak_fp32 = peak_bf16 = 0.0
     with torch.inference_mode():
         for _ in range(args.repeats):
+            # the practical peak, measured every round too (on a shared machine the load varies)
+            peak_fp32 = max(peak_fp32, matmul_peak_gflops(dev, torch.float32, n_peak, repeats=2))
+            peak_bf16 = max(peak_bf16, matmul_peak_gflops(dev, torch.bfloat16, n_peak, repeats=2))
             order = list(arms)
             rng.shuffle(order)
             for name in order:
@@ -287,15 +381,20 @@ def main() -> None:
             sync(dev)
             authors_gen_ms.append((time.perf_counter() - t) * 1000)
 
+    demo_check = (
+        bf16_demo_check(dev, args.bf16_check_scans)
+        if bf16_model is not None and args.bf16_check_scans
+        else None
+    )
     fl = flops(model, K, N, tokens)
-    peak_fp32 = matmul_peak_gflops(dev, torch.float32, 8192 if dev.type == "cuda" else 2048)
-    peak_bf16 = matmul_peak_gflops(dev, torch.bfloat16, 8192) if dev.type == "cuda" else None
+    peak_fp32 = max(peak_fp32, matmul_peak_gflops(dev, torch.float32, n_peak))
+    peak_bf16 = max(peak_bf16, matmul_peak_gflops(dev, torch.bfloat16, n_peak))
     load_after = os.getloadavg()
 
     def summary(name):
         ms = times[name]
         best = min(ms)
-        peak = peak_bf16 if name == "batched_bf16" else peak_fp32
+        peak = peak_bf16 if name in ("batched_bf16", "batched_bf16_weights") else peak_fp32
         gflops = fl["total"] / (best / 1000) / 1e9
         return {
             "min_ms": round(best, 1),
@@ -318,9 +417,11 @@ def main() -> None:
         "tokens_per_image": tokens,
         "task_chunk": chunk,
         "backbone_passes_batched": -(-K // chunk),
-        "task_chunk_rule": "CUDA: from free memory; CPU: hyperct.inference.default_task_chunk's rule "
+        "task_chunk_rule": "CUDA: from free memory; CPU: hyperct.device.default_task_chunk's rule "
         "(largest activation ~16 MB) for this image count",
-        "dtype": "fp32" + (" (batched_bf16: bf16 autocast)" if dev.type == "cuda" else ""),
+        "dtype": "fp32"
+        + (" (batched_bf16: bf16 autocast)" if dev.type == "cuda" else "")
+        + (" (batched_bf16_weights: bf16 backbone weights)" if bf16_model is not None else ""),
         "compiled": args.compile,
         "repeats": args.repeats,
         "authors_style_ms": a,
@@ -328,10 +429,14 @@ def main() -> None:
         "batched_ms": b,
         "batched_one_pass_ms": b1,
         "batched_bf16_ms": arms_out.get("batched_bf16", {}).get("min_ms"),
+        "batched_bf16_weights_ms": arms_out.get("batched_bf16_weights", {}).get("min_ms"),
         "speedup_batched_vs_authors_style": round(a / b, 2),
         "speedup_batched_vs_merged": round(m / b, 2),
         "speedup_merged_vs_authors_style": round(a / m, 2),
         "speedup_one_pass_vs_default_chunk": round(b / b1, 2),
+        "speedup_bf16_weights_vs_batched": (
+            round(b / arms_out["batched_bf16_weights"]["min_ms"], 2) if bf16_model is not None else None
+        ),
         "timing": "min over interleaved repeats (medians in arms)",
         "arms": arms_out,
         "lora_generation_all_tasks_batched_ms": round(min(gen_ms), 2),
@@ -339,8 +444,9 @@ def main() -> None:
         "gflop_per_scan": round(fl["total"] / 1e9, 2),
         "lora_flop_fraction": round(fl["lora"] / fl["total"], 4),
         "matmul_peak_gflops": round(peak_fp32, 1),
-        "matmul_peak_bf16_gflops": round(peak_bf16, 1) if peak_bf16 else None,
+        "matmul_peak_bf16_gflops": round(peak_bf16, 1),
         "equivalence": equivalence,
+        "bf16_weights_demo_checkpoint": demo_check,
         "ru_maxrss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "conditions": {
             **run_conditions(dev),
