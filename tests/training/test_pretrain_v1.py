@@ -307,6 +307,74 @@ def test_resume_starts_from_the_saved_weights(tmp_path):
         pretrain_backbone(cfg, out)
 
 
+def _tiny_run_config(cache, kind):
+    phantoms = {"type": "phantom", "matrix": 48, "n_slices": 24, "findings": {"pleural_effusion": 0.7}}
+    bag = kind != "plain"
+    return PretrainConfig.load(
+        None,
+        {
+            "seed": 7,
+            "backbone": dict(TINY_BACKBONE),
+            "data": {
+                "train": dict(phantoms, count=2, first_seed=61000, pair="normal" if bag else None),
+                "cache_dir": str(cache),
+                "prepare_workers": 0,
+                "fresh_seeds": kind == "fresh",
+                "keep_blocks": False,
+            },
+            "optim": {
+                "epochs": 2,
+                "warmup_steps": 1,
+                "phantoms_per_step": 1,
+                "images_per_phantom": 6,
+                "lr": 3e-3,
+                "loss": "balanced" if bag else "bce",
+                "bag_loss_weight": 1.0 if bag else 0.0,
+                "bag_min": 4,
+                "bag_max": 8,
+            },
+        },
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["plain", "bag", "fresh"])
+def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path, kind):
+    import shutil
+
+    from safetensors.torch import load_file
+
+    def result(out):
+        tensors = {
+            f: load_file(out / f)
+            for f in ("model.safetensors", "last/model.safetensors", "last/optimizer.safetensors")
+        }
+        log = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+        return tensors, [{k: v for k, v in e.items() if k != "seconds"} for e in log]
+
+    whole, parts = tmp_path / "whole" / "bb", tmp_path / "parts" / "bb"
+    pretrain_backbone(_tiny_run_config(tmp_path / "whole" / "cache", kind), whole)
+    pretrain_backbone(_tiny_run_config(tmp_path / "parts" / "cache", kind), parts, stop_after=1)
+    mid = load_file(parts / "model.safetensors")
+    if kind == "plain":  # a state written before the generators were saved still resumes
+        old = tmp_path / "old" / "bb"
+        shutil.copytree(parts, old)
+        (old / "last" / "rng.safetensors").unlink()
+        doc = json.loads((old / "last" / "state.json").read_text())
+        del doc["rng"]
+        (old / "last" / "state.json").write_text(json.dumps(doc))
+        pretrain_backbone(resume_config(old), old, resume=True)
+        assert [e["epoch"] for e in result(old)[1]] == [1, 2]
+    pretrain_backbone(resume_config(parts), parts, resume=True)
+    (want, want_log), (got, got_log) = result(whole), result(parts)
+    assert got_log == want_log and [e["epoch"] for e in got_log] == [1, 2]
+    for f in want:
+        assert want[f].keys() == got[f].keys()
+        for k in want[f]:
+            assert torch.equal(want[f][k], got[f][k]), (f, k)
+    assert any(not torch.equal(mid[k], got["model.safetensors"][k]) for k in mid)  # epoch 2 moved them
+
+
 def test_v1_config_checks():
     from hyperct.errors import ConfigError
 

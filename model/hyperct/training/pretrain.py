@@ -40,8 +40,11 @@ Stage 1 v1 (``configs/demo_backbone_v1.yaml``; issue 18) adds what the pooled fe
   ``data.cache_compress``) cache;
 * **stop and continue**: after every epoch the run folder gets the backbone (``config.json`` +
   ``model.safetensors``), ``log.jsonl`` (one line of metrics per epoch) and ``last/`` (resume
-  state: backbone, heads, AdamW moments, the next block). ``hyperct pretrain --resume DIR
-  [--epochs N]`` continues on a NEW block of seeds (never re-reading the block it stopped in).
+  state: backbone, heads, AdamW moments, the random generators, the next block). ``hyperct
+  pretrain --resume DIR [--epochs N]`` continues on a NEW block of seeds (never re-reading the
+  block it stopped in). With the same ``optim.epochs``, a run stopped after any epoch (with fresh
+  seeds: after the last epoch of a block) and resumed ends with the weights of an uninterrupted
+  run, bit for bit on the CPU.
 
 The configuration (fields, defaults, checks) is ``hyperct.training.pretrain_config.PretrainConfig``,
 read from the YAML files below and validated once at load.
@@ -91,7 +94,7 @@ from hyperct.training.pretrain_config import (  # noqa: F401 - LOSSES and load_p
     load_pretrain_config,
 )
 from hyperct.training.progress import progress_bar
-from hyperct.training.state import join_optimizer_state, split_optimizer_state
+from hyperct.training.state import join_optimizer_state, rng_state, set_rng_state, split_optimizer_state
 
 LOG_FILE = "log.jsonl"
 STATE_DIR = "last"
@@ -401,7 +404,13 @@ class _Blocks:
 
 
 def _save_run_state(out: Path, module: nn.Module, optimizer, names: list[list[str]], state: dict) -> None:
-    """``out/last``: backbone + heads, AdamW moments per parameter name, state.json (atomic)."""
+    """``out/last``: backbone + heads, AdamW moments per parameter name, the random generators'
+    states (``rng.safetensors`` + ``state.json``'s ``rng``), state.json (atomic).
+
+    The generators matter: in training mode the DINOv3 backbone rescales its RoPE coordinates by
+    random draws from torch's generator (``pos_embed_rescale``), so a resumed run continues exactly
+    where an uninterrupted one would only with the generator state of the end of its last epoch.
+    """
     from safetensors.torch import save_file
 
     with replacing_folder(out / STATE_DIR) as tmp:
@@ -414,6 +423,8 @@ def _save_run_state(out: Path, module: nn.Module, optimizer, names: list[list[st
         opt = optimizer.state_dict()
         tensors, scalars = split_optimizer_state(opt["state"], [n for group in names for n in group])
         save_file(tensors, str(tmp / "optimizer.safetensors"), metadata={"format": "pt"})
+        rng_tensors, rng_meta = rng_state()
+        save_file(rng_tensors, str(tmp / "rng.safetensors"), metadata={"format": "pt"})
         groups = [{k: v for k, v in g.items() if k != "params"} for g in opt["param_groups"]]
         doc = dict(
             state,
@@ -422,11 +433,14 @@ def _save_run_state(out: Path, module: nn.Module, optimizer, names: list[list[st
             param_names=names,
             param_groups=groups,
             optimizer_scalars=scalars,
+            rng=rng_meta,
         )
         (tmp / "state.json").write_text(json.dumps(doc, indent=1, default=str) + "\n", encoding="utf-8")
 
 
 def _load_run_state(out: Path, module: nn.Module, optimizer, names: list[list[str]]) -> dict:
+    """Restore the backbone, heads and AdamW state of ``out/last``; returns its state.json (see
+    ``_restore_rng`` for the generators)."""
     from hyperct.errors import CheckpointError
     from hyperct.training.state import _read_tensors
 
@@ -455,6 +469,17 @@ def _load_run_state(out: Path, module: nn.Module, optimizer, names: list[list[st
         offset += len(group_names)
     optimizer.load_state_dict({"state": state, "param_groups": groups})
     return doc
+
+
+def _restore_rng(out: Path, doc: dict) -> None:
+    """Set the random generators to their state at the end of the saved epoch. A state written before
+    they were saved (no ``rng.safetensors``) leaves them as they are: the run goes on, but its RoPE
+    draws are not those of an uninterrupted run."""
+    from hyperct.training.state import _read_tensors
+
+    path = out / STATE_DIR / "rng.safetensors"
+    if "rng" in doc and path.is_file():
+        set_rng_state(_read_tensors(path), doc["rng"])
 
 
 def _append_log(out: Path, entry: dict) -> None:
@@ -590,7 +615,9 @@ def pretrain_backbone(
         if resume:
             doc = _load_run_state(out, module, optimizer, names)
             step, first_epoch = int(doc["step"]), int(doc["epoch"]) + 1
-            block, epoch_in_block = int(doc["next_block"]), 0  # new seeds, never the block it stopped in
+            # fresh seeds: a new block, never the one it stopped in (without them the block number
+            # only seeds the bag draws, which go on as in an uninterrupted run)
+            block, epoch_in_block = int(doc["next_block"] if fresh else doc["block"]), 0
             if fresh and not dc.keep_blocks:  # the block it stopped in is not used again
                 blocks.drop(blocks._dataset(int(doc["block"]), prepare=False))
             log = _read_log(out, first_epoch - 1)
@@ -602,6 +629,8 @@ def pretrain_backbone(
         epochs = oc.epochs
         total = steps_per_epoch * epochs
         start = time.time()
+        if resume:  # (here: what follows draws as it would have after the saved epoch)
+            _restore_rng(out, doc)
         if fresh and first_epoch <= epochs:
             train = blocks.get(block)
         done = 0
