@@ -59,16 +59,6 @@ from hyperct.network.reference import AuthorsStyleHyperCT, MergedPerTask  # noqa
 
 ATOL, RTOL = 1e-4, 1e-4  # fp32 logits: |a - b| <= ATOL + RTOL * |b|
 BF16_PROB_TOL = 0.01  # bf16 weights: |sigmoid(bf16 logit) - sigmoid(fp32 logit)| <= this
-# The viewer's sample scan (hyperct_viewer/sample.py; not imported: that module pulls in napari)
-SAMPLE_SEED = 20251
-SAMPLE_FINDINGS = {
-    "pleural_effusion": 0.8,
-    "lung_nodule": 0.8,
-    "cardiomegaly": 0.7,
-    "coronary_artery_wall_calcification": 0.8,
-    "emphysema": 0.6,
-}
-SAMPLE_MATRIX = 384
 
 
 # --- measurement helpers ----------------------------------------------------------------------
@@ -191,7 +181,7 @@ def bf16_demo_check(dev: torch.device, n_scans: int) -> dict:
     viewer's sample scan and ``n_scans - 1`` random phantoms (seeds 0.., matrix 256): the largest
     logit and probability differences, and calls (probability >= the model's threshold) that flip."""
     from hyperct.loading import load_model
-    from hyperct.phantom import generate
+    from hyperct.phantom import generate, sample_phantom
     from hyperct.preprocess import preprocess
 
     loaded = load_model(device=dev)
@@ -199,7 +189,7 @@ def bf16_demo_check(dev: torch.device, n_scans: int) -> dict:
     low = copy.deepcopy(fp32).to_inference_dtype(torch.bfloat16)
     th = torch.as_tensor(loaded.thresholds)
     chunk = default_task_chunk(dev, fp32)
-    scans = [("sample", lambda: generate(SAMPLE_SEED, findings=dict(SAMPLE_FINDINGS), matrix=SAMPLE_MATRIX))]
+    scans = [("sample", sample_phantom)]
     scans += [(f"phantom_{s}", lambda s=s: generate(s, matrix=256)) for s in range(n_scans - 1)]
     per_scan, near = {}, []
     for name, make in scans:

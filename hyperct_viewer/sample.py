@@ -8,24 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from hyperct.phantom.bundled import sample_phantom
 from hyperct.volume import NAPARI_AXIS_LABELS
 from hyperct_viewer.layers import ct_layer_data
-
-SAMPLE_SEED = 20251
-SAMPLE_FINDINGS = {
-    "pleural_effusion": 0.8,
-    "lung_nodule": 0.8,
-    "cardiomegaly": 0.7,
-    "coronary_artery_wall_calcification": 0.8,
-    "emphysema": 0.6,
-}
-SAMPLE_MATRIX = 384
-
-
-def sample_phantom():
-    from hyperct.phantom import generate
-
-    return generate(SAMPLE_SEED, findings=dict(SAMPLE_FINDINGS), matrix=SAMPLE_MATRIX)
 
 
 def synthetic_chest_ct() -> list:

@@ -11,6 +11,7 @@ API::
 
     ph = generate(seed, findings=None, *, matrix=512, n_slices=None, labels_from_findings=True)
     sample_findings(seed) -> dict[finding_id, severity]
+    sample_phantom()  # the bundled sample scan (viewer sample data, screenshots, benchmarks)
     write_dicom_series(ph.volume, out_dir, orientation="axial", slice_order="ascending",
                        transfer_syntax="explicit", localizer=False, second_series=False)
     write_nifti(volume_or_array, path, like=None)
@@ -18,6 +19,7 @@ API::
 
 from __future__ import annotations
 
+from hyperct.phantom.bundled import sample_phantom
 from hyperct.phantom.generator import GENERATOR_VERSION, Phantom, generate, generate_from_spec
 from hyperct.phantom.sampling import sample_findings
 
@@ -27,6 +29,7 @@ __all__ = [
     "generate",
     "generate_from_spec",
     "sample_findings",
+    "sample_phantom",
     "write_dicom_series",
     "write_nifti",
 ]
