@@ -5,8 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-# re-exported: tests/training/test_pretrain*.py still import TINY_BACKBONE from here
-from tests.support.models import TINY_BACKBONE as TINY_BACKBONE
 from tests.support.models import tiny_model
 
 

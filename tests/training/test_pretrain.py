@@ -14,7 +14,7 @@ from hyperct.findings import catalogue
 from hyperct.network.backbone import load_backbone
 from hyperct.preprocess import model_to_source_coords
 from hyperct.training.token_labels import TOKEN_SHAPE, token_labels
-from tests.engine.conftest import TINY_BACKBONE
+from tests.support.models import TINY_BACKBONE
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 

@@ -24,7 +24,7 @@ from hyperct.training.pretrain import (
     sample_bag,
 )
 from hyperct.training.token_labels import TOKEN_SHAPE, token_labels
-from tests.engine.conftest import TINY_BACKBONE
+from tests.support.models import TINY_BACKBONE
 
 NODULE = catalogue().index("lung_nodule")
 EFFUSION = catalogue().index("pleural_effusion")
@@ -445,7 +445,7 @@ def test_positive_task_draw_is_a_config_option_off_by_default():
 @pytest.mark.parametrize("draw", ["uniform", "positive"])
 def test_trainer_hands_the_task_draw_to_the_epoch_plan(tmp_path, synthetic, monkeypatch, draw):
     import hyperct.training.trainer as T
-    from tests.training.conftest import tiny_config
+    from tests.support.training import tiny_config
 
     seen = []
     plan = T.epoch_plan
