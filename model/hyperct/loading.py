@@ -1,4 +1,5 @@
-"""Load a HyperCT model for use: the embedded demo by default, on the best available device."""
+"""Load a HyperCT model for use: the embedded demo by default, on the best available device, with
+fp32 (default) or bf16 backbone weights on a CPU (``WEIGHTS_DTYPES``)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,12 @@ from hyperct.errors import CheckpointError
 from hyperct.findings import catalogue
 from hyperct.network.hyperct import HyperCT
 
+# Backbone weight dtypes for inference (``load_model(dtype=...)``, ``--dtype``). "bf16" is for CPUs:
+# the backbone runs in bf16 end to end (``HyperCT.to_inference_dtype``), 1.6-5x faster than fp32 on
+# CPUs with bf16 matmuls, probabilities within 0.01 of fp32 (benchmarks/results/inference_cpu_demo.json);
+# a call within that of its threshold can flip. On a GPU the pass already runs under bf16 autocast.
+WEIGHTS_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
 
 def demo_model_dir() -> Path:
     """The embedded demo checkpoint (trained on synthetic phantoms; not a medical device)."""
@@ -30,6 +37,7 @@ class LoadedModel:
     directory: Path
     device: torch.device
     is_demo: bool
+    weights_dtype: str = "fp32"  # the backbone's weights: "fp32" or "bf16" (``WEIGHTS_DTYPES``)
 
     @property
     def name(self) -> str:
@@ -50,7 +58,8 @@ class LoadedModel:
 
     def describe(self) -> str:
         tag = " [DEMO: synthetic training data, no clinical validity]" if self.is_demo else ""
-        return f"{self.name} v{self.version} on {self.device}{tag}"
+        weights = ", bf16 backbone weights" if self.weights_dtype == "bf16" else ""
+        return f"{self.name} v{self.version} on {self.device}{weights}{tag}"
 
 
 def load_model(
@@ -58,8 +67,17 @@ def load_model(
     *,
     backbone_dir: str | Path | None = None,
     device: str | torch.device | None = "auto",
+    dtype: str = "fp32",
 ) -> LoadedModel:
-    """Load a checkpoint folder (default: the embedded demo) onto ``device``."""
+    """Load a checkpoint folder (default: the embedded demo) onto ``device``.
+
+    ``dtype`` "bf16" puts the backbone's weights in bf16 on a CPU (``WEIGHTS_DTYPES``; inference
+    only). On a GPU it changes nothing (the pass runs under bf16 autocast there): the weights stay
+    fp32 and ``weights_dtype`` says so; the CLI refuses ``--dtype bf16`` with an explicit
+    ``--device cuda``.
+    """
+    if dtype not in WEIGHTS_DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(WEIGHTS_DTYPES)}, got {dtype!r}")
     dev = resolve_device(device)
     is_demo = model_dir is None
     directory = demo_model_dir() if is_demo else Path(model_dir)
@@ -70,10 +88,14 @@ def load_model(
             hint="reinstall hyperct-viewer, or pass --model DIR with a trained checkpoint",
         )
     model, manifest = load_checkpoint(directory, backbone_dir=backbone_dir, map_location=dev)
+    weights_dtype = dtype if dev.type == "cpu" else "fp32"
+    if weights_dtype != "fp32":
+        model.to_inference_dtype(WEIGHTS_DTYPES[weights_dtype])
     return LoadedModel(
         model=model,
         manifest=manifest,
         directory=directory,
         device=dev,
         is_demo=bool(is_demo or manifest.raw.get("demo")),
+        weights_dtype=weights_dtype,
     )

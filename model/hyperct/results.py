@@ -62,6 +62,7 @@ class ModelInfo:
     intended_use: str
     threshold_method: str
     directory: str
+    weights_dtype: str = "fp32"  # the backbone's weights at inference: "fp32" or "bf16" (--dtype bf16)
 
 
 @dataclass

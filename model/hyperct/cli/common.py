@@ -90,6 +90,13 @@ def whole_number(least: int) -> Callable[[str], int]:
 MODEL_HELP = "checkpoint folder (default: the embedded demo model)"
 BACKBONE_HELP = "DINOv3 backbone folder, for checkpoints with external backbone weights"
 DEVICE_HELP = "auto (default), cuda, cuda:N or cpu"
+DTYPE_HELP = (
+    "backbone weights for inference: fp32 (default) or bf16 (CPUs only: faster on CPUs with bf16 "
+    "matmuls, e.g. AVX-512 BF16/AMX, probabilities within 0.01 of fp32, so a call near its threshold can "
+    "differ; recorded in the reports as model.weights_dtype). On a GPU the pass already runs under bf16 "
+    "autocast: bf16 with --device cuda is refused, with --device auto on a GPU it is ignored (a note says "
+    "so). The CPU time estimate printed before a long run is the fp32 one"
+)
 
 
 def add_model_args(
@@ -98,11 +105,39 @@ def add_model_args(
     device_default: str | None = "auto",
     device_help: str = DEVICE_HELP,
     device_choices: list[str] | None = None,
+    dtype: bool = False,
 ) -> None:
-    """``--model DIR``, ``--backbone DIR`` and ``--device``: which checkpoint runs, and where."""
+    """``--model DIR``, ``--backbone DIR`` and ``--device``: which checkpoint runs, and where; with
+    ``dtype``, also ``--dtype {fp32,bf16}`` (the backbone's weights; check it with ``weights_dtype``)."""
     p.add_argument("--model", metavar="DIR", help=MODEL_HELP)
     p.add_argument("--backbone", metavar="DIR", help=BACKBONE_HELP)
     p.add_argument("--device", default=device_default, choices=device_choices, help=device_help)
+    if dtype:
+        p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help=DTYPE_HELP)
+
+
+def weights_dtype(args: argparse.Namespace) -> str:
+    """``args.dtype`` ("fp32" without a ``--dtype`` argument); ``UsageError`` for bf16 with an
+    explicit CUDA ``--device`` (the GPU pass already runs under bf16 autocast)."""
+    dtype = getattr(args, "dtype", None) or "fp32"
+    device = str(getattr(args, "device", None) or "auto").lower()
+    if dtype == "bf16" and device.startswith("cuda"):
+        raise UsageError(
+            f"--dtype bf16 is for CPUs; on a GPU ({device}) the pass already runs under bf16 autocast "
+            "-> drop --dtype bf16, or use --device cpu"
+        )
+    return dtype
+
+
+def dtype_note(requested: str, loaded) -> str | None:
+    """A line for stderr when ``--dtype bf16`` was asked for but the weights stayed fp32 (the model
+    went to a GPU with ``--device auto``); None otherwise."""
+    if requested == "bf16" and loaded.weights_dtype != "bf16":
+        return (
+            f"--dtype bf16 ignored: the model runs on {loaded.device}, where the pass already uses bf16 "
+            "autocast (backbone weights stay fp32)"
+        )
+    return None
 
 
 def add_overwrite_arg(p: argparse.ArgumentParser, what: str = "existing output files") -> None:

@@ -24,8 +24,10 @@ from hyperct.cli.common import (
     add_overwrite_arg,
     add_report_args,
     add_scoring_args,
+    dtype_note,
     finding_ids,
     read_manifest,
+    weights_dtype,
 )
 from hyperct.errors import naming
 
@@ -120,7 +122,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         action="store_true",
         help="score every usable CT series of every study (one report each) instead of one per study",
     )
-    add_model_args(p)
+    add_model_args(p, dtype=True)
     add_scoring_args(p)
     p.add_argument("--out", metavar="DIR", help="output folder (default: current folder)")
     p.add_argument(
@@ -182,7 +184,8 @@ def _table(result, label: str) -> str:
 
     m = result.model
     demo = " [DEMO model: synthetic training data, no clinical validity]" if m.is_demo else ""
-    lines = [f"{label}", f"  {m.name} v{m.version} on {result.device}{demo}. {DISCLAIMER}"]
+    weights = ", bf16 backbone weights" if m.weights_dtype == "bf16" else ""
+    lines = [f"{label}", f"  {m.name} v{m.version} on {result.device}{weights}{demo}. {DISCLAIMER}"]
     lines.append(f"  {'Finding':<40} {'Group':<14} {'Prob.':>7} {'Thr.':>6}  Call")
     for f in result.findings:
         p = (
@@ -321,20 +324,27 @@ def run(args: argparse.Namespace) -> int:
     findings = finding_ids(args.findings)
     if args.saliency_findings and args.saliency_findings != "all":
         finding_ids(args.saliency_findings)
+    dtype = weights_dtype(args)
 
     from hyperct.errors import HyperCTError
     from hyperct.io.selection import plan_input
     from hyperct.loading import load_model
 
-    loaded = load_model(args.model, backbone_dir=args.backbone, device=args.device)  # errors: exit 3
+    # errors: exit 3
+    loaded = load_model(args.model, backbone_dir=args.backbone, device=args.device, dtype=dtype)
     print(f"hyperct predict: {loaded.describe()}", file=sys.stderr)
+    note = dtype_note(dtype, loaded)
+    if note:
+        print(f"hyperct predict: {note}", file=sys.stderr)
     from hyperct.inference import estimated_cpu_seconds
 
     n_tasks = len(args.findings.split(",")) if args.findings else 25
     eta = estimated_cpu_seconds(loaded, n_tasks)
     if eta is not None and eta > 60:  # e.g. the real ViT-B on a laptop: say so before it looks hung
         print(
-            f"hyperct predict: this model on the CPU takes about {eta / 60:.0f} min per scan (estimate); "
+            f"hyperct predict: this model on the CPU takes about {eta / 60:.0f} min per scan (estimate"
+            + (", fp32: less with these bf16 weights" if loaded.weights_dtype == "bf16" else "")
+            + "); "
             "a CUDA GPU takes seconds (--device cuda)",
             file=sys.stderr,
         )

@@ -16,8 +16,10 @@ from hyperct.cli.common import (
     add_model_args,
     add_report_args,
     add_scoring_args,
+    dtype_note,
     finding_ids,
     read_manifest,
+    weights_dtype,
     whole_number,
 )
 
@@ -87,7 +89,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument(
         "--out", required=True, metavar="RESULTS", help="results folder (created; reused to resume)"
     )
-    add_model_args(p, device_help="auto (default; cuda:LOCAL_RANK under torchrun), cuda, cuda:N or cpu")
+    add_model_args(
+        p, device_help="auto (default; cuda:LOCAL_RANK under torchrun), cuda, cuda:N or cpu", dtype=True
+    )
     add_scoring_args(p, describe_methods=False)
     p.add_argument(
         "--batch-size",
@@ -130,6 +134,7 @@ def run(args: argparse.Namespace) -> int:
             f"the archive does not exist ({args.archive}) -> give a folder, DICOMDIR or image file"
         )
     findings = finding_ids(args.findings)
+    dtype = weights_dtype(args)
     if args.archive:
         source = Source(args.archive, None)
     else:
@@ -152,8 +157,19 @@ def run(args: argparse.Namespace) -> int:
         reindex=args.reindex,
         quiet=args.quiet,
     )
+    loaded = None
+    if dtype != "fp32":  # screen() loads fp32 weights itself; bf16 ones are loaded here and handed over
+        from hyperct.loading import load_model
+        from hyperct.screening.run import _device
+
+        loaded = load_model(args.model, backbone_dir=args.backbone, device=_device(args.device), dtype=dtype)
+        note = dtype_note(dtype, loaded)
+        if note:
+            print(f"hyperct screen: {note}", file=sys.stderr)
     try:
-        outcome = screen(source, opts, model_dir=args.model, backbone_dir=args.backbone, device=args.device)
+        outcome = screen(
+            source, opts, model_dir=args.model, backbone_dir=args.backbone, device=args.device, loaded=loaded
+        )
     except ScreenInterrupted as exc:
         o = exc.outcome
         print(

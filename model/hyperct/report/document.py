@@ -304,6 +304,7 @@ def build_document(
             "intended_use": m.intended_use,
             "threshold_method": m.threshold_method,
             "device": result.device,
+            "weights_dtype": m.weights_dtype,
         },
         "input": _input_block(result, mode, metadata),
         "preprocessing": json.loads(json.dumps(result.preprocessing, default=str)),
