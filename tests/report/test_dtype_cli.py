@@ -131,3 +131,15 @@ def test_screen_bf16_report_says_bf16(env, fp32_run):
     assert doc["model"]["weights_dtype"] == "bf16"
     p32, p16 = _probs(fp32_run[2]), _probs(doc)
     assert p16.keys() == p32.keys() and max(abs(p16[k] - p32[k]) for k in p32) <= PROB_TOL
+
+
+def test_screen_rescores_a_study_when_the_weights_dtype_changes(env, fp32_run):
+    # resume keeps a study scored with the same configuration; fp32 and bf16 results must not mix
+    out = env / "screen-switch"
+    base = ["screen", str(env / "scan.nii.gz"), "--out", str(out), "--model", str(env / "ckpt")]
+    base += ["--device", "cpu", "--workers", "0", "--json", "--findings", ",".join(_probs(fp32_run[2]))]
+    for dtype in ("fp32", "fp32", "bf16"):
+        rc, _, stderr = run_cli([*base, "--dtype", dtype])
+        assert rc == 0, stderr
+        doc = json.loads(next((out / "reports").glob("*.hyperct.json")).read_text())
+        assert doc["model"]["weights_dtype"] == dtype

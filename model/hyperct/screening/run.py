@@ -452,6 +452,8 @@ def screen(
         todo_all = [e for e in entries if e.status == "score"]
 
         config = {"mode": opts.mode, "model_sha256": loaded.weights_sha256, "findings": opts.findings}
+        if loaded.weights_dtype != "fp32":  # a bf16 run rescores fp32 parts and the reverse (old parts: fp32)
+            config["weights_dtype"] = loaded.weights_dtype
 
         def needs(e: idx.StudyEntry) -> bool:
             part = done.get(e.key)
