@@ -51,8 +51,6 @@ from hyperct.training.datasets.phantoms import (
     DROPPABLE,
     PAIRS,
     PhantomDataset,
-    _fill_in_worker,  # noqa: F401 - the worker pools (pretrain) import them from here
-    _quiet_worker,  # noqa: F401
     drawn_severities,
     dropped_finding,
     phantom_version,
