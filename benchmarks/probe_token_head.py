@@ -1,0 +1,88 @@
+"""Which aggregation of a stage-1 run's own heads separates volumes with a finding from those without?
+
+    python benchmarks/probe_token_head.py --run runs/demo-backbone-v1 [--valid 60] [--out FILE]
+
+Reads a ``hyperct pretrain`` run folder (the backbone and, from ``last/model.safetensors``, its
+pretraining heads) and scores validation phantoms (seeds 200000.., matrix 192, cached volumes
+reused) per finding with: the token head's maximum over all 55 x 81 tokens (``tok_max``) and the
+mean of its top 5 (``tok_top5mean``), the image head's maximum and mean over the 55 images, and the
+bag head on the mean CLS when the run has one. Volume AUC per finding and macro (the phantom's
+labels). Prints JSON. A token head with a high token AUC but a low ``tok_max`` separates lesion
+tokens from easy tokens, not from look-alike normal anatomy (issue 18, the model card).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _output import emit_json  # noqa: E402
+
+from hyperct.findings import catalogue  # noqa: E402
+from hyperct.network.backbone import load_backbone  # noqa: E402
+from hyperct.training.cache import PreprocessCache  # noqa: E402
+from hyperct.training.datasets import PhantomDataset  # noqa: E402
+from hyperct.training.metrics import roc_auc  # noqa: E402
+from hyperct.training.pretrain import PretrainHeads, _ImageSampler, forward_heads  # noqa: E402
+from hyperct.training.state import _read_tensors  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--run", required=True, help="hyperct pretrain run folder (with last/)")
+    ap.add_argument("--valid", type=int, default=60, help="validation phantoms (seeds 200000..)")
+    ap.add_argument("--cache", default="cache/hyperct-demo")
+    ap.add_argument("--out")
+    args = ap.parse_args()
+    backbone = load_backbone(args.run).eval()
+    saved = _read_tensors(str(Path(args.run) / "last" / "model.safetensors"))
+    hs = {k[len("heads.") :]: v for k, v in saved.items() if k.startswith("heads.")}
+    heads = PretrainHeads(
+        backbone.config.hidden_size, 25, volume="volume.weight" in hs, bag="bag.weight" in hs
+    )
+    heads.load_state_dict(hs)
+    ds = PhantomDataset(args.valid, 200000, matrix=192, cache=PreprocessCache(args.cache), prepare=False)
+    ds.prepare()
+    sampler = _ImageSampler(ds)
+    scores: dict[str, list] = {"tok_max": [], "tok_top5mean": [], "img_max": [], "img_mean": []}
+    if heads.bag is not None:
+        scores["bag_mean_cls"] = []
+    with torch.no_grad():
+        for i in range(len(ds)):
+            px, _ = sampler.images(i, np.arange(55))
+            tok, img, cls = forward_heads(backbone, heads, px, with_cls=True)
+            tok = tok.reshape(-1, tok.shape[-1])
+            scores["tok_max"].append(tok.amax(0).numpy())
+            scores["tok_top5mean"].append(tok.topk(5, dim=0).values.mean(0).numpy())
+            scores["img_max"].append(img.amax(0).numpy())
+            scores["img_mean"].append(img.mean(0).numpy())
+            if heads.bag is not None:
+                scores["bag_mean_cls"].append(heads.bag(cls.mean(0)).numpy())
+    y = np.asarray(ds.labels[: len(ds)])
+    out = {
+        "benchmark": "pretrain_heads_volume_auc",
+        "run": args.run,
+        "valid_phantoms": len(ds),
+        "poolings": {},
+    }
+    for name, s in scores.items():
+        s = np.asarray(s)
+        per = {}
+        for k, fid in enumerate(catalogue().ids):
+            known = y[:, k] >= 0
+            if 0 < y[known, k].sum() < known.sum():
+                per[fid] = round(float(roc_auc(y[known, k], s[known, k])), 3)
+        out["poolings"][name] = {
+            "macro_auc": round(float(np.mean(list(per.values()))), 3),
+            "per_finding": per,
+        }
+    emit_json(out, args.out)
+
+
+if __name__ == "__main__":
+    main()
