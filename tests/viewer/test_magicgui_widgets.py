@@ -8,6 +8,8 @@ import inspect
 import numpy as np
 import pytest
 
+from hyperct.saliency import DEFAULT_METHOD, METHODS
+
 
 def _options(name: str) -> dict:
     from hyperct_viewer.widgets.score import score_layer
@@ -24,7 +26,6 @@ def _default(name: str):
 def test_score_widget_offers_exactly_the_engines_saliency_methods_findings_and_devices():
     # headless: the factory's parameter choices, read without building the widget
     from hyperct.findings import catalogue
-    from hyperct.saliency import DEFAULT_METHOD, METHODS
 
     methods = _options("saliency_method")["choices"]
     assert [value for _, value in methods] == list(METHODS)
@@ -138,7 +139,7 @@ def test_score_widget_scores_a_phantom_layer_with_the_demo_model_and_adds_its_ov
     assert result["pleural_effusion"].call == "present"
     assert scored.finding == max(result.positives, key=lambda f: f.probability).id
     overlay = scored.layers[0]
-    assert overlay.name == f"Saliency: {result[scored.finding].name} (Grad-CAM)"
+    assert overlay.name == f"Saliency: {result[scored.finding].name} ({METHODS[DEFAULT_METHOD].name})"
     assert overlay in viewer.layers and viewer.layers.index(overlay) == viewer.layers.index(ct) + 1
     assert overlay.data.shape == ct.data.shape and 0 < overlay.data.max() <= 1
     np.testing.assert_allclose(overlay.extent.world, ct.extent.world)
@@ -146,15 +147,16 @@ def test_score_widget_scores_a_phantom_layer_with_the_demo_model_and_adds_its_ov
 
     # again with another method: a second overlay; the same settings again: that one is updated
     done.clear()
-    widget(image=ct, saliency_method="attention", finding="pleural_effusion").returned.connect(done.append)
+    other = "gradcam" if DEFAULT_METHOD != "gradcam" else "attention"
+    widget(image=ct, saliency_method=other, finding="pleural_effusion").returned.connect(done.append)
     qtbot.waitUntil(lambda: bool(done) and not scorer_for(viewer).jobs.busy, timeout=120000)
     # same folder, device and scan: neither the model is loaded nor the scan scored again
     assert done[0].model is scored.model and done[0].result is result
     names = [ly.name for ly in viewer.layers]
-    assert "Saliency: Pleural effusion (Attention relevance)" in names
+    assert f"Saliency: Pleural effusion ({METHODS[other].name})" in names
     n = len(viewer.layers)
     done.clear()
-    widget(image=ct, saliency_method="attention", finding="pleural_effusion").returned.connect(done.append)
+    widget(image=ct, saliency_method=other, finding="pleural_effusion").returned.connect(done.append)
     qtbot.waitUntil(lambda: bool(done) and not scorer_for(viewer).jobs.busy, timeout=120000)
     assert len(viewer.layers) == n
 
