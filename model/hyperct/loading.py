@@ -99,3 +99,14 @@ def load_model(
         is_demo=bool(is_demo or manifest.raw.get("demo")),
         weights_dtype=weights_dtype,
     )
+
+
+def dtype_note(requested: str, loaded: LoadedModel) -> str | None:
+    """A line for stderr when ``--dtype bf16`` was asked for but the weights stayed fp32 (the model
+    went to a GPU with ``--device auto``); None otherwise."""
+    if requested == "bf16" and loaded.weights_dtype != "bf16":
+        return (
+            f"--dtype bf16 ignored: the model runs on {loaded.device}, where the pass already uses bf16 "
+            "autocast (backbone weights stay fp32)"
+        )
+    return None

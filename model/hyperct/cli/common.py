@@ -129,17 +129,6 @@ def weights_dtype(args: argparse.Namespace) -> str:
     return dtype
 
 
-def dtype_note(requested: str, loaded) -> str | None:
-    """A line for stderr when ``--dtype bf16`` was asked for but the weights stayed fp32 (the model
-    went to a GPU with ``--device auto``); None otherwise."""
-    if requested == "bf16" and loaded.weights_dtype != "bf16":
-        return (
-            f"--dtype bf16 ignored: the model runs on {loaded.device}, where the pass already uses bf16 "
-            "autocast (backbone weights stay fp32)"
-        )
-    return None
-
-
 def add_overwrite_arg(p: argparse.ArgumentParser, what: str = "existing output files") -> None:
     p.add_argument("--overwrite", action="store_true", help=f"replace {what}")
 

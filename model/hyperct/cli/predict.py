@@ -24,7 +24,6 @@ from hyperct.cli.common import (
     add_overwrite_arg,
     add_report_args,
     add_scoring_args,
-    dtype_note,
     finding_ids,
     read_manifest,
     weights_dtype,
@@ -328,7 +327,7 @@ def run(args: argparse.Namespace) -> int:
 
     from hyperct.errors import HyperCTError
     from hyperct.io.selection import plan_input
-    from hyperct.loading import load_model
+    from hyperct.loading import dtype_note, load_model
 
     # errors: exit 3
     loaded = load_model(args.model, backbone_dir=args.backbone, device=args.device, dtype=dtype)

@@ -16,7 +16,6 @@ from hyperct.cli.common import (
     add_model_args,
     add_report_args,
     add_scoring_args,
-    dtype_note,
     finding_ids,
     read_manifest,
     weights_dtype,
@@ -157,18 +156,9 @@ def run(args: argparse.Namespace) -> int:
         reindex=args.reindex,
         quiet=args.quiet,
     )
-    loaded = None
-    if dtype != "fp32":  # screen() loads fp32 weights itself; bf16 ones are loaded here and handed over
-        from hyperct.loading import load_model
-        from hyperct.screening.run import _device
-
-        loaded = load_model(args.model, backbone_dir=args.backbone, device=_device(args.device), dtype=dtype)
-        note = dtype_note(dtype, loaded)
-        if note:
-            print(f"hyperct screen: {note}", file=sys.stderr)
     try:
         outcome = screen(
-            source, opts, model_dir=args.model, backbone_dir=args.backbone, device=args.device, loaded=loaded
+            source, opts, model_dir=args.model, backbone_dir=args.backbone, device=args.device, dtype=dtype
         )
     except ScreenInterrupted as exc:
         o = exc.outcome

@@ -420,6 +420,7 @@ def screen(
     model_dir: str | None = None,
     backbone_dir: str | None = None,
     device: str = "auto",
+    dtype: str = "fp32",
     loaded=None,
 ) -> ScreenOutcome:
     """Index, score and tabulate an archive (see the package docstring). Under ``torchrun`` every rank
@@ -427,7 +428,7 @@ def screen(
     from hyperct.device import resolve_device
     from hyperct.findings import catalogue
     from hyperct.inference import score_pixels
-    from hyperct.loading import load_model
+    from hyperct.loading import dtype_note, load_model
     from hyperct.results import check_scores
     from hyperct.training.distributed import (
         barrier,
@@ -442,7 +443,10 @@ def screen(
     dist = init_distributed(dev.type)
     try:
         if loaded is None:
-            loaded = load_model(model_dir, backbone_dir=backbone_dir, device=dev)
+            loaded = load_model(model_dir, backbone_dir=backbone_dir, device=dev, dtype=dtype)
+        note = dtype_note(dtype, loaded)
+        if note and dist.is_main:
+            _say(note)
         if dist.is_main and not opts.quiet:
             _say(f"{loaded.describe()}; indexing {source.root or 'the manifest'}")
         t_index = time.perf_counter()
