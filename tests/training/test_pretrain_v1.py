@@ -188,7 +188,7 @@ def test_compressed_cache_round_trip_shares_keys_and_deletes(tmp_path):
 # --- fresh seeds, stop and resume -----------------------------------------------------------------
 
 
-def _v1_config(tmp_path, **optim):
+def _v1_config(tmp_path, pair="normal", count=2, **optim):
     phantoms = {
         "type": "phantom",
         "matrix": 48,
@@ -201,7 +201,7 @@ def _v1_config(tmp_path, **optim):
             "seed": 5,
             "backbone": dict(TINY_BACKBONE),
             "data": {
-                "train": dict(phantoms, count=2, first_seed=60000, pair="normal"),
+                "train": dict(phantoms, count=count, first_seed=60000, pair=pair),
                 "valid": dict(phantoms, count=3, first_seed=950),
                 "cache_dir": str(tmp_path / "cache"),
                 "cache_compress": True,
@@ -525,3 +525,93 @@ def test_bags_can_be_made_to_include_a_finding():
     bags = [sample_bag(pos, rng, size_min=8, size_max=8, include=NODULE) for _ in range(50)]
     assert all(10 in b for b in bags)
     assert all(pos[b].any(axis=1).mean() >= 0.5 for b in bags)
+
+
+# --- pair contrast (drop_one twins) ---------------------------------------------------------------
+
+
+def test_pair_contrast_rewards_scoring_the_lesion_above_the_twin_only_where_it_is():
+    from hyperct.training.pretrain import pair_contrast_loss, pair_losses
+
+    k = NODULE
+    a = torch.zeros(2, 3, 25)
+    b = torch.zeros(2, 3, 25)
+    where = torch.tensor([[True, False, False], [False, False, False]])
+    # equal logits: log 2 at the one selected token
+    assert float(pair_contrast_loss(a, b, k, where)) == pytest.approx(np.log(2), abs=1e-6)
+    # the phantom scores the nodule token above its twin: the loss falls; below: it rises
+    a[0, 0, k] = 3.0
+    low = float(pair_contrast_loss(a, b, k, where))
+    a[0, 0, k] = -3.0
+    high = float(pair_contrast_loss(a, b, k, where))
+    assert low < np.log(2) < high
+    # tokens outside ``where`` and other findings do not count
+    a[0, 0, k] = 0.0
+    a[1, 2, k] = -50.0
+    a[0, 0, EFFUSION] = -50.0
+    assert float(pair_contrast_loss(a, b, k, where)) == pytest.approx(np.log(2), abs=1e-6)
+    # nothing selected: 0, with a gradient path
+    none = pair_contrast_loss(a.requires_grad_(), b, k, torch.zeros(2, 3, dtype=torch.bool))
+    assert float(none.detach()) == 0.0 and none.requires_grad
+
+    # a step of two pairs: the first lacks the nodule in its twin, the second lacks nothing
+    sizes = [2, 2, 3, 3]
+    tokens = torch.zeros(10, 81, 25)
+    tokens[1, 40, k] = 1  # image 1 of phantom 0 holds the nodule at token 40
+    tok = torch.zeros(10, 81, 25, requires_grad=True)
+    img = torch.zeros(10, 25, requires_grad=True)
+    bag = torch.zeros(4, 25, requires_grad=True)
+    loss = pair_losses(tok, img, bag, tokens, sizes, [k, None])
+    assert float(loss) == pytest.approx(3 * np.log(2), abs=1e-5)  # token + image + bag terms
+    loss.backward()
+    g_tok, g_img, g_bag = tok.grad, img.grad, bag.grad
+    assert g_tok[1, 40, k] < 0 and g_tok[3, 40, k] > 0  # raise the lesion token, lower the twin's
+    assert int((g_tok != 0).sum()) == 2  # nowhere else
+    assert g_img[1, k] < 0 and g_img[3, k] > 0 and int((g_img != 0).sum()) == 2
+    assert g_bag[0, k] < 0 and g_bag[1, k] > 0 and int((g_bag != 0).sum()) == 2  # pair 2: no term
+    assert float(pair_losses(tok, img, bag, tokens, sizes, [None, None])) == 0.0
+
+
+def test_pair_contrast_needs_drop_one_twins():
+    from hyperct.errors import ConfigError
+
+    for pair in ("normal", None):
+        train = {"type": "phantom", "count": 2, "pair": pair}
+        with pytest.raises(ConfigError, match="pair_loss_weight.*drop_one"):
+            load_pretrain_config(
+                None, {"data": {"train": train}, "optim": {"bag_loss_weight": 1.0, "pair_loss_weight": 1.0}}
+            )
+    cfg = PretrainConfig.load(
+        None,
+        {
+            "data": {"train": {"type": "phantom", "count": 2, "pair": "drop_one"}},
+            "optim": {"bag_loss_weight": 1.0, "pair_loss_weight": 0.5},
+        },
+    )
+    assert cfg.optim.pair_loss_weight == 0.5
+
+
+@pytest.mark.slow
+def test_drop_one_pretraining_with_the_pair_contrast_logs_it(tmp_path):
+    cfg = _v1_config(tmp_path, pair="drop_one", count=4, epochs=1, pair_loss_weight=1.0)
+    out = tmp_path / "bb"
+    pretrain_backbone(cfg, out)
+    (entry,) = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    assert entry["pair_loss"] > 0  # some pair lacked a finding, and the term was part of the loss
+
+
+def test_a_resume_with_new_settings_keeps_them_for_the_next_resume_and_the_old_ones_beside(tmp_path):
+    from hyperct.training.pretrain import _record_resumed_config
+
+    before = _v1_config(tmp_path, pair="drop_one")
+    (tmp_path / "pretrain_config.yaml").write_text(before.dump(), encoding="utf-8")
+    same = resume_config(tmp_path)
+    _record_resumed_config(tmp_path, same, 5)
+    assert not list(tmp_path.glob("pretrain_config.before-*"))  # nothing changed: nothing kept
+
+    changed = resume_config(tmp_path, epochs=9, sets=["optim.pair_loss_weight=0.5"])
+    _record_resumed_config(tmp_path, changed, 5)
+    assert resume_config(tmp_path).optim.pair_loss_weight == 0.5  # the next resume goes on with it
+    assert resume_config(tmp_path).optim.epochs == 9
+    kept = (tmp_path / "pretrain_config.before-epoch-5.yaml").read_text(encoding="utf-8")
+    assert kept == before.dump()

@@ -33,6 +33,11 @@ Stage 1 v1 (``configs/demo_backbone_v1.yaml``; issue 18) adds what the pooled fe
 * **pairs** (``data.train.pair: normal``): each seed comes with its twin, the same anatomy without
   findings; the twin gets the very same bag of image indices, so the two bags differ only inside
   the lesion masks and the backbone cannot score a finding from where it usually is;
+  ``pair: drop_one`` twins lack only one of the phantom's findings;
+* **pair contrast** (``optim.pair_loss_weight`` > 0, ``drop_one`` twins; ``pair_contrast_loss``):
+  the phantom must score the finding its twin lacks above the twin at the same places -- on the
+  tokens and images that hold it and on the two bags -- the hardest negative there is, since the
+  two differ only inside the lesion;
 * **fresh seeds** (``data.fresh_seeds``): the training phantoms come in blocks of ``count`` seeds;
   a block is used for ``data.block_epochs`` epochs, then the next block of new seeds follows
   (generated in the background by ``data.prepare_workers`` processes while the current block
@@ -41,8 +46,9 @@ Stage 1 v1 (``configs/demo_backbone_v1.yaml``; issue 18) adds what the pooled fe
 * **stop and continue**: after every epoch the run folder gets the backbone (``config.json`` +
   ``model.safetensors``), ``log.jsonl`` (one line of metrics per epoch) and ``last/`` (resume
   state: backbone, heads, AdamW moments, the random generators, the next block). ``hyperct
-  pretrain --resume DIR [--epochs N]`` continues on a NEW block of seeds (never re-reading the
-  block it stopped in). With the same ``optim.epochs``, a run stopped after any epoch (with fresh
+  pretrain --resume DIR [--epochs N] [--set ...]`` continues on a NEW block of seeds (never
+  re-reading the block it stopped in); changed settings are written to the folder's
+  ``pretrain_config.yaml`` (the earlier ones kept as ``pretrain_config.before-epoch-N.yaml``). With the same ``optim.epochs``, a run stopped after any epoch (with fresh
   seeds: after the last epoch of a block) and resumed ends with the weights of an uninterrupted
   run, bit for bit on the CPU.
 
@@ -72,7 +78,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hyperct.atomic import replacing_folder
+from hyperct.atomic import replace_file, replacing_folder
 from hyperct.device import resolve_device
 from hyperct.errors import ConfigError
 from hyperct.network.backbone import (
@@ -223,6 +229,23 @@ def finding_loss(
     return (0.5 * (mean_pos + mean_neg)).mean()
 
 
+def pair_contrast_loss(
+    a: torch.Tensor, b: torch.Tensor, finding: int, where: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Ranking loss between a phantom ``a`` and its ``drop_one`` twin ``b`` for the one ``finding``
+    the twin lacks: mean ``softplus(b - a)`` of that finding's logits over the entries ``where``
+    (bool, a's entries holding the finding: its positive images or tokens; all when None). The two
+    differ only inside the lesion mask, so this asks the heads (and the features under them) to
+    score the lesion itself, not the anatomy it usually sits in. 0 when ``where`` selects nothing.
+    ``a``, ``b``: (..., K) logits at the same places (same images, same tokens)."""
+    da = a[..., finding] - b[..., finding]
+    if where is not None:
+        da = da[where]
+    if da.numel() == 0:
+        return a.sum() * 0.0
+    return F.softplus(-da).mean()
+
+
 def forward_heads(
     backbone, heads: PretrainHeads, pixels: torch.Tensor, *, with_cls: bool = False
 ) -> tuple[torch.Tensor, ...]:
@@ -231,6 +254,37 @@ def forward_heads(
     n_prefix = 1 + backbone.config.num_register_tokens
     res = (heads.token(out[:, n_prefix:]), heads.image(out[:, 0]))
     return res + (out[:, 0],) if with_cls else res
+
+
+def pair_losses(
+    tok_logits: torch.Tensor,
+    img_logits: torch.Tensor,
+    bag_logits_: torch.Tensor,
+    tokens: torch.Tensor,
+    sizes: list[int],
+    dropped: list[int | None],
+) -> torch.Tensor:
+    """The pair contrast of a step's ``drop_one`` pairs (bags in the order phantom, twin, phantom,
+    twin, ...; ``dropped[j]``: the finding pair j's twin lacks, None when it lacks none): for each
+    pair, ``pair_contrast_loss`` on the tokens holding the finding, on the images holding it and on
+    the two bags, summed, then the mean over the pairs that have a dropped finding."""
+    starts = np.concatenate([[0], np.cumsum(sizes)]).tolist()
+    terms = []
+    for j, k in enumerate(dropped):
+        if k is None:
+            continue
+        a = slice(starts[2 * j], starts[2 * j + 1])
+        b = slice(starts[2 * j + 1], starts[2 * j + 2])
+        on_tok = tokens[a][..., k] > 0  # (n, 81)
+        on_img = on_tok.any(dim=1)
+        terms.append(
+            pair_contrast_loss(tok_logits[a], tok_logits[b], k, on_tok)
+            + pair_contrast_loss(img_logits[a], img_logits[b], k, on_img)
+            + pair_contrast_loss(bag_logits_[2 * j], bag_logits_[2 * j + 1], k)
+        )
+    if not terms:
+        return img_logits.sum() * 0.0
+    return torch.stack(terms).mean()
 
 
 def masked_bce(logits: torch.Tensor, labels: torch.Tensor, pos_weight: torch.Tensor) -> torch.Tensor:
@@ -482,6 +536,20 @@ def _restore_rng(out: Path, doc: dict) -> None:
         set_rng_state(_read_tensors(path), doc["rng"])
 
 
+def _record_resumed_config(out: Path, cfg: PretrainConfig, first_epoch: int) -> None:
+    """A resume with other settings (``--set``, ``--epochs``) writes them to ``pretrain_config.yaml``,
+    so a later resume goes on with them; the settings the earlier epochs ran with are kept beside it
+    as ``pretrain_config.before-epoch-N.yaml``."""
+    path = out / CONFIG_FILE
+    text = cfg.dump()
+    old = path.read_text(encoding="utf-8") if path.is_file() else None
+    if old == text:
+        return
+    if old is not None:
+        replace_file(out / f"pretrain_config.before-epoch-{first_epoch}.yaml", old)
+    replace_file(path, text)
+
+
 def _append_log(out: Path, entry: dict) -> None:
     with open(out / LOG_FILE, "a", encoding="utf-8") as f:
         f.write(json.dumps(entry, default=str) + "\n")
@@ -609,6 +677,7 @@ def pretrain_backbone(
         vol_w = float(oc.volume_loss_weight)
         vol_pw = torch.tensor(float(oc.volume_pos_weight), device=device)
         bag_w = float(oc.bag_loss_weight)
+        pair_w = float(oc.pair_loss_weight)
         mode, gamma = oc.loss, float(oc.focal_gamma)
         log: list[dict] = []
         step, first_epoch, block, epoch_in_block = 0, 1, 0, 0
@@ -624,6 +693,7 @@ def pretrain_backbone(
             (out / LOG_FILE).write_text(
                 "".join(json.dumps(e, default=str) + "\n" for e in log), encoding="utf-8"
             )
+            _record_resumed_config(out, cfg, first_epoch)
         else:
             (out / CONFIG_FILE).write_text(cfg.dump(), encoding="utf-8")
         epochs = oc.epochs
@@ -652,12 +722,13 @@ def pretrain_backbone(
                 rng = np.random.default_rng([seed, epoch])  # stage 1 v0: its own stream, unchanged
             pairs = bool(getattr(train, "pair", None))
             order = rng.permutation(units)
-            sums = {"loss": [], "token": [], "image": [], "bag": [], "volume": []}
+            sums = {"loss": [], "token": [], "image": [], "bag": [], "volume": [], "pair": []}
             n_images = n_positive_images = n_bags = n_positive_bags = 0
             bar = progress_bar(range(steps_per_epoch), desc=f"pretrain epoch {epoch}/{epochs}", unit="step")
             for s in bar:
                 idx = order[s * per_step : (s + 1) * per_step]
                 sizes: list[int] = []
+                dropped: list[int | None] = []  # per pair: the finding the drop_one twin lacks
                 if bag_mode:
                     batch = []
                     for u in idx:
@@ -667,6 +738,7 @@ def pretrain_backbone(
                         if pairs and train.pair == "drop_one":  # the finding the twin lacks
                             differ = np.flatnonzero(train.labels[i] != train.labels[train.pair_of(i)])
                             include = int(differ[0]) if differ.size == 1 else None
+                        dropped.append(include)
                         which = sample_bag(
                             grid.any(axis=(1, 2)),
                             rng,
@@ -706,11 +778,14 @@ def pretrain_backbone(
                     sums["volume"].append(float(vol_loss.detach()))
                 if bag_mode:
                     truth = torch.stack([bag_labels(b[1]) for b in batch]).to(device)
-                    b_loss = finding_loss(
-                        bag_logits(heads, cls, sizes), truth, mode=mode, pos_weight=img_pw, gamma=gamma
-                    )
+                    b_logits_all = bag_logits(heads, cls, sizes)
+                    b_loss = finding_loss(b_logits_all, truth, mode=mode, pos_weight=img_pw, gamma=gamma)
                     loss = loss + bag_w * b_loss
                     sums["bag"].append(float(b_loss.detach()))
+                    if pair_w > 0 and pairs:
+                        p_loss = pair_losses(tok_logits, img_logits, b_logits_all, tokens, sizes, dropped)
+                        loss = loss + pair_w * p_loss
+                        sums["pair"].append(float(p_loss.detach()))
                     n_bags += len(sizes)
                     n_positive_bags += int((truth.amax(dim=1) > 0).sum())
                 optimizer.zero_grad(set_to_none=True)
@@ -742,6 +817,8 @@ def pretrain_backbone(
             if bag_mode:
                 entry["bag_loss"] = round(float(np.mean(sums["bag"])), 5)
                 entry["positive_bag_fraction"] = round(n_positive_bags / max(n_bags, 1), 4)
+            if sums["pair"]:
+                entry["pair_loss"] = round(float(np.mean(sums["pair"])), 5)
             if vol_w > 0:
                 entry["volume_loss"] = round(float(np.mean(sums["volume"])), 5)
             if fresh:

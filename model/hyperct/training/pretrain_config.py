@@ -36,6 +36,9 @@ Fields (dotted name: default: meaning)
 * ``optim.bag_loss_weight`` / ``bag_min`` / ``bag_max`` / ``positive_fraction``: 0.0 / 8 / 55 /
   0.5: the bag objective (a head on the mean CLS of a random bag of images; replaces the volume
   objective).
+* ``optim.pair_loss_weight``: 0.0: the pair contrast (``data.train.pair: drop_one``): the phantom
+  must score the finding its twin lacks higher than the twin, on that finding's tokens, images and
+  on the bag (``hyperct.training.pretrain.pair_contrast_loss``).
 * ``valid.phantoms``: 60: validation phantoms scored after every epoch.
 """
 
@@ -142,6 +145,7 @@ class PretrainOptim(_Section):
     bag_min: int = _field(8, _pos_int)
     bag_max: int = _field(N_IMAGES, _pos_int)
     positive_fraction: float = _field(0.5, _unit)
+    pair_loss_weight: float = _field(0.0, _nonneg_num)
 
     @property
     def volume(self) -> bool:
@@ -236,6 +240,12 @@ class PretrainConfig(_Section):
         if dc.train.get("pair") and not oc.bag:
             raise ConfigError(
                 "data.train.pair: paired phantoms are used by the bag objective (set optim.bag_loss_weight > 0)",
+                path=source,
+            )
+        if float(oc.pair_loss_weight) > 0 and dc.train.get("pair") != "drop_one":
+            raise ConfigError(
+                "optim.pair_loss_weight: the pair contrast needs twins that lack one finding "
+                f"(data.train.pair: drop_one; it is {dc.train.get('pair')!r})",
                 path=source,
             )
         if dc.fresh_seeds and not dc.cache_dir:
