@@ -615,3 +615,25 @@ def test_a_resume_with_new_settings_keeps_them_for_the_next_resume_and_the_old_o
     assert resume_config(tmp_path).optim.epochs == 9
     kept = (tmp_path / "pretrain_config.before-epoch-5.yaml").read_text(encoding="utf-8")
     assert kept == before.dump()
+
+
+@pytest.mark.slow
+def test_a_killed_background_generator_does_not_hang_the_next_block(tmp_path):
+    """A worker generating the next block dies (killed, out of memory): the block is finished in
+    the training process instead of waiting for it forever."""
+    from hyperct.training.pretrain import _Blocks
+
+    cfg = _v1_config(tmp_path, count=3)
+    cfg.data.prepare_workers = 1
+    blocks = _Blocks(cfg.data, PreprocessCache(tmp_path / "cache", compress=True), None)
+    try:
+        blocks.prefetch(1)
+        for proc in list(blocks.pool._processes.values()):
+            proc.kill()
+        ds = blocks.get(1)  # returns (a hang here is the bug)
+        assert ds.seeds[0] == 60003 and len(ds) == 6
+        assert all(ds.cache.contains(ds._key(i)) for i in range(len(ds)))
+        assert all(len(ds.labels[i]) == 25 for i in range(len(ds)))
+        assert blocks.pool is None  # the broken pool is gone; the next prefetch starts a new one
+    finally:
+        blocks.close()

@@ -424,23 +424,43 @@ class _Blocks:
         if self.workers < 1 or self.cache.directory is None or not self.data.fresh_seeds:
             return
         import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
 
         from hyperct.training.datasets.phantoms import _fill_in_worker, _quiet_worker
 
         ds = self._dataset(block, prepare=False)
         jobs = [(ds.worker_state(), i) for i in range(len(ds)) if not self.cache.contains(ds._key(i))]
         if self.pool is None:
-            self.pool = mp.get_context("spawn").Pool(self.workers, initializer=_quiet_worker)
-        self.pending = (block, ds, self.pool.map_async(_fill_in_worker, jobs, chunksize=1))
+            self.pool = ProcessPoolExecutor(
+                self.workers, mp_context=mp.get_context("spawn"), initializer=_quiet_worker
+            )
+        self.pending = (block, ds, [self.pool.submit(_fill_in_worker, job) for job in jobs])
 
     def get(self, block: int) -> PhantomDataset:
-        """Block ``block``, ready (waits for its background generation when one is running)."""
-        if self.pending is not None and self.pending[0] == block:
-            self.pending[2].get()
+        """Block ``block``, ready: waits for its background generation when one is running; what a
+        lost worker did not generate (killed, out of memory) is generated here instead of waiting
+        for it forever; an error in a phantom's generation is raised."""
+        from concurrent.futures import wait
+        from concurrent.futures.process import BrokenProcessPool
+
+        if self.pending is not None:
+            wanted, futures = self.pending[0] == block, self.pending[2]
             self.pending = None
-        elif self.pending is not None:  # a prefetched block that is no longer wanted
-            self.pending[2].wait()
-            self.pending = None
+            try:
+                if wanted:
+                    for f in futures:
+                        f.result()
+                else:  # a prefetched block that is no longer wanted
+                    for f in futures:
+                        f.cancel()
+                    wait(futures)
+            except BrokenProcessPool:
+                echo(
+                    "background phantom generation stopped (a worker process died); "
+                    "generating the rest of the block here"
+                )
+                self.pool.shutdown(wait=False, cancel_futures=True)
+                self.pool = None
         return self._dataset(block, prepare=True)
 
     def drop(self, ds: PhantomDataset) -> None:
@@ -449,8 +469,7 @@ class _Blocks:
 
     def close(self) -> None:
         if self.pool is not None:
-            self.pool.terminate()
-            self.pool.join()
+            self.pool.shutdown(wait=True, cancel_futures=True)
             self.pool = None
 
 
