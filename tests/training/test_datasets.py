@@ -314,3 +314,33 @@ def test_build_dataset_can_leave_phantoms_ungenerated():
     ds = build_dataset({"type": "phantom", "count": 2, "first_seed": 5, "matrix": 64}, prepare=False)
     assert len(ds) == 2 and (ds.labels == -1).all()
     assert not any(ds.cache.contains(ds._key(i)) for i in range(2))  # nothing generated yet
+
+
+def test_phantom_preparation_survives_a_worker_that_dies(tmp_path, monkeypatch):
+    """A worker process dies in the middle (killed, out of memory): preparation finishes the
+    phantoms in this process instead of waiting forever, with a warning, and the result is the
+    same as a serial preparation."""
+    import concurrent.futures
+
+    from hyperct.training.cache import PreprocessCache
+    from hyperct.training.datasets import PhantomDataset
+    from tests.support.dying_worker import die
+
+    real = concurrent.futures.ProcessPoolExecutor
+
+    class OneJobDies(real):
+        calls = 0
+
+        def submit(self, fn, *args, **kwargs):
+            OneJobDies.calls += 1
+            return super().submit(die if OneJobDies.calls == 2 else fn, *args, **kwargs)
+
+    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", OneJobDies)
+    kw = dict(matrix=48, n_slices=20, findings={"pleural_effusion": 0.5, "cardiomegaly": 0.5})
+    with pytest.warns(RuntimeWarning, match="worker process died"):
+        parallel = PhantomDataset(4, 500, cache=PreprocessCache(tmp_path / "b"), workers=2, **kw)
+    assert OneJobDies.calls == 4
+    serial = PhantomDataset(4, 500, cache=PreprocessCache(tmp_path / "a"), **kw)
+    assert (serial.labels == parallel.labels).all()
+    for i in range(4):
+        assert (serial.model_hu(i) == parallel.model_hu(i)).all()

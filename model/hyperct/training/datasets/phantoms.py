@@ -186,20 +186,13 @@ class PhantomDataset(VolumeDataset):
             from hyperct.training.progress import progress_bar
 
             bar = progress_bar(total=len(mine), desc=f"phantoms ({self.source})", unit="vol")
+        left = list(mine)
         if workers > 1 and self.cache.directory is not None and len(mine) > 1:
-            import multiprocessing as mp
-
-            state = self.worker_state()
-            with mp.get_context("spawn").Pool(min(workers, len(mine)), initializer=_quiet_worker) as pool:
-                for i, labels in pool.imap_unordered(_fill_in_worker, [(state, i) for i in mine]):
-                    self.labels[i] = labels
-                    if bar is not None:
-                        bar.update(1)
-        else:
-            for i in mine:
-                self.labels[i] = self._fill(i)
-                if bar is not None:
-                    bar.update(1)
+            left = self._fill_in_workers(mine, workers, bar)
+        for i in left:  # all of them without workers; what a lost worker did not generate
+            self.labels[i] = self._fill(i)
+            if bar is not None:
+                bar.update(1)
         if bar is not None:
             bar.close()
         if barrier is not None and world > 1:
@@ -211,6 +204,38 @@ class PhantomDataset(VolumeDataset):
             else:
                 self.labels[i] = np.asarray(info["labels"], dtype=np.int8)
         self.check_has_labels()
+
+    def _fill_in_workers(self, todo: list[int], workers: int, bar) -> list[int]:
+        """Generate ``todo`` in ``workers`` processes; returns the indices left undone when a worker
+        process died (killed, out of memory), which the caller generates itself instead of waiting
+        for them forever. An error in a phantom's generation is raised."""
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+        from concurrent.futures.process import BrokenProcessPool
+
+        state = self.worker_state()
+        done: set[int] = set()
+        pool = ProcessPoolExecutor(
+            min(workers, len(todo)), mp_context=mp.get_context("spawn"), initializer=_quiet_worker
+        )
+        try:
+            for future in as_completed([pool.submit(_fill_in_worker, (state, i)) for i in todo]):
+                i, labels = future.result()
+                self.labels[i] = labels
+                done.add(i)
+                if bar is not None:
+                    bar.update(1)
+        except BrokenProcessPool:
+            import warnings
+
+            warnings.warn(
+                "phantom generation: a worker process died; generating the rest in this process",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+        return [i for i in todo if i not in done]
 
     def worker_state(self) -> tuple:
         """What a worker process needs to rebuild this dataset (``_fill_in_worker``)."""
