@@ -102,3 +102,39 @@ def test_wrong_model_type_and_corrupt_weights_are_refused(tmp_path):
 def test_unknown_named_configuration():
     with pytest.raises(BackboneWeightsError, match="use one of vitb16, demo"):
         backbone_config("vitl16")
+
+
+def test_a_deepened_backbone_starts_with_the_function_of_the_trained_one_and_its_new_blocks_learn():
+    from hyperct.network.backbone import deepen_backbone, encoder_layers
+
+    small = build_backbone(dict(TINY_BACKBONE), seed=3)
+    deep = deepen_backbone(small, 2, seed=4)
+    assert deep.config.num_hidden_layers == TINY_BACKBONE["num_hidden_layers"] + 2
+    x = torch.randn(2, 3, 144, 144)
+    with torch.no_grad():
+        assert torch.equal(small(pixel_values=x).last_hidden_state, deep(pixel_values=x).last_hidden_state)
+    new = list(encoder_layers(deep))[-1]
+    assert not torch.equal(new.attention.q_proj.weight, torch.zeros_like(new.attention.q_proj.weight))
+    # one optimiser step moves the new blocks away from the identity
+    deep.train()
+    opt = torch.optim.SGD(deep.parameters(), lr=0.1)
+    deep(pixel_values=x).last_hidden_state[:, 0].pow(2).sum().backward()
+    assert new.layer_scale2.lambda1.grad.abs().sum() > 0
+    opt.step()
+    with torch.no_grad():
+        assert not torch.equal(
+            small(pixel_values=x).last_hidden_state, deep.eval()(pixel_values=x).last_hidden_state
+        )
+    with pytest.raises(ValueError, match="extra_layers"):
+        deepen_backbone(small, 0)
+
+
+def test_extra_layers_need_an_init_backbone():
+    from hyperct.errors import ConfigError
+    from hyperct.training.pretrain_config import PretrainConfig
+
+    train = {"type": "phantom", "count": 2}
+    with pytest.raises(ConfigError, match="init_extra_layers.*init"):
+        PretrainConfig.load(None, {"data": {"train": train}, "init_extra_layers": 2})
+    cfg = PretrainConfig.load(None, {"data": {"train": train}, "init": "runs/x", "init_extra_layers": 2})
+    assert cfg.init_extra_layers == 2

@@ -89,6 +89,29 @@ def build_backbone(config: str | dict | DINOv3ViTConfig, *, seed: int | None = N
     return model.eval()
 
 
+def deepen_backbone(
+    backbone: DINOv3ViTModel, extra_layers: int, *, seed: int | None = None
+) -> DINOv3ViTModel:
+    """A copy of ``backbone`` with ``extra_layers`` more transformer blocks after its last one, each
+    starting as the identity (both layer scales 0), so the deeper network computes exactly what the
+    trained one does and training goes on from there (the new blocks' other weights are initialised
+    as ``build_backbone`` does, deterministically when ``seed`` is given)."""
+    if extra_layers < 1:
+        raise ValueError(f"extra_layers must be >= 1, got {extra_layers}")
+    values = config_to_dict(backbone.config)
+    n = int(values["num_hidden_layers"])
+    deeper = build_backbone(dict(values, num_hidden_layers=n + extra_layers), seed=seed)
+    missing, unexpected = deeper.load_state_dict(backbone.state_dict(), strict=False)
+    old = [k for k in missing if not (k.startswith("model.layer.") and int(k.split(".")[2]) >= n)]
+    if unexpected or old:
+        raise ValueError(f"cannot deepen this backbone: unexpected {unexpected}, missing {old}")
+    with torch.no_grad():
+        for layer in list(encoder_layers(deeper))[n:]:
+            layer.layer_scale1.lambda1.zero_()
+            layer.layer_scale2.lambda1.zero_()
+    return deeper.train(backbone.training)
+
+
 def encoder_layers(backbone: DINOv3ViTModel) -> torch.nn.ModuleList:
     """The transformer blocks (``model.layer`` in transformers >= 5, ``layer`` before)."""
     inner = getattr(backbone, "model", None)

@@ -84,6 +84,7 @@ from hyperct.errors import ConfigError
 from hyperct.network.backbone import (
     build_backbone,
     config_to_dict,
+    deepen_backbone,
     encoder_layers,
     load_backbone,
     save_backbone,
@@ -671,6 +672,8 @@ def pretrain_backbone(
             # on whether the phantoms above were generated or read from the cache
             torch.manual_seed(seed)
             backbone = load_backbone(cfg.init)  # BackboneWeightsError naming the folder if it is wrong
+            if cfg.init_extra_layers:
+                backbone = deepen_backbone(backbone, cfg.init_extra_layers, seed=seed)
         else:
             backbone = build_backbone(cfg.backbone, seed=seed)
         backbone.embeddings.mask_token.requires_grad_(False)  # unused (no masked-image modelling)

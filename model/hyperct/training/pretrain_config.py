@@ -14,6 +14,8 @@ Fields (dotted name: default: meaning)
 * ``seed``: 0: seeds the backbone and head initialisation and every draw of images and bags.
 * ``backbone``: "demo": a named backbone configuration or a mapping of DINOv3 config fields.
 * ``init``: null: start from this backbone folder (``config.json`` + ``model.safetensors``).
+* ``init_extra_layers``: 0: blocks appended to the ``init`` backbone, each starting as the identity
+  (``hyperct.network.backbone.deepen_backbone``): a deeper network that starts where ``init`` is.
 * ``device``: "cpu": ``auto`` (a CUDA GPU when present), ``cpu``, ``cuda`` or ``cuda:N``.
 * ``data.train``: (required) a phantom dataset description (``hyperct.training.datasets``); with
   the bag objective it may have ``pair: normal | variant | drop_one``.
@@ -178,6 +180,7 @@ class PretrainConfig(_Section):
     seed: int = _field(0, _nonneg_int)
     backbone: str | dict = _field("demo", _backbone, free_form=True)
     init: str | None = _field(None, _opt(_str))
+    init_extra_layers: int = _field(0, _nonneg_int)
     device: str = _field("cpu", _str)
     data: PretrainData = _section(PretrainData)
     optim: PretrainOptim = _section(PretrainOptim)
@@ -213,6 +216,11 @@ class PretrainConfig(_Section):
 
     def check(self, source: str | None = None) -> None:
         """The checks that involve several fields (``ConfigError`` naming the first field)."""
+        if self.init_extra_layers and not self.init:
+            raise ConfigError(
+                "init_extra_layers: blocks are appended to an init backbone; set init to its folder",
+                path=source,
+            )
         oc, dc = self.optim, self.data
         if not isinstance(dc.train, dict) or dc.train.get("type") != "phantom":
             raise ConfigError(
