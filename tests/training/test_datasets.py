@@ -344,3 +344,43 @@ def test_phantom_preparation_survives_a_worker_that_dies(tmp_path, monkeypatch):
     assert (serial.labels == parallel.labels).all()
     for i in range(4):
         assert (serial.model_hu(i) == parallel.model_hu(i)).all()
+
+
+def test_phantom_workers_leave_when_the_process_that_started_them_dies():
+    """A training run killed with SIGTERM must not leave orphan workers generating phantoms."""
+    import os
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run(
+        [sys.executable, "-m", "tests.support.orphan_pool"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    worker = int(out.stdout.split()[0])
+
+    def alive(pid: int) -> bool:  # an exited process not reaped yet (a zombie) counts as gone
+        status = Path(f"/proc/{pid}/status")
+        if status.parent.parent.is_dir() and Path("/proc/self").exists():
+            try:
+                return "\tZ" not in status.read_text().split("State:")[1].splitlines()[0]
+            except (FileNotFoundError, IndexError, ProcessLookupError):
+                return False
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+    deadline = time.time() + 10
+    while alive(worker) and time.time() < deadline:
+        time.sleep(0.2)
+    gone = not alive(worker)
+    if not gone:
+        os.kill(worker, 9)
+    assert gone, "the worker outlived its parent"

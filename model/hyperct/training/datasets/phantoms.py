@@ -255,7 +255,27 @@ class PhantomDataset(VolumeDataset):
 
 
 def _quiet_worker() -> None:
+    """Initialiser of the phantom-generating worker processes: one thread each, and they leave when
+    the process that started them is gone (a training run killed with SIGTERM must not leave orphans
+    generating phantoms into the cache)."""
     torch.set_num_threads(1)
+    _exit_with_parent()
+
+
+def _exit_with_parent(interval: float = 1.0) -> None:
+    """A daemon thread that ends this process once its parent has died (it is re-parented)."""
+    import os
+    import threading
+    import time
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def _fill_in_worker(job) -> tuple[int, np.ndarray]:
