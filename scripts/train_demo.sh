@@ -6,10 +6,11 @@
 #   SHIP=1 bash scripts/train_demo.sh          # copy into assets/demo_model even if the test target is missed
 #   PREPARE_WORKERS=12 bash scripts/train_demo.sh   # phantom-generating processes (default 1: 2 cores)
 #
-# 1. stage 1 v1: pretrain the small DINOv3-structured backbone (hyperct pretrain,
-#    configs/demo_backbone_v1.yaml): token, image and mean-CLS bag objectives from the finding masks,
-#    per-finding balanced loss, phantoms in pairs with their finding-free twin, fresh seeds
-#    (blocks of 200 pairs from seed 1,000,000, generated in the background, deleted after use).
+# 1. stage 1: the v0 backbone (configs/demo_backbone.yaml, token and image objectives, ~25 min on 2
+#    cores), then stage 1 v1 from it (hyperct pretrain, configs/demo_backbone_v1.yaml): token, image
+#    and mean-CLS bag objectives from the finding masks, per-finding balanced loss, phantoms in pairs
+#    with a twin lacking one finding, fresh seeds (blocks of 200 pairs from seed 1,000,000,
+#    generated in the background, deleted after use).
 #    Interrupted? `hyperct pretrain --resume "$RUNS/demo-backbone-v1"` continues on new seeds; more
 #    epochs: `--epochs N`. Then rerun this script with STAGE1=skip to go on from the folder as it is.
 # 2. the gate: benchmarks/probe_backbone.py (logistic probe on the frozen mean-CLS feature, 800 / 200
@@ -32,8 +33,9 @@ CACHE=cache/hyperct-demo
 BACKBONE="$RUNS/demo-backbone-v1"
 
 if [ "${STAGE1:-run}" != skip ]; then
+  hyperct pretrain --config configs/demo_backbone.yaml --out "$RUNS/demo-backbone-v0" --overwrite
   hyperct pretrain --config configs/demo_backbone_v1.yaml --out "$BACKBONE" --overwrite \
-    --set "data.prepare_workers=${PREPARE_WORKERS:-1}"
+    --init "$RUNS/demo-backbone-v0" --set "data.prepare_workers=${PREPARE_WORKERS:-1}"
 fi
 python benchmarks/probe_backbone.py --backbone "$BACKBONE" --cache "$CACHE" --workers "${PREPARE_WORKERS:-2}" \
   --out "$BACKBONE/probe.json"

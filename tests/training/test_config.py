@@ -132,6 +132,10 @@ def test_shipped_configs_are_valid():
     assert v1["train"]["task_draw"] == "positive"
     assert stage1_v1["data"]["valid"] == v1["data"]["valid"] == demo["data"]["valid"]
     assert stage1_v1["optim"]["bag_loss_weight"] > 0 and stage1_v1["data"]["fresh_seeds"]
+    # stage 1 v1 starts from v0's stage-1 backbone, which the script trains first into that folder
+    assert stage1_v1["init"] == "runs/demo-backbone-v0" and stage1_v1["data"]["train"]["pair"] == "drop_one"
+    assert '--config configs/demo_backbone.yaml --out "$RUNS/demo-backbone-v0"' in script
+    assert '--init "$RUNS/demo-backbone-v0"' in script
     # fresh training seeds start far above the validation (200000..) and test (300000..) seeds
     assert stage1_v1["data"]["train"]["first_seed"] >= 1_000_000
     tr, va = demo["data"]["train"], demo["data"]["valid"]
