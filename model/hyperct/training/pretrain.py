@@ -48,9 +48,12 @@ Stage 1 v1 (``configs/demo_backbone_v1.yaml``; issue 18) adds what the pooled fe
   state: backbone, heads, AdamW moments, the random generators, the next block). ``hyperct
   pretrain --resume DIR [--epochs N] [--set ...]`` continues on a NEW block of seeds (never
   re-reading the block it stopped in); changed settings are written to the folder's
-  ``pretrain_config.yaml`` (the earlier ones kept as ``pretrain_config.before-epoch-N.yaml``). With the same ``optim.epochs``, a run stopped after any epoch (with fresh
-  seeds: after the last epoch of a block) and resumed ends with the weights of an uninterrupted
-  run, bit for bit on the CPU.
+  ``pretrain_config.yaml`` (the earlier ones kept as ``pretrain_config.before-epoch-N.yaml``).
+  With the same ``optim.epochs``, a run stopped after any epoch (with fresh seeds: after the last
+  epoch of a block) and resumed ends with the weights of an uninterrupted run, bit for bit on the
+  CPU.
+* **a deeper backbone from a trained one** (``init_extra_layers``): blocks appended to the ``init``
+  backbone start as the identity (``deepen_backbone``), the capacity A/B without starting over.
 
 The configuration (fields, defaults, checks) is ``hyperct.training.pretrain_config.PretrainConfig``,
 read from the YAML files below and validated once at load.
