@@ -483,7 +483,7 @@ def test_set_overrides_existing_fields_and_is_checked(tmp_path):
     sets = ["data.prepare_workers=12", "device=cuda", "data.train.count=50", "optim.lr=2e-4"]
     cfg = PretrainConfig.load(path, sets=sets)
     assert cfg.data.prepare_workers == 12 and cfg.device == "cuda"
-    assert cfg.data.train["count"] == 50 and cfg.data.train["pair"] == "normal"
+    assert cfg.data.train["count"] == 50 and cfg.data.train["pair"] == "drop_one"  # the rest kept
     assert cfg.optim.lr == 2e-4
     assert load_pretrain_config(path, sets=sets) == cfg.to_dict()
     with pytest.raises(ConfigError, match="optim.learning_rate: unknown field"):
