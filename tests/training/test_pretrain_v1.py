@@ -637,3 +637,37 @@ def test_a_killed_background_generator_does_not_hang_the_next_block(tmp_path):
         assert blocks.pool is None  # the broken pool is gone; the next prefetch starts a new one
     finally:
         blocks.close()
+
+
+def test_stage1_runs_reports_what_a_resume_changed_and_the_validation_per_epoch(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "stage1_runs.py"
+    spec = importlib.util.spec_from_file_location("stage1_runs", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+
+    run = tmp_path / "run"
+    run.mkdir()
+    before = _v1_config(tmp_path, pair="drop_one")
+    after = PretrainConfig.load(None, before.to_dict(), ["optim.pair_loss_weight=1.0", "optim.bag_min=10"])
+    (run / "pretrain_config.before-epoch-3.yaml").write_text(before.dump(), encoding="utf-8")
+    (run / "pretrain_config.yaml").write_text(after.dump(), encoding="utf-8")
+    rows = [
+        {
+            "epoch": e,
+            "block": 0,
+            "loss": 1.0 / e,
+            "valid": {"mean_bag_auc": 0.6 + e / 100, "bag_auc": {"x": 0.5}},
+        }
+        for e in (1, 2, 3)
+    ]
+    (run / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    out = mod.summarise(run, from_epoch=2)
+    assert out["settings_changed"] == [
+        {"from_epoch": 3, "changed": {"optim.bag_min": [4, 10], "optim.pair_loss_weight": [0.0, 1.0]}}
+    ]
+    assert [e["epoch"] for e in out["epochs"]] == [2, 3]
+    assert out["epochs"][1]["mean_bag_auc"] == pytest.approx(0.63) and out["epochs"][1]["loss"] == 1 / 3
+    assert out["last_epoch_per_finding"] == {"bag_auc": {"x": 0.5}}
