@@ -569,7 +569,11 @@ def _record_resumed_config(out: Path, cfg: PretrainConfig, first_epoch: int) -> 
     if old == text:
         return
     if old is not None:
-        replace_file(out / f"pretrain_config.before-epoch-{first_epoch}.yaml", old)
+        kept = out / f"pretrain_config.before-epoch-{first_epoch}.yaml"
+        replace_file(kept, old)
+        echo(
+            f"resumed with changed settings: {path} (those of epochs 1-{first_epoch - 1} kept in {kept.name})"
+        )
     replace_file(path, text)
 
 
