@@ -571,9 +571,7 @@ def _record_resumed_config(out: Path, cfg: PretrainConfig, first_epoch: int) -> 
     if old is not None:
         kept = out / f"pretrain_config.before-epoch-{first_epoch}.yaml"
         replace_file(kept, old)
-        echo(
-            f"resumed with changed settings: {path} (those of epochs 1-{first_epoch - 1} kept in {kept.name})"
-        )
+        echo(f"resumed with changed settings: {path} (the settings before epoch {first_epoch}: {kept.name})")
     replace_file(path, text)
 
 
