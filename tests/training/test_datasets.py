@@ -346,8 +346,10 @@ def test_phantom_preparation_survives_a_worker_that_dies(tmp_path, monkeypatch):
         assert (serial.model_hu(i) == parallel.model_hu(i)).all()
 
 
-def test_phantom_workers_leave_when_the_process_that_started_them_dies():
-    """A training run killed with SIGTERM must not leave orphan workers generating phantoms."""
+@pytest.mark.parametrize("when", ["busy", "starting"])
+def test_phantom_workers_leave_when_the_process_that_started_them_dies(when):
+    """A training run killed with SIGTERM must not leave orphan workers generating phantoms, whether
+    it dies while a worker runs a job or while the worker is still starting up."""
     import os
     import subprocess
     import sys
@@ -356,7 +358,7 @@ def test_phantom_workers_leave_when_the_process_that_started_them_dies():
 
     root = Path(__file__).resolve().parents[2]
     out = subprocess.run(
-        [sys.executable, "-m", "tests.support.orphan_pool"],
+        [sys.executable, "-m", "tests.support.orphan_pool", when],
         cwd=root,
         capture_output=True,
         text=True,
@@ -377,7 +379,7 @@ def test_phantom_workers_leave_when_the_process_that_started_them_dies():
             return False
         return True
 
-    deadline = time.time() + 10
+    deadline = time.time() + 30  # (a worker still starting imports torch first)
     while alive(worker) and time.time() < deadline:
         time.sleep(0.2)
     gone = not alive(worker)

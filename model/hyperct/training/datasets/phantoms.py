@@ -263,12 +263,16 @@ def _quiet_worker() -> None:
 
 
 def _exit_with_parent(interval: float = 1.0) -> None:
-    """A daemon thread that ends this process once its parent has died (it is re-parented)."""
+    """A daemon thread that ends this process once its parent has died (it is re-parented). The
+    parent is the process that started this one (``multiprocessing.parent_process``), so a worker
+    whose parent died while it was still starting up leaves too."""
+    import multiprocessing as mp
     import os
     import threading
     import time
 
-    parent = os.getppid()
+    starter = mp.parent_process()
+    parent = starter.pid if starter is not None else os.getppid()
 
     def watch() -> None:
         while os.getppid() == parent:
