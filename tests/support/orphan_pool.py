@@ -5,13 +5,11 @@ starting up (before its initialiser has run)."""
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 
-from hyperct.training.datasets.phantoms import _quiet_worker
+from hyperct.training.datasets.phantoms import worker_pool
 
 
 def _pid(_):
@@ -19,7 +17,7 @@ def _pid(_):
 
 
 if __name__ == "__main__":
-    pool = ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"), initializer=_quiet_worker)
+    pool = worker_pool(1)
     if sys.argv[1:] == ["starting"]:
         pool.submit(time.sleep, 60)
         print(*pool._processes, flush=True)  # spawned by submit; still importing

@@ -427,17 +427,12 @@ class _Blocks:
         """Start generating ``block`` in worker processes (nothing to do without workers)."""
         if self.workers < 1 or self.cache.directory is None or not self.data.fresh_seeds:
             return
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
-
-        from hyperct.training.datasets.phantoms import _fill_in_worker, _quiet_worker
+        from hyperct.training.datasets.phantoms import _fill_in_worker, worker_pool
 
         ds = self._dataset(block, prepare=False)
         jobs = [(ds.worker_state(), i) for i in range(len(ds)) if not self.cache.contains(ds._key(i))]
         if self.pool is None:
-            self.pool = ProcessPoolExecutor(
-                self.workers, mp_context=mp.get_context("spawn"), initializer=_quiet_worker
-            )
+            self.pool = worker_pool(self.workers)
         self.pending = (block, ds, [self.pool.submit(_fill_in_worker, job) for job in jobs])
 
     def get(self, block: int) -> PhantomDataset:

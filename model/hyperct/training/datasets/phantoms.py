@@ -209,15 +209,12 @@ class PhantomDataset(VolumeDataset):
         """Generate ``todo`` in ``workers`` processes; returns the indices left undone when a worker
         process died (killed, out of memory), which the caller generates itself instead of waiting
         for them forever. An error in a phantom's generation is raised."""
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor, as_completed
+        from concurrent.futures import as_completed
         from concurrent.futures.process import BrokenProcessPool
 
         state = self.worker_state()
         done: set[int] = set()
-        pool = ProcessPoolExecutor(
-            min(workers, len(todo)), mp_context=mp.get_context("spawn"), initializer=_quiet_worker
-        )
+        pool = worker_pool(min(workers, len(todo)))
         try:
             for future in as_completed([pool.submit(_fill_in_worker, (state, i)) for i in todo]):
                 i, labels = future.result()
@@ -252,6 +249,15 @@ class PhantomDataset(VolumeDataset):
             self.cache.compress,
             self.pair,
         )
+
+
+def worker_pool(workers: int):
+    """A pool of ``workers`` phantom-generating processes (spawned, one thread each, leaving with
+    their parent; ``_quiet_worker``) for ``_fill_in_worker`` jobs."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    return ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_quiet_worker)
 
 
 def _quiet_worker() -> None:
