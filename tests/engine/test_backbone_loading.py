@@ -104,6 +104,23 @@ def test_unknown_named_configuration():
         backbone_config("vitl16")
 
 
+def test_a_mapping_changes_the_named_base_configuration_it_gives():
+    wide = backbone_config({"base": "demo", "hidden_size": 192, "intermediate_size": 768})
+    demo = backbone_config("demo")
+    assert (wide.hidden_size, wide.intermediate_size) == (192, 768)
+    assert (wide.num_hidden_layers, wide.num_attention_heads, wide.patch_size) == (
+        demo.num_hidden_layers,
+        demo.num_attention_heads,
+        demo.patch_size,
+    )
+    assert (
+        build_backbone({"base": "demo", "hidden_size": 192, "intermediate_size": 768}).config.hidden_size
+        == 192
+    )
+    with pytest.raises(BackboneWeightsError, match="unknown backbone configuration 'demo2'"):
+        backbone_config({"base": "demo2", "hidden_size": 192})
+
+
 def test_a_deepened_backbone_starts_with_the_function_of_the_trained_one_and_its_new_blocks_learn():
     from hyperct.network.backbone import deepen_backbone, encoder_layers
 

@@ -51,16 +51,21 @@ INPUT_SIZE = 144  # pixels; 144 / 16 = 9 x 9 patches
 
 
 def backbone_config(name_or_dict: str | dict) -> DINOv3ViTConfig:
-    """A ``DINOv3ViTConfig`` from a named configuration or a config dict."""
+    """A ``DINOv3ViTConfig`` from a named configuration or a config dict. A dict may name a
+    ``base`` configuration that its other fields change (``{base: demo, hidden_size: 192,
+    intermediate_size: 768}``: the demo backbone twice as wide); without one, the fields it leaves
+    out take transformers' DINOv3 defaults."""
     if isinstance(name_or_dict, str):
-        if name_or_dict not in BACKBONE_CONFIGS:
+        name_or_dict = {"base": name_or_dict}
+    values = {k: v for k, v in name_or_dict.items() if not k.startswith("_")}
+    if "base" in values:
+        base = values.pop("base")
+        if not isinstance(base, str) or base not in BACKBONE_CONFIGS:
             raise BackboneWeightsError(
-                f"unknown backbone configuration {name_or_dict!r}",
+                f"unknown backbone configuration {base!r}",
                 hint=f"use one of {', '.join(BACKBONE_CONFIGS)} or a folder with config.json",
             )
-        values = dict(BACKBONE_CONFIGS[name_or_dict])
-    else:
-        values = {k: v for k, v in name_or_dict.items() if not k.startswith("_")}
+        values = dict(BACKBONE_CONFIGS[base], **values)
     values.pop("model_type", None)
     values.pop("architectures", None)
     values.pop("transformers_version", None)
