@@ -38,25 +38,35 @@ from hyperct.training.cache import PreprocessCache  # noqa: E402
 from hyperct.training.datasets import build_dataset  # noqa: E402
 from hyperct.training.metrics import roc_auc  # noqa: E402
 
+Z_BANDS = 5  # 11 images each: 55 / 5
+
 POOLINGS = {
     "mean_cls": slice(0, 1),
     "max_cls": slice(1, 2),
     "mean_patch": slice(2, 3),
     "max_patch": slice(3, 4),
+    # the mean CLS of each fifth of the images along z, side by side: what a readout that knows each
+    # image's position could use (HyperCT's stage 2 gives every image position its own LoRA through
+    # the hypernetwork's position embedding; the frozen mean CLS above does not know positions)
+    "zband_cls": slice(4, 4 + Z_BANDS),
 }
 
 
 @torch.no_grad()
 def pooled_features(backbone, ds) -> np.ndarray:
-    """(N, 4, D): mean/max over images of the final CLS; mean/max over all final patch tokens."""
+    """(N, 4 + Z_BANDS, D): mean/max over images of the final CLS; mean/max over all final patch
+    tokens; the mean CLS of each z band."""
     n_prefix = 1 + backbone.config.num_register_tokens
     out = []
     for i in range(len(ds)):
         px, _ = ds[i]
         h = backbone(pixel_values=px).last_hidden_state  # (55, tokens, D)
         cls, patches = h[:, 0], h[:, n_prefix:]
+        bands = [band.mean(0) for band in cls.chunk(Z_BANDS)]
         out.append(
-            torch.stack([cls.mean(0), cls.amax(0), patches.mean((0, 1)), patches.amax((0, 1))]).numpy()
+            torch.stack(
+                [cls.mean(0), cls.amax(0), patches.mean((0, 1)), patches.amax((0, 1)), *bands]
+            ).numpy()
         )
     return np.stack(out)
 
