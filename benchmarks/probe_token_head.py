@@ -48,7 +48,7 @@ def main() -> None:
     heads.load_state_dict(hs)
     ds = PhantomDataset(args.valid, 200000, matrix=192, cache=PreprocessCache(args.cache), prepare=False)
     ds.prepare()
-    sampler = _ImageSampler(ds)
+    sampler = _ImageSampler(ds, backbone.config.patch_size)
     scores: dict[str, list] = {"tok_max": [], "tok_top5mean": [], "img_max": [], "img_mean": []}
     if heads.bag is not None:
         scores["bag_mean_cls"] = []

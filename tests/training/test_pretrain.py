@@ -52,6 +52,33 @@ def test_full_masks_cover_every_token_and_other_findings_stay_empty():
     assert tl.sum() == 55 * 81
 
 
+@pytest.mark.parametrize("shape", [(300, 192, 192), (110, 144, 144), (60, 64, 64), (40, 30, 30)])
+def test_labels_of_a_coarser_patch_are_the_or_of_the_finest_ones(shape):
+    from hyperct.training.token_labels import coarsen, token_shape
+
+    rng = np.random.default_rng(sum(shape))
+    masks = {}
+    for fid in ("lung_nodule", "coronary_artery_wall_calcification", "emphysema"):
+        m = np.zeros(shape, bool)
+        for _ in range(6):  # a few small blobs
+            k, j, i = (int(rng.integers(0, n - 2)) for n in shape)
+            m[k : k + 2, j : j + 2, i : i + 2] = True
+        masks[fid] = m
+    fine = token_labels(masks, shape, patch=8)
+    assert fine.shape == token_shape(8) == (55, 18, 18, 25)
+    for patch in (16, 24, 48):
+        direct = token_labels(masks, shape, patch=patch)
+        assert direct.shape == token_shape(patch)
+        np.testing.assert_array_equal(coarsen(fine, patch), direct)
+    assert fine.sum() > token_labels(masks, shape).sum()  # the fine grid tells more tokens apart
+
+
+@pytest.mark.parametrize("patch", [4, 12, 32])
+def test_token_labels_need_a_patch_that_tiles_the_image_in_fine_tokens(patch):
+    with pytest.raises(ValueError, match=f"patch size {patch}"):
+        token_labels({}, (55, 144, 144), patch=patch)
+
+
 @pytest.mark.slow
 def test_pretraining_writes_a_dinov3_folder_that_stage_2_can_use(tmp_path):
     from hyperct.training.pretrain import load_pretrain_config, pretrain_backbone

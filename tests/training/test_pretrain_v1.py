@@ -291,6 +291,23 @@ def test_bag_pretraining_logs_every_epoch_and_resume_continues_on_new_seeds(tmp_
 
 
 @pytest.mark.slow
+def test_a_patch_8_backbone_pretrains_on_the_labels_of_its_own_token_grid(tmp_path):
+    from hyperct.network.backbone import load_backbone
+
+    cfg = _v1_config(tmp_path, epochs=1)
+    cfg = PretrainConfig.from_dict(dict(cfg.to_dict(), backbone=dict(TINY_BACKBONE, patch_size=8)))
+    out = tmp_path / "p8"
+    pretrain_backbone(cfg, out)
+    assert load_backbone(out).config.patch_size == 8
+    log = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    assert log[0]["valid"]["token_auc"]  # the token head was scored against 18 x 18 labels per image
+    valid = build_dataset(cfg.data.valid, cache=PreprocessCache(tmp_path / "cache"), field="valid")
+    fine, coarse = valid.token_labels(0, 8), valid.token_labels(0, 16)
+    assert fine.shape == (55, 18, 18, 25) and coarse.shape == TOKEN_SHAPE
+    assert fine.any() and (fine.reshape(55, 9, 2, 9, 2, 25).any(axis=(2, 4)) == coarse).all()
+
+
+@pytest.mark.slow
 def test_resume_starts_from_the_saved_weights(tmp_path):
     from hyperct.network.backbone import load_backbone
 

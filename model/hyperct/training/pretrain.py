@@ -253,7 +253,8 @@ def pair_contrast_loss(
 def forward_heads(
     backbone, heads: PretrainHeads, pixels: torch.Tensor, *, with_cls: bool = False
 ) -> tuple[torch.Tensor, ...]:
-    """(N, 81, 25) token logits and (N, 25) image logits for (N, 3, 144, 144) images (+ the (N, D) CLS)."""
+    """(N, G * G, 25) token logits and (N, 25) image logits for (N, 3, 144, 144) images (+ the (N, D)
+    CLS); G = 144 / patch size (9 for the demo backbone)."""
     out = backbone(pixel_values=pixels).last_hidden_state
     n_prefix = 1 + backbone.config.num_register_tokens
     res = (heads.token(out[:, n_prefix:]), heads.image(out[:, 0]))
@@ -279,7 +280,7 @@ def pair_losses(
             continue
         a = slice(starts[2 * j], starts[2 * j + 1])
         b = slice(starts[2 * j + 1], starts[2 * j + 2])
-        on_tok = tokens[a][..., k] > 0  # (n, 81)
+        on_tok = tokens[a][..., k] > 0  # (n, G * G)
         on_img = on_tok.any(dim=1)
         terms.append(
             pair_contrast_loss(tok_logits[a], tok_logits[b], k, on_tok)
@@ -302,8 +303,8 @@ def masked_bce(logits: torch.Tensor, labels: torch.Tensor, pos_weight: torch.Ten
 class _ImageSampler:
     """Draws images (and their token labels) of cached phantoms, deterministically per (seed, epoch)."""
 
-    def __init__(self, ds: PhantomDataset):
-        self.ds = ds
+    def __init__(self, ds: PhantomDataset, patch: int = 16):
+        self.ds, self.patch = ds, patch
 
     def images(self, i: int, which: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         stored = self.ds.cache.stored(self.ds._key(i))
@@ -313,7 +314,7 @@ class _ImageSampler:
         slices = np.concatenate([np.arange(3 * n, 3 * n + 3) for n in which])
         hu = torch.from_numpy(decode(np.asarray(stored[slices])))
         pixels = normalise(hu)  # (len(which), 3, 144, 144)
-        tokens = torch.from_numpy(self.ds.token_labels(i)[which])  # (n, 9, 9, 25)
+        tokens = torch.from_numpy(self.ds.token_labels(i, self.patch)[which])  # (n, G, G, 25)
         return pixels, tokens.reshape(len(which), -1, tokens.shape[-1]).float()
 
 
@@ -337,7 +338,7 @@ def validate(backbone, heads, ds: PhantomDataset, n_phantoms: int, device=None) 
     bag head on the mean CLS over all 55 images (labels from the token masks)."""
     backbone.eval()
     device = torch.device(device or "cpu")
-    sampler = _ImageSampler(ds)
+    sampler = _ImageSampler(ds, backbone.config.patch_size)
     img_scores, img_labels, tok_scores, tok_labels, vol_scores = [], [], [], [], []
     bag_scores, bag_truth = [], []
     n = min(n_phantoms, len(ds))
@@ -735,7 +736,7 @@ def pretrain_backbone(
                     blocks.drop(old)
             if fresh and epoch_in_block == 0 and epoch + dc.block_epochs <= epochs:
                 blocks.prefetch(block + 1)  # generated while this block's epochs train
-            sampler = _ImageSampler(train)
+            sampler = _ImageSampler(train, backbone.config.patch_size)
             module.train()
             encoder_layers(backbone)  # (structure check: a DINOv3 ViT)
             if bag_mode or fresh:
@@ -755,7 +756,7 @@ def pretrain_backbone(
                     batch = []
                     for u in idx:
                         i = 2 * int(u) if pairs else int(u)
-                        grid = train.token_labels(i)  # (55, 9, 9, 25)
+                        grid = train.token_labels(i, backbone.config.patch_size)  # (55, G, G, 25)
                         include = None
                         if pairs and train.pair == "drop_one":  # the finding the twin lacks
                             differ = np.flatnonzero(train.labels[i] != train.labels[train.pair_of(i)])

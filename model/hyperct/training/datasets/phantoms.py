@@ -143,30 +143,31 @@ class PhantomDataset(VolumeDataset):
         return self.generate(i).volume.hu
 
     def _fill(self, i: int) -> np.ndarray:
-        from hyperct.training.token_labels import TOKEN_LABELS, token_labels
+        from hyperct.training.token_labels import FINEST_PATCH, TOKEN_LABELS, token_labels
 
         out = self.generate(i)
         labels = np.asarray(out.labels, dtype=np.int8).reshape(-1)
         if labels.size != N_FINDINGS:
             raise DatasetError(f"phantom {self.seeds[i]}: {labels.size} labels, expected {N_FINDINGS}")
         hu = resample_hu(out.volume.hu).numpy()
-        # where each finding is, per model token (for backbone pretraining): beside the volume
-        self.cache.put_array(
-            self._key(i), TOKEN_LABELS, np.packbits(token_labels(out.masks, out.volume.shape))
-        )
+        # where each finding is, per model token of the finest patch (for backbone pretraining)
+        fine = token_labels(out.masks, out.volume.shape, patch=FINEST_PATCH)
+        self.cache.put_array(self._key(i), TOKEN_LABELS, np.packbits(fine))
         self.cache.put(self._key(i), hu, dict(self.cache_info(i), labels=labels.tolist()))
         return labels
 
-    def token_labels(self, i: int) -> np.ndarray:
-        """(55, 9, 9, 25) bool: finding masks per model token (the generator's ground truth)."""
-        from hyperct.training.token_labels import TOKEN_LABELS, TOKEN_SHAPE
+    def token_labels(self, i: int, patch: int = 16) -> np.ndarray:
+        """(55, G, G, 25) bool, G = 144 / ``patch``: finding masks per model token of a backbone with
+        that patch size (the generator's ground truth)."""
+        from hyperct.training.token_labels import FINEST_PATCH, TOKEN_LABELS, coarsen, token_shape
 
         packed = self.cache.get_array(self._key(i), TOKEN_LABELS)
         if packed is None:
             self._fill(i)
             packed = self.cache.get_array(self._key(i), TOKEN_LABELS)
-        n = int(np.prod(TOKEN_SHAPE))
-        return np.unpackbits(np.asarray(packed))[:n].reshape(TOKEN_SHAPE).astype(bool)
+        shape = token_shape(FINEST_PATCH)
+        fine = np.unpackbits(np.asarray(packed))[: int(np.prod(shape))].reshape(shape).astype(bool)
+        return fine if patch == FINEST_PATCH else coarsen(fine, patch)
 
     def prepare(
         self, *, rank: int = 0, world: int = 1, barrier=None, progress: bool = False, workers: int = 1
