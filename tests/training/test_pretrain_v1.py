@@ -307,6 +307,28 @@ def test_a_patch_8_backbone_pretrains_on_the_labels_of_its_own_token_grid(tmp_pa
     assert fine.any() and (fine.reshape(55, 9, 2, 9, 2, 25).any(axis=(2, 4)) == coarse).all()
 
 
+def test_a_cache_with_patch_16_labels_only_serves_patch_16_and_regenerates_for_patch_8(tmp_path):
+    from hyperct.training.token_labels import PATCH16_LABELS, TOKEN_LABELS
+
+    spec = dict(
+        type="phantom", count=1, first_seed=950, matrix=48, n_slices=24, findings={"pleural_effusion": 0.7}
+    )
+    cache = PreprocessCache(tmp_path / "cache")
+    ds = build_dataset(spec, cache=cache, field="valid")
+    key = ds._key(0)
+    fine, coarse = ds.token_labels(0, 8), ds.token_labels(0, 16)
+    # what an older version cached: the volume and patch-16 labels only
+    cache.put_array(key, PATCH16_LABELS, np.packbits(coarse))
+    cache._paths(key)[0].with_name(f"{key}.{TOKEN_LABELS}.npy").unlink()
+    assert cache.get_array(key, TOKEN_LABELS) is None
+    stamp = cache._paths(key)[1].stat().st_mtime_ns
+    again = build_dataset(spec, cache=cache, field="valid")  # nothing to generate: labels for patch 16
+    assert cache._paths(key)[1].stat().st_mtime_ns == stamp
+    np.testing.assert_array_equal(again.token_labels(0, 16), coarse)
+    np.testing.assert_array_equal(again.token_labels(0, 8), fine)  # generated again, now kept
+    assert cache.get_array(key, TOKEN_LABELS) is not None
+
+
 @pytest.mark.slow
 def test_resume_starts_from_the_saved_weights(tmp_path):
     from hyperct.network.backbone import load_backbone

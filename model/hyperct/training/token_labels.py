@@ -8,7 +8,8 @@ mask falls into it, with the same half-pixel-aligned axis scaling as the preproc
 
 The phantom cache keeps the labels of the finest grid (patch 8, ``TOKEN_LABELS``); a coarser patch
 (16, 24, ...) is their logical OR over blocks of fine tokens (``coarsen``), exactly what
-``token_labels`` gives for that patch directly.
+``token_labels`` gives for that patch directly. A phantom cached before holds patch-16 labels only
+(``PATCH16_LABELS``): they serve patch 16; a finer patch generates the phantom again.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from hyperct.findings import catalogue
 from hyperct.preprocess import IMAGE_SIZE, N_IMAGES, N_SLICES
 
 TOKEN_LABELS = "tokens_p8"  # the name of the stored (finest) labels beside a cached phantom
+PATCH16_LABELS = "tokens"  # patch-16 labels, what caches written before the finest grid hold
 FINEST_PATCH = 8
 PATCH = 16  # the demo backbone's patch
 GRID = IMAGE_SIZE // PATCH

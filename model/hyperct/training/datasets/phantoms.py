@@ -159,9 +159,20 @@ class PhantomDataset(VolumeDataset):
     def token_labels(self, i: int, patch: int = 16) -> np.ndarray:
         """(55, G, G, 25) bool, G = 144 / ``patch``: finding masks per model token of a backbone with
         that patch size (the generator's ground truth)."""
-        from hyperct.training.token_labels import FINEST_PATCH, TOKEN_LABELS, coarsen, token_shape
+        from hyperct.training.token_labels import (
+            FINEST_PATCH,
+            PATCH16_LABELS,
+            TOKEN_LABELS,
+            coarsen,
+            token_shape,
+        )
 
         packed = self.cache.get_array(self._key(i), TOKEN_LABELS)
+        if packed is None and patch == 16:  # a phantom cached before the finest labels were kept
+            old = self.cache.get_array(self._key(i), PATCH16_LABELS)
+            if old is not None:
+                shape = token_shape(16)
+                return np.unpackbits(np.asarray(old))[: int(np.prod(shape))].reshape(shape).astype(bool)
         if packed is None:
             self._fill(i)
             packed = self.cache.get_array(self._key(i), TOKEN_LABELS)
@@ -174,11 +185,13 @@ class PhantomDataset(VolumeDataset):
     ) -> None:
         """Generate every phantom not in the cache yet (shared between ranks, and between ``workers``
         processes when the cache is on disk), then read the labels."""
-        from hyperct.training.token_labels import TOKEN_LABELS
+        from hyperct.training.token_labels import PATCH16_LABELS, TOKEN_LABELS
 
-        def missing(i: int) -> bool:
+        def missing(i: int) -> bool:  # (patch-16 labels of an older cache will do until a finer patch asks)
             key = self._key(i)
-            return not self.cache.contains(key) or self.cache.get_array(key, TOKEN_LABELS) is None
+            if not self.cache.contains(key):
+                return True
+            return all(self.cache.get_array(key, name) is None for name in (TOKEN_LABELS, PATCH16_LABELS))
 
         todo = [i for i in range(len(self)) if missing(i)]
         mine = todo if self.cache.directory is None else todo[rank::world]
