@@ -5,6 +5,8 @@
 #   GATE=0 bash scripts/train_demo.sh          # go on to stage 2 even if the backbone misses the probe gate
 #   SHIP=1 bash scripts/train_demo.sh          # copy into assets/demo_model even if the test target is missed
 #   PREPARE_WORKERS=12 bash scripts/train_demo.sh   # phantom-generating processes (default 1: 2 cores)
+#   V0=shipped bash scripts/train_demo.sh      # stage 1 v0 = the backbone inside assets/demo_model (the
+#                                              # shipped v0.2 froze it: the same weights), not trained again
 #
 # 1. stage 1: the v0 backbone (configs/demo_backbone.yaml, token and image objectives, ~25 min on 2
 #    cores), then stage 1 v1 from it (hyperct pretrain, configs/demo_backbone_v1.yaml): token, image
@@ -33,7 +35,14 @@ CACHE=cache/hyperct-demo
 BACKBONE="$RUNS/demo-backbone-v1"
 
 if [ "${STAGE1:-run}" != skip ]; then
-  hyperct pretrain --config configs/demo_backbone.yaml --out "$RUNS/demo-backbone-v0" --overwrite
+  if [ "${V0:-train}" = shipped ]; then
+    python -c 'import sys
+from hyperct.checkpoint import load_checkpoint
+from hyperct.network.backbone import save_backbone
+save_backbone(load_checkpoint("assets/demo_model", map_location="cpu")[0].backbone, sys.argv[1])' "$RUNS/demo-backbone-v0"
+  else
+    hyperct pretrain --config configs/demo_backbone.yaml --out "$RUNS/demo-backbone-v0" --overwrite
+  fi
   hyperct pretrain --config configs/demo_backbone_v1.yaml --out "$BACKBONE" --overwrite \
     --init "$RUNS/demo-backbone-v0" --set "data.prepare_workers=${PREPARE_WORKERS:-1}"
 fi
