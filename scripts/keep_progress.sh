@@ -2,22 +2,24 @@
 # Keep a training run's progress in git between sessions (runs/ and cache/ are not committed and do not
 # survive a new checkout): copies the run folder's small files -- the backbone, the resume state
 # (weights, AdamW moments, random generators), the per-epoch log and the configuration -- into
-# progress/<name>/, refusing anything over 16 MB in all.
+# progress/<name>/ (PROGRESS=DIR: elsewhere), refusing anything over 16 MB in all.
 #
 #   bash scripts/keep_progress.sh runs/demo-backbone-v1        # then: git add progress/demo-backbone-v1
 #   cp -r progress/demo-backbone-v1 runs/ && hyperct pretrain --resume runs/demo-backbone-v1   # continue
 set -euo pipefail
-cd "$(dirname "$0")/.."
 run=${1:?usage: keep_progress.sh RUN_FOLDER}
 [ -f "$run/last/state.json" ] || { echo "no resume state in $run (last/state.json): nothing to keep" >&2; exit 2; }
+run=$(cd "$run" && pwd)
 name=$(basename "$run")
+dest=${PROGRESS:-$(cd "$(dirname "$0")/.." && pwd)/progress}
 size=$(du -sk --exclude='*.log' "$run" | cut -f1)
 if [ "$size" -gt 16384 ]; then
   echo "$run holds ${size} kB: too large to commit (limit 16 MB); keep it elsewhere" >&2
   exit 2
 fi
-rm -rf "progress/$name.tmp" && mkdir -p "progress/$name.tmp"
-cp -r "$run"/. "progress/$name.tmp/"
-find "progress/$name.tmp" -name '*.log' -delete
-rm -rf "progress/$name" && mv "progress/$name.tmp" "progress/$name"
-echo "kept $run in progress/$name ($(du -sh "progress/$name" | cut -f1)); epoch $(python -c "import json,sys; print(json.load(open(sys.argv[1]))['epoch'])" "progress/$name/last/state.json")"
+rm -rf "$dest/$name.tmp" && mkdir -p "$dest/$name.tmp"
+cp -r "$run"/. "$dest/$name.tmp/"
+find "$dest/$name.tmp" -name '*.log' -delete
+rm -rf "$dest/$name" && mv "$dest/$name.tmp" "$dest/$name"
+epoch=$(python -c "import json,sys; print(json.load(open(sys.argv[1]))['epoch'])" "$dest/$name/last/state.json")
+echo "kept $run in $dest/$name ($(du -sh "$dest/$name" | cut -f1)); epoch $epoch"
