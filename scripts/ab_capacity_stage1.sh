@@ -15,8 +15,9 @@ cd "$(dirname "$0")/.."
 RUNS=${RUNS:-runs}
 MINUTES=${MINUTES:-60}
 mkdir -p "$RUNS"
-# first the validation phantoms and blocks 0 and 1 (both processes: else both arms generate them at once)
-python - <<'PY'
+# first the validation phantoms and blocks 0 and 1 (else both arms generate them at once); python -c, as
+# the phantom-generating worker processes cannot start from a script read on stdin
+python -c '
 from hyperct.training.cache import PreprocessCache
 from hyperct.training.datasets import build_dataset
 from hyperct.training.pretrain import block_spec
@@ -26,7 +27,7 @@ dc = PretrainConfig.load("configs/demo_backbone_v1.yaml").data
 cache = PreprocessCache(dc.cache_dir, dc.cache_dtype, compress=dc.cache_compress)
 for spec in (dc.valid, block_spec(dc.train, 0), block_spec(dc.train, 1)):
     build_dataset(spec, cache=cache, field="data", progress=True, workers=2)
-PY
+'
 common=(--config configs/demo_backbone_v1.yaml --overwrite --set init=null --set data.keep_blocks=true)
 export OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE
 timeout -s TERM "${MINUTES}m" hyperct pretrain "${common[@]}" --out "$RUNS/ab-d96" > "$RUNS/ab-d96.log" 2>&1 &
