@@ -36,6 +36,12 @@ def token_shape(patch: int = PATCH) -> tuple[int, int, int, int]:
     return (N_IMAGES, IMAGE_SIZE // patch, IMAGE_SIZE // patch, len(catalogue()))
 
 
+def unpack(packed: np.ndarray, patch: int) -> np.ndarray:
+    """The (55, G, G, 25) booleans of patch ``patch`` from their stored ``np.packbits`` form."""
+    shape = token_shape(patch)
+    return np.unpackbits(np.asarray(packed))[: int(np.prod(shape))].reshape(shape).astype(bool)
+
+
 def coarsen(fine: np.ndarray, patch: int = PATCH) -> np.ndarray:
     """Labels of patch ``patch`` from those of the finest grid (``(55, 18, 18, 25)``): the OR over
     each block of ``patch / 8`` x ``patch / 8`` fine tokens."""

@@ -164,20 +164,18 @@ class PhantomDataset(VolumeDataset):
             PATCH16_LABELS,
             TOKEN_LABELS,
             coarsen,
-            token_shape,
+            unpack,
         )
 
         packed = self.cache.get_array(self._key(i), TOKEN_LABELS)
         if packed is None and patch == 16:  # a phantom cached before the finest labels were kept
             old = self.cache.get_array(self._key(i), PATCH16_LABELS)
             if old is not None:
-                shape = token_shape(16)
-                return np.unpackbits(np.asarray(old))[: int(np.prod(shape))].reshape(shape).astype(bool)
+                return unpack(old, 16)
         if packed is None:
             self._fill(i)
             packed = self.cache.get_array(self._key(i), TOKEN_LABELS)
-        shape = token_shape(FINEST_PATCH)
-        fine = np.unpackbits(np.asarray(packed))[: int(np.prod(shape))].reshape(shape).astype(bool)
+        fine = unpack(packed, FINEST_PATCH)
         return fine if patch == FINEST_PATCH else coarsen(fine, patch)
 
     def prepare(
