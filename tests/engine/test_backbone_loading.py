@@ -146,6 +146,30 @@ def test_a_deepened_backbone_starts_with_the_function_of_the_trained_one_and_its
         deepen_backbone(small, 0)
 
 
+def test_a_repatched_backbone_computes_on_the_image_what_the_trained_one_does_on_it_magnified():
+    from hyperct.network.backbone import repatch_backbone
+
+    big = build_backbone(dict(TINY_BACKBONE, patch_size=16), seed=3).eval()
+    small = repatch_backbone(big, 8)
+    assert small.config.patch_size == 8 and not small.training
+    x = torch.randn(2, 3, 144, 144)
+    magnified = x.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)  # nearest 2x: 288 x 288
+    with torch.no_grad():
+        got = small(pixel_values=x).last_hidden_state
+        want = big(pixel_values=magnified).last_hidden_state
+        plain = big(pixel_values=x).last_hidden_state
+    assert (
+        got.shape
+        == want.shape
+        == (2, 1 + TINY_BACKBONE.get("num_register_tokens", 0) + 18 * 18, got.shape[-1])
+    )
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    assert plain.shape[1] < got.shape[1]  # 81 patch tokens at patch 16, 324 at patch 8
+    for bad in (16, 5, 32, 0):
+        with pytest.raises(ValueError, match="patch size"):
+            repatch_backbone(big, bad)
+
+
 def test_extra_layers_need_an_init_backbone():
     from hyperct.errors import ConfigError
     from hyperct.training.pretrain_config import PretrainConfig

@@ -290,3 +290,31 @@ def test_pretraining_can_continue_from_a_backbone_folder_with_the_volume_objecti
     base["init"] = str(tmp_path / "nowhere")
     with pytest.raises(Exception, match="backbone folder does not exist"):
         pretrain_backbone(PretrainConfig.load(None, base), tmp_path / "x")
+
+
+def test_pretraining_can_start_a_smaller_patch_from_a_trained_backbone(tmp_path):
+    from hyperct.errors import ConfigError
+    from hyperct.network.backbone import build_backbone, repatch_backbone, save_backbone
+    from hyperct.training.pretrain import PretrainConfig, pretrain_backbone
+
+    start = build_backbone(dict(TINY_BACKBONE), seed=11)
+    save_backbone(start, tmp_path / "start")
+    phantoms = {"type": "phantom", "matrix": 48, "n_slices": 24, "findings": {"pleural_effusion": 0.5}}
+    base = {
+        "seed": 3,
+        "init": str(tmp_path / "start"),
+        "init_patch_size": 8,
+        "data": {"train": dict(phantoms, count=2, first_seed=900), "cache_dir": str(tmp_path / "cache")},
+        "optim": {"epochs": 1, "warmup_steps": 1, "phantoms_per_step": 2, "images_per_phantom": 2, "lr": 0.0},
+    }
+    out = pretrain_backbone(PretrainConfig.load(None, base), tmp_path / "p8")
+    written = load_backbone(out)
+    assert written.config.patch_size == 8  # and its tokens: the trained kernel summed 2x2
+    want = repatch_backbone(start, 8).state_dict()
+    for key, value in written.state_dict().items():
+        torch.testing.assert_close(value, want[key], msg=key)
+
+    with pytest.raises(ConfigError, match="init_patch_size.*divide"):
+        pretrain_backbone(PretrainConfig.load(None, dict(base, init_patch_size=12)), tmp_path / "p12")
+    with pytest.raises(ConfigError, match="init_patch_size.*init"):
+        PretrainConfig.load(None, {"data": base["data"], "init_patch_size": 8})

@@ -54,6 +54,9 @@ Stage 1 v1 (``configs/demo_backbone_v1.yaml``; issue 18) adds what the pooled fe
   CPU.
 * **a deeper backbone from a trained one** (``init_extra_layers``): blocks appended to the ``init``
   backbone start as the identity (``deepen_backbone``), the capacity A/B without starting over.
+* **a smaller patch from a trained one** (``init_patch_size``): the ``init`` backbone with its patch
+  kernel summed down (``repatch_backbone``: 16 -> 8 starts as the trained network on the image
+  magnified 2x), so small findings cover more of each token without starting over.
 
 The configuration (fields, defaults, checks) is ``hyperct.training.pretrain_config.PretrainConfig``,
 read from the YAML files below and validated once at load.
@@ -90,6 +93,7 @@ from hyperct.network.backbone import (
     deepen_backbone,
     encoder_layers,
     load_backbone,
+    repatch_backbone,
     save_backbone,
 )
 from hyperct.preprocess import N_IMAGES, normalise
@@ -675,6 +679,13 @@ def pretrain_backbone(
             backbone = load_backbone(cfg.init)  # BackboneWeightsError naming the folder if it is wrong
             if cfg.init_extra_layers:
                 backbone = deepen_backbone(backbone, cfg.init_extra_layers, seed=seed)
+            if cfg.init_patch_size and cfg.init_patch_size != backbone.config.patch_size:
+                try:
+                    backbone = repatch_backbone(backbone, cfg.init_patch_size)
+                except ValueError as exc:
+                    raise ConfigError(
+                        f"init_patch_size: {exc} (the init backbone's patch)", path=cfg.init
+                    ) from None
         else:
             backbone = build_backbone(cfg.backbone, seed=seed)
         backbone.embeddings.mask_token.requires_grad_(False)  # unused (no masked-image modelling)

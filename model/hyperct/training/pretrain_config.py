@@ -16,6 +16,9 @@ Fields (dotted name: default: meaning)
 * ``init``: null: start from this backbone folder (``config.json`` + ``model.safetensors``).
 * ``init_extra_layers``: 0: blocks appended to the ``init`` backbone, each starting as the identity
   (``hyperct.network.backbone.deepen_backbone``): a deeper network that starts where ``init`` is.
+* ``init_patch_size``: 0: a smaller patch for the ``init`` backbone (0: keep its own), its kernel
+  made from the trained one (``hyperct.network.backbone.repatch_backbone``): the trained network
+  looking at the image magnified, with 4x the tokens at half the patch.
 * ``device``: "cpu": ``auto`` (a CUDA GPU when present), ``cpu``, ``cuda`` or ``cuda:N``.
 * ``data.train``: (required) a phantom dataset description (``hyperct.training.datasets``); with
   the bag objective it may have ``pair: normal | variant | drop_one``.
@@ -181,6 +184,7 @@ class PretrainConfig(_Section):
     backbone: str | dict = _field("demo", _backbone, free_form=True)
     init: str | None = _field(None, _opt(_str))
     init_extra_layers: int = _field(0, _nonneg_int)
+    init_patch_size: int = _field(0, _nonneg_int)
     device: str = _field("cpu", _str)
     data: PretrainData = _section(PretrainData)
     optim: PretrainOptim = _section(PretrainOptim)
@@ -219,6 +223,11 @@ class PretrainConfig(_Section):
         if self.init_extra_layers and not self.init:
             raise ConfigError(
                 "init_extra_layers: blocks are appended to an init backbone; set init to its folder",
+                path=source,
+            )
+        if self.init_patch_size and not self.init:
+            raise ConfigError(
+                "init_patch_size: the smaller patch is made from an init backbone; set init to its folder",
                 path=source,
             )
         oc, dc = self.optim, self.data

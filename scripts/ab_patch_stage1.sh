@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The patch A/B of stage 1 v1 (issue 18): does a smaller patch let the backbone see the small findings?
+# Measured first: at patch 16 a calcification changes its tokens by ~3 HU on average, medical material
+# by ~4, a nodule by ~11 (the findings the probe finds at chance); at patch 8 by ~7, ~16 and ~36.
+# Both arms start from the same trained backbone (INIT, default: stage 1 v1 kept in progress/), with
+# the v1 objective and fresh optimiser state, side by side for the same wall time, one thread each, on
+# the same blocks of fresh seeds (FIRST_SEED on; the arm that reaches a block first generates it):
+#   p16: INIT as it is (81 tokens per image);
+#   p8:  INIT with its patch kernel summed down to 8 (init_patch_size: 324 tokens per image, ~4.5x the
+#        compute), which starts as INIT looking at the image magnified 2x.
+# Each arm's folder keeps its last whole epoch and can be resumed (hyperct pretrain --resume DIR).
+#
+#   bash scripts/ab_patch_stage1.sh                   # 90 minutes
+#   MINUTES=60 INIT=runs/demo-backbone-v1 bash scripts/ab_patch_stage1.sh
+#   python benchmarks/stage1_runs.py runs/ab-p16 runs/ab-p8 --out benchmarks/results/stage1_patch_ab.json
+#   python benchmarks/probe_backbone.py --backbone runs/ab-p8 --train 800 --valid 200   # and runs/ab-p16
+#
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUNS=${RUNS:-runs}
+MINUTES=${MINUTES:-90}
+INIT=${INIT:-progress/demo-backbone-v1}
+FIRST_SEED=${FIRST_SEED:-1002200}  # after the blocks stage 1 v1 has used (block 11 of its run)
+mkdir -p "$RUNS"
+train="{type: phantom, count: 200, first_seed: $FIRST_SEED, matrix: 192, findings: null, pair: drop_one}"
+common=(--config configs/demo_backbone_v1.yaml --overwrite --set "init=$INIT" --set "data.train=$train"
+  --set data.keep_blocks=true)
+export OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE
+timeout -s TERM "${MINUTES}m" hyperct pretrain "${common[@]}" --out "$RUNS/ab-p16" > "$RUNS/ab-p16.log" 2>&1 &
+a=$!
+timeout -s TERM "${MINUTES}m" hyperct pretrain "${common[@]}" --out "$RUNS/ab-p8" --set init_patch_size=8 \
+  > "$RUNS/ab-p8.log" 2>&1 &
+b=$!
+wait $a $b || true
+echo "arms stopped after ${MINUTES} minutes: $RUNS/ab-p16, $RUNS/ab-p8 (logs beside them)"
