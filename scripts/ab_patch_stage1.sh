@@ -4,7 +4,9 @@
 # by ~4, a nodule by ~11 (the findings the probe finds at chance); at patch 8 by ~7, ~16 and ~36.
 # Both arms start from the same trained backbone (INIT, default: stage 1 v1 kept in progress/), with
 # the v1 objective and fresh optimiser state, side by side for the same wall time, one thread each, on
-# the same blocks of fresh seeds (FIRST_SEED on; the arm that reaches a block first generates it):
+# the same blocks of fresh seeds (FIRST_SEED on; the faster p16 arm generates each next block in the
+# background, the p8 arm has no generating process of its own and reads them, as they are cached by
+# then: two arms generating the same block would do the same work twice):
 #   p16: INIT as it is (81 tokens per image);
 #   p8:  INIT with its patch kernel summed down to 8 (init_patch_size: 324 tokens per image, ~4.5x the
 #        compute), which starts as INIT looking at the image magnified 2x.
@@ -29,7 +31,7 @@ export OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE
 timeout -s TERM "${MINUTES}m" hyperct pretrain "${common[@]}" --out "$RUNS/ab-p16" > "$RUNS/ab-p16.log" 2>&1 &
 a=$!
 timeout -s TERM "${MINUTES}m" hyperct pretrain "${common[@]}" --out "$RUNS/ab-p8" --set init_patch_size=8 \
-  > "$RUNS/ab-p8.log" 2>&1 &
+  --set data.prepare_workers=0 > "$RUNS/ab-p8.log" 2>&1 &
 b=$!
 wait $a $b || true
 echo "arms stopped after ${MINUTES} minutes: $RUNS/ab-p16, $RUNS/ab-p8 (logs beside them)"

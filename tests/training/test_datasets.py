@@ -310,6 +310,36 @@ def test_phantoms_prepared_by_two_worker_processes_equal_serial_preparation(tmp_
         assert (serial.model_hu(i) == parallel.model_hu(i)).all()
 
 
+def test_a_worker_job_for_a_phantom_another_process_has_cached_reads_it_instead_of_generating(
+    tmp_path, monkeypatch
+):
+    """Two runs prefetching the same block (the A/B arms): a job whose phantom the other run has
+    written meanwhile takes its labels from the cache; one without token labels is made again."""
+    from hyperct.training.cache import PreprocessCache
+    from hyperct.training.datasets import PhantomDataset
+    from hyperct.training.datasets.phantoms import _fill_in_worker
+    from hyperct.training.token_labels import TOKEN_LABELS
+
+    kw = dict(matrix=48, n_slices=20, findings={"pleural_effusion": 0.5})
+    first = PhantomDataset(2, 700, cache=PreprocessCache(tmp_path), **kw)  # generated and cached
+    second = PhantomDataset(2, 700, cache=PreprocessCache(tmp_path), prepare=False, **kw)
+    assert second.cached_labels(0) is not None
+
+    def no_generation(self, i):
+        raise AssertionError("a cached phantom was generated again")
+
+    monkeypatch.setattr(PhantomDataset, "generate", no_generation)
+    i, labels = _fill_in_worker((second.worker_state(), 1))
+    assert i == 1 and (labels == first.labels[1]).all()
+
+    key = second._key(1)
+    (path,) = [p for p in tmp_path.rglob("*") if p.is_file() and TOKEN_LABELS in p.name and key in str(p)]
+    path.unlink()  # an older entry without the finest token labels
+    assert second.cached_labels(1) is None
+    with pytest.raises(AssertionError, match="generated again"):
+        _fill_in_worker((second.worker_state(), 1))
+
+
 def test_build_dataset_can_leave_phantoms_ungenerated():
     ds = build_dataset({"type": "phantom", "count": 2, "first_seed": 5, "matrix": 64}, prepare=False)
     assert len(ds) == 2 and (ds.labels == -1).all()

@@ -156,6 +156,15 @@ class PhantomDataset(VolumeDataset):
         self.cache.put(self._key(i), hu, dict(self.cache_info(i), labels=labels.tolist()))
         return labels
 
+    def cached_labels(self, i: int) -> np.ndarray | None:
+        """Phantom ``i``'s labels when the cache holds it with its finest token labels, else None."""
+        from hyperct.training.token_labels import TOKEN_LABELS
+
+        info = self.cache.get_info(self._key(i))
+        if info is None or "labels" not in info or self.cache.get_array(self._key(i), TOKEN_LABELS) is None:
+            return None
+        return np.asarray(info["labels"], dtype=np.int8)
+
     def token_labels(self, i: int, patch: int = 16) -> np.ndarray:
         """(55, G, G, 25) bool, G = 144 / ``patch``: finding masks per model token of a backbone with
         that patch size (the generator's ground truth)."""
@@ -314,7 +323,9 @@ def _fill_in_worker(job) -> tuple[int, np.ndarray]:
         prepare=False,
         pair=pair,
     )
-    return i, ds._fill(i)
+    # another process (a second run on the same blocks, an A/B arm) may have made it meanwhile
+    cached = ds.cached_labels(i)
+    return i, cached if cached is not None else ds._fill(i)
 
 
 PAIRS = (None, "normal", "variant", "drop_one")
