@@ -248,14 +248,20 @@ def test_volume_objective_needs_every_image_of_the_phantom():
     assert cfg.optim.volume_loss_weight == 1.0 and cfg.optim.volume and not cfg.optim.bag
 
 
-@pytest.mark.slow
-def test_pretraining_can_continue_from_a_backbone_folder_with_the_volume_objective(tmp_path):
+def _saved_start(tmp_path):
+    """A tiny backbone saved as a DINOv3 folder (``tmp_path/start``), and small phantoms to train it on."""
     from hyperct.network.backbone import build_backbone, save_backbone
-    from hyperct.training.pretrain import PretrainConfig, pretrain_backbone
 
     start = build_backbone(dict(TINY_BACKBONE), seed=11)
     save_backbone(start, tmp_path / "start")
-    phantoms = {"type": "phantom", "matrix": 48, "n_slices": 24, "findings": {"pleural_effusion": 0.5}}
+    return start, {"type": "phantom", "matrix": 48, "n_slices": 24, "findings": {"pleural_effusion": 0.5}}
+
+
+@pytest.mark.slow
+def test_pretraining_can_continue_from_a_backbone_folder_with_the_volume_objective(tmp_path):
+    from hyperct.training.pretrain import PretrainConfig, pretrain_backbone
+
+    start, phantoms = _saved_start(tmp_path)
     base = {
         "seed": 3,
         "backbone": dict(TINY_BACKBONE),
@@ -294,12 +300,10 @@ def test_pretraining_can_continue_from_a_backbone_folder_with_the_volume_objecti
 
 def test_pretraining_can_start_a_smaller_patch_from_a_trained_backbone(tmp_path):
     from hyperct.errors import ConfigError
-    from hyperct.network.backbone import build_backbone, repatch_backbone, save_backbone
+    from hyperct.network.backbone import repatch_backbone
     from hyperct.training.pretrain import PretrainConfig, pretrain_backbone
 
-    start = build_backbone(dict(TINY_BACKBONE), seed=11)
-    save_backbone(start, tmp_path / "start")
-    phantoms = {"type": "phantom", "matrix": 48, "n_slices": 24, "findings": {"pleural_effusion": 0.5}}
+    start, phantoms = _saved_start(tmp_path)
     base = {
         "seed": 3,
         "init": str(tmp_path / "start"),
