@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The patch A/B of stage 1 v1 (issue 18): does a smaller patch let the backbone see the small findings?
-# Measured first: at patch 16 a calcification changes its tokens by ~3 HU on average, medical material
-# by ~4, a nodule by ~11 (the findings the probe finds at chance); at patch 8 by ~7, ~16 and ~36.
+# Measured first (benchmarks/finding_contrast.py): on its own tokens a calcification changes the mean
+# by ~3-4 HU at patch 16, medical material by ~14, a nodule by ~19 (the findings the probe finds at
+# chance); at patch 8 by ~7-9, ~33 and ~61.
 # Both arms start from the same trained backbone (INIT, default: stage 1 v1 kept in progress/), with
 # the v1 objective and fresh optimiser state, side by side for the same wall time, one thread each, on
 # the same blocks of fresh seeds (FIRST_SEED on; the faster p16 arm generates each next block in the

@@ -123,8 +123,9 @@ def repatch_backbone(backbone: DINOv3ViTModel, patch_size: int) -> DINOv3ViTMode
     the sum of the block of old weights it covers, so a patch-8 token of an image is exactly the
     patch-16 token of that image upsampled 2x (nearest); the RoPE positions are relative to the
     token grid, so the whole network computes on the image what the old one computed on the
-    upsampled image. Small findings then cover 4x as many pixels of a token (issue 18: a
-    calcification's mean change per token 3 HU at patch 16, 7 at patch 8; medical material 4 -> 16)."""
+    upsampled image. Small findings then cover 4x as many pixels of a token (issue 18,
+    ``benchmarks/finding_contrast.py``: a calcification's mean change per token 3-4 HU at patch 16,
+    7-9 at patch 8; medical material 14 -> 33)."""
     values = config_to_dict(backbone.config)
     old = int(values["patch_size"])
     if patch_size < 1 or patch_size >= old or old % patch_size:
