@@ -9,8 +9,8 @@
 # background, the p8 arm has no generating process of its own and reads them, as they are cached by
 # then: two arms generating the same block would do the same work twice):
 #   p16: INIT as it is (81 tokens per image);
-#   p8:  INIT with its patch kernel summed down to 8 (init_patch_size: 324 tokens per image, ~4.5x the
-#        compute), which starts as INIT looking at the image magnified 2x.
+#   p8:  INIT with its patch kernel summed down to 8 (init_patch_size: 324 tokens per image, ~6x the time
+#        per training step on 2 CPU cores), which starts as INIT looking at the image magnified 2x.
 # Each arm's folder keeps its last whole epoch and can be resumed (hyperct pretrain --resume DIR).
 #
 #   bash scripts/ab_patch_stage1.sh                   # 90 minutes
