@@ -60,12 +60,12 @@ def separability(x: np.ndarray, y: np.ndarray, groups: np.ndarray, l2: float = 1
 
 
 @torch.no_grad()
-def outputs(backbone, heads: dict, hu: np.ndarray, k: int):
-    """(55, T, D) patch features, (55, T) token logits and (55,) image logits of finding ``k``."""
+def outputs(backbone, heads: dict, hu: np.ndarray):
+    """(55, T, D) patch features, (55, T, 25) token logits and (55, 25) image logits of a scan."""
     h = backbone(pixel_values=normalise(resample_hu(hu))).last_hidden_state
     patches = h[:, 1 + backbone.config.num_register_tokens :]
-    tok = patches @ heads["heads.token.weight"][k] + heads["heads.token.bias"][k]
-    img = h[:, 0] @ heads["heads.image.weight"][k] + heads["heads.image.bias"][k]
+    tok = patches @ heads["heads.token.weight"].T + heads["heads.token.bias"]
+    img = h[:, 0] @ heads["heads.image.weight"].T + heads["heads.image.bias"]
     return patches.numpy(), tok.numpy(), img.numpy()
 
 
@@ -94,7 +94,8 @@ def main() -> None:
         sys.exit(f"unknown finding id(s): {', '.join(unknown)}; the ids are in assets/findings.yaml")
 
     seeds = range(FIRST_SEED, FIRST_SEED + args.seeds)
-    without = {s: generate(s, {}, matrix=args.matrix).volume.hu for s in seeds}
+    # the scans without any finding, through the backbone once (the same for every finding)
+    without = {s: outputs(backbone, heads, generate(s, {}, matrix=args.matrix).volume.hu) for s in seeds}
     result: dict = {
         "benchmark": "paired_response_of_stage1_backbone_and_heads",
         "run": str(args.run),
@@ -113,8 +114,9 @@ def main() -> None:
             if mask is None or not mask.any():
                 continue
             on = token_labels({fid: mask}, ph.volume.shape, patch=patch)[..., k].reshape(55, -1)
-            pw, tw, iw = outputs(backbone, heads, ph.volume.hu, k)
-            po, to, io = outputs(backbone, heads, without[s], k)
+            pw, tw, iw = outputs(backbone, heads, ph.volume.hu)
+            po, to, io = without[s]
+            tw, iw, to, io = tw[..., k], iw[..., k], to[..., k], io[..., k]
             images = on.any(axis=1)
             acc["img_w"].append(iw[images])
             acc["img_wo"].append(io[images])
