@@ -10,10 +10,13 @@
 # then: two arms generating the same block would do the same work twice):
 #   p16: INIT as it is (81 tokens per image);
 #   p8:  INIT with its patch kernel summed down to 8 (init_patch_size: 324 tokens per image, ~6x the time
-#        per training step on 2 CPU cores), which starts as INIT looking at the image magnified 2x.
+#        per training step on 2 CPU cores), which starts as INIT looking at the image magnified 2x;
+#   p8crop (ARMS="p8crop"): p8 trained on 72-pixel crops placed on findings (optim.crop_size: 81 tokens
+#        per crop, the cost of p16), validated on whole images like the others.
 # Each arm's folder keeps its last whole epoch and can be resumed (hyperct pretrain --resume DIR).
 #
-#   bash scripts/ab_patch_stage1.sh                   # 90 minutes
+#   bash scripts/ab_patch_stage1.sh                   # 90 minutes, arms p16 and p8
+#   ARMS=p8crop MINUTES=60 bash scripts/ab_patch_stage1.sh   # one arm (its blocks: cached by the A/B)
 #   MINUTES=60 INIT=runs/demo-backbone-v1 bash scripts/ab_patch_stage1.sh
 #   python benchmarks/stage1_runs.py runs/ab-p16 runs/ab-p8 --out benchmarks/results/stage1_patch_ab.json
 #   python benchmarks/probe_backbone.py --backbone runs/ab-p8 --train 800 --valid 200   # and runs/ab-p16
@@ -29,10 +32,18 @@ train="{type: phantom, count: 200, first_seed: $FIRST_SEED, matrix: 192, finding
 common=(--config configs/demo_backbone_v1.yaml --overwrite --set "init=$INIT" --set "data.train=$train"
   --set data.keep_blocks=true)
 export OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE
-timeout -s TERM "${MINUTES}m" hyperct pretrain "${common[@]}" --out "$RUNS/ab-p16" > "$RUNS/ab-p16.log" 2>&1 &
-a=$!
-timeout -s TERM "${MINUTES}m" hyperct pretrain "${common[@]}" --out "$RUNS/ab-p8" --set init_patch_size=8 \
-  --set data.prepare_workers=0 > "$RUNS/ab-p8.log" 2>&1 &
-b=$!
-wait $a $b || true
-echo "arms stopped after ${MINUTES} minutes: $RUNS/ab-p16, $RUNS/ab-p8 (logs beside them)"
+ARMS=${ARMS:-p16 p8}
+pids=()
+for arm in $ARMS; do
+  case $arm in
+    p16) extra=() ;;
+    p8) extra=(--set init_patch_size=8 --set data.prepare_workers=0) ;;
+    p8crop) extra=(--set init_patch_size=8 --set optim.crop_size=72 --set data.prepare_workers=0) ;;
+    *) echo "unknown arm $arm: use p16, p8, p8crop" >&2; exit 2 ;;
+  esac
+  timeout -s TERM "${MINUTES}m" hyperct pretrain "${common[@]}" --out "$RUNS/ab-$arm" "${extra[@]}" \
+    > "$RUNS/ab-$arm.log" 2>&1 &
+  pids+=($!)
+done
+wait "${pids[@]}" || true
+echo "arms stopped after ${MINUTES} minutes: $(printf "$RUNS/ab-%s " $ARMS)(logs beside them)"

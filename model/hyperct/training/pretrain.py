@@ -57,6 +57,10 @@ Stage 1 v1 (``configs/demo_backbone_v1.yaml``; issue 18) adds what the pooled fe
 * **a smaller patch from a trained one** (``init_patch_size``): the ``init`` backbone with its patch
   kernel summed down (``repatch_backbone``: 16 -> 8 starts as the trained network on the image
   magnified 2x), so small findings cover more of each token without starting over.
+* **crops** (``optim.crop_size``): every training image cut to a square on the token grid, placed on
+  one of its positive tokens where it has any (``hyperct.training.crops``; a ``drop_one`` twin gets
+  the very same windows); labels from the crop's own tokens. A patch-8 backbone on 72-pixel crops
+  costs per image what patch 16 costs on whole images. Validation stays on whole images.
 
 The configuration (fields, defaults, checks) is ``hyperct.training.pretrain_config.PretrainConfig``,
 read from the YAML files below and validated once at load.
@@ -96,8 +100,9 @@ from hyperct.network.backbone import (
     repatch_backbone,
     save_backbone,
 )
-from hyperct.preprocess import N_IMAGES, normalise
+from hyperct.preprocess import IMAGE_SIZE, N_IMAGES, normalise
 from hyperct.training.cache import PreprocessCache, decode
+from hyperct.training.crops import crop_images, crop_windows
 from hyperct.training.datasets import PhantomDataset, build_dataset
 from hyperct.training.metrics import roc_auc
 from hyperct.training.pretrain_config import (  # noqa: F401 - LOSSES and load_pretrain_config: re-exported
@@ -320,6 +325,11 @@ class _ImageSampler:
         pixels = normalise(hu)  # (len(which), 3, 144, 144)
         tokens = torch.from_numpy(self.ds.token_labels(i, self.patch)[which])  # (n, G, G, 25)
         return pixels, tokens.reshape(len(which), -1, tokens.shape[-1]).float()
+
+
+def _cropped(got: tuple[torch.Tensor, torch.Tensor], windows, crop: int, patch: int):
+    """``_ImageSampler.images``' pixels and token labels cut to ``windows`` (none: as they are)."""
+    return got if windows is None else crop_images(got[0], got[1], windows, crop, patch)
 
 
 def echo(msg: str) -> None:
@@ -689,6 +699,14 @@ def pretrain_backbone(
         else:
             backbone = build_backbone(cfg.backbone, seed=seed)
         backbone.embeddings.mask_token.requires_grad_(False)  # unused (no masked-image modelling)
+        patch = int(backbone.config.patch_size)
+        crop = int(oc.crop_size) // patch  # tokens a side (0: whole images)
+        if oc.crop_size and (oc.crop_size % patch or crop > IMAGE_SIZE // patch):
+            raise ConfigError(
+                f"optim.crop_size: {oc.crop_size} pixels is not a whole number of the backbone's "
+                f"{patch}-pixel patches; use a multiple of {patch} up to {IMAGE_SIZE}",
+                path=str(out / CONFIG_FILE) if resume else None,
+            )
         heads = PretrainHeads(backbone.config.hidden_size, n_findings, volume=oc.volume, bag=bag_mode)
         module = nn.ModuleDict({"backbone": backbone, "heads": heads}).to(device)
         named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
@@ -781,19 +799,23 @@ def pretrain_backbone(
                             positive_fraction=float(oc.positive_fraction),
                             include=include,
                         )
-                        batch.append(sampler.images(i, which))
+                        windows = crop_windows(grid[which], crop, rng) if crop else None
+                        batch.append(_cropped(sampler.images(i, which), windows, crop, patch))
                         sizes.append(len(which))
-                        if pairs:  # the twin: the very same image indices
-                            batch.append(sampler.images(train.pair_of(i), which))
+                        if pairs:  # the twin: the very same image indices (and crop windows)
+                            twin = sampler.images(train.pair_of(i), which)
+                            batch.append(_cropped(twin, windows, crop, patch))
                             sizes.append(len(which))
                 else:
-                    batch = [
-                        sampler.images(
-                            int(i),
-                            np.sort(rng.choice(N_IMAGES, size=min(per_phantom, N_IMAGES), replace=False)),
-                        )
-                        for i in idx
-                    ]
+                    batch = []
+                    for i in idx:
+                        which = np.sort(rng.choice(N_IMAGES, size=min(per_phantom, N_IMAGES), replace=False))
+                        got = sampler.images(int(i), which)
+                        windows = None
+                        if crop:
+                            grid = got[1].reshape(len(which), IMAGE_SIZE // patch, IMAGE_SIZE // patch, -1)
+                            windows = crop_windows(grid.numpy() > 0, crop, rng)
+                        batch.append(_cropped(got, windows, crop, patch))
                 pixels = torch.cat([b[0] for b in batch]).to(device)
                 tokens = torch.cat([b[1] for b in batch]).to(device)
                 for group in optimizer.param_groups:

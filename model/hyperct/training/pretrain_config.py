@@ -44,6 +44,10 @@ Fields (dotted name: default: meaning)
 * ``optim.pair_loss_weight``: 0.0: the pair contrast (``data.train.pair: drop_one``): the phantom
   must score the finding its twin lacks higher than the twin, on that finding's tokens, images and
   on the bag (``hyperct.training.pretrain.pair_contrast_loss``).
+* ``optim.crop_size``: 0: train on square crops of this many pixels a side (0: whole images), on
+  the token grid and placed on a finding where an image has one (``hyperct.training.crops``): a
+  patch-8 backbone on 72-pixel crops costs what patch 16 costs on whole images. Validation stays on
+  whole images.
 * ``valid.phantoms``: 60: validation phantoms scored after every epoch.
 """
 
@@ -59,7 +63,7 @@ from typing import Any, ClassVar
 import yaml
 
 from hyperct.errors import ConfigError
-from hyperct.preprocess import N_IMAGES
+from hyperct.preprocess import IMAGE_SIZE, N_IMAGES
 from hyperct.training.cache import DTYPES
 from hyperct.training.config import (
     _backbone,
@@ -151,6 +155,7 @@ class PretrainOptim(_Section):
     bag_max: int = _field(N_IMAGES, _pos_int)
     positive_fraction: float = _field(0.5, _unit)
     pair_loss_weight: float = _field(0.0, _nonneg_num)
+    crop_size: int = _field(0, _nonneg_int)
 
     @property
     def volume(self) -> bool:
@@ -263,6 +268,12 @@ class PretrainConfig(_Section):
             raise ConfigError(
                 "optim.pair_loss_weight: the pair contrast needs twins that lack one finding "
                 f"(data.train.pair: drop_one; it is {dc.train.get('pair')!r})",
+                path=source,
+            )
+        if oc.crop_size and not (oc.crop_size % 8 == 0 and oc.crop_size <= IMAGE_SIZE):
+            raise ConfigError(
+                f"optim.crop_size: {oc.crop_size} pixels; a crop is 0 (whole images) or a multiple of the "
+                f"patch (8 or 16) up to {IMAGE_SIZE}",
                 path=source,
             )
         if dc.fresh_seeds and not dc.cache_dir:
