@@ -119,3 +119,19 @@ def test_crop_training_feeds_crops_the_twin_gets_the_same_windows_and_validation
     for a, b in zip(windows_seen[0::2], windows_seen[1::2], strict=True):
         np.testing.assert_array_equal(a, b)
     assert len({w.tobytes() for w in windows_seen[0::2]}) > 1  # (and not one window for all)
+
+
+@pytest.mark.slow
+def test_crop_training_without_the_bag_objective_cuts_every_drawn_image(tmp_path, monkeypatch):
+    seen = []
+    forward = pretrain.forward_heads
+
+    def recording_forward(backbone, heads, pixels, **kw):
+        seen.append(tuple(pixels.shape))
+        return forward(backbone, heads, pixels, **kw)
+
+    monkeypatch.setattr(pretrain, "forward_heads", recording_forward)
+    cfg = _v1_config(tmp_path, pair=None, epochs=1, bag_loss_weight=0.0, images_per_phantom=6, crop_size=32)
+    pretrain_backbone(cfg, tmp_path / "plain")
+    training = [s for s in seen if s[-1] != 144]
+    assert training and all(s == (12, 3, 32, 32) for s in training)  # 2 phantoms x 6 images, 2 x 2 tokens
