@@ -16,7 +16,7 @@
 # Each arm's folder keeps its last whole epoch and can be resumed (hyperct pretrain --resume DIR).
 #
 #   bash scripts/ab_patch_stage1.sh                   # 90 minutes, arms p16 and p8
-#   ARMS=p8crop MINUTES=60 bash scripts/ab_patch_stage1.sh   # one arm (its blocks: cached by the A/B)
+#   ARMS=p8crop MINUTES=60 bash scripts/ab_patch_stage1.sh   # one arm (blocks the A/B did not cache: generated inline)
 #   MINUTES=60 INIT=runs/demo-backbone-v1 bash scripts/ab_patch_stage1.sh
 #   python benchmarks/stage1_runs.py runs/ab-p16 runs/ab-p8 --out benchmarks/results/stage1_patch_ab.json
 #   python benchmarks/probe_backbone.py --backbone runs/ab-p8 --train 800 --valid 200   # and runs/ab-p16
