@@ -1,8 +1,9 @@
 """Can a token see a small finding at all? Paired-phantom learnability of the token task (issue 18).
 
-    python benchmarks/token_learnability.py [--arms patch_mlp,frozen,finetune] \
+    python benchmarks/token_learnability.py [--arms patch_mlp,hand,frozen,finetune] [--patch 8] \
         [--backbone progress/demo-backbone-v1] [--findings coronary_artery_wall_calcification,...] \
-        [--train-seeds 12] [--test-seeds 6] [--seconds 600] [--out benchmarks/results/token_learnability.json]
+        [--train-seeds 12] [--test-seeds 6] [--seconds 600] [--pairs runs/pairs.pt] \
+        [--out benchmarks/results/token_learnability.json]
 
 The stage-1 backbone does not represent the small findings (``paired_response.py``: the same token
 logit with and without them). This separates the causes. Each finding gets phantom pairs (the seed
@@ -10,11 +11,14 @@ with only that finding, and the same seed without it: they differ only inside th
 each pair the images holding the finding are kept. A token is positive where the finding's mask
 labels it (``hyperct.training.token_labels``). Arms, each trained on the training pairs only
 (seeds 410000..; severity uniform in [0.3, 0.9]) with the stage-1 balanced loss, one output per
-finding, for at most ``--seconds`` each:
+finding, for ``--seconds`` each (the test is scored after a tenth, a quarter and half of it too:
+``curve``, to see memorising):
 
 * ``patch_mlp``: a per-token network on the token's own pixels alone (the ViT's linear patch
   embedding, 768 -> D, then LayerNorm and one MLP block of width 4D, then the head), from scratch:
   can the token path of a patch-P ViT of width D tell the finding apart at all?
+* ``hand``: fixed statistics of the token's HU values (``hand_features``) under a small MLP: is the
+  finding in the token's pixels for a scorer with the obvious nonlinear readouts built in?
 * ``frozen``: the backbone's final patch features, frozen, under a trained linear head (what the
   stage-1 features carry; ``paired_response.py``'s separability, on more pairs);
 * ``finetune``: the whole backbone trained on the token task with a fresh linear head (does the
