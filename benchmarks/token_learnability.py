@@ -51,7 +51,7 @@ from _output import emit_json  # noqa: E402  (benchmarks/ is on sys.path when ru
 from hyperct.findings import catalogue  # noqa: E402
 from hyperct.network.backbone import load_backbone, repatch_backbone  # noqa: E402
 from hyperct.phantom import generate  # noqa: E402
-from hyperct.preprocess import HU_MAX, HU_MIN, IMAGENET_MEAN, IMAGENET_STD, normalise, resample_hu  # noqa: E402
+from hyperct.preprocess import model_grid_hu, normalise, resample_hu  # noqa: E402
 from hyperct.training.metrics import roc_auc  # noqa: E402
 from hyperct.training.pretrain import finding_loss  # noqa: E402
 from hyperct.training.token_labels import token_labels  # noqa: E402
@@ -66,8 +66,9 @@ SMALL = (
 )
 
 
-def _pair(job: tuple[int, str, float, int, int]):
-    """One finding's pair for ``seed``: (pixels with, pixels without, token labels) of its images."""
+def _with(job: tuple[int, str, float, int, int]):
+    """The scan of ``seed`` with only finding ``fid``: (its images holding the finding, their token
+    labels, the indices of those images), or None when the finding left no mark."""
     seed, fid, severity, matrix, patch = job
     ph = generate(seed, {fid: severity}, matrix=matrix)
     mask = ph.masks.get(fid)
@@ -76,12 +77,18 @@ def _pair(job: tuple[int, str, float, int, int]):
     k = catalogue().ids.index(fid)
     on = token_labels({fid: mask}, ph.volume.shape, patch=patch)[..., k].reshape(55, -1)
     images = np.flatnonzero(on.any(axis=1))
-    with_ = normalise(resample_hu(ph.volume.hu))[images]
-    without = normalise(resample_hu(generate(seed, {}, matrix=matrix).volume.hu))[images]
-    return with_.half(), without.half(), torch.from_numpy(on[images]), seed
+    return normalise(resample_hu(ph.volume.hu))[images].half(), torch.from_numpy(on[images]), images
+
+
+def _without(job: tuple[int, int]) -> torch.Tensor:
+    """All 55 images of the scan of ``seed`` without any finding (the twin of every finding's scan)."""
+    seed, matrix = job
+    return normalise(resample_hu(generate(seed, {}, matrix=matrix).volume.hu)).half()
 
 
 def build_pairs(findings, seeds, severity, matrix, patch, workers, rng):
+    """Per finding, its pairs (pixels with, pixels without, token labels, seed) of the images holding
+    it. Each seed's finding-free scan is generated once and shared by every finding's pair."""
     jobs = [
         (s, f, float(severity if severity else rng.uniform(0.3, 0.9)), matrix, patch)
         for f in findings
@@ -89,11 +96,13 @@ def build_pairs(findings, seeds, severity, matrix, patch, workers, rng):
     ]
     # spawn: a forked child of a process that has run torch can deadlock in its thread pool
     with multiprocessing.get_context("spawn").Pool(workers) as pool:
-        got = pool.map(_pair, jobs, chunksize=1)
+        got = pool.map(_with, jobs, chunksize=1)
+        without = dict(zip(seeds, pool.map(_without, [(s, matrix) for s in seeds], chunksize=1), strict=True))
     data = {f: [] for f in findings}
-    for job, g in zip(jobs, got, strict=True):
+    for (seed, fid, *_), g in zip(jobs, got, strict=True):
         if g is not None:
-            data[job[1]].append(g)
+            pixels, on, images = g
+            data[fid].append((pixels, without[seed][images], on, seed))
     return data
 
 
@@ -122,16 +131,12 @@ def patches_of(pixels: torch.Tensor, patch: int) -> torch.Tensor:
     return x.reshape(n, (h // patch) * (w // patch), c * patch * patch)
 
 
-def hand_features(tokens: torch.Tensor) -> torch.Tensor:
-    """(N, T, 3 * P * P) normalised pixels -> (N, T, 10) fixed nonlinear features of each token's
-    HU values: mean, std, max, min, 90th percentile, and the fractions above 130 HU (calcium, metal),
-    in [-150, 100] (soft tissue), in [-100, -20] (fat) and below -500 (lung, air), and the count of
-    pixels below -500 (lung, air): a scorer with the obvious nonlinear readouts built in."""
-    n, t, d = tokens.shape
-    x = tokens.float().reshape(n, t, 3, -1)
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 1, 3, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 1, 3, 1)
-    hu = ((x * std + mean) * (HU_MAX - HU_MIN) + HU_MIN).reshape(n, t, -1)
+def hand_features(pixels: torch.Tensor, patch: int) -> torch.Tensor:
+    """(N, 3, H, W) normalised images -> (N, T, 9) fixed nonlinear statistics of each token's HU
+    values: mean, sd, max, min, 90th percentile, and the fractions above 130 HU (calcium, metal), in
+    (-150, 100) (soft tissue), in (-100, -20) (fat) and below -500 (lung, air): a scorer with the
+    obvious nonlinear readouts built in."""
+    hu = patches_of(model_grid_hu(pixels.float()).reshape(pixels.shape), patch)
     feats = [
         hu.mean(-1),
         hu.std(-1),
@@ -227,7 +232,7 @@ def evaluate(logits, labels, pair, is_with, findings):
         own = labels[..., j].sum(dim=1) > 0  # with-images of finding f
         pairs_f = torch.unique(pair[own])
         sel = torch.isin(pair, pairs_f)
-        ranked, pos_scores, bg_scores = [], [], []
+        ranked = []
         for p in pairs_f.tolist():
             w = (pair == p) & is_with
             wo = (pair == p) & ~is_with
@@ -326,7 +331,7 @@ def main() -> None:
             model = PatchMLP(patch, int(backbone.config.hidden_size), len(findings))
             tr_in, te_in = patches_of(tr_px, patch), patches_of(te_px, patch)
         elif arm == "hand":
-            tr_in, te_in = hand_features(patches_of(tr_px, patch)), hand_features(patches_of(te_px, patch))
+            tr_in, te_in = hand_features(tr_px, patch), hand_features(te_px, patch)
             mu, sd = tr_in.mean(dim=(0, 1)), tr_in.std(dim=(0, 1)).clamp_min(1e-6)
             tr_in, te_in = (tr_in - mu) / sd, (te_in - mu) / sd
             model = nn.Sequential(nn.Linear(tr_in.shape[-1], 64), nn.GELU(), nn.Linear(64, len(findings)))
