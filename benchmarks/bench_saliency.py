@@ -49,7 +49,7 @@ from hyperct.phantom import generate  # noqa: E402
 from hyperct.preprocess import preprocess  # noqa: E402
 from hyperct.saliency import METHODS, method_maps  # noqa: E402
 from hyperct.saliency.evaluation import (  # noqa: E402
-    GRID,
+    grid_shape,
     hit_table,
     lesion_side,
     side_columns,
@@ -75,12 +75,12 @@ VARIANTS = {
 
 
 def all_maps(model, px, tasks, methods) -> dict[str, np.ndarray]:
-    """method -> (len(tasks), 55, 9, 9) token maps (pixel maps pooled to tokens)."""
+    """method -> (len(tasks), 55, G, G) token maps (pixel maps pooled to the model's tokens)."""
     out = {}
     for m in methods:
         base, kwargs = VARIANTS.get(m, (m, {}))
         raw = method_maps(model, px, tasks, base, **kwargs)
-        out[m] = np.stack([token_grid(r) for r in raw])
+        out[m] = np.stack([token_grid(r, model.patch_size) for r in raw])
     return out
 
 
@@ -120,16 +120,16 @@ def permuted_tasks(model, seed: int):
 
 @torch.no_grad()
 def deletion_auc(model, px, twin_px, task: int, order: np.ndarray, steps: int = 10) -> float:
-    """Area under the probability curve while tokens (flat indices into 55 x 9 x 9) take the normal
-    twin's content in ``order``, 0..100 % in ``steps`` steps, all steps as one batch."""
+    """Area under the probability curve while tokens (flat indices into the model's 55 x G x G) take
+    the normal twin's content in ``order``, 0..100 % in ``steps`` steps, all steps as one batch."""
+    p = int(model.patch_size)
     xs = []
     for s in range(steps + 1):
         x = px[0].clone()
         for flat in order[: int(round(order.size * s / steps))]:
-            img, r, c = np.unravel_index(int(flat), GRID)
-            x[img, :, 16 * r : 16 * r + 16, 16 * c : 16 * c + 16] = twin_px[
-                0, img, :, 16 * r : 16 * r + 16, 16 * c : 16 * c + 16
-            ]
+            img, r, c = np.unravel_index(int(flat), grid_shape(p))
+            rows, cols = slice(p * r, p * r + p), slice(p * c, p * c + p)
+            x[img, :, rows, cols] = twin_px[0, img, :, rows, cols]
         xs.append(x)
     batch = torch.stack(xs)
     probs = torch.sigmoid(model(batch, torch.full((len(xs),), task), paired=True).float()).numpy()
@@ -191,6 +191,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     loaded = load_model(args.model, device="cpu")
     model = loaded.model
+    patch = int(model.patch_size)
     thresholds = loaded.thresholds
     cat = catalogue()
     methods = [m for m in args.methods.split(",") if m]
@@ -246,8 +247,8 @@ def main() -> None:
                 fid,
                 prob,
                 thresholds[task],
-                hit_table(mask, les.volume.spacing, args.dilate_mm),
-                token_fraction(mask),
+                hit_table(mask, les.volume.spacing, args.dilate_mm, patch),
+                token_fraction(mask, patch),
                 maps,
             )
             if deletion_done[fid] < args.deletion_per_finding:
@@ -258,7 +259,7 @@ def main() -> None:
                         order = np.argsort(-maps[m].ravel(), kind="stable")
                         c.deletion[m] = deletion_auc(model, px, twin_px, task, order)
                 c.deletion["random"] = deletion_auc(
-                    model, px, twin_px, task, rng.permutation(int(np.prod(GRID)))
+                    model, px, twin_px, task, rng.permutation(int(np.prod(grid_shape(patch))))
                 )
                 c.px, c.twin_px = px, twin_px
             cases.append(c)
@@ -294,11 +295,11 @@ def main() -> None:
                     fid,
                     prob,
                     thresholds[task],
-                    hit_table(mask, ph.volume.spacing, args.dilate_mm),
-                    token_fraction(mask),
+                    hit_table(mask, ph.volume.spacing, args.dilate_mm, patch),
+                    token_fraction(mask, patch),
                     maps,
                     side=side,
-                    columns=side_columns(ph.volume),
+                    columns=side_columns(ph.volume, patch),
                 )
             )
             got += 1
@@ -328,8 +329,8 @@ def main() -> None:
                     fid,
                     probs[idx],
                     thresholds[task],
-                    hit_table(mask, ph.volume.spacing, args.dilate_mm),
-                    token_fraction(mask),
+                    hit_table(mask, ph.volume.spacing, args.dilate_mm, patch),
+                    token_fraction(mask, patch),
                     {m: v[idx] for m, v in maps.items()},
                 )
             )
@@ -352,7 +353,7 @@ def main() -> None:
         for c in cs:
             prior = (total - c.frac) / max(1, len(cs) - 1)
             c.maps["mask_prior"] = prior
-            c.maps["random"] = rng.random(GRID).astype(np.float32)
+            c.maps["random"] = rng.random(grid_shape(patch)).astype(np.float32)
             if c.twin_px is not None:
                 order = np.argsort(-prior.ravel(), kind="stable")
                 c.deletion["mask_prior"] = deletion_auc(model, c.px, c.twin_px, cat.index(fid), order)

@@ -154,6 +154,37 @@ def test_the_one_peak_is_the_centre_of_the_strongest_token_for_token_and_pixel_m
     assert maps.peak_index("lung_nodule") == (k, j, i)
 
 
+def test_a_patch_8_model_pools_pixel_maps_to_its_own_18x18_tokens_and_peaks_at_their_centres():
+    pix = np.zeros((165, 144, 144), np.float32)
+    pix[61, 8 * 9 + 3, 8 * 13 + 5] = 5.0  # one pixel of patch-8 token (20, 9, 13)
+    assert token_grid(pix, 8).shape == (55, 18, 18)
+    tok = np.zeros((55, 18, 18), np.float32)
+    tok[20, 9, 13] = 1.0
+    shape = (110, 300, 270)
+    k, j, i = peak_index(tok, shape)  # a token map carries its own grid
+    assert peak_index(pix, shape, 8) == (k, j, i)
+    assert j == round(9.5 * 300 / 18 - 0.5) and i == round(13.5 * 270 / 18 - 0.5)
+    # pooled as patch 16 the same pixel lands in a coarser token's centre: the patch matters
+    assert peak_index(pix, shape, 16) != (k, j, i)
+    maps = SaliencyMaps("integrated_gradients", shape, {"lung_nodule": pix}, patch=8)
+    assert maps.peak_index("lung_nodule") == (k, j, i)
+    with pytest.raises(ValueError, match="models"):
+        maps.update(SaliencyMaps("integrated_gradients", shape, {}, patch=16))
+
+
+@pytest.mark.parametrize("method", ["attention", "input_x_gradient"])
+def test_compute_saliency_with_a_patch_8_model_gives_its_token_grid_and_the_maps_own_peak(method):
+    model = tiny_model(seed=2, patch=8)
+    rng = np.random.default_rng(0)
+    hu = rng.normal(0, 300, (60, 72, 72)).astype(np.float32)
+    vol = CTVolume(hu=hu, spacing=(2.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0))
+    maps = compute_saliency(model, vol, ["lung_nodule"], method=method)
+    assert maps.patch == 8
+    m = maps.model_maps["lung_nodule"]
+    assert token_grid(m, 8).shape == (55, 18, 18)
+    assert maps.peak_index("lung_nodule") == peak_index(m, vol.shape, 8)
+
+
 def test_the_report_schema_names_every_saliency_method():
     import json
     from importlib import resources

@@ -16,11 +16,16 @@ TINY_BACKBONE = dict(
 )
 
 
-def tiny_model(seed: int = 0, *, random_lora: bool = True, rank: int = 4) -> HyperCT:
+def tiny_model(seed: int = 0, *, random_lora: bool = True, rank: int = 4, patch: int = 16) -> HyperCT:
     torch.manual_seed(seed)
     model = HyperCT(
         HyperCTConfig(
-            backbone=dict(TINY_BACKBONE), task_dim=16, pos_dim=8, hyper_hidden=16, rank=rank, alpha=rank
+            backbone=dict(TINY_BACKBONE, patch_size=patch),
+            task_dim=16,
+            pos_dim=8,
+            hyper_hidden=16,
+            rank=rank,
+            alpha=rank,
         )
     )
     if random_lora:

@@ -53,7 +53,7 @@ def compute_saliency(
     pre = volume if isinstance(volume, Preprocessed) else preprocess(volume)
     cat = catalogue()
     ids = list(findings) if findings is not None else cat.ids
-    maps = SaliencyMaps(method=method, source_shape=tuple(pre.source_shape))
+    maps = SaliencyMaps(method=method, source_shape=tuple(pre.source_shape), patch=int(model.patch_size))
     if ids:
         arr = method_maps(model, pre.pixel_values, cat.indices(ids), method, **kwargs)
         for fid, m in zip(ids, arr):

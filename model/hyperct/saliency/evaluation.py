@@ -8,29 +8,37 @@ from __future__ import annotations
 import numpy as np
 from scipy.ndimage import distance_transform_edt
 
-from hyperct.preprocess import model_to_source_coords, resample_hu
+from hyperct.preprocess import IMAGE_SIZE, N_IMAGES, model_to_source_coords, resample_hu
+from hyperct.saliency.maps import TOKEN_PIXELS
 
-GRID = (55, 9, 9)
+
+def grid_shape(patch: int = TOKEN_PIXELS) -> tuple[int, int, int]:
+    """(55, G, G): the token grid of a backbone with patch size ``patch`` (9 x 9 at 16, 18 x 18 at 8)."""
+    if patch < 1 or IMAGE_SIZE % patch:
+        raise ValueError(f"patch size {patch} does not divide the {IMAGE_SIZE}-pixel model image")
+    return (N_IMAGES, IMAGE_SIZE // patch, IMAGE_SIZE // patch)
 
 
-def token_centres(shape) -> list[np.ndarray]:
+def token_centres(shape, patch: int = TOKEN_PIXELS) -> list[np.ndarray]:
     """Source voxel coordinates of the token centres along k, j, i."""
-    return [model_to_source_coords(n, s) for n, s in zip(GRID, shape)]
+    return [model_to_source_coords(n, s) for n, s in zip(grid_shape(patch), shape)]
 
 
-def hit_table(mask: np.ndarray, spacing, tol_mm: float) -> np.ndarray:
-    """(55, 9, 9): is each token's centre within ``tol_mm`` of the mask?"""
+def hit_table(mask: np.ndarray, spacing, tol_mm: float, patch: int = TOKEN_PIXELS) -> np.ndarray:
+    """(55, G, G): is each token's centre within ``tol_mm`` of the mask?"""
     dist = distance_transform_edt(~mask, sampling=spacing)
     ck, cj, ci = (
-        np.clip(np.round(c).astype(int), 0, s - 1) for c, s in zip(token_centres(mask.shape), mask.shape)
+        np.clip(np.round(c).astype(int), 0, s - 1)
+        for c, s in zip(token_centres(mask.shape, patch), mask.shape)
     )
     return dist[np.ix_(ck, cj, ci)] <= tol_mm
 
 
-def token_fraction(mask: np.ndarray) -> np.ndarray:
-    """(55, 9, 9): fraction of each token's model pixels inside the mask."""
+def token_fraction(mask: np.ndarray, patch: int = TOKEN_PIXELS) -> np.ndarray:
+    """(55, G, G): fraction of each token's model pixels inside the mask."""
     m = resample_hu(mask.astype(np.float32)).numpy()  # (165, 144, 144)
-    return m.reshape(55, 3, 9, 16, 9, 16).mean(axis=(1, 3, 5))
+    _, g, _ = grid_shape(patch)
+    return m.reshape(N_IMAGES, 3, g, patch, g, patch).mean(axis=(1, 3, 5))
 
 
 def _midline_x(volume) -> float:
@@ -44,11 +52,12 @@ def _x_of_i(volume, i) -> np.ndarray:
     return volume.index_to_lps(np.stack([np.zeros_like(i), np.zeros_like(i), i], axis=-1))[:, 0]
 
 
-def side_columns(volume) -> np.ndarray:
-    """(9,) 'R' / 'L' / '' per token column: wholly on the patient's right (LPS x below the body's
+def side_columns(volume, patch: int = TOKEN_PIXELS) -> np.ndarray:
+    """(G,) 'R' / 'L' / '' per token column: wholly on the patient's right (LPS x below the body's
     midline), wholly on the left, or straddling the midline."""
     n = volume.hu.shape[2]
-    edges = _x_of_i(volume, np.arange(10) * n / 9 - 0.5)
+    g = grid_shape(patch)[2]
+    edges = _x_of_i(volume, np.arange(g + 1) * n / g - 0.5)
     lo, hi = np.minimum(edges[:-1], edges[1:]), np.maximum(edges[:-1], edges[1:])
     mid = _midline_x(volume)
     return np.where(hi <= mid, "R", np.where(lo >= mid, "L", ""))
