@@ -10,12 +10,12 @@ Methods (``METHODS``; the default is the one the saliency benchmark measured bes
 * ``token_gradient``: gradient norm per patch token at an early block (fast), ``gradients.py``;
 * ``input_x_gradient``: captum |input x gradient| on the pixels, ``gradients.py``;
 * ``integrated_gradients``: captum integrated gradients from the blurred scan, ``integrated.py``;
-* ``occlusion``: captum occlusion of 16 x 16 patches by the blurred scan (slow), ``occlusion.py``.
+* ``occlusion``: captum occlusion of each patch by the blurred scan (slow), ``occlusion.py``.
 
-Token methods give (55, G, G) maps (G = 144 / patch), pixel methods (165, 144, 144); ``SaliencyMaps`` maps them back
-through the inverse of the preprocessing and defines the one peak (``maps.peak_index``) that the
-viewer, the reports and the benchmark use. The token methods compute all requested findings with
-one backward pass (tasks are independent rows of the batch).
+Token methods give (55, G, G) maps (G = 144 / patch), pixel methods (165, 144, 144);
+``SaliencyMaps`` maps them back through the inverse of the preprocessing and defines the one peak
+(``maps.peak_index``) that the viewer, the reports and the benchmark use. The token methods compute
+all requested findings with one backward pass (tasks are independent rows of the batch).
 """
 
 from __future__ import annotations
