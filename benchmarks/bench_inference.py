@@ -3,7 +3,8 @@
     OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_inference.py --config demo --device cpu
     OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_inference.py --config vitb16 --images 6 --tasks 3
     python benchmarks/bench_inference.py --config vitb16 --device cuda [--compile]
-    (--dtype fp32: without the bf16-weights arm; --bf16-check-scans 8: also the demo checkpoint's
+    (--patch 8: the backbone at patch 8; --hu-windows: with the demo's HU windows (issue 18);
+    --dtype fp32: without the bf16-weights arm; --bf16-check-scans 8: also the demo checkpoint's
     probabilities with bf16 vs fp32 weights on the viewer's sample scan and 7 random phantoms)
 
 Three ways to compute the same logits, from the same weights (a random HyperCT whose LoRA B is
@@ -56,6 +57,7 @@ from _output import emit_json  # noqa: E402  (benchmarks/ is on sys.path when ru
 from hyperct.device import default_task_chunk  # noqa: E402
 from hyperct.network import HyperCT, HyperCTConfig  # noqa: E402
 from hyperct.network.reference import AuthorsStyleHyperCT, MergedPerTask  # noqa: E402
+from hyperct.network.windows import DEMO_WINDOWS  # noqa: E402
 
 ATOL, RTOL = 1e-4, 1e-4  # fp32 logits: |a - b| <= ATOL + RTOL * |b|
 BF16_PROB_TOL = 0.01  # bf16 weights: |sigmoid(bf16 logit) - sigmoid(fp32 logit)| <= this
@@ -246,6 +248,12 @@ def main() -> None:
         help="with --dtype bf16: also compare bf16 vs fp32 weights of the demo checkpoint on N scans "
         "(the viewer's sample + N-1 phantoms)",
     )
+    ap.add_argument("--patch", type=int, help="the backbone's patch size instead of the configuration's (8)")
+    ap.add_argument(
+        "--hu-windows",
+        action="store_true",
+        help="the backbone with the demo's HU windows (hyperct.network.windows.DEMO_WINDOWS)",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", help="also write the JSON here")
     args = ap.parse_args()
@@ -258,7 +266,12 @@ def main() -> None:
         torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32 for the equivalence check
         torch.backends.cudnn.allow_tf32 = False
     torch.manual_seed(args.seed)
-    model = HyperCT(HyperCTConfig(backbone=args.config))
+    backbone = {"base": args.config}
+    if args.patch:
+        backbone["patch_size"] = args.patch
+    if args.hu_windows:
+        backbone["hu_windows"] = [list(w) for w in DEMO_WINDOWS]
+    model = HyperCT(HyperCTConfig(backbone=backbone if len(backbone) > 1 else args.config))
     with torch.no_grad():  # non-zero B: every task gets its own, clearly visible update
         for kind, head in model.hypernet.heads.items():
             n_a = model.hypernet.rank * model.hypernet.dims[kind][0]
@@ -401,6 +414,8 @@ def main() -> None:
     result = {
         "benchmark": "inference_side_by_side",
         "config": args.config,
+        "patch_size": int(model.patch_size),
+        "hu_windows": getattr(model.backbone.config, "hu_windows", None),
         "device": str(dev),
         "images_per_scan": N,
         "tasks": K,

@@ -1,6 +1,6 @@
 """Can a token see a small finding at all? Paired-phantom learnability of the token task (issue 18).
 
-    python benchmarks/token_learnability.py [--arms patch_mlp,hand,frozen,finetune] [--patch 8] \
+    python benchmarks/token_learnability.py [--arms patch_mlp,window_mlp,hand,frozen,finetune] [--patch 8] \
         [--backbone progress/demo-backbone-v1] [--findings coronary_artery_wall_calcification,...] \
         [--train-seeds 12] [--test-seeds 6] [--seconds 600] [--pairs runs/pairs.pt] \
         [--out benchmarks/results/token_learnability.json]
@@ -17,12 +17,16 @@ finding, for ``--seconds`` each (the test is scored after a tenth, a quarter and
 * ``patch_mlp``: a per-token network on the token's own pixels alone (the ViT's linear patch
   embedding, 768 -> D, then LayerNorm and one MLP block of width 4D, then the head), from scratch:
   can the token path of a patch-P ViT of width D tell the finding apart at all?
+* ``window_mlp``: the same on the token's pixels and their HU-windowed copies
+  (``hyperct.network.windows``, ``DEMO_WINDOWS``): the window/level ramps as input channels;
 * ``hand``: fixed statistics of the token's HU values (``hand_features``) under a small MLP: is the
   finding in the token's pixels for a scorer with the obvious nonlinear readouts built in?
 * ``frozen``: the backbone's final patch features, frozen, under a trained linear head (what the
   stage-1 features carry; ``paired_response.py``'s separability, on more pairs);
 * ``finetune``: the whole backbone trained on the token task with a fresh linear head (does the
-  backbone learn it when the task is asked alone, at a learning rate stage 1 uses?).
+  backbone learn it when the task is asked alone, at a learning rate stage 1 uses?);
+* ``window_finetune``: the same after ``add_windows`` (the backbone with HU windows, starting as
+  it was).
 
 Measured on test pairs (seeds 400000.., severity 0.5, as ``paired_response.py``):
 ``paired_ranked``, the share of the finding's tokens that score higher with the finding than at the
@@ -50,6 +54,7 @@ from _output import emit_json  # noqa: E402  (benchmarks/ is on sys.path when ru
 
 from hyperct.findings import catalogue  # noqa: E402
 from hyperct.network.backbone import load_backbone, repatch_backbone  # noqa: E402
+from hyperct.network.windows import DEMO_WINDOWS, WindowedPatchEmbedding, add_windows  # noqa: E402
 from hyperct.phantom import generate  # noqa: E402
 from hyperct.preprocess import model_grid_hu, normalise, resample_hu  # noqa: E402
 from hyperct.training.metrics import roc_auc  # noqa: E402
@@ -152,9 +157,9 @@ def hand_features(pixels: torch.Tensor, patch: int) -> torch.Tensor:
 
 
 class PatchMLP(nn.Module):
-    def __init__(self, patch: int, width: int, n_out: int):
+    def __init__(self, n_in: int, width: int, n_out: int):
         super().__init__()
-        self.embed = nn.Linear(3 * patch * patch, width)
+        self.embed = nn.Linear(n_in, width)
         self.norm1, self.norm2 = nn.LayerNorm(width), nn.LayerNorm(width)
         self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width))
         self.head = nn.Linear(width, n_out)
@@ -327,23 +332,31 @@ def main() -> None:
     for arm in args.arms.split(","):
         torch.manual_seed(args.seed)
         lr = 2e-3
-        if arm == "patch_mlp":
-            model = PatchMLP(patch, int(backbone.config.hidden_size), len(findings))
-            tr_in, te_in = patches_of(tr_px, patch), patches_of(te_px, patch)
+        if arm in ("patch_mlp", "window_mlp"):
+            if arm == "window_mlp":
+                stem = WindowedPatchEmbedding(3, 1, patch, DEMO_WINDOWS)
+                tr_in, te_in = (patches_of(stem.windowed(x), patch) for x in (tr_px, te_px))
+            else:
+                tr_in, te_in = patches_of(tr_px, patch), patches_of(te_px, patch)
+            model = PatchMLP(tr_in.shape[-1], int(backbone.config.hidden_size), len(findings))
         elif arm == "hand":
             tr_in, te_in = hand_features(tr_px, patch), hand_features(te_px, patch)
             mu, sd = tr_in.mean(dim=(0, 1)), tr_in.std(dim=(0, 1)).clamp_min(1e-6)
             tr_in, te_in = (tr_in - mu) / sd, (te_in - mu) / sd
             model = nn.Sequential(nn.Linear(tr_in.shape[-1], 64), nn.GELU(), nn.Linear(64, len(findings)))
-        elif arm in ("frozen", "finetune"):
+        elif arm in ("frozen", "finetune", "window_finetune"):
             bb = load_backbone(args.backbone)
             if patch != int(bb.config.patch_size):
                 bb = repatch_backbone(bb, patch)
+            if arm == "window_finetune" and not getattr(bb.config, "hu_windows", None):
+                bb = add_windows(bb, DEMO_WINDOWS)
             model = BackboneTokens(bb, len(findings), frozen=arm == "frozen")
             lr = lr if arm == "frozen" else args.lr
             tr_in, te_in = tr_px, te_px
         else:
-            sys.exit(f"unknown arm {arm!r}: use patch_mlp, hand, frozen, finetune")
+            sys.exit(
+                f"unknown arm {arm!r}: use patch_mlp, window_mlp, hand, frozen, finetune, window_finetune"
+            )
 
         def check(m, te_in=te_in):
             return evaluate(scores(m, te_in), te_lab, te_pair, te_with, findings)["mean_paired_ranked"]

@@ -341,7 +341,7 @@ def _validate_backbone_arch(bb: Any, path: Path) -> dict:
         and k not in _BACKBONE_BOOLS
         and k not in _BACKBONE_REALS
         and k not in _BACKBONE_IGNORED
-        and k != "hidden_act"
+        and k not in ("hidden_act", "hu_windows")
     )
     if unknown:
         raise _bad(where + _show(unknown[0]), "is not a backbone field this software knows", path)
@@ -364,6 +364,13 @@ def _validate_backbone_arch(bb: Any, path: Path) -> dict:
     act = bb.get("hidden_act")
     if not isinstance(act, str) or act not in ACT2FN:
         raise _bad(where + "hidden_act", f"must name an activation (e.g. 'gelu'), got {_show(act)}", path)
+    if bb.get("hu_windows") is not None:
+        from hyperct.network.windows import check_windows
+
+        try:
+            check_windows(bb["hu_windows"])
+        except ValueError as exc:
+            raise _bad(where + "hu_windows", f"is not a list of [lo, hi] HU pairs ({exc})", path) from None
     for key in (
         "attention_dropout",
         "initializer_range",

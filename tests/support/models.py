@@ -16,11 +16,16 @@ TINY_BACKBONE = dict(
 )
 
 
-def tiny_model(seed: int = 0, *, random_lora: bool = True, rank: int = 4, patch: int = 16) -> HyperCT:
+def tiny_model(
+    seed: int = 0, *, random_lora: bool = True, rank: int = 4, patch: int = 16, hu_windows=None
+) -> HyperCT:
     torch.manual_seed(seed)
+    backbone = dict(TINY_BACKBONE, patch_size=patch)
+    if hu_windows:
+        backbone["hu_windows"] = [list(w) for w in hu_windows]
     model = HyperCT(
         HyperCTConfig(
-            backbone=dict(TINY_BACKBONE, patch_size=patch),
+            backbone=backbone,
             task_dim=16,
             pos_dim=8,
             hyper_hidden=16,

@@ -17,6 +17,7 @@ from transformers import DINOv3ViTConfig, DINOv3ViTModel
 
 from hyperct.errors import BackboneWeightsError
 from hyperct.filemodes import set_default_modes
+from hyperct.network.windows import check_windows, install_windows
 
 # The paper's backbone: DINOv3 ViT-B/16 (D=768, 12 layers, 12 heads, MLP 3072, 4 registers).
 # image_size only sets the reference grid of the RoPE embedding; inputs are 144x144 (9x9 patches).
@@ -71,26 +72,45 @@ def backbone_config(name_or_dict: str | dict) -> DINOv3ViTConfig:
     values.pop("transformers_version", None)
     values.pop("torch_dtype", None)
     values.pop("dtype", None)
+    if values.get("hu_windows"):
+        try:
+            values["hu_windows"] = [list(w) for w in check_windows(values["hu_windows"])]
+        except ValueError as exc:
+            raise BackboneWeightsError(str(exc), hint="hu_windows: a list of [lo, hi] HU pairs") from None
+    else:
+        values.pop("hu_windows", None)
     cfg = DINOv3ViTConfig(**values)
     cfg._attn_implementation = "sdpa"
     return cfg
 
 
 def config_to_dict(cfg: DINOv3ViTConfig) -> dict:
-    """The structural fields of a backbone config (what the checkpoint manifest records)."""
-    return {k: getattr(cfg, k) for k in _VITB16}
+    """The structural fields of a backbone config (what the checkpoint manifest records); with
+    ``hu_windows`` only where the backbone has them (``hyperct.network.windows``)."""
+    out = {k: getattr(cfg, k) for k in _VITB16}
+    if getattr(cfg, "hu_windows", None):
+        out["hu_windows"] = [list(w) for w in cfg.hu_windows]
+    return out
 
 
 def build_backbone(config: str | dict | DINOv3ViTConfig, *, seed: int | None = None) -> DINOv3ViTModel:
     """A randomly initialised backbone (deterministic when ``seed`` is given)."""
     cfg = config if isinstance(config, DINOv3ViTConfig) else backbone_config(config)
     cfg._attn_implementation = "sdpa"
+    windows = getattr(cfg, "hu_windows", None)
+
+    def build() -> DINOv3ViTModel:
+        model = DINOv3ViTModel(cfg)
+        if windows:
+            install_windows(model, windows)
+        return model
+
     if seed is not None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            model = DINOv3ViTModel(cfg)
+            model = build()
     else:
-        model = DINOv3ViTModel(cfg)
+        model = build()
     return model.eval()
 
 
@@ -240,6 +260,8 @@ def load_backbone(directory: str | Path) -> DINOv3ViTModel:
         )
     try:
         cfg = backbone_config(raw)
+    except BackboneWeightsError as exc:
+        raise BackboneWeightsError(exc.cause, path=cfg_path, hint=exc.hint) from None
     except (TypeError, ValueError) as exc:
         raise BackboneWeightsError(f"config.json cannot be used: {exc}", path=cfg_path) from exc
     model = build_backbone(cfg)

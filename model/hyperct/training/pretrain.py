@@ -57,6 +57,10 @@ Stage 1 v1 (``configs/demo_backbone_v1.yaml``; issue 18) adds what the pooled fe
 * **a smaller patch from a trained one** (``init_patch_size``): the ``init`` backbone with its patch
   kernel summed down (``repatch_backbone``: 16 -> 8 starts as the trained network on the image
   magnified 2x), so small findings cover more of each token without starting over.
+* **HU windows on a trained one** (``init_hu_windows``): the ``init`` backbone's patch embedding
+  also reads each channel through window/level ramps (``hyperct.network.windows.add_windows``;
+  starts as the trained network): a calcification's bright voxels become a linear feature of its
+  token at patch 16, at no cost per finding.
 * **crops** (``optim.crop_size``): every training image cut to a square on the token grid, placed on
   one of its positive tokens where it has any (``hyperct.training.crops``; a ``drop_one`` twin gets
   the very same windows); labels from the crop's own tokens. A patch-8 backbone on 72-pixel crops
@@ -100,6 +104,7 @@ from hyperct.network.backbone import (
     repatch_backbone,
     save_backbone,
 )
+from hyperct.network.windows import add_windows
 from hyperct.preprocess import IMAGE_SIZE, N_IMAGES, normalise
 from hyperct.training.cache import PreprocessCache, decode
 from hyperct.training.crops import crop_images, crop_windows
@@ -696,6 +701,13 @@ def pretrain_backbone(
                     raise ConfigError(
                         f"init_patch_size: {exc} (the init backbone's patch)", path=cfg.init
                     ) from None
+            if cfg.init_hu_windows:
+                if getattr(backbone.config, "hu_windows", None):
+                    raise ConfigError(
+                        "init_hu_windows: the init backbone has HU windows already; drop init_hu_windows",
+                        path=cfg.init,
+                    )
+                backbone = add_windows(backbone, cfg.init_hu_windows)
         else:
             backbone = build_backbone(cfg.backbone, seed=seed)
         backbone.embeddings.mask_token.requires_grad_(False)  # unused (no masked-image modelling)

@@ -19,6 +19,9 @@ Fields (dotted name: default: meaning)
 * ``init_patch_size``: 0: a smaller patch for the ``init`` backbone (0: keep its own), its kernel
   made from the trained one (``hyperct.network.backbone.repatch_backbone``): the trained network
   looking at the image magnified, with 4x the tokens at half the patch.
+* ``init_hu_windows``: null: HU windows ``[[lo, hi], ...]`` added to the ``init`` backbone's patch
+  embedding (``hyperct.network.windows.add_windows``: each input channel also given through each
+  window/level ramp; the new kernels start at zero, so training starts where ``init`` is).
 * ``device``: "cpu": ``auto`` (a CUDA GPU when present), ``cpu``, ``cuda`` or ``cuda:N``.
 * ``data.train``: (required) a phantom dataset description (``hyperct.training.datasets``); with
   the bag objective it may have ``pair: normal | variant | drop_one``.
@@ -85,6 +88,18 @@ from hyperct.training.config import _Section as _TrainSection
 
 LOSSES = ("bce", "balanced", "focal")
 CONFIG_FILE = "pretrain_config.yaml"  # the configuration a run folder was started with
+
+
+def _hu_windows(v):
+    from hyperct.network.windows import check_windows
+
+    if v is None:
+        return None
+    try:
+        check_windows(v)
+    except ValueError as exc:
+        return f"null or a list of [lo, hi] HU pairs ({exc})"
+    return None if v else "null or a non-empty list of [lo, hi] HU pairs"
 
 
 def _at_least_one(v):
@@ -190,6 +205,7 @@ class PretrainConfig(_Section):
     init: str | None = _field(None, _opt(_str))
     init_extra_layers: int = _field(0, _nonneg_int)
     init_patch_size: int = _field(0, _nonneg_int)
+    init_hu_windows: list | None = _field(None, _hu_windows, free_form=True)
     device: str = _field("cpu", _str)
     data: PretrainData = _section(PretrainData)
     optim: PretrainOptim = _section(PretrainOptim)
@@ -228,6 +244,12 @@ class PretrainConfig(_Section):
         if self.init_extra_layers and not self.init:
             raise ConfigError(
                 "init_extra_layers: blocks are appended to an init backbone; set init to its folder",
+                path=source,
+            )
+        if self.init_hu_windows and not self.init:
+            raise ConfigError(
+                "init_hu_windows: the windows are added to an init backbone; set init to its folder "
+                "(a backbone from scratch takes them in backbone: {base: demo, hu_windows: [...]})",
                 path=source,
             )
         if self.init_patch_size and not self.init:

@@ -1,0 +1,140 @@
+"""HU windows before the patch embedding: what a radiologist's window/level does, as input channels.
+
+The model input is 3 adjacent slices per image, each HU clipped to [-1000, 1000] and scaled
+linearly (``hyperct.preprocess``). A linear patch embedding of that sees a few hundred bright
+voxels of a calcification (> 130 HU) inside a 16 x 16 patch of soft tissue as a shift of ~10 HU of
+the patch's weighted sums; fixed nonlinear readouts of the same pixels (the fraction of the patch
+above 130 HU, ...) tell such a token from the same place without the finding far better (issue 18,
+``benchmarks/token_learnability.py``). ``WindowedPatchEmbedding`` adds those readouts in the form
+clinicians use: for each window ``[lo, hi]`` HU, every input channel is also given as
+``clamp((HU - lo) / (hi - lo), 0, 1) - 0.5`` (a window/level ramp), and the patch embedding is one
+convolution over the original channels and all windowed copies, plus a linear map of each windowed
+channel's maximum and mean over the patch (position-free readouts: a few bright voxels anywhere in
+the patch). The windows are parameter-free per-pixel maps, the RoPE grid and the token count are
+unchanged, and it runs once per image (the LoRA of a HyperCT task does not touch the patch
+embedding, so 25 findings share it).
+
+A backbone has windows when its config has ``hu_windows`` (a list of ``[lo, hi]`` pairs; our
+extension of the DINOv3 config, absent from DINOv3 releases, which then load as before).
+``add_windows`` turns a trained backbone into a windowed one that computes exactly what it did (the
+windowed channels' kernels start at zero).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from hyperct.preprocess import HU_MAX, HU_MIN, IMAGENET_MEAN, IMAGENET_STD
+
+# The demo's windows: soft tissue (W400 L40), calcium and metal (from the 130 HU calcium threshold),
+# aerated lung (emphysema, air trapping).
+DEMO_WINDOWS = ((-160.0, 240.0), (130.0, 530.0), (-1000.0, -500.0))
+MAX_WINDOWS = 16  # a bound for untrusted configs: each window adds 3 input channels to the embedding
+
+
+def check_windows(windows) -> tuple[tuple[float, float], ...]:
+    """``windows`` as a tuple of (lo, hi) floats; ValueError naming the first bad one."""
+    if isinstance(windows, (str, bytes)) or not isinstance(windows, Sequence):
+        raise ValueError(f"hu_windows must be a list of [lo, hi] HU pairs, got {windows!r}"[:200])
+    if len(windows) > MAX_WINDOWS:
+        raise ValueError(f"hu_windows holds {len(windows)} windows, at most {MAX_WINDOWS}")
+    out = []
+    for n, w in enumerate(windows):
+        if (
+            isinstance(w, (str, bytes))
+            or not isinstance(w, Sequence)
+            or len(w) != 2
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in w)
+        ):
+            raise ValueError(f"hu_windows[{n}] must be a pair of numbers [lo, hi] in HU, got {w!r}"[:200])
+        lo, hi = float(w[0]), float(w[1])
+        if not (HU_MIN <= lo < hi <= HU_MAX):
+            raise ValueError(
+                f"hu_windows[{n}] = [{lo:g}, {hi:g}]: need {HU_MIN:g} <= lo < hi <= {HU_MAX:g} HU "
+                "(the model input is clipped to that range)"
+            )
+        out.append((lo, hi))
+    return tuple(out)
+
+
+class WindowedPatchEmbedding(nn.Conv2d):
+    """The patch embedding convolution over the input channels and their HU-windowed copies, plus a
+    linear map of each windowed channel's maximum and mean over the patch.
+
+    The convolution keeps the names of the plain embedding (``weight``, ``bias``); ``weight`` has
+    ``in_channels * (1 + len(windows))`` input channels: the original ones first, then each window's.
+    ``pooled`` (``Linear(2 * in_channels * len(windows), out)``) reads the patch maximum of every
+    windowed channel (is there ANY voxel in the window: a calcification's few bright voxels,
+    wherever in the patch) and its mean (how much of the patch), both independent of where in the
+    patch they are, which a linear kernel cannot be for the maximum and learns slowly for the mean.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, patch: int, windows):
+        windows = check_windows(windows)
+        super().__init__(in_channels * (1 + len(windows)), out_channels, kernel_size=patch, stride=patch)
+        self.image_channels = in_channels
+        self.windows = windows
+        self.pooled = nn.Linear(2 * in_channels * len(windows), out_channels)
+        if in_channels != len(IMAGENET_MEAN):
+            raise ValueError(
+                f"HU windows need the {len(IMAGENET_MEAN)}-channel model input, got {in_channels}"
+            )
+
+    def windowed(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) normalised input -> (N, 3 * (1 + W), H, W): the input, then each window.
+        Computed in float32 whatever the weights' dtype (no buffers: ``.to(bfloat16)`` would round
+        the window edges and the normalisation constants)."""
+
+        def column(values, shape):
+            return torch.tensor(values, dtype=torch.float32, device=pixel_values.device).view(shape)
+
+        lo = column([w[0] for w in self.windows], (1, -1, 1, 1, 1))
+        width = column([w[1] - w[0] for w in self.windows], (1, -1, 1, 1, 1))
+        mean, std = column(IMAGENET_MEAN, (1, 1, -1, 1, 1)), column(IMAGENET_STD, (1, 1, -1, 1, 1))
+        x = pixel_values[:, None].float()  # (N, 1, 3, H, W)
+        hu = (x * std + mean) * (HU_MAX - HU_MIN) + HU_MIN
+        ramps = ((hu - lo) / width).clamp(0.0, 1.0) - 0.5  # (N, W, 3, H, W)
+        ramps = ramps.to(pixel_values.dtype).flatten(1, 2)
+        return torch.cat([pixel_values, ramps], dim=1)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        x = self.windowed(pixel_values)
+        ramps = x[:, self.image_channels :]
+        patch = self.kernel_size
+        stats = torch.cat([F.max_pool2d(ramps, patch, patch), F.avg_pool2d(ramps, patch, patch)], dim=1)
+        pooled = self.pooled(stats.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)  # (N, D, h, w)
+        return super().forward(x) + pooled
+
+
+def install_windows(backbone, windows) -> None:
+    """Replace ``backbone``'s patch embedding by a (freshly initialised) windowed one, in place."""
+    old = backbone.embeddings.patch_embeddings
+    new = WindowedPatchEmbedding(old.in_channels, old.out_channels, int(old.kernel_size[0]), windows).to(
+        device=old.weight.device, dtype=old.weight.dtype
+    )
+    backbone.embeddings.patch_embeddings = new
+    backbone.config.hu_windows = [list(w) for w in new.windows]
+
+
+def add_windows(backbone, windows):
+    """A copy of a plain (window-less) ``backbone`` with HU windows that computes exactly what it did:
+    the original channels keep their kernels, each window's and the pooled map start at zero."""
+    import copy
+
+    if getattr(backbone.config, "hu_windows", None):
+        raise ValueError("this backbone has HU windows already")
+    old = backbone.embeddings.patch_embeddings
+    out = copy.deepcopy(backbone)
+    install_windows(out, windows)
+    new = out.embeddings.patch_embeddings
+    with torch.no_grad():
+        new.weight.zero_()
+        new.weight[:, : old.in_channels] = old.weight
+        new.bias.copy_(old.bias)
+        new.pooled.weight.zero_()
+        new.pooled.bias.zero_()
+    return out
