@@ -322,3 +322,40 @@ def test_pretraining_can_start_a_smaller_patch_from_a_trained_backbone(tmp_path)
         pretrain_backbone(PretrainConfig.load(None, dict(base, init_patch_size=12)), tmp_path / "p12")
     with pytest.raises(ConfigError, match="init_patch_size.*init"):
         PretrainConfig.load(None, {"data": base["data"], "init_patch_size": 8})
+
+
+def test_pretraining_can_add_hu_windows_to_a_trained_backbone_and_resume_with_them(tmp_path):
+    from hyperct.errors import ConfigError
+    from hyperct.network.windows import DEMO_WINDOWS, add_windows
+    from hyperct.training.pretrain import PretrainConfig, pretrain_backbone, resume_config
+
+    start, phantoms = _saved_start(tmp_path)
+    windows = [list(w) for w in DEMO_WINDOWS]
+    base = {
+        "seed": 3,
+        "init": str(tmp_path / "start"),
+        "init_hu_windows": windows,
+        "data": {"train": dict(phantoms, count=2, first_seed=900), "cache_dir": str(tmp_path / "cache")},
+        "optim": {"epochs": 1, "warmup_steps": 1, "phantoms_per_step": 2, "images_per_phantom": 2, "lr": 0.0},
+    }
+    written = load_backbone(pretrain_backbone(PretrainConfig.load(None, base), tmp_path / "same"))
+    assert written.config.hu_windows == windows
+    want = add_windows(start, DEMO_WINDOWS).state_dict()  # lr 0: the windowed start, window kernels zero
+    assert set(written.state_dict()) == set(want)
+    for key, value in written.state_dict().items():
+        torch.testing.assert_close(value, want[key], msg=key)
+
+    base["optim"]["lr"] = 3e-3
+    out = pretrain_backbone(PretrainConfig.load(None, base), tmp_path / "moved")
+    stem = load_backbone(out).embeddings.patch_embeddings
+    assert stem.weight[:, 3:].abs().sum() > 0 and stem.pooled.weight.abs().sum() > 0  # the windows learn
+    resumed = load_backbone(pretrain_backbone(resume_config(out, epochs=2), out, resume=True))
+    assert resumed.config.hu_windows == windows  # the run folder's own backbone, windows included
+    assert len((out / "log.jsonl").read_text().splitlines()) == 2
+
+    windowed = tmp_path / "windowed"
+    from hyperct.network.backbone import save_backbone
+
+    save_backbone(add_windows(start, DEMO_WINDOWS), windowed)
+    with pytest.raises(ConfigError, match="init_hu_windows: the init backbone has HU windows already"):
+        pretrain_backbone(PretrainConfig.load(None, dict(base, init=str(windowed))), tmp_path / "twice")
