@@ -177,3 +177,16 @@ def test_a_checkpoint_manifest_with_bad_windows_is_refused_naming_the_field(tmp_
     (folder / "manifest.json").write_text(json.dumps(raw))
     with pytest.raises(CheckpointError, match=f"architecture.backbone.hu_windows.*{match}"):
         load_model(folder, device="cpu")
+
+
+def test_hyperct_info_names_the_windows_of_a_windowed_checkpoint(tmp_path, capsys):
+    from hyperct.cli.main import main
+
+    model = tiny_model(seed=4, hu_windows=DEMO_WINDOWS)
+    manifest = build_manifest(
+        model, model_name="t", model_version="0", backbone_weights="included", backbone_source="random"
+    )
+    folder = save_checkpoint(model, tmp_path / "ckpt", manifest)
+    assert main(["info", "--model", str(folder), "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "HU windows before the patch embedding: [-160, 240], [130, 530], [-1000, -500] HU" in out

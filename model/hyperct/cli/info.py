@@ -118,6 +118,9 @@ def run(args: argparse.Namespace) -> int:
             f"Backbone:     DINOv3 ViT  D={bb['hidden_size']}  layers={bb['num_hidden_layers']}  heads={bb['num_attention_heads']}"
             f"  MLP={bb['intermediate_size']}  patch={bb['patch_size']}  registers={bb['num_register_tokens']}"
         )
+        if bb.get("hu_windows"):
+            shown = ", ".join(f"[{lo:g}, {hi:g}]" for lo, hi in bb["hu_windows"])
+            lines.append(f"              HU windows before the patch embedding: {shown} HU")
     else:
         lines.append(f"Backbone:     DINOv3 ViT configuration '{bb}'")
     if info.get("backbone"):
