@@ -58,9 +58,9 @@ Stage 1 v1 (``configs/demo_backbone_v1.yaml``; issue 18) adds what the pooled fe
   kernel summed down (``repatch_backbone``: 16 -> 8 starts as the trained network on the image
   magnified 2x), so small findings cover more of each token without starting over.
 * **HU windows on a trained one** (``init_hu_windows``): the ``init`` backbone's patch embedding
-  also reads each channel through window/level ramps (``hyperct.network.windows.add_windows``;
-  starts as the trained network): a calcification's bright voxels become a linear feature of its
-  token at patch 16, at no cost per finding.
+  also reads each channel through window/level ramps and each ramp's maximum and mean over the
+  patch (``hyperct.network.windows.add_windows``; starts as the trained network): a calcification's
+  few bright voxels become a feature of its token at patch 16, computed once per image.
 * **crops** (``optim.crop_size``): every training image cut to a square on the token grid, placed on
   one of its positive tokens where it has any (``hyperct.training.crops``; a ``drop_one`` twin gets
   the very same windows); labels from the crop's own tokens. A patch-8 backbone on 72-pixel crops

@@ -21,7 +21,8 @@ Fields (dotted name: default: meaning)
   looking at the image magnified, with 4x the tokens at half the patch.
 * ``init_hu_windows``: null: HU windows ``[[lo, hi], ...]`` added to the ``init`` backbone's patch
   embedding (``hyperct.network.windows.add_windows``: each input channel also given through each
-  window/level ramp; the new kernels start at zero, so training starts where ``init`` is).
+  window/level ramp, with each ramp's patch maximum and mean; the new weights start at zero, so
+  training starts where ``init`` is).
 * ``device``: "cpu": ``auto`` (a CUDA GPU when present), ``cpu``, ``cuda`` or ``cuda:N``.
 * ``data.train``: (required) a phantom dataset description (``hyperct.training.datasets``); with
   the bag objective it may have ``pair: normal | variant | drop_one``.
