@@ -123,11 +123,12 @@ def deletion_auc(model, px, twin_px, task: int, order: np.ndarray, steps: int = 
     """Area under the probability curve while tokens (flat indices into the model's 55 x G x G) take
     the normal twin's content in ``order``, 0..100 % in ``steps`` steps, all steps as one batch."""
     p = int(model.patch_size)
+    grid = grid_shape(p)
     xs = []
     for s in range(steps + 1):
         x = px[0].clone()
         for flat in order[: int(round(order.size * s / steps))]:
-            img, r, c = np.unravel_index(int(flat), grid_shape(p))
+            img, r, c = np.unravel_index(int(flat), grid)
             rows, cols = slice(p * r, p * r + p), slice(p * c, p * c + p)
             x[img, :, rows, cols] = twin_px[0, img, :, rows, cols]
         xs.append(x)

@@ -15,7 +15,7 @@ from hyperct.loading import load_model
 from hyperct.network.backbone import build_backbone, load_backbone, save_backbone
 from hyperct.network.windows import DEMO_WINDOWS, WindowedPatchEmbedding, add_windows
 from hyperct.preprocess import normalise
-from tests.support.models import TINY_BACKBONE, tiny_model
+from tests.support.models import TINY_BACKBONE, save_tiny_checkpoint, tiny_model
 
 
 def _pixels_of_hu(hu: np.ndarray) -> torch.Tensor:
@@ -167,11 +167,7 @@ def test_pretraining_adds_windows_only_to_an_init_backbone():
 def test_a_checkpoint_manifest_with_bad_windows_is_refused_naming_the_field(tmp_path, windows, match):
     from hyperct.errors import CheckpointError
 
-    model = tiny_model(seed=4, hu_windows=DEMO_WINDOWS)
-    manifest = build_manifest(
-        model, model_name="t", model_version="0", backbone_weights="included", backbone_source="random"
-    )
-    folder = save_checkpoint(model, tmp_path / "ckpt", manifest)
+    folder = save_tiny_checkpoint(tmp_path / "ckpt", seed=4, hu_windows=DEMO_WINDOWS)
     raw = json.loads((folder / "manifest.json").read_text())
     raw["architecture"]["backbone"]["hu_windows"] = windows
     (folder / "manifest.json").write_text(json.dumps(raw))
@@ -182,11 +178,7 @@ def test_a_checkpoint_manifest_with_bad_windows_is_refused_naming_the_field(tmp_
 def test_hyperct_info_names_the_windows_of_a_windowed_checkpoint(tmp_path, capsys):
     from hyperct.cli.main import main
 
-    model = tiny_model(seed=4, hu_windows=DEMO_WINDOWS)
-    manifest = build_manifest(
-        model, model_name="t", model_version="0", backbone_weights="included", backbone_source="random"
-    )
-    folder = save_checkpoint(model, tmp_path / "ckpt", manifest)
+    folder = save_tiny_checkpoint(tmp_path / "ckpt", seed=4, hu_windows=DEMO_WINDOWS)
     assert main(["info", "--model", str(folder), "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "HU windows before the patch embedding: [-160, 240], [130, 530], [-1000, -500] HU" in out

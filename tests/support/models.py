@@ -50,9 +50,11 @@ def save_tiny_checkpoint(
     model_name: str = "HyperCT-tiny",
     model_version: str = "0.0.1",
     backbone_source: str = "random",
+    hu_windows=None,
 ) -> Path:
-    """``tiny_model(seed)`` saved as a checkpoint folder with its backbone included; returns the folder."""
-    model = tiny_model(seed)
+    """``tiny_model(seed, hu_windows=...)`` saved as a checkpoint folder with its backbone included;
+    returns the folder."""
+    model = tiny_model(seed, hu_windows=hu_windows)
     manifest = build_manifest(
         model,
         model_name=model_name,
