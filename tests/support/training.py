@@ -8,6 +8,7 @@ import torch
 from hyperct.findings import catalogue
 from hyperct.training.config import resolve
 from hyperct.training.datasets import N_FINDINGS, VolumeDataset
+from hyperct.training.pretrain_config import PretrainConfig
 from tests.support.models import TINY_BACKBONE
 
 TINY_MODEL = {
@@ -65,3 +66,46 @@ def tiny_config(**sections) -> dict:
         else:
             file_cfg[key] = value
     return resolve(file_cfg)
+
+
+def v1_pretrain_config(tmp_path, pair="normal", count=2, **optim):
+    """A stage-1 v1 configuration on tiny phantoms (effusion and nodule only) under ``tmp_path``:
+    the bag objective, balanced loss, fresh seed blocks of ``count`` phantoms (``pair`` twins);
+    ``optim`` overrides the optimiser fields."""
+    phantoms = {
+        "type": "phantom",
+        "matrix": 48,
+        "n_slices": 24,
+        "findings": {"pleural_effusion": 0.7, "lung_nodule": 0.7},
+    }
+    return PretrainConfig.load(
+        None,
+        {
+            "seed": 5,
+            "backbone": dict(TINY_BACKBONE),
+            "data": {
+                "train": dict(phantoms, count=count, first_seed=60000, pair=pair),
+                "valid": dict(phantoms, count=3, first_seed=950),
+                "cache_dir": str(tmp_path / "cache"),
+                "cache_compress": True,
+                "prepare_workers": 0,
+                "fresh_seeds": True,
+                "block_epochs": 2,
+                "keep_blocks": False,
+            },
+            "optim": dict(
+                {
+                    "epochs": 2,
+                    "warmup_steps": 1,
+                    "phantoms_per_step": 2,
+                    "lr": 3e-3,
+                    "loss": "balanced",
+                    "bag_loss_weight": 1.0,
+                    "bag_min": 4,
+                    "bag_max": 10,
+                },
+                **optim,
+            ),
+            "valid": {"phantoms": 3},
+        },
+    )

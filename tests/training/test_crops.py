@@ -13,7 +13,7 @@ from hyperct.training import pretrain
 from hyperct.training.crops import crop_images, crop_windows
 from hyperct.training.pretrain import PretrainConfig, pretrain_backbone
 from tests.support.models import TINY_BACKBONE
-from tests.training.test_pretrain_v1 import _v1_config
+from tests.support.training import v1_pretrain_config
 
 
 def _grid(n=40, g=18, k=3):
@@ -83,7 +83,7 @@ def test_crop_size_is_checked_at_load_and_against_the_backbones_patch(tmp_path):
         PretrainConfig.load(
             None, {"data": {"train": {"type": "phantom", "count": 2}}}, sets=["optim.crop_size=20"]
         )
-    cfg = _v1_config(tmp_path, epochs=1, crop_size=24)  # TINY_BACKBONE has patch 16
+    cfg = v1_pretrain_config(tmp_path, epochs=1, crop_size=24)  # TINY_BACKBONE has patch 16
     with pytest.raises(ConfigError, match="24 pixels is not a whole number of the backbone's 16-pixel"):
         pretrain_backbone(cfg, tmp_path / "bad")
 
@@ -105,7 +105,7 @@ def test_crop_training_feeds_crops_the_twin_gets_the_same_windows_and_validation
 
     monkeypatch.setattr(pretrain, "forward_heads", recording_forward)
     monkeypatch.setattr(pretrain, "crop_images", recording_crop)
-    cfg = _v1_config(tmp_path, pair="drop_one", count=4, epochs=1, crop_size=24)
+    cfg = v1_pretrain_config(tmp_path, pair="drop_one", count=4, epochs=1, crop_size=24)
     cfg = PretrainConfig.from_dict(dict(cfg.to_dict(), backbone=dict(TINY_BACKBONE, patch_size=8)))
     out = tmp_path / "crops"
     pretrain_backbone(cfg, out)
@@ -131,7 +131,9 @@ def test_crop_training_without_the_bag_objective_cuts_every_drawn_image(tmp_path
         return forward(backbone, heads, pixels, **kw)
 
     monkeypatch.setattr(pretrain, "forward_heads", recording_forward)
-    cfg = _v1_config(tmp_path, pair=None, epochs=1, bag_loss_weight=0.0, images_per_phantom=6, crop_size=32)
+    cfg = v1_pretrain_config(
+        tmp_path, pair=None, epochs=1, bag_loss_weight=0.0, images_per_phantom=6, crop_size=32
+    )
     pretrain_backbone(cfg, tmp_path / "plain")
     training = [s for s in seen if s[-1] != 144]
     assert training and all(s == (12, 3, 32, 32) for s in training)  # 2 phantoms x 6 images, 2 x 2 tokens

@@ -25,6 +25,7 @@ from hyperct.training.pretrain import (
 )
 from hyperct.training.token_labels import TOKEN_SHAPE, token_labels
 from tests.support.models import TINY_BACKBONE
+from tests.support.training import v1_pretrain_config
 
 NODULE = catalogue().index("lung_nodule")
 EFFUSION = catalogue().index("pleural_effusion")
@@ -188,49 +189,9 @@ def test_compressed_cache_round_trip_shares_keys_and_deletes(tmp_path):
 # --- fresh seeds, stop and resume -----------------------------------------------------------------
 
 
-def _v1_config(tmp_path, pair="normal", count=2, **optim):
-    phantoms = {
-        "type": "phantom",
-        "matrix": 48,
-        "n_slices": 24,
-        "findings": {"pleural_effusion": 0.7, "lung_nodule": 0.7},
-    }
-    return PretrainConfig.load(
-        None,
-        {
-            "seed": 5,
-            "backbone": dict(TINY_BACKBONE),
-            "data": {
-                "train": dict(phantoms, count=count, first_seed=60000, pair=pair),
-                "valid": dict(phantoms, count=3, first_seed=950),
-                "cache_dir": str(tmp_path / "cache"),
-                "cache_compress": True,
-                "prepare_workers": 0,
-                "fresh_seeds": True,
-                "block_epochs": 2,
-                "keep_blocks": False,
-            },
-            "optim": dict(
-                {
-                    "epochs": 2,
-                    "warmup_steps": 1,
-                    "phantoms_per_step": 2,
-                    "lr": 3e-3,
-                    "loss": "balanced",
-                    "bag_loss_weight": 1.0,
-                    "bag_min": 4,
-                    "bag_max": 10,
-                },
-                **optim,
-            ),
-            "valid": {"phantoms": 3},
-        },
-    )
-
-
 @pytest.mark.slow
 def test_bag_pretraining_logs_every_epoch_and_resume_continues_on_new_seeds(tmp_path):
-    cfg = _v1_config(tmp_path)
+    cfg = v1_pretrain_config(tmp_path)
     out = tmp_path / "bb"
     pretrain_backbone(cfg, out, stop_after=1)  # interrupted after epoch 1 of 2 (block 0 has 2 epochs)
     first = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
@@ -294,7 +255,7 @@ def test_bag_pretraining_logs_every_epoch_and_resume_continues_on_new_seeds(tmp_
 def test_a_patch_8_backbone_pretrains_on_the_labels_of_its_own_token_grid(tmp_path):
     from hyperct.network.backbone import load_backbone
 
-    cfg = _v1_config(tmp_path, epochs=1)
+    cfg = v1_pretrain_config(tmp_path, epochs=1)
     cfg = PretrainConfig.from_dict(dict(cfg.to_dict(), backbone=dict(TINY_BACKBONE, patch_size=8)))
     out = tmp_path / "p8"
     pretrain_backbone(cfg, out)
@@ -333,7 +294,7 @@ def test_a_cache_with_patch_16_labels_only_serves_patch_16_and_regenerates_for_p
 def test_resume_starts_from_the_saved_weights(tmp_path):
     from hyperct.network.backbone import load_backbone
 
-    cfg = _v1_config(tmp_path, epochs=1)
+    cfg = v1_pretrain_config(tmp_path, epochs=1)
     out = tmp_path / "bb"
     pretrain_backbone(cfg, out)
     before = load_backbone(out).state_dict()
@@ -632,7 +593,7 @@ def test_pair_contrast_needs_drop_one_twins():
 
 @pytest.mark.slow
 def test_drop_one_pretraining_with_the_pair_contrast_logs_it(tmp_path):
-    cfg = _v1_config(tmp_path, pair="drop_one", count=4, epochs=1, pair_loss_weight=1.0)
+    cfg = v1_pretrain_config(tmp_path, pair="drop_one", count=4, epochs=1, pair_loss_weight=1.0)
     out = tmp_path / "bb"
     pretrain_backbone(cfg, out)
     (entry,) = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
@@ -642,7 +603,7 @@ def test_drop_one_pretraining_with_the_pair_contrast_logs_it(tmp_path):
 def test_a_resume_with_new_settings_keeps_them_for_the_next_resume_and_the_old_ones_beside(tmp_path):
     from hyperct.training.pretrain import _record_resumed_config
 
-    before = _v1_config(tmp_path, pair="drop_one")
+    before = v1_pretrain_config(tmp_path, pair="drop_one")
     (tmp_path / "pretrain_config.yaml").write_text(before.dump(), encoding="utf-8")
     same = resume_config(tmp_path)
     _record_resumed_config(tmp_path, same, 5)
@@ -662,7 +623,7 @@ def test_a_killed_background_generator_does_not_hang_the_next_block(tmp_path):
     the training process instead of waiting for it forever."""
     from hyperct.training.pretrain import _Blocks
 
-    cfg = _v1_config(tmp_path, count=3)
+    cfg = v1_pretrain_config(tmp_path, count=3)
     cfg.data.prepare_workers = 1
     blocks = _Blocks(cfg.data, PreprocessCache(tmp_path / "cache", compress=True), None)
     try:
@@ -689,7 +650,7 @@ def test_stage1_runs_reports_what_a_resume_changed_and_the_validation_per_epoch(
 
     run = tmp_path / "run"
     run.mkdir()
-    before = _v1_config(tmp_path, pair="drop_one")
+    before = v1_pretrain_config(tmp_path, pair="drop_one")
     after = PretrainConfig.load(None, before.to_dict(), ["optim.pair_loss_weight=1.0", "optim.bag_min=10"])
     (run / "pretrain_config.before-epoch-3.yaml").write_text(before.dump(), encoding="utf-8")
     (run / "pretrain_config.yaml").write_text(after.dump(), encoding="utf-8")
