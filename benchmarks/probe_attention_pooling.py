@@ -11,17 +11,20 @@ them. Per finding, a gated attention pooling (Ilse et al. 2018, attention-based 
 learning) learns which instances of a volume to look at and a linear readout of their weighted
 mean, over
 
-* ``patch``: every final patch token of every image (55 x 81 instances), and
-* ``cls``: the final CLS of every image (55 instances),
+* ``patch``: every final patch token of every image (55 x 81 instances),
+* ``cls``: the final CLS of every image (55 instances), and
 * ``stats`` (an oracle of what the pixels alone give, no backbone): fixed statistics of every
-  token's pixels (maximum and mean of each channel and of its HU windows) and where the token is,
+  token's pixels (maximum and mean of each channel and of its HU windows) and where the token is
+  (``--stats-patch 8``: of tokens of 8 x 8 pixels),
 
 trained on the frozen features of the training phantoms (seeds 100000..), AUC on the validation
 phantoms (200000..), per-finding balanced binary cross-entropy, a fixed number of epochs (no
 selection on the validation set). If ``patch`` finds what ``mean_cls`` does not, the information is
 in the tokens and the CLS is what fails to gather it; if ``patch`` is at chance too, the tokens
-themselves must change. The attention weights are shared by all findings except for one query
-vector each, so this is a small model (~15k parameters) on 800 volumes. Prints JSON.
+themselves must change; ``stats`` says what a readout of the pixels alone, with no context but
+position, reaches (the pixels hold more than it finds, never less). The attention weights are shared
+by all findings except for one query vector each, so this is a small model (~15k parameters) on 800
+volumes. Prints JSON.
 """
 
 from __future__ import annotations
@@ -38,12 +41,10 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "model"))
 
 from _output import emit_json  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
-from probe_backbone import load_any_backbone  # noqa: E402
+from probe_backbone import probe_data  # noqa: E402
 
 from hyperct.findings import catalogue  # noqa: E402
 from hyperct.network.windows import DEMO_WINDOWS, WindowedPatchEmbedding  # noqa: E402
-from hyperct.training.cache import PreprocessCache  # noqa: E402
-from hyperct.training.datasets import build_dataset  # noqa: E402
 from hyperct.training.metrics import roc_auc  # noqa: E402
 
 
@@ -65,11 +66,11 @@ _WINDOWS = WindowedPatchEmbedding(3, 1, 16, DEMO_WINDOWS)
 
 
 @torch.no_grad()
-def token_features(backbone, ds, kinds: list[str]) -> dict[str, torch.Tensor]:
+def token_features(backbone, ds, kinds: list[str], stats_patch: int | None = None) -> dict[str, torch.Tensor]:
     """float16 instances per volume, for each of ``kinds``: ``patch`` (N, 55 * tokens, D) final patch
     tokens, ``cls`` (N, 55, D) final CLS, ``stats`` (N, 55 * tokens, 27): ``pixel_statistics``."""
     n_prefix = 1 + backbone.config.num_register_tokens
-    patch_size = int(backbone.config.patch_size)
+    patch_size = int(stats_patch or backbone.config.patch_size)
     out: dict[str, list] = {k: [] for k in kinds}
     for i in range(len(ds)):
         px, _ = ds[i]
@@ -190,21 +191,20 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--instances", default="patch,cls", help="comma-separated: patch, cls, stats")
+    ap.add_argument(
+        "--stats-patch", type=int, help="token size of the stats instances (default: the backbone's patch)"
+    )
     ap.add_argument("--out")
     args = ap.parse_args()
 
     t0 = time.time()
-    cache = PreprocessCache(args.cache, "uint8") if args.cache else PreprocessCache(None)
-    backbone = load_any_backbone(args.backbone).eval()
-    spec = {"type": "phantom", "matrix": args.matrix, "findings": None}
-    kw = {"cache": cache, "workers": args.workers}
-    train = build_dataset(dict(spec, count=args.train, first_seed=100000), field="train", **kw)
-    valid = build_dataset(dict(spec, count=args.valid, first_seed=200000), field="valid", **kw)
+    backbone, train, valid = probe_data(args)
     names = [s for s in args.instances.split(",") if s]
     unknown = sorted(set(names) - {"patch", "cls", "stats"})
     if unknown:
         ap.error(f"--instances: unknown {', '.join(unknown)} (use patch, cls, stats)")
-    ft, fv = token_features(backbone, train, names), token_features(backbone, valid, names)
+    ft = token_features(backbone, train, names, args.stats_patch)
+    fv = token_features(backbone, valid, names, args.stats_patch)
     t_features = time.time() - t0
     result: dict = {
         "benchmark": "attention_pooling_probe_of_frozen_tokens",
@@ -213,6 +213,7 @@ def main() -> None:
         "valid_phantoms": args.valid,
         "epochs": args.epochs,
         "lr": args.lr,
+        "stats_patch": args.stats_patch or int(backbone.config.patch_size),
         "seconds_features": round(t_features, 1),
         "instances": {},
     }

@@ -82,6 +82,19 @@ def load_any_backbone(path: str):
     return load_backbone(folder)
 
 
+def probe_data(args):
+    """The frozen backbone and the training / validation phantom datasets the probes share (``args``:
+    backbone, cache, matrix, train, valid, workers and optionally train_seed / valid_seed)."""
+    cache = PreprocessCache(args.cache, "uint8") if args.cache else PreprocessCache(None)
+    backbone = load_any_backbone(args.backbone).eval()
+    spec = {"type": "phantom", "matrix": args.matrix, "findings": None}
+    kw = {"cache": cache, "workers": args.workers}
+    first = getattr(args, "train_seed", 100000), getattr(args, "valid_seed", 200000)
+    train = build_dataset(dict(spec, count=args.train, first_seed=first[0]), field="train", **kw)
+    valid = build_dataset(dict(spec, count=args.valid, first_seed=first[1]), field="valid", **kw)
+    return backbone, train, valid
+
+
 def probe_auc(x: np.ndarray, y: np.ndarray, xv: np.ndarray, yv: np.ndarray, l2: float) -> float | None:
     known, known_v = y >= 0, yv >= 0
     if not (0 < y[known].sum() < known.sum() and 0 < yv[known_v].sum() < known_v.sum()):
@@ -121,12 +134,7 @@ def main() -> None:
     args = ap.parse_args()
 
     t0 = time.time()
-    cache = PreprocessCache(args.cache, "uint8") if args.cache else PreprocessCache(None)
-    backbone = load_any_backbone(args.backbone).eval()
-    spec = {"type": "phantom", "matrix": args.matrix, "findings": None}
-    kw = {"cache": cache, "workers": args.workers}
-    train = build_dataset(dict(spec, count=args.train, first_seed=args.train_seed), field="train", **kw)
-    valid = build_dataset(dict(spec, count=args.valid, first_seed=args.valid_seed), field="valid", **kw)
+    backbone, train, valid = probe_data(args)
     t_data = time.time() - t0
     ft, fv = pooled_features(backbone, train), pooled_features(backbone, valid)
     ids = catalogue().ids
