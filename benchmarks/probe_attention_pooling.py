@@ -34,18 +34,17 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "model"))
 
 from _output import emit_json  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
-from probe_backbone import probe_data  # noqa: E402
+from probe_backbone import probe_data, summary  # noqa: E402
 
 from hyperct.findings import catalogue  # noqa: E402
-from hyperct.network.windows import DEMO_WINDOWS, WindowedPatchEmbedding  # noqa: E402
+from hyperct.network.windows import DEMO_WINDOWS, patch_max_mean, windowed_input  # noqa: E402
 from hyperct.training.metrics import roc_auc  # noqa: E402
+from hyperct.training.pretrain import finding_loss  # noqa: E402
 
 
 @torch.no_grad()
@@ -53,16 +52,12 @@ def pixel_statistics(px: torch.Tensor, patch: int) -> torch.Tensor:
     """(images, 3, H, W) model input -> (images * tokens, 27): per token, the maximum and mean over
     the patch of each input channel and of its HU-windowed copies (``DEMO_WINDOWS``), and where the
     token is (row, column, image index, each scaled to [0, 1]). Fixed features with no context."""
-    ramps = _WINDOWS.windowed(px.float())  # (images, 12, H, W)
-    stats = torch.cat([F.max_pool2d(ramps, patch, patch), F.avg_pool2d(ramps, patch, patch)], dim=1)
+    stats = patch_max_mean(windowed_input(px.float(), DEMO_WINDOWS), patch)  # (images, 24, h, w)
     n, _, gh, gw = stats.shape
     rows = torch.linspace(0, 1, gh).view(1, 1, gh, 1).expand(n, 1, gh, gw)
     cols = torch.linspace(0, 1, gw).view(1, 1, 1, gw).expand(n, 1, gh, gw)
     zs = torch.linspace(0, 1, n).view(n, 1, 1, 1).expand(n, 1, gh, gw)
     return torch.cat([stats, rows, cols, zs], dim=1).permute(0, 2, 3, 1).reshape(-1, stats.shape[1] + 3)
-
-
-_WINDOWS = WindowedPatchEmbedding(3, 1, 16, DEMO_WINDOWS)
 
 
 @torch.no_grad()
@@ -124,17 +119,6 @@ def instance_moments(x: torch.Tensor, chunk: int = 32) -> tuple[torch.Tensor, to
     return mean.float(), sd.float().clamp(min=1e-6)
 
 
-def balanced_bce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Per finding, positives and negatives weigh half each; unknown labels (< 0) are ignored."""
-    known = (y >= 0).float()
-    pos = (y > 0).float() * known
-    neg = (y == 0).float() * known
-    wp = 0.5 / pos.sum(0).clamp(min=1)
-    wn = 0.5 / neg.sum(0).clamp(min=1)
-    loss = F.binary_cross_entropy_with_logits(logits, pos, reduction="none")
-    return (loss * (pos * wp + neg * wn)).sum() / y.shape[1]
-
-
 def fit_and_score(
     x, y, xv, yv, *, epochs: int, batch: int, lr: float, seed: int, ids: list[str] | None = None
 ) -> list[dict]:
@@ -151,7 +135,8 @@ def fit_and_score(
         order = torch.randperm(len(x))
         for s in range(0, len(x), batch):
             idx = order[s : s + batch]
-            loss = balanced_bce(model(x[idx].float()), yt[idx])
+            yb = yt[idx]
+            loss = finding_loss(model(x[idx].float()), yb.clamp(min=0), mode="balanced", known=yb >= 0)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -171,11 +156,6 @@ def score(model, xv, yv, ids: list[str] | None = None) -> dict:
         yk = yv[known, k]
         out[fid] = round(float(roc_auc(yk, logits[known, k])), 3) if 0 < yk.sum() < len(yk) else None
     return out
-
-
-def summary(aucs: dict) -> dict:
-    vals = [v for v in aucs.values() if v is not None]
-    return {"macro_auc": round(float(np.mean(vals)), 3), "min_auc": round(float(np.min(vals)), 3)}
 
 
 def main() -> None:

@@ -95,6 +95,12 @@ def probe_data(args):
     return backbone, train, valid
 
 
+def summary(aucs: dict) -> dict:
+    """Macro and lowest AUC over the findings that have one (None: no positives or no negatives)."""
+    vals = [v for v in aucs.values() if v is not None]
+    return {"macro_auc": round(float(np.mean(vals)), 3), "min_auc": round(float(np.min(vals)), 3)}
+
+
 def probe_auc(x: np.ndarray, y: np.ndarray, xv: np.ndarray, yv: np.ndarray, l2: float) -> float | None:
     known, known_v = y >= 0, yv >= 0
     if not (0 < y[known].sum() < known.sum() and 0 < yv[known_v].sum() < known_v.sum()):
@@ -155,10 +161,8 @@ def main() -> None:
             fid: probe_auc(x, train.labels[:, k], xv, valid.labels[:, k], args.l2)
             for k, fid in enumerate(ids)
         }
-        vals = [v for v in aucs.values() if v is not None]
         result["poolings"][name] = {
-            "macro_auc": round(float(np.mean(vals)), 3),
-            "min_auc": round(float(np.min(vals)), 3),
+            **summary(aucs),
             "per_finding": {k: (round(v, 3) if v is not None else None) for k, v in aucs.items()},
         }
     mc = result["poolings"]["mean_cls"]

@@ -671,3 +671,19 @@ def test_stage1_runs_reports_what_a_resume_changed_and_the_validation_per_epoch(
     assert [e["epoch"] for e in out["epochs"]] == [2, 3]
     assert out["epochs"][1]["mean_bag_auc"] == pytest.approx(0.63) and out["epochs"][1]["loss"] == 1 / 3
     assert out["last_epoch_per_finding"] == {"bag_auc": {"x": 0.5}}
+
+
+def test_balanced_loss_ignores_unknown_labels():
+    """``known`` masks labels out of the balanced loss (the attention probe's phantoms have -1 labels)."""
+    logits = torch.tensor([[2.0, -1.0], [0.5, 3.0], [-1.0, 0.0]])
+    y = torch.tensor([[1.0, -1.0], [0.0, -1.0], [1.0, -1.0]])
+
+    def loss(lg):
+        return finding_loss(lg, y.clamp(min=0), mode="balanced", known=y >= 0)
+
+    changed = logits.clone()
+    changed[:, 1] = torch.tensor([-9.0, 9.0, 4.0])  # the unknown column: must not matter
+    assert torch.isclose(loss(logits), loss(changed))
+    worse = logits.clone()
+    worse[1, 0] = 5.0  # the negative scored high: the loss must rise
+    assert loss(worse) > loss(logits)

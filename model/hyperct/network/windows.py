@@ -85,29 +85,37 @@ class WindowedPatchEmbedding(nn.Conv2d):
             )
 
     def windowed(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """(N, 3, H, W) normalised input -> (N, 3 * (1 + W), H, W): the input, then each window.
-        Computed in float32 whatever the weights' dtype (no buffers: ``.to(bfloat16)`` would round
-        the window edges and the normalisation constants)."""
-
-        def column(values, shape):
-            return torch.tensor(values, dtype=torch.float32, device=pixel_values.device).view(shape)
-
-        lo = column([w[0] for w in self.windows], (1, -1, 1, 1, 1))
-        width = column([w[1] - w[0] for w in self.windows], (1, -1, 1, 1, 1))
-        mean, std = column(IMAGENET_MEAN, (1, 1, -1, 1, 1)), column(IMAGENET_STD, (1, 1, -1, 1, 1))
-        x = pixel_values[:, None].float()  # (N, 1, 3, H, W)
-        hu = (x * std + mean) * (HU_MAX - HU_MIN) + HU_MIN
-        ramps = ((hu - lo) / width).clamp(0.0, 1.0) - 0.5  # (N, W, 3, H, W)
-        ramps = ramps.to(pixel_values.dtype).flatten(1, 2)
-        return torch.cat([pixel_values, ramps], dim=1)
+        """(N, 3, H, W) normalised input -> (N, 3 * (1 + W), H, W): ``windowed_input``."""
+        return windowed_input(pixel_values, self.windows)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         x = self.windowed(pixel_values)
-        ramps = x[:, self.image_channels :]
-        patch = self.kernel_size
-        stats = torch.cat([F.max_pool2d(ramps, patch, patch), F.avg_pool2d(ramps, patch, patch)], dim=1)
+        stats = patch_max_mean(x[:, self.image_channels :], self.kernel_size)
         pooled = self.pooled(stats.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)  # (N, D, h, w)
         return super().forward(x) + pooled
+
+
+def windowed_input(pixel_values: torch.Tensor, windows) -> torch.Tensor:
+    """(N, 3, H, W) normalised input -> (N, 3 * (1 + W), H, W): the input, then each window's ramps.
+    Computed in float32 whatever the input's dtype (no buffers: ``.to(bfloat16)`` would round the
+    window edges and the normalisation constants)."""
+
+    def column(values, shape):
+        return torch.tensor(values, dtype=torch.float32, device=pixel_values.device).view(shape)
+
+    lo = column([w[0] for w in windows], (1, -1, 1, 1, 1))
+    width = column([w[1] - w[0] for w in windows], (1, -1, 1, 1, 1))
+    mean, std = column(IMAGENET_MEAN, (1, 1, -1, 1, 1)), column(IMAGENET_STD, (1, 1, -1, 1, 1))
+    x = pixel_values[:, None].float()  # (N, 1, 3, H, W)
+    hu = (x * std + mean) * (HU_MAX - HU_MIN) + HU_MIN
+    ramps = ((hu - lo) / width).clamp(0.0, 1.0) - 0.5  # (N, W, 3, H, W)
+    ramps = ramps.to(pixel_values.dtype).flatten(1, 2)
+    return torch.cat([pixel_values, ramps], dim=1)
+
+
+def patch_max_mean(channels: torch.Tensor, patch) -> torch.Tensor:
+    """(N, C, H, W) -> (N, 2C, h, w): each channel's maximum over every patch, then its mean."""
+    return torch.cat([F.max_pool2d(channels, patch, patch), F.avg_pool2d(channels, patch, patch)], dim=1)
 
 
 def install_windows(backbone, windows) -> None:

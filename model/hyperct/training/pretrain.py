@@ -220,8 +220,10 @@ def finding_loss(
     mode: str = "bce",
     pos_weight: torch.Tensor | None = None,
     gamma: float = 2.0,
+    known: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Loss over (..., K) logits and 0/1 labels.
+    """Loss over (..., K) logits and 0/1 labels (``known``: 0/1 of the labels' shape, the labels that
+    count in ``balanced`` / ``focal``; default all).
 
     ``bce``: plain BCE with ``pos_weight`` (stage 1 v0). ``balanced``: per finding, the mean BCE of
     its positives and the mean BCE of its negatives weigh half each (a finding without positives in
@@ -242,6 +244,9 @@ def finding_loss(
     elif mode != "balanced":
         raise ValueError(f"unknown loss {mode!r}; use one of {LOSSES}")
     pos, neg = y, 1 - y
+    if known is not None:
+        mask = known.reshape(-1, k).to(lg.dtype)
+        pos, neg = pos * mask, neg * mask
     mean_pos = (ce * pos).sum(0) / pos.sum(0).clamp_min(1)
     mean_neg = (ce * neg).sum(0) / neg.sum(0).clamp_min(1)
     return (0.5 * (mean_pos + mean_neg)).mean()
