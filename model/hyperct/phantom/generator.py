@@ -91,6 +91,33 @@ def _normalise_findings(seed: int, findings) -> dict[str, float] | None:
     return out
 
 
+def _cardiac_state(seed: int, hab, requested: dict | None) -> tuple[cardiac.Echo, dict, dict]:
+    """The echo quantities, the latent cardiac state and the conventional findings' severities of
+    phantom ``seed`` (``requested``: ``_normalise_findings``' result; None = the seed's random draw)."""
+    rng_c = stream(seed, "cardiac")
+    if requested is None:
+        echo, latent = cardiac.sample_population(rng_c, hab.sex)
+        return echo, latent, sampling.conventional(stream(seed, "findings"), hab, latent)
+    echo = cardiac.from_findings(rng_c, hab.sex, requested)
+    return echo, {}, {k: v for k, v in requested.items() if k not in cardiac.CARDIAC_IDS}
+
+
+def drawn_state(seed: int, findings: dict[str, float] | list[str] | None = None):
+    """``(habitus, echo, conventional severities)`` of ``generate(seed, findings)``, its own steps
+    without rendering anything (a few milliseconds)."""
+    seed = int(seed)
+    hab = sample_habitus(seed)
+    echo, _, conv = _cardiac_state(seed, hab, _normalise_findings(seed, findings))
+    return hab, echo, conv
+
+
+def heart_of(seed: int, findings: dict[str, float] | list[str] | None = None) -> HeartShape:
+    """The heart's image parameters (chamber sizes, wall, vessels) that ``generate(seed, findings)``
+    renders, without rendering anything."""
+    hab, echo, conv = drawn_state(seed, findings)
+    return cardiac.heart_shape(echo, hab.bsa, conv.get("cardiomegaly", 0.0))
+
+
 def generate(
     seed: int,
     findings: dict[str, float] | list[str] | None = None,
@@ -132,14 +159,7 @@ def generate(
     grid = make_grid(scan)
 
     # -- findings and the cardiac state
-    rng_c = stream(seed, "cardiac")
-    if random_mode:
-        echo, latent = cardiac.sample_population(rng_c, hab.sex)
-        conv = sampling.conventional(stream(seed, "findings"), hab, latent)
-    else:
-        echo = cardiac.from_findings(rng_c, hab.sex, requested)
-        latent = {}
-        conv = {k: v for k, v in requested.items() if k not in cardiac.CARDIAC_IDS}
+    echo, latent, conv = _cardiac_state(seed, hab, requested)
     base_echo = cardiac.from_findings(stream(seed, "cardiac"), hab.sex, {})
     card_present = cardiac.severities(echo, hab.sex)
     severities = {**conv, **card_present}

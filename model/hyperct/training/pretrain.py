@@ -38,6 +38,11 @@ Stage 1 v1 (``configs/demo_backbone_v1.yaml``; issue 18) adds what the pooled fe
   the phantom must score the finding its twin lacks above the twin at the same places -- on the
   tokens and images that hold it and on the two bags -- the hardest negative there is, since the
   two differ only inside the lesion;
+* **heart geometry** (``optim.heart_loss_weight`` > 0; ``hyperct.training.heart_geometry``): a linear
+  head on each bag's mean CLS regresses the phantom's heart numbers (chamber sizes, wall, vessel
+  calibres; standardised): the cardiac findings are thresholds of these, and a label per phantom says
+  little about a few millimetres of chamber radius. A resume may switch it on: the new head starts
+  fresh (``_load_run_state``);
 * **fresh seeds** (``data.fresh_seeds``): the training phantoms come in blocks of ``count`` seeds;
   a block is used for ``data.block_epochs`` epochs, then the next block of new seeds follows
   (generated in the background by ``data.prepare_workers`` processes while the current block
@@ -109,6 +114,7 @@ from hyperct.preprocess import IMAGE_SIZE, N_IMAGES, normalise
 from hyperct.training.cache import PreprocessCache, decode
 from hyperct.training.crops import crop_images, crop_windows
 from hyperct.training.datasets import PhantomDataset, build_dataset
+from hyperct.training.heart_geometry import HEART_FIELDS, heart_loss, r2_scores, standardised
 from hyperct.training.metrics import roc_auc
 from hyperct.training.pretrain_config import (  # noqa: F401 - LOSSES and load_pretrain_config: re-exported
     CONFIG_FILE,
@@ -127,7 +133,9 @@ STATE_DIR = "last"
 class PretrainHeads(nn.Module):
     """Token-level and image-level finding classifiers on top of the backbone (discarded after)."""
 
-    def __init__(self, hidden: int, n_findings: int, *, volume: bool = True, bag: bool = False):
+    def __init__(
+        self, hidden: int, n_findings: int, *, volume: bool = True, bag: bool = False, heart: int = 0
+    ):
         super().__init__()
         self.token = nn.Linear(hidden, n_findings)
         self.image = nn.Linear(hidden, n_findings)
@@ -136,6 +144,8 @@ class PretrainHeads(nn.Module):
         self.volume = nn.Linear(hidden, n_findings) if volume else None
         # the bag objective's head on the mean CLS of a bag of images (built last, same reason)
         self.bag = nn.Linear(hidden, n_findings) if bag else None
+        # the heart-geometry objective's regression head on the same mean CLS (``heart`` numbers)
+        self.heart = nn.Linear(hidden, heart) if heart else None
 
 
 def volume_logits(heads: PretrainHeads, cls: torch.Tensor, n_phantoms: int) -> torch.Tensor:
@@ -157,8 +167,12 @@ def bag_logits(heads: PretrainHeads, cls: torch.Tensor, sizes: list[int]) -> tor
     """(len(sizes), 25) logits of the bag head on the mean CLS of consecutive bags of ``sizes`` images."""
     if heads.bag is None:
         raise ValueError("these pretraining heads have no bag head (bag objective off)")
-    means = torch.stack([part.mean(dim=0) for part in torch.split(cls, list(sizes))])
-    return heads.bag(means)
+    return heads.bag(bag_means(cls, sizes))
+
+
+def bag_means(cls: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+    """(len(sizes), D) mean CLS features of consecutive bags of ``sizes`` images."""
+    return torch.stack([part.mean(dim=0) for part in torch.split(cls, list(sizes))])
 
 
 def sample_bag(
@@ -365,6 +379,8 @@ def validate(backbone, heads, ds: PhantomDataset, n_phantoms: int, device=None) 
     sampler = _ImageSampler(ds, backbone.config.patch_size)
     img_scores, img_labels, tok_scores, tok_labels, vol_scores = [], [], [], [], []
     bag_scores, bag_truth = [], []
+    heart_pred, heart_truth = [], []
+    with_heart = heads.heart is not None and hasattr(ds, "heart")
     n = min(n_phantoms, len(ds))
     for i in range(n):
         pixels, tokens = sampler.images(i, np.arange(N_IMAGES))
@@ -374,6 +390,9 @@ def validate(backbone, heads, ds: PhantomDataset, n_phantoms: int, device=None) 
         if heads.bag is not None:
             bag_scores.append(bag_logits(heads, cls, [len(cls)]).float().cpu().numpy())
             bag_truth.append(bag_labels(tokens)[None].numpy())
+        if with_heart:
+            heart_pred.append(heads.heart(cls.mean(dim=0)).float().cpu().numpy())
+            heart_truth.append(standardised(ds.heart(i)))
         tok, img = tok.float().cpu(), img.float().cpu()
         img_scores.append(img.numpy())
         img_labels.append(tokens.amax(dim=1).numpy())
@@ -397,6 +416,10 @@ def validate(backbone, heads, ds: PhantomDataset, n_phantoms: int, device=None) 
     for name, _, _ in series:
         vals = list(out[name].values())
         out[f"mean_{name}"] = round(float(np.mean(vals)), 4) if vals else None
+    if with_heart and n > 1:  # the heart numbers from the mean CLS over all 55 images
+        out["heart_r2"] = r2_scores(np.stack(heart_pred), np.stack(heart_truth))
+        vals = list(out["heart_r2"].values())
+        out["mean_heart_r2"] = round(float(np.mean(vals)), 4) if vals else None
     return out
 
 
@@ -549,12 +572,15 @@ def _load_run_state(out: Path, module: nn.Module, optimizer, names: list[list[st
             hint="resume a folder written by `hyperct pretrain` after at least one epoch",
         )
     doc = json.loads(path.read_text(encoding="utf-8"))
-    if doc.get("format") != "hyperct-pretrain-state" or doc.get("param_names") != names:
+    new_heads = _new_heads(doc.get("param_names"), names)
+    if doc.get("format") != "hyperct-pretrain-state" or new_heads is None:
         raise CheckpointError(
             "the resume state does not match this backbone and its heads",
             path=path,
             hint="resume with the configuration the run was started with",
         )
+    if new_heads:
+        echo(f"resumed with a new objective: its head starts fresh ({', '.join(new_heads)})")
     tensors = _read_tensors(out / STATE_DIR / "model.safetensors")
     module.load_state_dict(tensors, strict=False)
     opt_tensors = _read_tensors(out / STATE_DIR / "optimizer.safetensors")
@@ -566,6 +592,21 @@ def _load_run_state(out: Path, module: nn.Module, optimizer, names: list[list[st
         offset += len(group_names)
     optimizer.load_state_dict({"state": state, "param_groups": groups})
     return doc
+
+
+def _new_heads(saved: Any, names: list[list[str]]) -> list[str] | None:
+    """The parameters of heads this run adds to a saved one (an objective switched on at a resume:
+    they start fresh); None when the saved state holds anything else than ``names`` without them, in
+    the same order (another backbone, other heads)."""
+    if not isinstance(saved, list) or len(saved) != len(names):
+        return None
+    known = {n for group in saved if isinstance(group, list) for n in group}
+    added = [n for group in names for n in group if n not in known]
+    if any(not n.startswith("heads.") for n in added):
+        return None
+    if any([n for n in group if n in known] != old for group, old in zip(names, saved)):
+        return None
+    return added
 
 
 def _restore_rng(out: Path, doc: dict) -> None:
@@ -724,7 +765,14 @@ def pretrain_backbone(
                 f"{patch}-pixel patches; use a multiple of {patch} up to {IMAGE_SIZE}",
                 path=str(out / CONFIG_FILE) if resume else None,
             )
-        heads = PretrainHeads(backbone.config.hidden_size, n_findings, volume=oc.volume, bag=bag_mode)
+        heart_w = float(oc.heart_loss_weight)
+        heads = PretrainHeads(
+            backbone.config.hidden_size,
+            n_findings,
+            volume=oc.volume,
+            bag=bag_mode,
+            heart=len(HEART_FIELDS) if heart_w > 0 else 0,
+        )
         module = nn.ModuleDict({"backbone": backbone, "heads": heads}).to(device)
         named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
         decay = [(n, p) for n, p in named if p.ndim >= 2]
@@ -791,12 +839,13 @@ def pretrain_backbone(
                 rng = np.random.default_rng([seed, epoch])  # stage 1 v0: its own stream, unchanged
             pairs = bool(getattr(train, "pair", None))
             order = rng.permutation(units)
-            sums = {"loss": [], "token": [], "image": [], "bag": [], "volume": [], "pair": []}
+            sums = {"loss": [], "token": [], "image": [], "bag": [], "volume": [], "pair": [], "heart": []}
             n_images = n_positive_images = n_bags = n_positive_bags = 0
             bar = progress_bar(range(steps_per_epoch), desc=f"pretrain epoch {epoch}/{epochs}", unit="step")
             for s in bar:
                 idx = order[s * per_step : (s + 1) * per_step]
                 sizes: list[int] = []
+                members: list[int] = []  # the phantom of each bag (pairs: phantom, twin, ...)
                 dropped: list[int | None] = []  # per pair: the finding the drop_one twin lacks
                 if bag_mode:
                     batch = []
@@ -819,10 +868,12 @@ def pretrain_backbone(
                         windows = crop_windows(grid[which], crop, rng) if crop else None
                         batch.append(_cropped(sampler.images(i, which), windows, crop, patch))
                         sizes.append(len(which))
+                        members.append(i)
                         if pairs:  # the twin: the very same image indices (and crop windows)
                             twin = sampler.images(train.pair_of(i), which)
                             batch.append(_cropped(twin, windows, crop, patch))
                             sizes.append(len(which))
+                            members.append(train.pair_of(i))
                 else:
                     batch = []
                     for i in idx:
@@ -859,6 +910,11 @@ def pretrain_backbone(
                         p_loss = pair_losses(tok_logits, img_logits, b_logits_all, tokens, sizes, dropped)
                         loss = loss + pair_w * p_loss
                         sums["pair"].append(float(p_loss.detach()))
+                    if heart_w > 0:
+                        target = torch.from_numpy(np.stack([standardised(train.heart(j)) for j in members]))
+                        h_loss = heart_loss(heads.heart(bag_means(cls, sizes)), target.to(device))
+                        loss = loss + heart_w * h_loss
+                        sums["heart"].append(float(h_loss.detach()))
                     n_bags += len(sizes)
                     n_positive_bags += int((truth.amax(dim=1) > 0).sum())
                 optimizer.zero_grad(set_to_none=True)
@@ -892,6 +948,8 @@ def pretrain_backbone(
                 entry["positive_bag_fraction"] = round(n_positive_bags / max(n_bags, 1), 4)
             if sums["pair"]:
                 entry["pair_loss"] = round(float(np.mean(sums["pair"])), 5)
+            if sums["heart"]:
+                entry["heart_loss"] = round(float(np.mean(sums["heart"])), 5)
             if vol_w > 0:
                 entry["volume_loss"] = round(float(np.mean(sums["volume"])), 5)
             if fresh:
@@ -909,6 +967,8 @@ def pretrain_backbone(
                     msg += f"  volume AUC {v['mean_volume_auc']}"
                 if bag_mode:
                     msg += f"  bag AUC {v['mean_bag_auc']}"
+                if "mean_heart_r2" in v:
+                    msg += f"  heart R2 {v['mean_heart_r2']}"
             echo(msg)
             # after every epoch: the backbone so far, the log line and the resume state
             backbone.eval()

@@ -48,6 +48,9 @@ Fields (dotted name: default: meaning)
 * ``optim.pair_loss_weight``: 0.0: the pair contrast (``data.train.pair: drop_one``): the phantom
   must score the finding its twin lacks higher than the twin, on that finding's tokens, images and
   on the bag (``hyperct.training.pretrain.pair_contrast_loss``).
+* ``optim.heart_loss_weight``: 0.0: the heart-geometry objective (``hyperct.training.heart_geometry``):
+  a head on each bag's mean CLS regresses the phantom's heart numbers (chamber sizes, wall, vessel
+  calibres), standardised; needs the bag objective and phantom training data.
 * ``optim.crop_size``: 0: train on square crops of this many pixels a side (0: whole images), on
   the token grid and placed on a finding where an image has one (``hyperct.training.crops``): a
   patch-8 backbone on 72-pixel crops costs what patch 16 costs on whole images. Validation stays on
@@ -171,6 +174,7 @@ class PretrainOptim(_Section):
     bag_max: int = _field(N_IMAGES, _pos_int)
     positive_fraction: float = _field(0.5, _unit)
     pair_loss_weight: float = _field(0.0, _nonneg_num)
+    heart_loss_weight: float = _field(0.0, _nonneg_num)
     crop_size: int = _field(0, _nonneg_int)
 
     @property
@@ -291,6 +295,12 @@ class PretrainConfig(_Section):
             raise ConfigError(
                 "optim.pair_loss_weight: the pair contrast needs twins that lack one finding "
                 f"(data.train.pair: drop_one; it is {dc.train.get('pair')!r})",
+                path=source,
+            )
+        if float(oc.heart_loss_weight) > 0 and not (oc.bag and dc.train.get("type") == "phantom"):
+            raise ConfigError(
+                "optim.heart_loss_weight: the heart-geometry objective reads the bags' mean CLS of "
+                "phantoms (set optim.bag_loss_weight > 0 and data.train.type: phantom)",
                 path=source,
             )
         if oc.crop_size and not (oc.crop_size % 8 == 0 and oc.crop_size <= IMAGE_SIZE):

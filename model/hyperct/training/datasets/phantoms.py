@@ -114,6 +114,13 @@ class PhantomDataset(VolumeDataset):
             return {f: v for f, v in base.items() if f != k} if k else {}
         return self._requested(i)
 
+    def heart(self, i: int):
+        """The ``HeartShape`` phantom ``i`` renders (``hyperct.phantom.generator.heart_of``: drawn
+        without rendering)."""
+        from hyperct.phantom.generator import heart_of
+
+        return heart_of(self.seeds[i], self.findings_for(i))
+
     def _requested(self, i: int):
         if not isinstance(self.findings, dict):
             return self.findings
@@ -337,13 +344,10 @@ DROPPABLE = tuple(f.id for f in catalogue() if f.group == "conventional" and f.i
 def drawn_severities(seed: int) -> dict[str, float]:
     """The findings and severities ``hyperct.phantom.generate(seed, None)`` draws (its spec's
     ``severities``), without rendering: the generator's own draw, step by step (tested against it)."""
-    from hyperct.phantom import cardiac, sampling
-    from hyperct.phantom._rng import stream
-    from hyperct.phantom.params import sample_habitus
+    from hyperct.phantom import cardiac
+    from hyperct.phantom.generator import drawn_state
 
-    hab = sample_habitus(int(seed))
-    echo, latent = cardiac.sample_population(stream(int(seed), "cardiac"), hab.sex)
-    conv = sampling.conventional(stream(int(seed), "findings"), hab, latent)
+    hab, echo, conv = drawn_state(int(seed))
     return {**conv, **cardiac.severities(echo, hab.sex)}
 
 

@@ -1,0 +1,54 @@
+"""The heart-geometry objective of stage 1: the phantom's heart, as numbers, from a bag's mean CLS.
+
+The seven opportunistic cardiac findings are thresholds of echo quantities that the phantom renders as
+chamber sizes, wall thickness and vessel calibres (``hyperct.phantom.cardiac.heart_shape``). A binary
+label per phantom says little about a few millimetres of left-ventricular radius; the geometry itself
+says it for every phantom. ``heart_targets`` gives each phantom's ``HeartShape`` standardised by the
+phantom population (``heart_scale``), the regression target of a linear head on the same mean CLS
+that HyperCT reads (``hyperct.training.pretrain``, ``optim.heart_loss_weight``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import astuple, fields
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+from hyperct.phantom.heart import HeartShape
+
+HEART_FIELDS = tuple(f.name for f in fields(HeartShape))
+SCALE_SEEDS = 400  # random-mode phantoms whose hearts set the mean and spread of each number
+
+
+@lru_cache(maxsize=1)
+def heart_scale() -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard deviation of each ``HEART_FIELDS`` number over the random-mode phantom
+    population (seeds 0 .. ``SCALE_SEEDS`` - 1; drawn without rendering)."""
+    from hyperct.phantom.generator import heart_of
+
+    values = np.array([astuple(heart_of(seed)) for seed in range(SCALE_SEEDS)], dtype=np.float64)
+    return values.mean(axis=0), np.maximum(values.std(axis=0), 1e-6)
+
+
+def standardised(shape: HeartShape) -> np.ndarray:
+    """(len(HEART_FIELDS),) float32: ``shape``'s numbers in standard deviations of the population."""
+    mean, std = heart_scale()
+    return ((np.asarray(astuple(shape), dtype=np.float64) - mean) / std).astype(np.float32)
+
+
+def heart_loss(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over every number of every bag: (B, F) predictions vs (B, F) targets."""
+    return torch.nn.functional.mse_loss(predicted, target)
+
+
+def r2_scores(predicted: np.ndarray, target: np.ndarray) -> dict[str, float]:
+    """Coefficient of determination of each number over the phantoms (rows); numbers that do not vary
+    among them are left out."""
+    out = {}
+    for k, name in enumerate(HEART_FIELDS):
+        var = float(np.var(target[:, k]))
+        if var > 1e-12:
+            out[name] = round(1.0 - float(np.mean((predicted[:, k] - target[:, k]) ** 2)) / var, 4)
+    return out
