@@ -8,6 +8,9 @@
 writes) or a HyperCT checkpoint folder with the backbone included (``manifest.json``, e.g. the
 shipped demo model). ``--workers N`` generates missing phantoms in N processes. The gate of issue 18
 before stage 2: mean_cls macro >= 0.92 and every finding >= 0.80 (``gate`` in the JSON).
+``heart`` in the JSON: how much of the heart's geometry (chamber sizes, wall, vessel calibres) the
+mean CLS carries (ridge regression, R2 per number on the validation phantoms), and what the true
+geometry gives each cardiac finding with no backbone at all (``heart_probe``).
 
 HyperCT's task-shared head reads the mean CLS feature over the 55 images. With a frozen backbone,
 a per-finding logistic regression on that feature (and on other poolings, for comparison) is a
@@ -123,6 +126,45 @@ def probe_auc(x: np.ndarray, y: np.ndarray, xv: np.ndarray, yv: np.ndarray, l2: 
     return float(roc_auc(yv[known_v], (xv_t @ w + b).detach().numpy()))
 
 
+def heart_probe(x: np.ndarray, xv: np.ndarray, train, valid, l2: float) -> dict:
+    """How much of the heart's geometry the mean CLS carries, and what that geometry gives the cardiac
+    findings: ridge regression of the standardised heart numbers (``hyperct.training.heart_geometry``)
+    on the mean CLS (R2 on the validation phantoms), and, with no backbone at all, the logistic probe
+    of each cardiac finding on the true heart numbers (the ceiling of a readout of the geometry)."""
+    from hyperct.phantom.cardiac import CARDIAC_IDS
+    from hyperct.training.heart_geometry import r2_scores, standardised
+
+    h = np.stack([standardised(train.heart(i)) for i in range(len(train))])
+    hv = np.stack([standardised(valid.heart(i)) for i in range(len(valid))])
+    mu, sd = x.mean(0), x.std(0) + 1e-6
+    a, av = (x - mu) / sd, (xv - mu) / sd
+
+    def ridge(a, y, lam):
+        return np.linalg.solve(a.T @ a + lam * len(a) * np.eye(a.shape[1]), a.T @ (y - y.mean(0)))
+
+    def cv_error(lam, folds=5):  # the ridge strength is chosen on the training phantoms only
+        parts = np.array_split(np.arange(len(a)), folds)
+        err = 0.0
+        for part in parts:
+            keep = np.setdiff1d(np.arange(len(a)), part)
+            err += float(np.sum((a[part] @ ridge(a[keep], h[keep], lam) + h[keep].mean(0) - h[part]) ** 2))
+        return err
+
+    lam = min((1e-3, 1e-2, 1e-1, 1.0, 10.0), key=cv_error)
+    r2 = r2_scores(av @ ridge(a, h, lam) + h.mean(0), hv)
+    ids = catalogue().ids
+    oracle = {
+        fid: probe_auc(h, train.labels[:, ids.index(fid)], hv, valid.labels[:, ids.index(fid)], l2)
+        for fid in CARDIAC_IDS
+    }
+    return {
+        "mean_cls_r2": r2,
+        "mean_cls_mean_r2": round(float(np.mean(list(r2.values()))), 3),
+        "ridge": lam,
+        "true_geometry_probe_auc": {k: (round(v, 3) if v is not None else None) for k, v in oracle.items()},
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
@@ -165,6 +207,7 @@ def main() -> None:
             **summary(aucs),
             "per_finding": {k: (round(v, 3) if v is not None else None) for k, v in aucs.items()},
         }
+    result["heart"] = heart_probe(ft[:, 0], fv[:, 0], train, valid, args.l2)
     mc = result["poolings"]["mean_cls"]
     result["gate"] = {
         "rule": "mean_cls macro >= 0.92 and every finding >= 0.80 (issue 18)",
