@@ -132,26 +132,12 @@ def heart_probe(x: np.ndarray, xv: np.ndarray, train, valid, l2: float) -> dict:
     on the mean CLS (R2 on the validation phantoms), and, with no backbone at all, the logistic probe
     of each cardiac finding on the true heart numbers (the ceiling of a readout of the geometry)."""
     from hyperct.phantom.cardiac import CARDIAC_IDS
-    from hyperct.training.heart_geometry import r2_scores, standardised
+    from hyperct.training.heart_geometry import r2_scores, ridge_fit, standardised
 
     h = np.stack([standardised(train.heart(i)) for i in range(len(train))])
     hv = np.stack([standardised(valid.heart(i)) for i in range(len(valid))])
-    mu, sd = x.mean(0), x.std(0) + 1e-6
-    a, av = (x - mu) / sd, (xv - mu) / sd
-
-    def ridge(a, y, lam):
-        return np.linalg.solve(a.T @ a + lam * len(a) * np.eye(a.shape[1]), a.T @ (y - y.mean(0)))
-
-    def cv_error(lam, folds=5):  # the ridge strength is chosen on the training phantoms only
-        parts = np.array_split(np.arange(len(a)), folds)
-        err = 0.0
-        for part in parts:
-            keep = np.setdiff1d(np.arange(len(a)), part)
-            err += float(np.sum((a[part] @ ridge(a[keep], h[keep], lam) + h[keep].mean(0) - h[part]) ** 2))
-        return err
-
-    lam = min((1e-3, 1e-2, 1e-1, 1.0, 10.0), key=cv_error)
-    r2 = r2_scores(av @ ridge(a, h, lam) + h.mean(0), hv)
+    w, b, lam = ridge_fit(x, h)
+    r2 = r2_scores(xv @ w + b, hv)
     ids = catalogue().ids
     oracle = {
         fid: probe_auc(h, train.labels[:, ids.index(fid)], hv, valid.labels[:, ids.index(fid)], l2)

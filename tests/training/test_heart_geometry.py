@@ -106,3 +106,48 @@ def test_switching_the_heart_objective_on_at_a_resume_trains_its_head_on_the_sam
     )
     with pytest.raises(CheckpointError, match="does not match"):
         pretrain_backbone(resume_config(out, epochs=4), out, resume=True)
+
+
+def test_ridge_fit_recovers_a_linear_map_and_penalises_noise():
+    from hyperct.training.heart_geometry import RIDGE_STRENGTHS, ridge_fit
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(3.0, 2.0, size=(200, 12))
+    w_true = rng.normal(size=(12, 4))
+    y = x @ w_true + 0.5 + 0.01 * rng.normal(size=(200, 4))
+    w, b, lam = ridge_fit(x, y)
+    assert lam == RIDGE_STRENGTHS[0]
+    assert np.abs(x @ w + b - y).max() < 0.1  # features standardised inside, weights returned raw
+    _, _, lam_noise = ridge_fit(x, rng.normal(size=(200, 4)))
+    assert lam_noise >= 1.0
+
+
+def test_a_new_heart_head_is_fitted_to_the_backbone_before_training(tmp_path):
+    from hyperct.network.backbone import build_backbone
+    from hyperct.preprocess import N_IMAGES
+    from hyperct.training.cache import PreprocessCache
+    from hyperct.training.heart_geometry import ridge_fit
+    from hyperct.training.pretrain import PretrainHeads, _ImageSampler, fit_heart_head
+    from tests.support.models import TINY_BACKBONE
+
+    ds = PhantomDataset(6, 800, matrix=32, n_slices=12, cache=PreprocessCache(tmp_path / "c"))
+    torch.manual_seed(0)
+    backbone = build_backbone(dict(TINY_BACKBONE), seed=0).eval()
+    heads = PretrainHeads(backbone.config.hidden_size, 25, volume=False, bag=True, heart=len(HEART_FIELDS))
+    r2, lam = fit_heart_head(backbone, heads, ds, n=6)
+    sampler = _ImageSampler(ds, backbone.config.patch_size)
+    with torch.no_grad():
+        means = np.stack(
+            [
+                backbone(pixel_values=sampler.images(i, np.arange(N_IMAGES))[0])
+                .last_hidden_state[:, 0]
+                .mean(0)
+                .numpy()
+                for i in range(6)
+            ]
+        )
+        predicted = heads.heart(torch.from_numpy(means)).numpy()
+    targets = np.stack([standardised(ds.heart(i)) for i in range(6)])
+    w, b, lam2 = ridge_fit(means, targets)
+    assert lam == lam2 and r2 is not None
+    np.testing.assert_allclose(predicted, means @ w + b, atol=1e-4)  # the head is the ridge solution
