@@ -78,7 +78,7 @@ def test_a_resume_may_add_heads_but_not_change_the_backbone():
 
 
 @pytest.mark.slow
-def test_switching_the_heart_objective_on_at_a_resume_trains_its_head_on_the_same_backbone(tmp_path):
+def test_switching_the_heart_objective_on_at_a_resume_trains_its_head_on_the_same_backbone(tmp_path, capsys):
     from hyperct.network.backbone import load_backbone
 
     cfg = v1_pretrain_config(tmp_path, count=2, epochs=1)
@@ -89,7 +89,10 @@ def test_switching_the_heart_objective_on_at_a_resume_trains_its_head_on_the_sam
     assert "heart_loss" not in first and "heart_r2" not in first["valid"]
 
     again = resume_config(out, epochs=3, sets=["optim.heart_loss_weight=1.0"])
+    capsys.readouterr()
     pretrain_backbone(again, out, resume=True)
+    said = capsys.readouterr()
+    assert "new heart head fitted to the backbone's mean CLS" in said.out + said.err
     log = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
     assert [e["epoch"] for e in log] == [1, 2, 3]
     assert all(e["heart_loss"] > 0 for e in log[1:])

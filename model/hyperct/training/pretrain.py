@@ -41,8 +41,9 @@ Stage 1 v1 (``configs/demo_backbone_v1.yaml``; issue 18) adds what the pooled fe
 * **heart geometry** (``optim.heart_loss_weight`` > 0; ``hyperct.training.heart_geometry``): a linear
   head on each bag's mean CLS regresses the phantom's heart numbers (chamber sizes, wall, vessel
   calibres; standardised): the cardiac findings are thresholds of these, and a label per phantom says
-  little about a few millimetres of chamber radius. A resume may switch it on: the new head is first
-  fitted to the backbone's mean CLS by ridge regression (``fit_heart_head``), then trained with it;
+  little about a few millimetres of chamber radius. A resume may switch it on; on a trained backbone
+  (a resume, or ``init``) the new head is first fitted to the backbone's mean CLS by ridge
+  regression (``fit_heart_head``), then trained with it;
 * **fresh seeds** (``data.fresh_seeds``): the training phantoms come in blocks of ``count`` seeds;
   a block is used for ``data.block_epochs`` epochs, then the next block of new seeds follows
   (generated in the background by ``data.prepare_workers`` processes while the current block
@@ -851,12 +852,9 @@ def pretrain_backbone(
             _restore_rng(out, doc)
         if fresh and first_epoch <= epochs:
             train = blocks.get(block)
-        if (
-            resume
-            and heads.heart is not None
-            and "heads.heart.weight" in doc["new_heads"]
-            and train is not None
-        ):
+        # a new heart head on a trained backbone (switched on at a resume, or a run from ``init``)
+        fresh_heart = "heads.heart.weight" in doc["new_heads"] if resume else bool(cfg.init)
+        if heads.heart is not None and fresh_heart and train is not None:
             r2, lam = fit_heart_head(backbone, heads, train, device=device)
             echo(f"new heart head fitted to the backbone's mean CLS (ridge {lam}): in-sample R2 {r2}")
         done = 0
