@@ -26,8 +26,18 @@ from _output import emit_json  # noqa: E402
 
 from hyperct.training.pretrain_config import PretrainConfig  # noqa: E402
 
-EPOCH_FIELDS = ("block", "lr", "loss", "token_loss", "image_loss", "bag_loss", "pair_loss", "seconds")
-MEANS = ("mean_image_auc", "mean_token_auc", "mean_bag_auc")
+EPOCH_FIELDS = (
+    "block",
+    "lr",
+    "loss",
+    "token_loss",
+    "image_loss",
+    "bag_loss",
+    "pair_loss",
+    "heart_loss",
+    "seconds",
+)
+MEANS = ("mean_image_auc", "mean_token_auc", "mean_bag_auc", "mean_heart_r2")
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -75,7 +85,9 @@ def summarise(run: Path, from_epoch: int = 1) -> dict:
         "run": str(run),
         "settings_changed": settings_history(run),
         "epochs": epochs,
-        "last_epoch_per_finding": {k: last[k] for k in ("image_auc", "token_auc", "bag_auc") if k in last},
+        "last_epoch_per_finding": {
+            k: last[k] for k in ("image_auc", "token_auc", "bag_auc", "heart_r2") if k in last
+        },
     }
 
 
