@@ -3,9 +3,10 @@
 The seven opportunistic cardiac findings are thresholds of echo quantities that the phantom renders as
 chamber sizes, wall thickness and vessel calibres (``hyperct.phantom.cardiac.heart_shape``). A binary
 label per phantom says little about a few millimetres of left-ventricular radius; the geometry itself
-says it for every phantom. ``heart_targets`` gives each phantom's ``HeartShape`` standardised by the
-phantom population (``heart_scale``), the regression target of a linear head on the same mean CLS
-that HyperCT reads (``hyperct.training.pretrain``, ``optim.heart_loss_weight``).
+says it for every phantom. ``standardised`` gives a phantom's ``HeartShape`` in standard deviations
+of the phantom population (``heart_scale``): the regression target of a linear head on the same mean
+CLS that HyperCT reads (``hyperct.training.pretrain``, ``optim.heart_loss_weight``). ``ridge_fit``
+reads the numbers back from features (the new head's warm start; ``benchmarks/probe_backbone.py``).
 """
 
 from __future__ import annotations
