@@ -26,7 +26,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "model"))
 
 from _output import emit_json  # noqa: E402
-from probe_backbone import probe_auc, summary  # noqa: E402
+from probe_backbone import probe_auc, rounded, summary  # noqa: E402
 
 from hyperct.findings import catalogue  # noqa: E402
 from hyperct.preprocess import N_IMAGES  # noqa: E402
@@ -72,8 +72,7 @@ def main() -> None:
     for frac in args.fractions:
         x, y = composition_bags(image_pos[:half], frac, args.bags, seed=1)
         xv, yv = composition_bags(image_pos[half:], frac, args.bags, seed=2)
-        aucs = {fid: probe_auc(x, y[:, k], xv, yv[:, k], l2=1e-3) for k, fid in enumerate(ids)}
-        aucs = {k: (None if v is None else round(v, 3)) for k, v in aucs.items()}
+        aucs = rounded({fid: probe_auc(x, y[:, k], xv, yv[:, k], l2=1e-3) for k, fid in enumerate(ids)})
         result[f"positive_fraction_{frac:g}"] = dict(summary(aucs), per_finding=aucs)
     emit_json(result, args.out)
 

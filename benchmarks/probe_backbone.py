@@ -104,6 +104,11 @@ def summary(aucs: dict) -> dict:
     return {"macro_auc": round(float(np.mean(vals)), 3), "min_auc": round(float(np.min(vals)), 3)}
 
 
+def rounded(aucs: dict) -> dict:
+    """Each finding's AUC to 3 decimals (None stays None)."""
+    return {k: (round(v, 3) if v is not None else None) for k, v in aucs.items()}
+
+
 def probe_auc(x: np.ndarray, y: np.ndarray, xv: np.ndarray, yv: np.ndarray, l2: float) -> float | None:
     known, known_v = y >= 0, yv >= 0
     if not (0 < y[known].sum() < known.sum() and 0 < yv[known_v].sum() < known_v.sum()):
@@ -132,7 +137,7 @@ def heart_probe(x: np.ndarray, xv: np.ndarray, train, valid, l2: float) -> dict:
     on the mean CLS (R2 on the validation phantoms), and, with no backbone at all, the logistic probe
     of each cardiac finding on the true heart numbers (the ceiling of a readout of the geometry)."""
     from hyperct.phantom.cardiac import CARDIAC_IDS
-    from hyperct.training.heart_geometry import r2_scores, ridge_fit, standardised
+    from hyperct.training.heart_geometry import mean_r2, r2_scores, ridge_fit, standardised
 
     h = np.stack([standardised(train.heart(i)) for i in range(len(train))])
     hv = np.stack([standardised(valid.heart(i)) for i in range(len(valid))])
@@ -145,9 +150,9 @@ def heart_probe(x: np.ndarray, xv: np.ndarray, train, valid, l2: float) -> dict:
     }
     return {
         "mean_cls_r2": r2,
-        "mean_cls_mean_r2": round(float(np.mean(list(r2.values()))), 3),
+        "mean_cls_mean_r2": mean_r2(r2, digits=3),
         "ridge": lam,
-        "true_geometry_probe_auc": {k: (round(v, 3) if v is not None else None) for k, v in oracle.items()},
+        "true_geometry_probe_auc": rounded(oracle),
     }
 
 
@@ -191,7 +196,7 @@ def main() -> None:
         }
         result["poolings"][name] = {
             **summary(aucs),
-            "per_finding": {k: (round(v, 3) if v is not None else None) for k, v in aucs.items()},
+            "per_finding": rounded(aucs),
         }
     result["heart"] = heart_probe(ft[:, 0], fv[:, 0], train, valid, args.l2)
     mc = result["poolings"]["mean_cls"]

@@ -55,6 +55,11 @@ def r2_scores(predicted: np.ndarray, target: np.ndarray) -> dict[str, float]:
     return out
 
 
+def mean_r2(scores: dict[str, float], digits: int = 4) -> float | None:
+    """The mean of ``r2_scores``' values, rounded (None when no number varied)."""
+    return round(float(np.mean(list(scores.values()))), digits) if scores else None
+
+
 RIDGE_STRENGTHS = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
 
 

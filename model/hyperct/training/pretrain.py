@@ -115,7 +115,14 @@ from hyperct.preprocess import IMAGE_SIZE, N_IMAGES, normalise
 from hyperct.training.cache import PreprocessCache, decode
 from hyperct.training.crops import crop_images, crop_windows
 from hyperct.training.datasets import PhantomDataset, build_dataset
-from hyperct.training.heart_geometry import HEART_FIELDS, heart_loss, r2_scores, ridge_fit, standardised
+from hyperct.training.heart_geometry import (
+    HEART_FIELDS,
+    heart_loss,
+    mean_r2,
+    r2_scores,
+    ridge_fit,
+    standardised,
+)
 from hyperct.training.metrics import roc_auc
 from hyperct.training.pretrain_config import (  # noqa: F401 - LOSSES and load_pretrain_config: re-exported
     CONFIG_FILE,
@@ -419,8 +426,7 @@ def validate(backbone, heads, ds: PhantomDataset, n_phantoms: int, device=None) 
         out[f"mean_{name}"] = round(float(np.mean(vals)), 4) if vals else None
     if with_heart and n > 1:  # the heart numbers from the mean CLS over all 55 images
         out["heart_r2"] = r2_scores(np.stack(heart_pred), np.stack(heart_truth))
-        vals = list(out["heart_r2"].values())
-        out["mean_heart_r2"] = round(float(np.mean(vals)), 4) if vals else None
+        out["mean_heart_r2"] = mean_r2(out["heart_r2"])
     return out
 
 
@@ -450,8 +456,7 @@ def fit_heart_head(
     w, b, lam = ridge_fit(x, y)
     heads.heart.weight.copy_(torch.from_numpy(w.T.astype(np.float32)))
     heads.heart.bias.copy_(torch.from_numpy(b.astype(np.float32)))
-    r2 = r2_scores(x @ w + b, y)
-    return round(float(np.mean(list(r2.values()))), 4) if r2 else None, lam
+    return mean_r2(r2_scores(x @ w + b, y)), lam
 
 
 # --- fresh blocks of phantoms ------------------------------------------------------------------
