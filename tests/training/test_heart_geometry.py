@@ -35,6 +35,7 @@ def test_a_drop_one_dataset_knows_the_heart_of_each_phantom_and_twin():
     ds = PhantomDataset(2, 700, matrix=32, n_slices=12, pair="drop_one", prepare=False)
     for i in range(len(ds)):
         assert asdict(ds.heart(i)) == ds.generate(i).cardiac["heart_shape"]
+        assert ds.heart(i) is ds.heart(i)  # drawn once: training asks for it every step
 
 
 def test_standardised_hearts_centre_the_population_and_keep_the_order():

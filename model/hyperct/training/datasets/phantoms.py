@@ -76,6 +76,7 @@ class PhantomDataset(VolumeDataset):
         self.names = [f"phantom-{s}" + (f"-{pair}" if t else "") for s, t in zip(self.seeds, self.twin)]
         self.labels = np.full((len(self.seeds), N_FINDINGS), MISSING, dtype=np.int8)
         self._version = phantom_version()
+        self._hearts: dict[int, Any] = {}  # heart(i), drawn once
         if prepare:
             self.prepare(rank=rank, world=world, barrier=barrier, progress=progress, workers=workers)
 
@@ -116,10 +117,12 @@ class PhantomDataset(VolumeDataset):
 
     def heart(self, i: int):
         """The ``HeartShape`` phantom ``i`` renders (``hyperct.phantom.generator.heart_of``: drawn
-        without rendering)."""
+        without rendering; drawn once per phantom, as training asks for it every step)."""
         from hyperct.phantom.generator import heart_of
 
-        return heart_of(self.seeds[i], self.findings_for(i))
+        if i not in self._hearts:
+            self._hearts[i] = heart_of(self.seeds[i], self.findings_for(i))
+        return self._hearts[i]
 
     def _requested(self, i: int):
         if not isinstance(self.findings, dict):
