@@ -43,7 +43,11 @@ def main() -> None:
     saved = _read_tensors(str(Path(args.run) / "last" / "model.safetensors"))
     hs = {k[len("heads.") :]: v for k, v in saved.items() if k.startswith("heads.")}
     heads = PretrainHeads(
-        backbone.config.hidden_size, 25, volume="volume.weight" in hs, bag="bag.weight" in hs
+        backbone.config.hidden_size,
+        25,
+        volume="volume.weight" in hs,
+        bag="bag.weight" in hs,
+        heart=int(hs["heart.weight"].shape[0]) if "heart.weight" in hs else 0,
     )
     heads.load_state_dict(hs)
     ds = PhantomDataset(args.valid, 200000, matrix=192, cache=PreprocessCache(args.cache), prepare=False)
