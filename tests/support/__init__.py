@@ -14,4 +14,5 @@ which may call these helpers; no test imports from another folder's ``conftest.p
 - ``dicom_fuzz`` and ``fuzz_worker``: the header keywords and tag mutation of the reader fuzz tests,
   and the subprocess that reads each mutant under a memory limit.
 - ``saliency_oracle``: a tiny model trained so that its evidence is known.
+- ``benchmarks``: the scripts of ``benchmarks/`` loaded as modules, for tests of their functions.
 """

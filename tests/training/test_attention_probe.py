@@ -3,27 +3,15 @@ pixel-statistics oracle sees a few bright voxels."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import torch
 
 from hyperct.preprocess import normalise
-
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+from tests.support.benchmarks import load_benchmark
 
 
 def _module():
-    if str(BENCHMARKS) not in sys.path:
-        sys.path.insert(0, str(BENCHMARKS))
-    spec = importlib.util.spec_from_file_location(
-        "probe_attention_pooling", BENCHMARKS / "probe_attention_pooling.py"
-    )
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("probe_attention_pooling")
 
 
 def _needle_volumes(n: int, instances: int, rng: np.random.Generator):

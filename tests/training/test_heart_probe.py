@@ -3,26 +3,12 @@ them and not from features that do not; the true geometry separates the cardiac 
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from hyperct.training.datasets import PhantomDataset
 from hyperct.training.heart_geometry import HEART_FIELDS, standardised
-
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
-
-
-def _module():
-    if str(BENCHMARKS) not in sys.path:
-        sys.path.insert(0, str(BENCHMARKS))
-    spec = importlib.util.spec_from_file_location("probe_backbone", BENCHMARKS / "probe_backbone.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from tests.support.benchmarks import load_benchmark
 
 
 class _Labelled(PhantomDataset):
@@ -41,7 +27,7 @@ class _Labelled(PhantomDataset):
 
 @pytest.mark.slow
 def test_heart_probe_reads_the_geometry_where_the_features_hold_it():
-    mod = _module()
+    mod = load_benchmark("probe_backbone")
     train, valid = _Labelled(240, 3000), _Labelled(120, 9000)
     rng = np.random.default_rng(0)
     mix = rng.normal(size=(len(HEART_FIELDS), 32))

@@ -4,22 +4,9 @@ slice alone cannot tell a vessel running through the slices from a nodule."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
-
-
-def _module():
-    if str(BENCHMARKS) not in sys.path:
-        sys.path.insert(0, str(BENCHMARKS))
-    spec = importlib.util.spec_from_file_location("nodule_blob_oracle", BENCHMARKS / "nodule_blob_oracle.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from tests.support.benchmarks import load_benchmark
 
 
 def _lung(tube=False, sphere=False, wall=False):
@@ -35,7 +22,7 @@ def _lung(tube=False, sphere=False, wall=False):
 
 
 def test_the_blob_filter_scores_a_nodule_and_not_a_vessel_or_a_wall():
-    mod = _module()
+    mod = load_benchmark("nodule_blob_oracle")
     background = mod.volume_scores(_lung(tube=True, wall=True))
     nodule = mod.volume_scores(_lung(tube=True, wall=True, sphere=True))
     for view in ("volume", "triplet"):

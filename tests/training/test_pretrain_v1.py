@@ -640,13 +640,9 @@ def test_a_killed_background_generator_does_not_hang_the_next_block(tmp_path):
 
 
 def test_stage1_runs_reports_what_a_resume_changed_and_the_validation_per_epoch(tmp_path):
-    import importlib.util
-    from pathlib import Path
+    from tests.support.benchmarks import load_benchmark
 
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "stage1_runs.py"
-    spec = importlib.util.spec_from_file_location("stage1_runs", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_benchmark("stage1_runs")
 
     run = tmp_path / "run"
     run.mkdir()

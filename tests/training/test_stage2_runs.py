@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 import yaml
 
+from tests.support.benchmarks import load_benchmark
+
 
 def _module():
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "stage2_runs.py"
-    spec = importlib.util.spec_from_file_location("stage2_runs", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("stage2_runs")
 
 
 def _run(root: Path, name: str, backbone: str, aucs: dict, valid_first_seed: int = 200000) -> Path:
