@@ -31,5 +31,5 @@ def test_the_blob_filter_scores_a_nodule_and_not_a_vessel_or_a_wall():
     vessel, wall = mod.volume_scores(_lung(tube=True)), mod.volume_scores(_lung(wall=True))
     assert vessel["slice_2.5"] > 0.8 * nodule["slice_2.5"]  # in one slice a vessel is a blob
     assert wall["slice_2.5"] < 1.0  # ... a wall is not
-    # the baseline counts dense lung voxels: the nodule adds some, the vessel and wall many more
+    # the baseline counts the lungs' dense voxels, the nodule's among them
     assert nodule["dense_lung_voxels"] > background["dense_lung_voxels"]
