@@ -20,7 +20,8 @@ computed three ways:
 and a non-specific baseline: how many dense voxels the lungs hold (``dense_lung_voxels``; other
 lung findings raise it too). The scale of each view is chosen on the training phantoms (seeds
 100000..) and reported on the validation phantoms (seeds 200000.., the probe's), with every scale's
-AUC alongside. Scales are in model-grid voxels (in-plane; slices get 0.7x). Cached phantoms are read.
+AUC alongside (the phantoms of ``probe_backbone.py``, ``probe_datasets``). Scales are in model-grid
+voxels (in-plane; slices get 0.7x). Cached phantoms are read.
 Prints JSON.
 """
 
@@ -36,11 +37,10 @@ from scipy import ndimage as ndi
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _output import emit_json  # noqa: E402
+from probe_backbone import probe_datasets  # noqa: E402
 
 from hyperct.findings import catalogue  # noqa: E402
 from hyperct.preprocess import N_IMAGES  # noqa: E402
-from hyperct.training.cache import PreprocessCache  # noqa: E402
-from hyperct.training.datasets import build_dataset  # noqa: E402
 from hyperct.training.metrics import roc_auc  # noqa: E402
 
 SCALES = (2.0, 2.5, 3.0)
@@ -122,14 +122,10 @@ def main() -> None:
     ap.add_argument("--out")
     args = ap.parse_args()
     t0 = time.time()
-    cache = PreprocessCache(args.cache, "uint8") if args.cache else PreprocessCache(None)
-    spec = {"type": "phantom", "matrix": args.matrix, "findings": None}
-    kw = {"cache": cache, "workers": args.workers}
     finding = catalogue().ids.index(args.finding)
     result = {"benchmark": "nodule_blob_oracle", "finding": args.finding, "scales_voxels": list(SCALES)}
     per_set = {}
-    for name, count, first in (("train", args.train, 100000), ("valid", args.valid, 200000)):
-        data = build_dataset(dict(spec, count=count, first_seed=first), field=name, **kw)
+    for name, data in zip(("train", "valid"), probe_datasets(args)):
         rows, y = scores_of(data, finding)
         per_set[name] = aucs(rows, y)
         result[f"{name}_phantoms"] = {"labelled": int(len(y)), "positive": int(y.sum())}

@@ -85,17 +85,22 @@ def load_any_backbone(path: str):
     return load_backbone(folder)
 
 
-def probe_data(args):
-    """The frozen backbone and the training / validation phantom datasets the probes share (``args``:
-    backbone, cache, matrix, train, valid, workers and optionally train_seed / valid_seed)."""
+def probe_datasets(args):
+    """The training / validation phantom datasets the probes share (``args``: cache, matrix, train,
+    valid, workers and optionally train_seed / valid_seed)."""
     cache = PreprocessCache(args.cache, "uint8") if args.cache else PreprocessCache(None)
-    backbone = load_any_backbone(args.backbone).eval()
     spec = {"type": "phantom", "matrix": args.matrix, "findings": None}
     kw = {"cache": cache, "workers": args.workers}
     first = getattr(args, "train_seed", 100000), getattr(args, "valid_seed", 200000)
     train = build_dataset(dict(spec, count=args.train, first_seed=first[0]), field="train", **kw)
     valid = build_dataset(dict(spec, count=args.valid, first_seed=first[1]), field="valid", **kw)
-    return backbone, train, valid
+    return train, valid
+
+
+def probe_data(args):
+    """The frozen backbone (``args.backbone``) and ``probe_datasets``."""
+    backbone = load_any_backbone(args.backbone).eval()
+    return (backbone, *probe_datasets(args))
 
 
 def summary(aucs: dict) -> dict:
