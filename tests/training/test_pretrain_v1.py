@@ -22,6 +22,7 @@ from hyperct.training.pretrain import (
     pretrain_backbone,
     resume_config,
     sample_bag,
+    token_max_loss,
 )
 from hyperct.training.token_labels import TOKEN_SHAPE, token_labels
 from tests.support.models import TINY_BACKBONE
@@ -598,6 +599,43 @@ def test_drop_one_pretraining_with_the_pair_contrast_logs_it(tmp_path):
     pretrain_backbone(cfg, out)
     (entry,) = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
     assert entry["pair_loss"] > 0  # some pair lacked a finding, and the term was part of the loss
+
+
+def test_token_max_loss_pushes_down_only_the_top_token_of_an_image_without_the_finding():
+    """One finding, two images of four tokens: the first has it (token 2), the second has none but
+    one lesion-like token (3). Only each image's top token gets a gradient, the look-alike is pushed
+    down, and lowering it lowers the loss while the other normal tokens do not count."""
+    labels = torch.zeros(2, 4, 1)
+    labels[0, 2] = 1
+    logits = torch.tensor([[-3.0, -2.0, 1.0, -4.0], [-5.0, -4.0, -3.0, 2.0]])[..., None].requires_grad_()
+    loss = token_max_loss(logits, labels, mode="balanced")
+    loss.backward()
+    grad = logits.grad[..., 0]
+    assert grad[0, 2] < 0 and grad[1, 3] > 0  # lesion token up, look-alike down
+    assert torch.count_nonzero(grad) == 2
+    with torch.no_grad():
+        lower = logits.detach().clone()
+        lower[1, 3] = -6.0  # the look-alike now below the image's other normal tokens
+        others = logits.detach().clone()
+        others[1, :3] = 1.5  # the other normal tokens rise, still below the look-alike
+        assert token_max_loss(lower, labels) < loss
+        assert token_max_loss(others, labels) == pytest.approx(float(loss))
+    # the image with the finding: its best token counts, not the mean of its tokens
+    high = torch.tensor([[-9.0, -9.0, 4.0, -9.0], [-5.0, -5.0, -5.0, -5.0]])[..., None]
+    assert token_max_loss(high, labels) < 0.05
+
+
+@pytest.mark.slow
+def test_pretraining_with_the_token_max_objective_logs_it_and_the_volume_token_max_auc(tmp_path):
+    cfg = v1_pretrain_config(tmp_path, count=4, epochs=1, token_max_loss_weight=1.0)
+    out = tmp_path / "bb"
+    pretrain_backbone(cfg, out)
+    (entry,) = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    assert entry["token_max_loss"] > 0
+    assert entry["loss"] > entry["token_loss"] + entry["image_loss"] + entry["bag_loss"]
+    vmax = entry["valid"]["volume_token_max_auc"]
+    assert set(vmax) <= {"pleural_effusion", "lung_nodule"} and vmax  # scored where both labels occur
+    assert all(0.0 <= v <= 1.0 for v in vmax.values())
 
 
 def test_a_resume_with_new_settings_keeps_them_for_the_next_resume_and_the_old_ones_beside(tmp_path):

@@ -44,6 +44,11 @@ Stage 1 v1 (``configs/demo_backbone_v1.yaml``; issue 18) adds what the pooled fe
   little about a few millimetres of chamber radius. A resume may switch it on; on a trained backbone
   (a resume, or ``init``) the new head is first fitted to the backbone's mean CLS by ridge
   regression (``fit_heart_head``), then trained with it;
+* **token max** (``optim.token_max_loss_weight`` > 0; ``token_max_loss``): multiple-instance
+  learning over each image's tokens: the image's highest token logit per finding is scored against
+  the image's label. The token loss averages over all negative tokens, most of them easy (air,
+  fat); this term's negatives are each image's most lesion-like normal token (a vessel seen end-on,
+  for a nodule), the look-alikes a finding must be told from in a whole volume;
 * **fresh seeds** (``data.fresh_seeds``): the training phantoms come in blocks of ``count`` seeds;
   a block is used for ``data.block_epochs`` epochs, then the next block of new seeds follows
   (generated in the background by ``data.prepare_workers`` processes while the current block
@@ -333,6 +338,23 @@ def pair_losses(
     return torch.stack(terms).mean()
 
 
+def token_max_loss(
+    tok_logits: torch.Tensor,
+    tokens: torch.Tensor,
+    *,
+    mode: str = "balanced",
+    pos_weight: torch.Tensor | None = None,
+    gamma: float = 2.0,
+) -> torch.Tensor:
+    """The token-max objective: ``finding_loss`` of each image's highest token logit per finding
+    ((N, T, K) -> (N, K)) against the image label (any positive token). Its gradient reaches only
+    the top token of each image and finding: in an image without the finding, the most lesion-like
+    normal token."""
+    return finding_loss(
+        tok_logits.amax(dim=1), tokens.amax(dim=1), mode=mode, pos_weight=pos_weight, gamma=gamma
+    )
+
+
 def masked_bce(logits: torch.Tensor, labels: torch.Tensor, pos_weight: torch.Tensor) -> torch.Tensor:
     """BCE over the labelled entries only (labels -1 = not labelled); 0 when none is labelled."""
     known = labels >= 0
@@ -380,13 +402,15 @@ def _lr_factor(step: int, total: int, warmup: int, min_factor: float) -> float:
 @torch.no_grad()
 def validate(backbone, heads, ds: PhantomDataset, n_phantoms: int, device=None) -> dict:
     """Per-finding AUC of the image head (all images of the first ``n_phantoms`` phantoms) and of the
-    token head; with the volume objective the volume head (volume labels); with the bag objective the
-    bag head on the mean CLS over all 55 images (labels from the token masks)."""
+    token head, and of the token head's maximum over a whole phantom (``volume_token_max_auc``: its
+    55 images' tokens, labels from the token masks; what a token feature that tells a finding from
+    look-alike normal anatomy scores); with the volume objective the volume head (volume labels);
+    with the bag objective the bag head on the mean CLS over all 55 images (labels from the masks)."""
     backbone.eval()
     device = torch.device(device or "cpu")
     sampler = _ImageSampler(ds, backbone.config.patch_size)
     img_scores, img_labels, tok_scores, tok_labels, vol_scores = [], [], [], [], []
-    bag_scores, bag_truth = [], []
+    bag_scores, bag_truth, vmax_scores, vmax_truth = [], [], [], []
     heart_pred, heart_truth = [], []
     with_heart = heads.heart is not None and hasattr(ds, "heart")
     n = min(n_phantoms, len(ds))
@@ -402,11 +426,17 @@ def validate(backbone, heads, ds: PhantomDataset, n_phantoms: int, device=None) 
             heart_pred.append(heads.heart(cls.mean(dim=0)).float().cpu().numpy())
             heart_truth.append(standardised(ds.heart(i)))
         tok, img = tok.float().cpu(), img.float().cpu()
+        vmax_scores.append(tok.amax(dim=(0, 1))[None].numpy())
+        vmax_truth.append(bag_labels(tokens)[None].numpy())
         img_scores.append(img.numpy())
         img_labels.append(tokens.amax(dim=1).numpy())
         tok_scores.append(tok.reshape(-1, tok.shape[-1]).numpy())
         tok_labels.append(tokens.reshape(-1, tokens.shape[-1]).numpy())
-    series = [("image_auc", img_scores, img_labels), ("token_auc", tok_scores, tok_labels)]
+    series = [
+        ("image_auc", img_scores, img_labels),
+        ("token_auc", tok_scores, tok_labels),
+        ("volume_token_max_auc", vmax_scores, vmax_truth),
+    ]
     if vol_scores:  # volume objective on
         series.append(("volume_auc", vol_scores, [np.asarray(ds.labels[:n])]))
     if bag_scores:  # bag objective on: the whole phantom as one bag
@@ -832,6 +862,7 @@ def pretrain_backbone(
         vol_pw = torch.tensor(float(oc.volume_pos_weight), device=device)
         bag_w = float(oc.bag_loss_weight)
         pair_w = float(oc.pair_loss_weight)
+        tmax_w = float(oc.token_max_loss_weight)
         mode, gamma = oc.loss, float(oc.focal_gamma)
         log: list[dict] = []
         step, first_epoch, block, epoch_in_block = 0, 1, 0, 0
@@ -881,7 +912,9 @@ def pretrain_backbone(
                 rng = np.random.default_rng([seed, epoch])  # stage 1 v0: its own stream, unchanged
             pairs = bool(getattr(train, "pair", None))
             order = rng.permutation(units)
-            sums = {"loss": [], "token": [], "image": [], "bag": [], "volume": [], "pair": [], "heart": []}
+            sums: dict[str, list[float]] = {
+                k: [] for k in ("loss", "token", "image", "token_max", "bag", "volume", "pair", "heart")
+            }
             n_images = n_positive_images = n_bags = n_positive_bags = 0
             bar = progress_bar(range(steps_per_epoch), desc=f"pretrain epoch {epoch}/{epochs}", unit="step")
             for s in bar:
@@ -937,6 +970,10 @@ def pretrain_backbone(
                 tok_loss = finding_loss(tok_logits, tokens, mode=mode, pos_weight=tok_pw, gamma=gamma)
                 img_loss = finding_loss(img_logits, image_truth, mode=mode, pos_weight=img_pw, gamma=gamma)
                 loss = tok_loss + img_loss
+                if tmax_w > 0:
+                    t_loss = token_max_loss(tok_logits, tokens, mode=mode, pos_weight=img_pw, gamma=gamma)
+                    loss = loss + tmax_w * t_loss
+                    sums["token_max"].append(float(t_loss.detach()))
                 if vol_w > 0:
                     vol_labels = torch.from_numpy(np.asarray(train.labels[idx], dtype=np.int64)).to(device)
                     vol_loss = masked_bce(volume_logits(heads, cls, len(idx)), vol_labels, vol_pw)
@@ -988,6 +1025,8 @@ def pretrain_backbone(
             if bag_mode:
                 entry["bag_loss"] = round(float(np.mean(sums["bag"])), 5)
                 entry["positive_bag_fraction"] = round(n_positive_bags / max(n_bags, 1), 4)
+            if sums["token_max"]:
+                entry["token_max_loss"] = round(float(np.mean(sums["token_max"])), 5)
             if sums["pair"]:
                 entry["pair_loss"] = round(float(np.mean(sums["pair"])), 5)
             if sums["heart"]:

@@ -51,6 +51,10 @@ Fields (dotted name: default: meaning)
 * ``optim.heart_loss_weight``: 0.0: the heart-geometry objective (``hyperct.training.heart_geometry``):
   a head on each bag's mean CLS regresses the phantom's heart numbers (chamber sizes, wall, vessel
   calibres), standardised; needs the bag objective and phantom training data.
+* ``optim.token_max_loss_weight``: 0.0: the token-max objective (``hyperct.training.pretrain.
+  token_max_loss``): each image's highest token logit, per finding, is scored against the image's
+  label, so the most lesion-like normal token of an image without the finding (a vessel, for a
+  nodule) is pushed down.
 * ``optim.crop_size``: 0: train on square crops of this many pixels a side (0: whole images), on
   the token grid and placed on a finding where an image has one (``hyperct.training.crops``): a
   patch-8 backbone on 72-pixel crops costs what patch 16 costs on whole images. Validation stays on
@@ -175,6 +179,7 @@ class PretrainOptim(_Section):
     positive_fraction: float = _field(0.5, _unit)
     pair_loss_weight: float = _field(0.0, _nonneg_num)
     heart_loss_weight: float = _field(0.0, _nonneg_num)
+    token_max_loss_weight: float = _field(0.0, _nonneg_num)
     crop_size: int = _field(0, _nonneg_int)
 
     @property
