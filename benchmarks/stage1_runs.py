@@ -7,7 +7,7 @@ Reads each ``hyperct pretrain`` run folder's ``log.jsonl`` (one line per epoch) 
 ``pretrain_config.yaml`` (with the ``pretrain_config.before-epoch-N.yaml`` files a resume with new
 settings keeps), and prints JSON: per run, what changed at which epoch (the settings that differ
 from the earlier ones), and per epoch the block of seeds, the training losses, seconds, and the
-validation means (image, token, bag AUC); for the last epoch also the per-finding AUCs. The
+validation means (image, token, volume token-max, bag AUC); for the last epoch also the per-finding AUCs. The
 validation phantoms are the same for every run (seeds 200000.., ``valid.phantoms`` of them), so
 the rows compare directly; the bag AUC is the run's own bag head on the mean CLS of all 55 images
 of a phantom (what the probe gate measures with a refitted head).
@@ -32,12 +32,13 @@ EPOCH_FIELDS = (
     "loss",
     "token_loss",
     "image_loss",
+    "token_max_loss",
     "bag_loss",
     "pair_loss",
     "heart_loss",
     "seconds",
 )
-MEANS = ("mean_image_auc", "mean_token_auc", "mean_bag_auc", "mean_heart_r2")
+MEANS = ("mean_image_auc", "mean_token_auc", "mean_volume_token_max_auc", "mean_bag_auc", "mean_heart_r2")
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -86,7 +87,9 @@ def summarise(run: Path, from_epoch: int = 1) -> dict:
         "settings_changed": settings_history(run),
         "epochs": epochs,
         "last_epoch_per_finding": {
-            k: last[k] for k in ("image_auc", "token_auc", "bag_auc", "heart_r2") if k in last
+            k: last[k]
+            for k in ("image_auc", "token_auc", "volume_token_max_auc", "bag_auc", "heart_r2")
+            if k in last
         },
     }
 
