@@ -1,7 +1,7 @@
 """Can a small learned detector find a finding in what one ViT image sees, where stage 1 cannot?
 
     python benchmarks/nodule_cnn_oracle.py [--finding lung_nodule] [--train 800] [--valid 200]
-        [--steps 1500] [--eval-every 500] [--cache cache/hyperct-demo] [--out FILE]
+        [--steps 1500] [--eval-every 500] [--split-negatives] [--cache cache/hyperct-demo] [--out FILE]
 
 The hand-made blob filter (``nodule_blob_oracle.py``) finds the lung nodule within one RGB image at
 AUC 0.74 while every stage-1 backbone's token head, scored as its maximum over a volume, stays at
@@ -12,7 +12,9 @@ the stage-1 token loss and the token-max (multiple-instance) loss, balanced per 
 draws 8 phantoms of the probe's training set (seeds 100000..) and 4 images of each, half of them
 holding the finding where the phantom has it. It reports, on the probe's validation phantoms
 (seeds 200000..), the volume AUC of the detector's maximum over the 55 x 81 tokens (the phantom's
-label) and the token AUC, every ``--eval-every`` steps.
+label), the token AUC, and which other findings that maximum fires on in volumes without the
+finding (``look_alikes``), every ``--eval-every`` steps. ``--split-negatives``: the token loss
+weighs the negatives that hold another finding as much as the rest (``optim.split_negatives``).
 
 Reading: a detector well above the backbone's ~0.54 says the information is learnable from one
 image and stage 1 is what fails (its patch embedding / capacity / objective); one at or below the
@@ -34,6 +36,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _output import emit_json  # noqa: E402
 from probe_backbone import probe_datasets  # noqa: E402
+from probe_token_head import look_alikes  # noqa: E402
 
 from hyperct.findings import catalogue  # noqa: E402
 from hyperct.preprocess import N_IMAGES  # noqa: E402
@@ -67,8 +70,9 @@ class TokenDetector(nn.Module):
 
 def draw(sampler: _ImageSampler, ds, k: int, rng: np.random.Generator, phantoms: int, per: int):
     """A batch: ``phantoms`` random phantoms, ``per`` images of each, half of them holding finding
-    ``k`` where the phantom has it. Returns pixels (n, 3, 144, 144) and token labels (n, 81, 1)."""
-    pix, tok = [], []
+    ``k`` where the phantom has it. Returns pixels (n, 3, 144, 144), token labels (n, 81, 1) and
+    the tokens that hold another finding (n, 81, 1)."""
+    pix, tok, other = [], [], []
     for i in rng.choice(len(ds), size=phantoms, replace=False):
         grid = ds.token_labels(int(i), PATCH)[..., k]  # (55, G, G)
         pos = np.flatnonzero(grid.any(axis=(1, 2)))
@@ -78,7 +82,8 @@ def draw(sampler: _ImageSampler, ds, k: int, rng: np.random.Generator, phantoms:
         p, t = sampler.images(int(i), np.sort(np.asarray(which)))
         pix.append(p)
         tok.append(t[..., k : k + 1])
-    return torch.cat(pix), torch.cat(tok)
+        other.append((t.sum(-1, keepdim=True) - t[..., k : k + 1]) > 0)
+    return torch.cat(pix), torch.cat(tok), torch.cat(other)
 
 
 def _auc(y: np.ndarray, s: np.ndarray) -> float | None:
@@ -88,13 +93,16 @@ def _auc(y: np.ndarray, s: np.ndarray) -> float | None:
 
 @torch.no_grad()
 def evaluate(model: TokenDetector, sampler: _ImageSampler, ds, k: int) -> dict:
-    """Volume AUC of the maximum token logit (phantom labels, unlabelled left out) and token AUC."""
+    """Volume AUC of the maximum token logit (phantom labels, unlabelled left out), token AUC, and
+    the other findings that maximum fires on in volumes without finding ``k``
+    (``probe_token_head.look_alikes``)."""
     model.eval()
-    vol, vol_y, tok, tok_y = [], [], [], []
+    vol, vol_y, tok, tok_y, every = [], [], [], [], []
     for i in range(len(ds)):
         pix, t = sampler.images(i, np.arange(N_IMAGES))
         lg = torch.cat([model(pix[a : a + 28]) for a in range(0, N_IMAGES, 28)])
         y = int(ds.labels[i][k])
+        every.append((float(lg.max()), np.asarray(ds.labels[i])))
         if y >= 0:
             vol.append(float(lg.max()))
             vol_y.append(y)
@@ -107,21 +115,35 @@ def evaluate(model: TokenDetector, sampler: _ImageSampler, ds, k: int) -> dict:
         "token_auc": _auc(ty, ts),
         "labelled": len(vol_y),
         "positive": int(np.sum(vol_y)),
+        "look_alikes": look_alikes(
+            np.repeat(np.asarray([e[0] for e in every])[:, None], len(catalogue().ids), axis=1),
+            np.stack([e[1] for e in every]),
+        )[catalogue().ids[k]],
     }
 
 
-def fit(model: TokenDetector, batches, steps: int, rng: np.random.Generator, on_step=None) -> list[float]:
+def fit(
+    model: TokenDetector,
+    batches,
+    steps: int,
+    rng: np.random.Generator,
+    on_step=None,
+    split_negatives: bool = False,
+) -> list[float]:
     """Train ``model`` for ``steps`` steps on ``batches(rng)`` -> (pixels, token labels (n, T, 1))
     with the stage-1 token loss plus the token-max loss (balanced per class), AdamW with a one-cycle
-    schedule. ``on_step(step, losses)`` is called after each step. Returns the losses."""
+    schedule. ``on_step(step, losses)`` is called after each step. ``split_negatives``: the token
+    loss weighs the negatives that hold another finding as much as the rest (``finding_loss``;
+    ``batches`` then also returns those tokens, (n, T, 1)). Returns the losses."""
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps, pct_start=0.1)
     losses: list[float] = []
     model.train()
     for step in range(1, steps + 1):
-        pix, tok = batches(rng)
+        pix, tok, *other = batches(rng)
         lg = model(pix)[..., None]
-        loss = finding_loss(lg, tok, mode="balanced") + token_max_loss(lg, tok, mode="balanced")
+        split = {"split_negatives": True, "other": other[0]} if split_negatives else {}
+        loss = finding_loss(lg, tok, mode="balanced", **split) + token_max_loss(lg, tok, mode="balanced")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -132,7 +154,9 @@ def fit(model: TokenDetector, batches, steps: int, rng: np.random.Generator, on_
     return losses
 
 
-def train_detector(train, valid, k: int, steps: int, eval_every: int, seed: int = 0, log=print) -> dict:
+def train_detector(
+    train, valid, k: int, steps: int, eval_every: int, seed: int = 0, log=print, split_negatives: bool = False
+) -> dict:
     """``fit`` a new detector for finding ``k`` on ``train`` (``draw``), evaluated on ``valid``
     every ``eval_every`` steps and at the end."""
     torch.manual_seed(seed)
@@ -154,6 +178,7 @@ def train_detector(train, valid, k: int, steps: int, eval_every: int, seed: int 
         steps,
         np.random.default_rng(seed),
         on_step,
+        split_negatives,
     )
     return {"curve": curve, "final": curve[-1]}
 
@@ -169,13 +194,25 @@ def main() -> None:
     ap.add_argument("--matrix", type=int, default=192)
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--split-negatives",
+        action="store_true",
+        help="the token loss weighs negatives that hold another finding as much as the rest",
+    )
     ap.add_argument("--out")
     args = ap.parse_args()
     k = catalogue().ids.index(args.finding)
     train, valid = probe_datasets(args)
     start = time.time()
     got = train_detector(
-        train, valid, k, args.steps, args.eval_every, args.seed, log=lambda m: print(m, file=sys.stderr)
+        train,
+        valid,
+        k,
+        args.steps,
+        args.eval_every,
+        args.seed,
+        log=lambda m: print(m, file=sys.stderr),
+        split_negatives=args.split_negatives,
     )
     emit_json(
         {
@@ -184,6 +221,7 @@ def main() -> None:
             "train_phantoms": args.train,
             "valid_phantoms": args.valid,
             "steps": args.steps,
+            "split_negatives": args.split_negatives,
             "images_per_step": 32,
             "torch_threads": torch.get_num_threads(),
             **got,

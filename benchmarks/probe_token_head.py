@@ -7,8 +7,10 @@ pretraining heads) and scores validation phantoms (seeds 200000.., matrix 192, c
 reused) per finding with: the token head's maximum over all 55 x 81 tokens (``tok_max``) and the
 mean of its top 5 (``tok_top5mean``), the image head's maximum and mean over the 55 images, and the
 bag head on the mean CLS when the run has one. Volume AUC per finding and macro (the phantom's
-labels). Prints JSON. A token head with a high token AUC but a low ``tok_max`` separates lesion
-tokens from easy tokens, not from look-alike normal anatomy (issue 18, the model card).
+labels). ``tok_max_look_alikes``: per finding, the other findings its token maximum fires on in
+volumes without it (``look_alikes``). Prints JSON. A token head with a high token AUC but a low
+``tok_max`` separates lesion tokens from easy tokens, not from look-alikes in a whole volume
+(normal anatomy, or other findings: the look-alikes say which) (issue 18, the model card).
 """
 
 from __future__ import annotations
@@ -85,7 +87,28 @@ def main() -> None:
             "macro_auc": round(float(np.mean(list(per.values()))), 3),
             "per_finding": per,
         }
+    out["tok_max_look_alikes"] = look_alikes(np.asarray(scores["tok_max"]), y)
     emit_json(out, args.out)
+
+
+def look_alikes(s: np.ndarray, y: np.ndarray, top: int = 3) -> dict:
+    """What each finding's score fires on when the finding is absent: among the volumes labelled
+    without finding k, the AUC with which its score ``s[:, k]`` tells each other finding j present
+    from absent; the ``top`` highest per finding (above 0.5 only). A nodule score that ranks the
+    volumes with consolidation first points at what it takes for a nodule."""
+    ids = catalogue().ids
+    out = {}
+    for k, fid in enumerate(ids):
+        neg = y[:, k] == 0
+        found = {}
+        for j, other in enumerate(ids):
+            yj = y[neg, j]
+            known = yj >= 0
+            if j != k and 0 < yj[known].sum() < known.sum():
+                found[other] = round(float(roc_auc(yj[known], s[neg, k][known])), 3)
+        best = sorted(found.items(), key=lambda kv: -kv[1])[:top]
+        out[fid] = {o: a for o, a in best if a > 0.5}
+    return out
 
 
 if __name__ == "__main__":

@@ -601,6 +601,32 @@ def test_drop_one_pretraining_with_the_pair_contrast_logs_it(tmp_path):
     assert entry["pair_loss"] > 0  # some pair lacked a finding, and the term was part of the loss
 
 
+def test_split_negatives_weigh_another_lesions_tokens_as_much_as_all_other_negatives():
+    """Finding 0 (a nodule, say) has one positive token, one token of another lesion (finding 1) and
+    98 plain negatives. Plain balancing drowns the other lesion's token among the 98; split, it
+    weighs half of the negatives' half, so scoring it high costs far more."""
+    labels = torch.zeros(100, 2)
+    labels[0, 0] = 1
+    labels[1, 1] = 1
+    logits = torch.full((100, 2), -3.0)
+    logits[0, 0] = 3.0
+    lookalike = logits.clone()
+    lookalike[1, 0] = 3.0  # finding 0 fires on finding 1's lesion
+
+    def cost(split: bool) -> float:
+        return float(finding_loss(lookalike, labels, mode="balanced", split_negatives=split)) - float(
+            finding_loss(logits, labels, mode="balanced", split_negatives=split)
+        )
+
+    assert cost(True) > 20 * cost(False) > 0
+    # a batch without any other lesion: split or not, the same loss
+    alone = labels.clone()
+    alone[1, 1] = 0
+    assert float(finding_loss(logits, alone, mode="balanced", split_negatives=True)) == pytest.approx(
+        float(finding_loss(logits, alone, mode="balanced"))
+    )
+
+
 def test_token_max_loss_pushes_down_only_the_top_token_of_an_image_without_the_finding():
     """One finding, two images of four tokens: the first has it (token 2), the second has none but
     one lesion-like token (3). Only each image's top token gets a gradient, the look-alike is pushed

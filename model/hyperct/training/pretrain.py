@@ -49,6 +49,10 @@ Stage 1 v1 (``configs/demo_backbone_v1.yaml``; issue 18) adds what the pooled fe
   the image's label. The token loss averages over all negative tokens, most of them easy (air,
   fat); this term's negatives are each image's most lesion-like normal token (a vessel seen end-on,
   for a nodule), the look-alikes a finding must be told from in a whole volume;
+* **lesion negatives** (``optim.split_negatives``; ``finding_loss``): in the token loss, a finding's
+  negative tokens that hold another finding (the token head's maximum over a volume fires on them:
+  the nodule's on lung opacity, the lymph nodes' on arterial calcification) weigh as much as all
+  its other negative tokens together;
 * **fresh seeds** (``data.fresh_seeds``): the training phantoms come in blocks of ``count`` seeds;
   a block is used for ``data.block_epochs`` epochs, then the next block of new seeds follows
   (generated in the background by ``data.prepare_workers`` processes while the current block
@@ -248,6 +252,8 @@ def finding_loss(
     pos_weight: torch.Tensor | None = None,
     gamma: float = 2.0,
     known: torch.Tensor | None = None,
+    split_negatives: bool = False,
+    other: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Loss over (..., K) logits and 0/1 labels (``known``: 0/1 of the labels' shape, the labels that
     count in ``balanced`` / ``focal``; default all).
@@ -256,7 +262,11 @@ def finding_loss(
     its positives and the mean BCE of its negatives weigh half each (a finding without positives in
     the batch: its negatives' half only), then the mean over findings, so a finding with 3 positive
     tokens weighs as much as one with 3000. ``focal``: the same balancing of focal terms
-    (BCE x (1 - p_t)^gamma).
+    (BCE x (1 - p_t)^gamma). ``split_negatives`` (balanced / focal): a finding's negatives that are
+    positive for another finding (another lesion: the look-alikes a volume-level maximum trips on)
+    weigh half of the negatives' half and the rest the other half, where a batch has both
+    (``other``: 0/1 of the labels' shape, which entries hold another finding; default: from the
+    labels' other columns).
     """
     k = logits.shape[-1]
     lg = logits.reshape(-1, k)
@@ -275,7 +285,16 @@ def finding_loss(
         mask = known.reshape(-1, k).to(lg.dtype)
         pos, neg = pos * mask, neg * mask
     mean_pos = (ce * pos).sum(0) / pos.sum(0).clamp_min(1)
-    mean_neg = (ce * neg).sum(0) / neg.sum(0).clamp_min(1)
+    if split_negatives:
+        if other is None:  # positive for another finding
+            other = y.sum(1, keepdim=True) - y > 0
+        other = other.reshape(-1, k).to(lg.dtype)
+        mean_other = (ce * neg * other).sum(0) / (neg * other).sum(0).clamp_min(1)
+        mean_rest = (ce * neg * (1 - other)).sum(0) / (neg * (1 - other)).sum(0).clamp_min(1)
+        has_other = ((neg * other).sum(0) > 0).to(lg.dtype)
+        mean_neg = has_other * 0.5 * (mean_other + mean_rest) + (1 - has_other) * mean_rest
+    else:
+        mean_neg = (ce * neg).sum(0) / neg.sum(0).clamp_min(1)
     return (0.5 * (mean_pos + mean_neg)).mean()
 
 
@@ -863,6 +882,7 @@ def pretrain_backbone(
         bag_w = float(oc.bag_loss_weight)
         pair_w = float(oc.pair_loss_weight)
         tmax_w = float(oc.token_max_loss_weight)
+        split_neg = bool(oc.split_negatives)
         mode, gamma = oc.loss, float(oc.focal_gamma)
         log: list[dict] = []
         step, first_epoch, block, epoch_in_block = 0, 1, 0, 0
@@ -967,7 +987,9 @@ def pretrain_backbone(
                     )
                 tok_logits, img_logits, cls = forward_heads(backbone, heads, pixels, with_cls=True)
                 image_truth = tokens.amax(dim=1)
-                tok_loss = finding_loss(tok_logits, tokens, mode=mode, pos_weight=tok_pw, gamma=gamma)
+                tok_loss = finding_loss(
+                    tok_logits, tokens, mode=mode, pos_weight=tok_pw, gamma=gamma, split_negatives=split_neg
+                )
                 img_loss = finding_loss(img_logits, image_truth, mode=mode, pos_weight=img_pw, gamma=gamma)
                 loss = tok_loss + img_loss
                 if tmax_w > 0:

@@ -55,6 +55,8 @@ Fields (dotted name: default: meaning)
   token_max_loss``): each image's highest token logit, per finding, is scored against the image's
   label, so the most lesion-like normal token of an image without the finding (a vessel, for a
   nodule) is pushed down.
+* ``optim.split_negatives``: false: in the token loss (``balanced`` / ``focal``), a finding's negative
+  tokens that are positive for another finding weigh as much as all its other negatives together.
 * ``optim.crop_size``: 0: train on square crops of this many pixels a side (0: whole images), on
   the token grid and placed on a finding where an image has one (``hyperct.training.crops``): a
   patch-8 backbone on 72-pixel crops costs what patch 16 costs on whole images. Validation stays on
@@ -180,6 +182,7 @@ class PretrainOptim(_Section):
     pair_loss_weight: float = _field(0.0, _nonneg_num)
     heart_loss_weight: float = _field(0.0, _nonneg_num)
     token_max_loss_weight: float = _field(0.0, _nonneg_num)
+    split_negatives: bool = _field(False, _bool)
     crop_size: int = _field(0, _nonneg_int)
 
     @property
