@@ -627,6 +627,14 @@ def test_split_negatives_weigh_another_lesions_tokens_as_much_as_all_other_negat
     )
 
 
+def test_split_negatives_need_the_balanced_or_focal_loss(tmp_path):
+    from hyperct.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="split_negatives.*balanced or focal"):
+        v1_pretrain_config(tmp_path, loss="bce", split_negatives=True)
+    assert v1_pretrain_config(tmp_path, loss="focal", split_negatives=True).optim.split_negatives
+
+
 def test_token_max_loss_pushes_down_only_the_top_token_of_an_image_without_the_finding():
     """One finding, two images of four tokens: the first has it (token 2), the second has none but
     one lesion-like token (3). Only each image's top token gets a gradient, the look-alike is pushed

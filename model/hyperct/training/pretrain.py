@@ -47,8 +47,8 @@ Stage 1 v1 (``configs/demo_backbone_v1.yaml``; issue 18) adds what the pooled fe
 * **token max** (``optim.token_max_loss_weight`` > 0; ``token_max_loss``): multiple-instance
   learning over each image's tokens: the image's highest token logit per finding is scored against
   the image's label. The token loss averages over all negative tokens, most of them easy (air,
-  fat); this term's negatives are each image's most lesion-like normal token (a vessel seen end-on,
-  for a nodule), the look-alikes a finding must be told from in a whole volume;
+  fat); this term's negatives are each image's highest-scoring negative token, the look-alikes a
+  finding must be told from in a whole volume;
 * **lesion negatives** (``optim.split_negatives``; ``finding_loss``): in the token loss, a finding's
   negative tokens that hold another finding (the token head's maximum over a volume fires on them:
   the nodule's on lung opacity, the lymph nodes' on arterial calcification) weigh as much as all
@@ -367,8 +367,8 @@ def token_max_loss(
 ) -> torch.Tensor:
     """The token-max objective: ``finding_loss`` of each image's highest token logit per finding
     ((N, T, K) -> (N, K)) against the image label (any positive token). Its gradient reaches only
-    the top token of each image and finding: in an image without the finding, the most lesion-like
-    normal token."""
+    the top token of each image and finding: in an image without the finding, its highest-scoring
+    negative token."""
     return finding_loss(
         tok_logits.amax(dim=1), tokens.amax(dim=1), mode=mode, pos_weight=pos_weight, gamma=gamma
     )
@@ -423,7 +423,7 @@ def validate(backbone, heads, ds: PhantomDataset, n_phantoms: int, device=None) 
     """Per-finding AUC of the image head (all images of the first ``n_phantoms`` phantoms) and of the
     token head, and of the token head's maximum over a whole phantom (``volume_token_max_auc``: its
     55 images' tokens, labels from the token masks; what a token feature that tells a finding from
-    look-alike normal anatomy scores); with the volume objective the volume head (volume labels);
+    its look-alikes in a whole volume scores); with the volume objective the volume head (volume labels);
     with the bag objective the bag head on the mean CLS over all 55 images (labels from the masks)."""
     backbone.eval()
     device = torch.device(device or "cpu")

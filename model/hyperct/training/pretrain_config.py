@@ -53,8 +53,7 @@ Fields (dotted name: default: meaning)
   calibres), standardised; needs the bag objective and phantom training data.
 * ``optim.token_max_loss_weight``: 0.0: the token-max objective (``hyperct.training.pretrain.
   token_max_loss``): each image's highest token logit, per finding, is scored against the image's
-  label, so the most lesion-like normal token of an image without the finding (a vessel, for a
-  nodule) is pushed down.
+  label, so the highest-scoring token of an image without the finding is pushed down.
 * ``optim.split_negatives``: false: in the token loss (``balanced`` / ``focal``), a finding's negative
   tokens that are positive for another finding weigh as much as all its other negatives together.
 * ``optim.crop_size``: 0: train on square crops of this many pixels a side (0: whole images), on
@@ -309,6 +308,12 @@ class PretrainConfig(_Section):
             raise ConfigError(
                 "optim.heart_loss_weight: the heart-geometry objective reads the bags' mean CLS of "
                 "phantoms (set optim.bag_loss_weight > 0 and data.train.type: phantom)",
+                path=source,
+            )
+        if oc.split_negatives and oc.loss == "bce":
+            raise ConfigError(
+                "optim.split_negatives: the split weighs the balanced loss's negatives; plain bce has "
+                "no such half (set optim.loss: balanced or focal)",
                 path=source,
             )
         if oc.crop_size and not (oc.crop_size % 8 == 0 and oc.crop_size <= IMAGE_SIZE):
