@@ -1,7 +1,8 @@
 """Can a small learned detector find a finding in what one ViT image sees, where stage 1 cannot?
 
     python benchmarks/nodule_cnn_oracle.py [--finding lung_nodule] [--train 800] [--valid 200]
-        [--steps 1500] [--eval-every 500] [--split-negatives] [--cache cache/hyperct-demo] [--out FILE]
+        [--steps 1500] [--eval-every 500] [--split-negatives] [--eval-train N] [--cache cache/hyperct-demo]
+        [--out FILE]
 
 The hand-made blob filter (``nodule_blob_oracle.py``) finds the lung nodule within one RGB image at
 AUC 0.74 while every stage-1 backbone's token head, scored as its maximum over a volume, stays at
@@ -15,6 +16,8 @@ holding the finding where the phantom has it. It reports, on the probe's validat
 label), the token AUC, and which other findings that maximum fires on in volumes without the
 finding (``look_alikes``), every ``--eval-every`` steps. ``--split-negatives``: the token loss
 weighs the negatives that hold another finding as much as the rest (``optim.split_negatives``).
+``--eval-train N``: the same scores on the first N training phantoms (a detector that ranks the
+phantoms it trained on and not new ones is short of examples, not of the right objective).
 
 Reading: a detector well above the backbone's ~0.54 says the information is learnable from one
 image and stage 1 is what fails (its patch embedding / capacity / objective); one at or below the
@@ -92,13 +95,13 @@ def _auc(y: np.ndarray, s: np.ndarray) -> float | None:
 
 
 @torch.no_grad()
-def evaluate(model: TokenDetector, sampler: _ImageSampler, ds, k: int) -> dict:
+def evaluate(model: TokenDetector, sampler: _ImageSampler, ds, k: int, n: int | None = None) -> dict:
     """Volume AUC of the maximum token logit (phantom labels, unlabelled left out), token AUC, and
     the other findings that maximum fires on in volumes without finding ``k``
-    (``probe_token_head.look_alikes``)."""
+    (``probe_token_head.look_alikes``); on the first ``n`` phantoms of ``ds`` (default all)."""
     model.eval()
     vol, vol_y, tok, tok_y, every = [], [], [], [], []
-    for i in range(len(ds)):
+    for i in range(len(ds) if n is None else min(n, len(ds))):
         pix, t = sampler.images(i, np.arange(N_IMAGES))
         lg = torch.cat([model(pix[a : a + 28]) for a in range(0, N_IMAGES, 28)])
         y = int(ds.labels[i][k])
@@ -155,7 +158,15 @@ def fit(
 
 
 def train_detector(
-    train, valid, k: int, steps: int, eval_every: int, seed: int = 0, log=print, split_negatives: bool = False
+    train,
+    valid,
+    k: int,
+    steps: int,
+    eval_every: int,
+    seed: int = 0,
+    log=print,
+    split_negatives: bool = False,
+    eval_train: int = 0,
 ) -> dict:
     """``fit`` a new detector for finding ``k`` on ``train`` (``draw``), evaluated on ``valid``
     every ``eval_every`` steps and at the end."""
@@ -167,6 +178,8 @@ def train_detector(
     def on_step(step: int, losses: list[float]) -> None:
         if step % eval_every == 0 or step == steps:
             got = evaluate(model, sv, valid, k)
+            if eval_train:  # the same on phantoms it trained on: how much of it is memorised
+                got["train"] = evaluate(model, st, train, k, n=eval_train)
             got.update(step=step, train_loss=round(float(np.mean(losses[-eval_every:])), 4))
             got["seconds"] = round(time.time() - start, 1)
             curve.append(got)
@@ -195,6 +208,9 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
+        "--eval-train", type=int, default=0, help="also score the first N training phantoms (memorised?)"
+    )
+    ap.add_argument(
         "--split-negatives",
         action="store_true",
         help="the token loss weighs negatives that hold another finding as much as the rest",
@@ -213,6 +229,7 @@ def main() -> None:
         args.seed,
         log=lambda m: print(m, file=sys.stderr),
         split_negatives=args.split_negatives,
+        eval_train=args.eval_train,
     )
     emit_json(
         {
