@@ -7,8 +7,8 @@ Reads each ``hyperct pretrain`` run folder's ``log.jsonl`` (one line per epoch) 
 ``pretrain_config.yaml`` (with the ``pretrain_config.before-epoch-N.yaml`` files a resume with new
 settings keeps), and prints JSON: per run, what changed at which epoch (the settings that differ
 from the earlier ones), and per epoch the block of seeds, the training losses, seconds, and the
-validation means (image, token, volume token-max, bag AUC); for the last epoch also the per-finding AUCs. The
-validation phantoms are the same for every run (seeds 200000.., ``valid.phantoms`` of them), so
+validation means (image, token, volume token-max, bag AUC); for the last epoch also the per-finding
+AUCs. The validation phantoms are the same for every run (seeds 200000.., ``valid.phantoms`` of them), so
 the rows compare directly; the bag AUC is the run's own bag head on the mean CLS of all 55 images
 of a phantom (what the probe gate measures with a refitted head).
 """
