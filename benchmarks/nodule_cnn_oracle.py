@@ -39,7 +39,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _output import emit_json  # noqa: E402
 from probe_backbone import probe_datasets  # noqa: E402
-from probe_token_head import look_alikes  # noqa: E402
+from probe_token_head import look_alikes_of  # noqa: E402
 
 from hyperct.findings import catalogue  # noqa: E402
 from hyperct.preprocess import N_IMAGES  # noqa: E402
@@ -98,30 +98,25 @@ def _auc(y: np.ndarray, s: np.ndarray) -> float | None:
 def evaluate(model: TokenDetector, sampler: _ImageSampler, ds, k: int, n: int | None = None) -> dict:
     """Volume AUC of the maximum token logit (phantom labels, unlabelled left out), token AUC, and
     the other findings that maximum fires on in volumes without finding ``k``
-    (``probe_token_head.look_alikes``); on the first ``n`` phantoms of ``ds`` (default all)."""
+    (``probe_token_head.look_alikes_of``); on the first ``n`` phantoms of ``ds`` (default all)."""
     model.eval()
-    vol, vol_y, tok, tok_y, every = [], [], [], [], []
+    vol, labels, tok, tok_y = [], [], [], []
     for i in range(len(ds) if n is None else min(n, len(ds))):
         pix, t = sampler.images(i, np.arange(N_IMAGES))
         lg = torch.cat([model(pix[a : a + 28]) for a in range(0, N_IMAGES, 28)])
-        y = int(ds.labels[i][k])
-        every.append((float(lg.max()), np.asarray(ds.labels[i])))
-        if y >= 0:
-            vol.append(float(lg.max()))
-            vol_y.append(y)
+        vol.append(float(lg.max()))
+        labels.append(np.asarray(ds.labels[i]))
         tok.append(lg.flatten().numpy())
         tok_y.append(t[..., k].flatten().numpy())
     model.train()
-    ty, ts, vy = np.concatenate(tok_y), np.concatenate(tok), np.asarray(vol_y)
+    vol, labels = np.asarray(vol), np.stack(labels)
+    known = labels[:, k] >= 0
     return {
-        "volume_max_auc": _auc(vy, np.asarray(vol)),
-        "token_auc": _auc(ty, ts),
-        "labelled": len(vol_y),
-        "positive": int(np.sum(vol_y)),
-        "look_alikes": look_alikes(
-            np.repeat(np.asarray([e[0] for e in every])[:, None], len(catalogue().ids), axis=1),
-            np.stack([e[1] for e in every]),
-        )[catalogue().ids[k]],
+        "volume_max_auc": _auc(labels[known, k], vol[known]),
+        "token_auc": _auc(np.concatenate(tok_y), np.concatenate(tok)),
+        "labelled": int(known.sum()),
+        "positive": int((labels[known, k] == 1).sum()),
+        "look_alikes": look_alikes_of(vol, labels, k),
     }
 
 

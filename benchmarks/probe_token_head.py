@@ -92,23 +92,24 @@ def main() -> None:
 
 
 def look_alikes(s: np.ndarray, y: np.ndarray, top: int = 3) -> dict:
-    """What each finding's score fires on when the finding is absent: among the volumes labelled
-    without finding k, the AUC with which its score ``s[:, k]`` tells each other finding j present
-    from absent; the ``top`` highest per finding (above 0.5 only). A nodule score that ranks the
-    volumes with consolidation first points at what it takes for a nodule."""
-    ids = catalogue().ids
-    out = {}
-    for k, fid in enumerate(ids):
-        neg = y[:, k] == 0
-        found = {}
-        for j, other in enumerate(ids):
-            yj = y[neg, j]
-            known = yj >= 0
-            if j != k and 0 < yj[known].sum() < known.sum():
-                found[other] = round(float(roc_auc(yj[known], s[neg, k][known])), 3)
-        best = sorted(found.items(), key=lambda kv: -kv[1])[:top]
-        out[fid] = {o: a for o, a in best if a > 0.5}
-    return out
+    """``look_alikes_of`` every finding: its score ``s[:, k]`` against the labels ``y`` (n, 25)."""
+    return {fid: look_alikes_of(s[:, k], y, k, top) for k, fid in enumerate(catalogue().ids)}
+
+
+def look_alikes_of(score: np.ndarray, y: np.ndarray, k: int, top: int = 3) -> dict:
+    """What finding ``k``'s volume score fires on when the finding is absent: among the volumes
+    labelled without it, the AUC with which ``score`` tells each other finding j present from absent
+    (``y``: (n, 25) labels, -1 unlabelled); the ``top`` highest (above 0.5 only). A nodule score that
+    ranks the volumes with consolidation first points at what it takes for a nodule."""
+    neg = y[:, k] == 0
+    found = {}
+    for j, other in enumerate(catalogue().ids):
+        yj = y[neg, j]
+        known = yj >= 0
+        if j != k and 0 < yj[known].sum() < known.sum():
+            found[other] = round(float(roc_auc(yj[known], score[neg][known])), 3)
+    best = sorted(found.items(), key=lambda kv: -kv[1])[:top]
+    return {o: a for o, a in best if a > 0.5}
 
 
 if __name__ == "__main__":

@@ -429,24 +429,23 @@ def validate(backbone, heads, ds: PhantomDataset, n_phantoms: int, device=None) 
     device = torch.device(device or "cpu")
     sampler = _ImageSampler(ds, backbone.config.patch_size)
     img_scores, img_labels, tok_scores, tok_labels, vol_scores = [], [], [], [], []
-    bag_scores, bag_truth, vmax_scores, vmax_truth = [], [], [], []
+    bag_scores, vmax_scores, phantom_truth = [], [], []  # truth: from the token masks of all 55 images
     heart_pred, heart_truth = [], []
     with_heart = heads.heart is not None and hasattr(ds, "heart")
     n = min(n_phantoms, len(ds))
     for i in range(n):
         pixels, tokens = sampler.images(i, np.arange(N_IMAGES))
         tok, img, cls = forward_heads(backbone, heads, pixels.to(device), with_cls=True)
+        phantom_truth.append(bag_labels(tokens)[None].numpy())
         if heads.volume is not None:
             vol_scores.append(volume_logits(heads, cls, 1).float().cpu().numpy())
         if heads.bag is not None:
             bag_scores.append(bag_logits(heads, cls, [len(cls)]).float().cpu().numpy())
-            bag_truth.append(bag_labels(tokens)[None].numpy())
         if with_heart:
             heart_pred.append(heads.heart(cls.mean(dim=0)).float().cpu().numpy())
             heart_truth.append(standardised(ds.heart(i)))
         tok, img = tok.float().cpu(), img.float().cpu()
         vmax_scores.append(tok.amax(dim=(0, 1))[None].numpy())
-        vmax_truth.append(bag_labels(tokens)[None].numpy())
         img_scores.append(img.numpy())
         img_labels.append(tokens.amax(dim=1).numpy())
         tok_scores.append(tok.reshape(-1, tok.shape[-1]).numpy())
@@ -454,12 +453,12 @@ def validate(backbone, heads, ds: PhantomDataset, n_phantoms: int, device=None) 
     series = [
         ("image_auc", img_scores, img_labels),
         ("token_auc", tok_scores, tok_labels),
-        ("volume_token_max_auc", vmax_scores, vmax_truth),
+        ("volume_token_max_auc", vmax_scores, phantom_truth),
     ]
     if vol_scores:  # volume objective on
         series.append(("volume_auc", vol_scores, [np.asarray(ds.labels[:n])]))
     if bag_scores:  # bag objective on: the whole phantom as one bag
-        series.append(("bag_auc", bag_scores, bag_truth))
+        series.append(("bag_auc", bag_scores, phantom_truth))
     out: dict[str, Any] = {name: {} for name, _, _ in series}
     from hyperct.findings import catalogue
 
