@@ -9,12 +9,20 @@
 #                                              # shipped v0.2 froze it: the same weights), not trained again
 #
 # 1. stage 1: the v0 backbone (configs/demo_backbone.yaml, token and image objectives, ~25 min on 2
-#    cores), then stage 1 v1 from it (hyperct pretrain, configs/demo_backbone_v1.yaml): token, image
-#    and mean-CLS bag objectives from the finding masks, per-finding balanced loss, phantoms in pairs
-#    with a twin lacking one finding, fresh seeds (blocks of 200 pairs from seed 1,000,000,
-#    generated in the background, deleted after use).
-#    Interrupted? `hyperct pretrain --resume "$RUNS/demo-backbone-v1"` continues on new seeds; more
-#    epochs: `--epochs N`. Then rerun this script with STAGE1=skip to go on from the folder as it is.
+#    cores), then stage 1 v1 from it as the best backbone so far was trained: the run history kept in
+#    progress/demo-backbone-v1w-pair-heart (its log and its pretrain_config.before-epoch-N.yaml),
+#    replayed segment by segment with `hyperct pretrain --until EPOCH` (a resume starts a new block of
+#    seeds, so the replay stops and resumes where that run did):
+#    - v1 (configs/demo_backbone_v1.yaml: token, image and mean-CLS bag objectives from the finding
+#      masks, per-finding balanced loss, phantoms in pairs with a twin lacking one finding, fresh
+#      seeds in blocks of 200 pairs from seed 1,000,000), 80 epochs planned, stopped after 42;
+#    - v1w from it (configs/demo_backbone_v1w.yaml: + HU windows, seeds from 1,002,200), then the
+#      segments of STAGE1_SEGMENTS below: the schedule re-planned (--epochs), the pair contrast from
+#      epoch 31, the heart-geometry head from epoch 69; 94 epochs, ~4-5 h on 2 cores.
+#    The recorded run's A/B arms ran on one thread each and some segments on two, so the replay gives
+#    the same procedure and seeds, not bitwise the same weights. Interrupted? Rerun the script: each
+#    run goes on from its last whole epoch (on new seeds, as every resume). STAGE1=skip uses the
+#    folders as they are.
 # 2. the gate: benchmarks/probe_backbone.py (logistic probe on the frozen mean-CLS feature, 800 / 200
 #    phantoms) must reach macro >= 0.92 and every finding >= 0.80, else the script stops (GATE=0 skips);
 # 3. stage 2: HyperCT training proper, backbone frozen (hyperct train, configs/demo_v1.yaml): the
@@ -32,19 +40,63 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-runs}
 CACHE=cache/hyperct-demo
-BACKBONE="$RUNS/demo-backbone-v1"
+BACKBONE="$RUNS/demo-backbone-v1w-pair-heart"  # stage 1 v1 as the best backbone so far ran
+
+# The epoch a stage-1 run folder has reached (0: none yet).
+reached() {
+  python - "$1" <<'PY'
+import json, sys
+try:
+    print(int(json.load(open(sys.argv[1] + "/last/state.json"))["epoch"]))
+except (OSError, ValueError, KeyError, TypeError):
+    print(0)
+PY
+}
+# segment RUN UNTIL EPOCHS [--set FIELD=VALUE ...]: train RUN on to epoch UNTIL, its schedule planned
+# for EPOCHS (nothing when it is there already); settings given stay for the later segments.
+segment() {
+  local run=$1 until=$2 epochs=$3
+  shift 3
+  if [ "$(reached "$run")" -lt "$until" ]; then
+    hyperct pretrain --resume "$run" --until "$until" --epochs "$epochs" \
+      --set "data.prepare_workers=${PREPARE_WORKERS:-1}" "$@"
+  fi
+}
+# After v1w's first 7 epochs (40 planned): UNTIL EPOCHS SETTINGS, as progress/demo-backbone-v1w-pair-heart ran.
+STAGE1_SEGMENTS="
+30 30
+40 60 --set optim.pair_loss_weight=1.0
+57 80
+58 80
+68 80
+74 100 --set optim.heart_loss_weight=3.0
+94 100
+"
 
 if [ "${STAGE1:-run}" != skip ]; then
-  if [ "${V0:-train}" = shipped ]; then
-    python -c 'import sys
+  if [ "$(reached "$RUNS/demo-backbone-v1")" = 0 ]; then
+    if [ "${V0:-train}" = shipped ]; then
+      python -c 'import sys
 from hyperct.checkpoint import load_checkpoint
 from hyperct.network.backbone import save_backbone
 save_backbone(load_checkpoint("assets/demo_model", map_location="cpu")[0].backbone, sys.argv[1])' "$RUNS/demo-backbone-v0"
-  else
-    hyperct pretrain --config configs/demo_backbone.yaml --out "$RUNS/demo-backbone-v0" --overwrite
+    else
+      hyperct pretrain --config configs/demo_backbone.yaml --out "$RUNS/demo-backbone-v0" --overwrite
+    fi
+    hyperct pretrain --config configs/demo_backbone_v1.yaml --out "$RUNS/demo-backbone-v1" --overwrite \
+      --init "$RUNS/demo-backbone-v0" --until 42 --set "data.prepare_workers=${PREPARE_WORKERS:-1}"
   fi
-  hyperct pretrain --config configs/demo_backbone_v1.yaml --out "$BACKBONE" --overwrite \
-    --init "$RUNS/demo-backbone-v0" --set "data.prepare_workers=${PREPARE_WORKERS:-1}"
+  segment "$RUNS/demo-backbone-v1" 42 80
+  if [ "$(reached "$BACKBONE")" = 0 ]; then
+    hyperct pretrain --config configs/demo_backbone_v1w.yaml --out "$BACKBONE" --overwrite \
+      --init "$RUNS/demo-backbone-v1" --until 7 --set "data.prepare_workers=${PREPARE_WORKERS:-1}"
+  fi
+  segment "$BACKBONE" 7 40
+  while read -r until epochs settings; do
+    [ -n "$until" ] || continue
+    # shellcheck disable=SC2086  # (the settings are words)
+    segment "$BACKBONE" "$until" "$epochs" $settings
+  done <<< "$STAGE1_SEGMENTS"
 fi
 python benchmarks/probe_backbone.py --backbone "$BACKBONE" --cache "$CACHE" --workers "${PREPARE_WORKERS:-2}" \
   --out "$BACKBONE/probe.json"

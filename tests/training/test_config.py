@@ -121,7 +121,10 @@ def test_shipped_configs_are_valid():
     # the one command (scripts/train_demo.sh) runs the v1 procedure: stage 1 v1, then stage 2 v1 on it
     script = (CONFIGS.parent / "scripts" / "train_demo.sh").read_text()
     assert "configs/demo_backbone_v1.yaml" in script and "configs/demo_v1.yaml" in script
-    assert 'BACKBONE="$RUNS/demo-backbone-v1"' in script and "model.backbone_weights=$BACKBONE" in script
+    assert (
+        'BACKBONE="$RUNS/demo-backbone-v1w-pair-heart"' in script
+        and "model.backbone_weights=$BACKBONE" in script
+    )
     from hyperct.training.pretrain import load_pretrain_config
 
     v1 = load_config(CONFIGS / "demo_v1.yaml")
@@ -190,3 +193,56 @@ def test_typed_config_rejects_what_load_config_rejects(mapping, message):
 def test_a_section_replaced_by_an_override_is_a_config_error():
     with pytest.raises(ConfigError, match=r"model: expected a mapping of fields, got 3"):
         load_config(None, ["model=3"])
+
+
+def _stage1_segments(script: str) -> list[tuple[int, int, list[str]]]:
+    """scripts/train_demo.sh's replay of the kept stage-1 run: (until, epochs, --set values) after
+    v1w's first segment."""
+    block = script.split('STAGE1_SEGMENTS="', 1)[1].split('"', 1)[0]
+    out = []
+    for line in block.strip().splitlines():
+        until, epochs, *rest = line.split()
+        out.append((int(until), int(epochs), [w for w in rest if w != "--set"]))
+    return out
+
+
+def test_train_demo_replays_the_kept_stage1_run_as_it_was_recorded():
+    """The one command's stage 1 stops, resumes and changes settings where the best backbone's run
+    did (progress/demo-backbone-v1w-pair-heart: its log and its pretrain_config.before-epoch-N.yaml):
+    a resume starts a new block of seeds, so a replay that stops elsewhere trains on other phantoms."""
+    import json
+
+    from hyperct.training.pretrain import load_pretrain_config
+
+    root = CONFIGS.parent
+    script = (root / "scripts" / "train_demo.sh").read_text()
+    assert '--config configs/demo_backbone_v1.yaml --out "$RUNS/demo-backbone-v1"' in script
+    assert "--until 42" in script and 'segment "$RUNS/demo-backbone-v1" 42 80' in script
+    assert '--config configs/demo_backbone_v1w.yaml --out "$BACKBONE"' in script and "--until 7 " in script
+    v1_log = [json.loads(x) for x in (root / "progress/demo-backbone-v1/log.jsonl").read_text().splitlines()]
+    assert (
+        v1_log[-1]["epoch"] == 42
+        and load_pretrain_config(CONFIGS / "demo_backbone_v1.yaml")["optim"]["epochs"] == 80
+    )
+
+    run = root / "progress" / "demo-backbone-v1w-pair-heart"
+    segments = [(7, 40, [])] + _stage1_segments(script)
+    log = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in log] == list(range(1, len(log) + 1)) and segments[-1][0] == len(log)
+    per_block = load_pretrain_config(CONFIGS / "demo_backbone_v1w.yaml")["data"]["block_epochs"]
+    # every resume of the recorded run that cut a block short is where a segment ends
+    starts = [e["epoch"] for i, e in enumerate(log) if i == 0 or e["block"] != log[i - 1]["block"]]
+    cut = {b - 1 for a, b in zip(starts, starts[1:]) if b - a < per_block}
+    assert cut and cut <= {u for u, _, _ in segments}, sorted(cut)
+    # each segment runs with the settings the recorded run had for those epochs
+    snapshots = sorted(
+        (int(p.stem.rsplit("-", 1)[1]), p) for p in run.glob("pretrain_config.before-epoch-*.yaml")
+    )
+    cfg = load_pretrain_config(CONFIGS / "demo_backbone_v1w.yaml")
+    for until, epochs, sets in segments:
+        cfg = load_pretrain_config(None, dict(cfg, optim=dict(cfg["optim"], epochs=epochs)), sets)
+        snap = next((p for n, p in snapshots if n > until), run / "pretrain_config.yaml")
+        want = load_pretrain_config(snap)
+        for part in ("optim", "backbone"):
+            assert cfg[part] == want[part], (until, part)
+        assert cfg["data"]["train"] == want["data"]["train"] and cfg["seed"] == want["seed"], until

@@ -477,6 +477,32 @@ def test_pretrain_cli_takes_a_new_run_or_a_resume(tmp_path, capsys):
     assert "cannot resume" in capsys.readouterr().err
 
 
+@pytest.mark.slow
+def test_until_stops_a_run_after_that_epoch_and_a_resume_finishes_its_schedule(tmp_path, capsys):
+    from hyperct.cli.main import main
+
+    cfg_file = tmp_path / "tiny.yaml"
+    cfg_file.write_text(_tiny_run_config(tmp_path / "cache", "fresh").dump())
+    out = tmp_path / "bb"
+    # refused before anything is written: past the 2 planned epochs
+    assert main(["pretrain", "--config", str(cfg_file), "--out", str(out), "--until", "3"]) == 2
+    assert "past the 2 epochs" in capsys.readouterr().err and not out.exists()
+    assert main(["pretrain", "--config", str(cfg_file), "--out", str(out), "--until", "1"]) == 0
+
+    def epochs():
+        return [json.loads(x)["epoch"] for x in (out / "log.jsonl").read_text().splitlines()]
+
+    state = json.loads((out / "last" / "state.json").read_text())
+    assert epochs() == [1] and state["epoch"] == 1 and state["epochs_planned"] == 2
+    assert (out / "model.safetensors").is_file()  # the backbone as it is after epoch 1
+    assert main(["pretrain", "--resume", str(out), "--until", "1"]) == 2  # nothing left before it
+    assert "nothing to train" in capsys.readouterr().err and epochs() == [1]
+    assert main(["pretrain", "--resume", str(out)]) == 0
+    assert epochs() == [1, 2]
+    log = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    assert log[1]["step"] == 2 * log[0]["step"]  # the step count (lr schedule) goes on
+
+
 def test_set_overrides_existing_fields_and_is_checked(tmp_path):
     from hyperct.errors import ConfigError
 

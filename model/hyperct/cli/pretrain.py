@@ -4,6 +4,7 @@
     hyperct pretrain --config configs/demo_backbone_volume.yaml --init runs/demo-backbone --out runs/demo-backbone-v
     hyperct pretrain --config configs/demo_backbone_v1.yaml --out runs/demo-backbone-v1
     hyperct pretrain --resume runs/demo-backbone-v1 [--epochs 120]   # continue on new seeds
+    hyperct pretrain --resume runs/demo-backbone-v1 --until 60       # ... and stop after epoch 60
 
 Writes a backbone folder in the Hugging Face layout (``config.json`` + ``model.safetensors``), which
 ``hyperct train`` then uses through ``model.backbone_weights``. See ``hyperct.training.pretrain``.
@@ -45,6 +46,13 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="total epochs (overrides optim.epochs; e.g. to extend a resumed run)",
     )
     p.add_argument(
+        "--until",
+        type=int,
+        metavar="EPOCH",
+        help="stop after this epoch (counted from the run's start; the schedule stays planned for "
+        "--epochs), e.g. to run a long schedule in chunks; continue with --resume",
+    )
+    p.add_argument(
         "--init",
         metavar="DIR",
         help="start from this backbone folder (overrides the config's 'init', e.g. to continue a stage-1 backbone)",
@@ -69,12 +77,12 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--out DIR is required with --config")
     if args.resume:
         cfg = resume_config(args.resume, args.epochs, args.set)
-        out = pretrain_backbone(cfg, args.resume, resume=True, source=args.resume)
+        out = pretrain_backbone(cfg, args.resume, resume=True, source=args.resume, until=args.until)
     else:
         over: dict = {"init": args.init} if args.init else {}
         if args.epochs:
             over["optim"] = {"epochs": args.epochs}
         cfg = PretrainConfig.load(args.config, over or None, args.set)
-        out = pretrain_backbone(cfg, args.out, overwrite=args.overwrite, source=args.config)
+        out = pretrain_backbone(cfg, args.out, overwrite=args.overwrite, source=args.config, until=args.until)
     print(f"backbone written to {out} (config.json + model.safetensors; report in pretrain.json)")
     return 0

@@ -752,6 +752,25 @@ def resume_config(
 # --- the run -----------------------------------------------------------------------------------
 
 
+def _check_until(until: int | None, first_epoch: int, planned: int, out: Path) -> None:
+    """``until`` must leave an epoch to train within the planned schedule."""
+    if until is None:
+        return
+    if until < first_epoch:
+        raise ConfigError(
+            f"nothing to train: the run has done {first_epoch - 1} epochs, and --until {until} asks to stop "
+            "before the next one",
+            path=out,
+            hint=f"give --until {first_epoch} or later",
+        )
+    if until > planned:
+        raise ConfigError(
+            f"--until {until} is past the {planned} epochs the schedule plans",
+            path=out,
+            hint=f"plan more with --epochs {until} (or more), or stop earlier",
+        )
+
+
 def pretrain_backbone(
     cfg: PretrainConfig | dict,
     out_dir: str | Path,
@@ -760,6 +779,7 @@ def pretrain_backbone(
     source: str | None = None,
     resume: bool = False,
     stop_after: int | None = None,
+    until: int | None = None,
 ) -> Path:
     """Run stage 1 and write the backbone folder (``config.json``, ``model.safetensors``,
     ``pretrain.json``, ``log.jsonl``, ``pretrain_config.yaml`` and the resume state ``last/``).
@@ -768,6 +788,9 @@ def pretrain_backbone(
     ``resume``: continue the run in ``out_dir`` (its saved configuration should be passed as
     ``cfg``, see ``resume_config``); with fresh seeds it goes on with a new block of seeds.
     ``stop_after``: stop after that many epochs of this call (tests: an interruption).
+    ``until``: stop after epoch ``until`` (counted from the run's start), the learning-rate schedule
+    still planned for ``optim.epochs``: a long run in chunks, or a recorded run replayed segment by
+    segment (``scripts/train_demo.sh``).
     """
     cfg = PretrainConfig.coerce(cfg, source=source)
     out = Path(out_dir)
@@ -778,7 +801,9 @@ def pretrain_backbone(
                 path=out,
                 hint="resume a folder written by `hyperct pretrain` after at least one epoch",
             )
-    elif out.exists() and any(out.iterdir()):
+    else:
+        _check_until(until, 1, cfg.optim.epochs, out)
+    if not resume and out.exists() and any(out.iterdir()):
         if not overwrite:
             raise ConfigError(
                 "the output folder already exists", path=out, hint="pass --overwrite to replace it"
@@ -888,6 +913,7 @@ def pretrain_backbone(
         if resume:
             doc = _load_run_state(out, module, optimizer, names)
             step, first_epoch = int(doc["step"]), int(doc["epoch"]) + 1
+            _check_until(until, first_epoch, oc.epochs, out)  # (before the old block is dropped)
             # fresh seeds: a new block, never the one it stopped in (without them the block number
             # only seeds the bag draws, which go on as in an uninterrupted run)
             block, epoch_in_block = int(doc["next_block"] if fresh else doc["block"]), 0
@@ -1092,7 +1118,7 @@ def pretrain_backbone(
                 },
             )
             done += 1
-            if stop_after is not None and done >= stop_after:
+            if (stop_after is not None and done >= stop_after) or (until is not None and epoch >= until):
                 break
         if fresh and train is not None and not dc.keep_blocks:
             blocks.drop(train)  # never used again: a resumed run starts a new block
