@@ -182,3 +182,39 @@ def test_hyperct_info_names_the_windows_of_a_windowed_checkpoint(tmp_path, capsy
     assert main(["info", "--model", str(folder), "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "HU windows before the patch embedding: [-160, 240], [130, 530], [-1000, -500] HU" in out
+
+
+def _reference_stem(stem: WindowedPatchEmbedding, x: torch.Tensor) -> torch.Tensor:
+    """What the windowed embedding computes, written the plain way: one convolution over the input
+    and all its windowed copies, plus the pooled readout of the copies' patch maxima and means."""
+    from hyperct.network.windows import patch_max_mean, windowed_input
+
+    w = windowed_input(x, stem.windows)
+    stats = patch_max_mean(w[:, stem.image_channels :], stem.kernel_size)
+    pooled = stem.pooled(stats.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+    return torch.nn.functional.conv2d(w, stem.weight, stem.bias, stride=stem.kernel_size) + pooled
+
+
+@pytest.mark.parametrize("size", [48, 50])  # 50: a remainder the patches leave out
+def test_the_fast_embedding_computes_the_plain_formula_and_its_gradients(size):
+    torch.manual_seed(0)
+    stem = WindowedPatchEmbedding(3, 8, 16, DEMO_WINDOWS)
+    with torch.no_grad():
+        for p in stem.parameters():
+            p.normal_(0, 0.05)
+    hu = torch.empty(2, 3, size, size).uniform_(-1100, 1100)  # every window, in and out of it
+    x = normalise(hu.reshape(-1, size, size)).reshape(2, 3, size, size).requires_grad_(True)
+    got, want = stem(x), _reference_stem(stem, x)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    seed = torch.randn_like(want)
+    g_got = torch.autograd.grad((got * seed).sum(), [x, *stem.parameters()])
+    g_want = torch.autograd.grad((want * seed).sum(), [x, *stem.parameters()])
+    for a, b in zip(g_got, g_want):  # input gradients (saliency) and weight gradients (stage 1)
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    with torch.no_grad():  # a bfloat16 model takes bfloat16 input as before
+        half = WindowedPatchEmbedding(3, 8, 16, DEMO_WINDOWS)
+        half.load_state_dict(stem.state_dict())
+        half = half.to(torch.bfloat16)
+        out = half(x.detach().to(torch.bfloat16))
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), want.detach(), rtol=0.05, atol=0.05)
