@@ -18,7 +18,7 @@
 #      seeds in blocks of 200 pairs from seed 1,000,000), 80 epochs planned, stopped after 42;
 #    - v1w from it (configs/demo_backbone_v1w.yaml: + HU windows, seeds from 1,002,200), then the
 #      segments of STAGE1_SEGMENTS below: the schedule re-planned (--epochs), the pair contrast from
-#      epoch 31, the heart-geometry head from epoch 69; 94 epochs, ~4-5 h on 2 cores.
+#      epoch 31, the heart-geometry head from epoch 69; 94 epochs (v1 and v1w: ~5 h on 2 cores).
 #    The recorded run's A/B arms ran on one thread each and some segments on two, so the replay gives
 #    the same procedure and seeds, not bitwise the same weights. Interrupted? Rerun the script: each
 #    run goes on from its last whole epoch (on new seeds, as every resume). STAGE1=skip uses the
