@@ -803,14 +803,21 @@ def pretrain_backbone(
             )
     else:
         _check_until(until, 1, cfg.optim.epochs, out)
-    if not resume and out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise ConfigError(
-                "the output folder already exists", path=out, hint="pass --overwrite to replace it"
-            )
-        for name in (STATE_DIR, LOG_FILE, CONFIG_FILE, "pretrain.json", "config.json", "model.safetensors"):
-            p = out / name
-            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+        if out.exists() and any(out.iterdir()):
+            if not overwrite:
+                raise ConfigError(
+                    "the output folder already exists", path=out, hint="pass --overwrite to replace it"
+                )
+            for name in (
+                STATE_DIR,
+                LOG_FILE,
+                CONFIG_FILE,
+                "pretrain.json",
+                "config.json",
+                "model.safetensors",
+            ):
+                p = out / name
+                shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     seed = cfg.seed
     torch.manual_seed(seed)
