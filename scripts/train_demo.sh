@@ -5,8 +5,11 @@
 #   GATE=0 bash scripts/train_demo.sh          # go on to stage 2 even if the backbone misses the probe gate
 #   SHIP=1 bash scripts/train_demo.sh          # copy into assets/demo_model even if the test target is missed
 #   PREPARE_WORKERS=12 bash scripts/train_demo.sh   # phantom-generating processes (default 1: 2 cores)
-#   V0=shipped bash scripts/train_demo.sh      # stage 1 v0 = the backbone inside assets/demo_model (the
-#                                              # shipped v0.2 froze it: the same weights), not trained again
+#   V0=v02/assets/demo_model bash scripts/train_demo.sh   # stage 1 v0 = the backbone inside the demo
+#                 # model v0.2 (it froze it: the same weights), not trained again; v0.2 was shipped until
+#                 # v0.3: mkdir v02 && git archive fecca61 assets/demo_model | tar -x -C v02
+#   GATE=0 SHIP=1 STAGE2_CONFIG=configs/demo_v03.yaml bash scripts/train_demo.sh
+#                                              # the shipped v0.3: stage 2 on 800 phantoms, 900 steps
 #
 # 1. stage 1: the v0 backbone (configs/demo_backbone.yaml, token and image objectives, ~25 min on 2
 #    cores), then stage 1 v1 from it as the best backbone so far was trained: the run history kept in
@@ -43,6 +46,8 @@ cd "$(dirname "$0")/.."
 RUNS=${RUNS:-runs}
 CACHE=cache/hyperct-demo
 BACKBONE="$RUNS/demo-backbone-v1w-pair-heart"  # stage 1 v1 as the best backbone so far ran
+STAGE2_CONFIG=${STAGE2_CONFIG:-configs/demo_v1.yaml}
+STAGE2="$RUNS/$(basename "$STAGE2_CONFIG" .yaml | tr _ -)"  # configs/demo_v1.yaml -> runs/demo-v1
 
 # The epoch a stage-1 run folder has reached (0: none yet).
 reached() {
@@ -77,11 +82,14 @@ STAGE1_SEGMENTS="
 
 if [ "${STAGE1:-run}" != skip ]; then
   if [ "$(reached "$RUNS/demo-backbone-v1")" = 0 ]; then
-    if [ "${V0:-train}" = shipped ]; then
+    if [ -n "${V0:-}" ]; then
       python -c 'import sys
-from hyperct.checkpoint import load_checkpoint
+from hyperct.checkpoint import load_checkpoint, read_manifest
+if read_manifest(sys.argv[1]).version != "0.2":
+    sys.exit(f"V0={sys.argv[1]} is not the demo model v0.2 (whose frozen backbone is stage 1 v0); "
+             "get it with: mkdir v02 && git archive fecca61 assets/demo_model | tar -x -C v02")
 from hyperct.network.backbone import save_backbone
-save_backbone(load_checkpoint("assets/demo_model", map_location="cpu")[0].backbone, sys.argv[1])' "$RUNS/demo-backbone-v0"
+save_backbone(load_checkpoint(sys.argv[1], map_location="cpu")[0].backbone, sys.argv[2])' "$V0" "$RUNS/demo-backbone-v0"
     else
       hyperct pretrain --config configs/demo_backbone.yaml --out "$RUNS/demo-backbone-v0" --overwrite
     fi
@@ -112,17 +120,17 @@ if not r["gate"]["met"]:
              "(need 0.92 / 0.80); continue stage 1 with `hyperct pretrain --resume`, or GATE=0")
 PY
 fi
-if [ -f "$RUNS/demo-v1/last/state.json" ]; then  # an interrupted stage 2 goes on (delete the folder to restart it)
-  hyperct train --resume "$RUNS/demo-v1"
+if [ -f "$STAGE2/last/state.json" ]; then  # an interrupted stage 2 goes on (delete the folder to restart it)
+  hyperct train --resume "$STAGE2"
 else
-  hyperct train --config configs/demo_v1.yaml --out "$RUNS/demo-v1" --overwrite \
+  hyperct train --config "$STAGE2_CONFIG" --out "$STAGE2" --overwrite \
     --set "model.backbone_weights=$BACKBONE"
 fi
-hyperct evaluate --model "$RUNS/demo-v1/best" --data phantom:200:200000 --phantom-matrix 192 --cache "$CACHE" \
-  --out "$RUNS/demo-v1/valid-report" --write-thresholds --overwrite
-hyperct evaluate --model "$RUNS/demo-v1/best" --data phantom:300:300000 --phantom-matrix 192 --cache "$CACHE" \
-  --thresholds model --out "$RUNS/demo-v1/test-report" --overwrite
-if python - "$RUNS/demo-v1/test-report/metrics.json" <<'PY'
+hyperct evaluate --model "$STAGE2/best" --data phantom:200:200000 --phantom-matrix 192 --cache "$CACHE" \
+  --out "$STAGE2/valid-report" --write-thresholds --overwrite
+hyperct evaluate --model "$STAGE2/best" --data phantom:300:300000 --phantom-matrix 192 --cache "$CACHE" \
+  --thresholds model --out "$STAGE2/test-report" --overwrite
+if python - "$STAGE2/test-report/metrics.json" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
 aucs = [f["auc"] for f in r["findings"].values() if f["auc"] is not None]
@@ -133,8 +141,8 @@ PY
 then ship=1; else ship=${SHIP:-0}; fi
 if [ "$ship" = 1 ]; then
   mkdir -p assets/demo_model
-  cp "$RUNS/demo-v1/best/manifest.json" "$RUNS/demo-v1/best/model.safetensors" assets/demo_model/
-  echo "demo model copied to assets/demo_model; test report in $RUNS/demo-v1/test-report"
+  cp "$STAGE2/best/manifest.json" "$STAGE2/best/model.safetensors" assets/demo_model/
+  echo "demo model copied to assets/demo_model; test report in $STAGE2/test-report"
 else
-  echo "target not met: assets/demo_model left as it is (SHIP=1 copies anyway); report in $RUNS/demo-v1/test-report"
+  echo "target not met: assets/demo_model left as it is (SHIP=1 copies anyway); report in $STAGE2/test-report"
 fi

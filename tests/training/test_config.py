@@ -246,3 +246,28 @@ def test_train_demo_replays_the_kept_stage1_run_as_it_was_recorded():
         for part in ("optim", "backbone"):
             assert cfg[part] == want[part], (until, part)
         assert cfg["data"]["train"] == want["data"]["train"] and cfg["seed"] == want["seed"], until
+
+
+def test_the_shipped_demo_model_was_trained_as_configs_demo_v03_says():
+    """assets/demo_model (v0.3) records the stage-2 configuration it was trained with; the committed
+    config that reproduces it (scripts/train_demo.sh with STAGE2_CONFIG=configs/demo_v03.yaml) is that
+    configuration, apart from where the run lived and the version it was given when shipped."""
+    import json
+
+    root = CONFIGS.parent
+    manifest = json.loads((root / "assets" / "demo_model" / "manifest.json").read_text())
+    recorded = manifest["training"]["config"]
+    config = load_config(CONFIGS / "demo_v03.yaml")
+    assert manifest["model_version"] == config["model"]["version"] == "0.3"
+    # the run: configs/demo_v1.yaml --set data.train.count=800 --set train.epochs=9 --device cpu, its
+    # backbone a copy of the stage-1 folder, its version the v1 config's until it was shipped as v0.3
+    for section, name in (("model", "backbone_weights"), ("model", "version"), ("train", "device")):
+        recorded[section].pop(name)
+        config[section].pop(name)
+    recorded.pop("output_dir")
+    config.pop("output_dir")
+    assert recorded == config
+    assert config["data"]["train"]["count"] == 800 and config["train"]["epochs"] == 9
+    script = (root / "scripts" / "train_demo.sh").read_text()
+    assert "STAGE2_CONFIG=${STAGE2_CONFIG:-configs/demo_v1.yaml}" in script
+    assert "GATE=0 SHIP=1 STAGE2_CONFIG=configs/demo_v03.yaml bash scripts/train_demo.sh" in script
