@@ -31,7 +31,8 @@
 # 3. stage 2: HyperCT training proper, backbone frozen (hyperct train, configs/demo_v1.yaml): the
 #    paper's protocol with task draws balanced toward each volume's positive findings, 12 epochs (3,600
 #    steps, ~3.3 s each measured on one CPU thread beside another job: ~3.3 h, plus four validations of
-#    ~12 min); a rerun resumes an interrupted one;
+#    ~12 min); a rerun resumes an interrupted one; STAGE2_CONFIG=FILE trains FILE into runs/<its name>
+#    instead (configs/demo_v03.yaml: the shipped v0.3, 800 phantoms, 900 steps);
 # 4. operating thresholds (Youden) from the 200 validation phantoms, written into the manifest;
 # 5. the held-out test: 300 fresh phantoms with seeds never used in training (hyperct evaluate);
 # 6. copy the checkpoint into assets/demo_model/ only when the test meets the target (macro AUC
