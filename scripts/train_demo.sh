@@ -8,8 +8,11 @@
 #   V0=v02/assets/demo_model bash scripts/train_demo.sh   # stage 1 v0 = the backbone inside the demo
 #                 # model v0.2 (it froze it: the same weights), not trained again; v0.2 was shipped until
 #                 # v0.3: mkdir v02 && git archive fecca61 assets/demo_model | tar -x -C v02
+#   GATE=0 SHIP=1 VERSION=0.4 bash scripts/train_demo.sh
+#                                              # the shipped v0.4: the whole procedure, gate and target
+#                                              # missed, version 0.4 in the copied manifest
 #   GATE=0 SHIP=1 STAGE2_CONFIG=configs/demo_v03.yaml bash scripts/train_demo.sh
-#                                              # the shipped v0.3: stage 2 on 800 phantoms, 900 steps
+#                                              # v0.3 (shipped before v0.4): stage 2 on 800 phantoms, 900 steps
 #
 # 1. stage 1: the v0 backbone (configs/demo_backbone.yaml, token and image objectives, ~25 min on 2
 #    cores), then stage 1 v1 from it as the best backbone so far was trained: the run history kept in
@@ -36,7 +39,8 @@
 # 4. operating thresholds (Youden) from the 200 validation phantoms, written into the manifest;
 # 5. the held-out test: 300 fresh phantoms with seeds never used in training (hyperct evaluate);
 # 6. copy the checkpoint into assets/demo_model/ only when the test meets the issue's target (macro AUC
-#    >= 0.90, every finding >= 0.75) or SHIP=1 (the model card is written by hand from step 5).
+#    >= 0.90, every finding >= 0.75) or SHIP=1 (VERSION=X.Y then sets its model_version; the model
+#    card is written by hand from step 5).
 # Everything is seeded: on the same machine and device the command gives the same weights (CPU runs
 # are bitwise reproducible with the same torch build and thread count; GPU runs are not bitwise).
 #
@@ -143,6 +147,11 @@ then ship=1; else ship=${SHIP:-0}; fi
 if [ "$ship" = 1 ]; then
   mkdir -p assets/demo_model
   cp "$STAGE2/best/manifest.json" "$STAGE2/best/model.safetensors" assets/demo_model/
+  if [ -n "${VERSION:-}" ]; then  # shipped below the target: an interim version, not the config's "1.0"
+    python -c 'import sys
+from hyperct.checkpoint import update_manifest
+update_manifest(sys.argv[1], model_version=sys.argv[2])' assets/demo_model "$VERSION"
+  fi
   echo "demo model copied to assets/demo_model; test report in $STAGE2/test-report"
 else
   echo "target not met: assets/demo_model left as it is (SHIP=1 copies anyway); report in $STAGE2/test-report"
