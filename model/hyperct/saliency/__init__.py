@@ -3,11 +3,12 @@
 Methods (``METHODS``; the default is the one the saliency benchmark measured best, see
 ``benchmarks/bench_saliency.py`` and the model card):
 
-* ``attention`` (default): gradient-weighted attention relevance (Chefer et al., ICCV 2021),
-  ``attention.py``;
+* ``attention``: gradient-weighted attention relevance (Chefer et al., ICCV 2021), ``attention.py``
+  (the default until demo v0.4);
 * ``gradcam``: captum Grad-CAM on the last block's tokens with per-volume channel weights,
   ``gradcam.py``;
-* ``token_gradient``: gradient norm per patch token at an early block (fast), ``gradients.py``;
+* ``token_gradient`` (default): gradient norm per patch token at an early block (fast),
+  ``gradients.py``;
 * ``input_x_gradient``: captum |input x gradient| on the pixels, ``gradients.py``;
 * ``integrated_gradients``: captum integrated gradients from the blurred scan, ``integrated.py``;
 * ``occlusion``: captum occlusion of each patch by the blurred scan (slow), ``occlusion.py``.

@@ -32,14 +32,16 @@ METHODS: dict[str, Method] = {
             "attention",
             "Attention relevance",
             "Gradient-weighted attention (Chefer et al. 2021): which patches feed the CLS token the "
-            "finding is read from, through every block (the default: best on the benchmark)",
+            "finding is read from, through every block (the default until demo v0.4: best on the benchmark with v0.2 "
+            "and v0.3)",
             True,
             "token",
         ),
         Method(
             "token_gradient",
             "Token gradient",
-            "Fast: how strongly the finding's score responds to each patch token of an early block",
+            "Fast: how strongly the finding's score responds to each patch token of an early block (the default: "
+            "with demo v0.4 level with attention relevance on the benchmark, and it follows a moved effusion)",
             True,
             "token",
         ),
@@ -67,4 +69,4 @@ METHODS: dict[str, Method] = {
         ),
     )
 }
-DEFAULT_METHOD = "attention"  # benchmarks/results/saliency_demo*.json; the model card says why
+DEFAULT_METHOD = "token_gradient"  # benchmarks/results/saliency_demo_v04.json; the model card says why
