@@ -29,6 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "model"))
 
 from _output import emit_json  # noqa: E402
+from bench_inference import sync  # noqa: E402
 
 from hyperct.device import resolve_device  # noqa: E402
 from hyperct.inference import analyze  # noqa: E402
@@ -41,16 +42,11 @@ from hyperct.saliency import METHODS, compute_saliency, peak_token  # noqa: E402
 CPU_SLOW = {"occlusion"}  # minutes per map on a CPU: timed on the GPU only
 
 
-def _sync(dev: torch.device) -> None:
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-
-
 def _timed(dev: torch.device, fn):
-    _sync(dev)
+    sync(dev)
     t0 = time.perf_counter()
     out = fn()
-    _sync(dev)
+    sync(dev)
     return out, time.perf_counter() - t0
 
 
@@ -60,9 +56,9 @@ def _scores(result) -> dict[str, tuple[float, float, str]]:
 
 def compare_scores(cpu, gpu, dev, volumes) -> list[dict]:
     rows = []
+    analyze(gpu, volumes[0][1])  # warm-up (kernels, autotuning): every scan has the same model input shape
     for name, vol in volumes:
         rc, t_cpu = _timed(torch.device("cpu"), lambda v=vol: analyze(cpu, v))
-        analyze(gpu, vol)  # warm-up (kernels, autotuning)
         rg, t_gpu = _timed(dev, lambda v=vol: analyze(gpu, v))
         a, b = _scores(rc), _scores(rg)
         diff = {k: abs(a[k][0] - b[k][0]) for k in a}
