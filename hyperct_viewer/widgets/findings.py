@@ -72,6 +72,10 @@ CALL_TIPS = {
     "a failure, not a result. No saliency map is computed for it.",
     CALL_NOT_ASSESSED: "This finding was not scored (not asked for).",
 }
+HIGH_SPECIFICITY_TIP = (
+    "Threshold set for 99 % specificity: on the model's validation data its score did not separate "
+    "this finding from chance (AUC 95 % CI includes 0.5), so it is called only when unusually high."
+)
 NO_SCORE_COLOR = QColor(255, 167, 38)
 
 
@@ -759,6 +763,8 @@ class FindingsWidget(QWidget):
             self._populate_table()
             return
         self.table.setSortingEnabled(False)
+        model = self.session.model
+        high_spec = set(model.manifest.high_specificity_findings) if model is not None else set()
         for f in result.findings:
             item = self._items[f.id]
             item.setData(COL_THRESH, ROLE_VALUE, f.threshold)
@@ -781,10 +787,11 @@ class FindingsWidget(QWidget):
                 item.setData(COL_PROB, ROLE_VALUE, f.probability)
                 item.setData(COL_CALL, ROLE_VALUE, 1.0 if f.call == CALL_PRESENT else 0.0)
                 color = QColor(239, 120, 100) if f.call == CALL_PRESENT else QColor(180, 180, 180)
-                for col in (COL_PROB, COL_CALL):
-                    item.setToolTip(
-                        col, f"{f.name}: p = {f.probability:.3f}, threshold {f.threshold:.2f}, {f.call}"
-                    )
+                tip = f"{f.name}: p = {f.probability:.3f}, threshold {f.threshold:.2f}, {f.call}"
+                if f.id in high_spec:
+                    tip += "\n" + HIGH_SPECIFICITY_TIP
+                for col in (COL_PROB, COL_CALL, COL_THRESH):
+                    item.setToolTip(col, tip)
             item.setFont(COL_CALL, font)
             item.setForeground(COL_CALL, QBrush(color))
         self.table.setSortingEnabled(True)

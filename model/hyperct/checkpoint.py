@@ -77,6 +77,20 @@ class Manifest:
         return {k: float(v) for k, v in (self.raw.get("thresholds") or {}).items()}
 
     @property
+    def high_specificity_findings(self) -> list[str]:
+        """The findings whose threshold was set for high specificity because the calibration data did
+        not show the model separating them (``threshold_calibration.high_specificity.findings``,
+        written by ``hyperct evaluate --write-thresholds``); only known finding ids, [] when absent
+        or malformed (the manifest is untrusted input and this is advisory)."""
+        cal = self.raw.get("threshold_calibration")
+        block = cal.get("high_specificity") if isinstance(cal, dict) else None
+        ids = block.get("findings") if isinstance(block, dict) else None
+        if not isinstance(ids, list):
+            return []
+        known = set(catalogue().ids)
+        return [x for x in ids if isinstance(x, str) and x in known]
+
+    @property
     def weights_sha256(self) -> str:
         return self.raw["weights_sha256"]
 

@@ -129,3 +129,26 @@ def test_written_checkpoints_and_backbones_get_ordinary_permissions(tmp_path):
         tmp_path / "backbone" / "model.safetensors",
     ):
         assert mode(p) == file_mode, p
+
+
+@pytest.mark.parametrize(
+    "calibration, expected",
+    [
+        (
+            {"high_specificity": {"findings": ["lung_nodule", "lymphadenopathy"]}},
+            ["lung_nodule", "lymphadenopathy"],
+        ),
+        ({"high_specificity": {"findings": ["lung_nodule", "no_such_finding", 3]}}, ["lung_nodule"]),
+        ({"high_specificity": {"findings": "lung_nodule"}}, []),
+        ({"high_specificity": ["lung_nodule"]}, []),
+        ("youden", []),
+        (None, []),
+    ],
+)
+def test_high_specificity_findings_read_from_an_untrusted_manifest(calibration, expected):
+    from hyperct.checkpoint import Manifest
+
+    raw = {"thresholds": {}}
+    if calibration is not None:
+        raw["threshold_calibration"] = calibration
+    assert Manifest(raw).high_specificity_findings == expected

@@ -14,7 +14,13 @@ from hyperct.errors import CheckpointError, ConfigError
 from hyperct.findings import catalogue
 from hyperct.loading import load_model
 from hyperct.training.evaluate import compute_metrics, evaluate, write_thresholds
-from hyperct.training.metrics import bootstrap_auc_ci, roc_auc, youden_threshold
+from hyperct.training.metrics import (
+    bootstrap_auc_ci,
+    roc_auc,
+    sens_spec,
+    specificity_threshold,
+    youden_threshold,
+)
 from tests.support.models import save_tiny_checkpoint
 from tests.support.training import CM, PE, SignalDataset
 
@@ -48,6 +54,57 @@ def test_compute_metrics_matches_direct_computation():
         pe.auc
     )
     assert np.isnan(r.macro_auc["opportunistic"])
+
+
+def _one_good_one_at_chance(n=300, seed=1):  # seed 1: the nodule AUC 0.499
+    """Pleural effusion well separated; lung nodule's score independent of its label."""
+    rng = np.random.default_rng(seed)
+    nod = catalogue().index("lung_nodule")
+    labels = np.full((n, 25), -1, dtype=np.int8)
+    probs = np.full((n, 25), np.nan)
+    labels[:, PE] = rng.random(n) < 0.3
+    probs[:, PE] = np.clip(0.5 * labels[:, PE] + 0.5 * rng.random(n), 0, 1)
+    labels[:, nod] = rng.random(n) < 0.3
+    probs[:, nod] = 0.5 + 0.5 * rng.random(n)  # at chance, and high on every scan (v0.4's nodule)
+    return labels, probs, nod
+
+
+def test_a_finding_at_chance_gets_a_high_specificity_threshold_not_youden():
+    labels, probs, nod = _one_good_one_at_chance()
+    r = compute_metrics(labels, probs, n_boot=200, seed=1)
+    m = r.by_id("lung_nodule")
+    assert m.ci_low < 0.5 < m.ci_high  # the setting: the data do not show a separation
+    assert r.high_specificity == ["lung_nodule"]
+    y, p = labels[:, nod], probs[:, nod]
+    assert r.operating_thresholds["lung_nodule"] == specificity_threshold(y, p, 0.99)
+    assert sens_spec(y, p, r.operating_thresholds["lung_nodule"])[1] >= 0.99
+    # Youden would call most scans (the degenerate point); the operating threshold calls ~1 %
+    called_youden = (p >= r.youden_thresholds["lung_nodule"]).mean()
+    called_operating = (p >= r.operating_thresholds["lung_nodule"]).mean()
+    assert called_operating <= 0.02 < called_youden
+    # a separated finding keeps Youden's J
+    assert r.operating_thresholds["pleural_effusion"] == r.youden_thresholds["pleural_effusion"]
+    ops = r.summary["operating_points"]["lung_nodule"]["specificity_0.99"]
+    assert ops["threshold"] == r.operating_thresholds["lung_nodule"] and ops["specificity"] >= 0.99
+
+
+def test_write_thresholds_flags_the_findings_at_chance(checkpoint):
+    labels, probs, _ = _one_good_one_at_chance()
+    r = compute_metrics(labels, probs, n_boot=200, seed=1)
+    write_thresholds(checkpoint, r, data_label="synthetic validation")
+    man = read_manifest(checkpoint)
+    assert man.thresholds["lung_nodule"] == pytest.approx(r.operating_thresholds["lung_nodule"])
+    assert man.thresholds["pleural_effusion"] == pytest.approx(r.youden_thresholds["pleural_effusion"])
+    assert man.thresholds["cardiomegaly"] == 0.5  # no labels: unchanged
+    cal = man.raw["threshold_calibration"]
+    assert (
+        cal["high_specificity"]["findings"] == ["lung_nodule"]
+        and cal["high_specificity"]["specificity"] == 0.99
+    )
+    assert (
+        "specificity >= 0.99" in man.raw["threshold_method"] and "lung_nodule" in man.raw["threshold_method"]
+    )
+    load_checkpoint(checkpoint)  # still a valid checkpoint
 
 
 def test_evaluate_writes_report_and_thresholds(tmp_path, checkpoint):
@@ -102,7 +159,9 @@ def test_evaluate_writes_report_and_thresholds(tmp_path, checkpoint):
     write_thresholds(checkpoint, report, data_label="synthetic validation")
     man = read_manifest(checkpoint)
     assert sha256_file(checkpoint / "model.safetensors") == before == man.weights_sha256
-    assert man.thresholds["pleural_effusion"] == pytest.approx(report.youden_thresholds["pleural_effusion"])
+    assert man.thresholds["pleural_effusion"] == pytest.approx(
+        report.operating_thresholds["pleural_effusion"]
+    )
     assert man.thresholds["lung_nodule"] == 0.5  # not evaluated: unchanged
     assert "Youden" in man.raw["threshold_method"] and "synthetic validation" in man.raw["threshold_method"]
     _, reloaded = load_checkpoint(checkpoint)  # still loads (sha256 verified)
@@ -134,8 +193,13 @@ def test_evaluate_cli_on_phantoms(tmp_path, checkpoint, capsys):
         p.name for p in out.iterdir()
     }
     man = read_manifest(checkpoint)
-    for fid, thr in metrics["youden_thresholds"].items():
+    assert metrics["operating_thresholds"] and set(metrics["operating_thresholds"]) <= set(
+        metrics["youden_thresholds"]
+    )
+    for fid, thr in metrics["operating_thresholds"].items():
         assert man.thresholds[fid] == pytest.approx(thr)
+        at_chance = fid in metrics["high_specificity"]["findings"]
+        assert at_chance or thr == metrics["youden_thresholds"][fid]
     assert "macro AUC overall" in capsys.readouterr().out
     assert main(args) == 2  # refuses to overwrite the report
     assert "already holds an evaluation" in capsys.readouterr().err

@@ -15,6 +15,8 @@ from hyperct.training.metrics import (
     roc_auc,
     roc_curve,
     sens_spec,
+    separates,
+    specificity_threshold,
     youden_threshold,
 )
 
@@ -103,6 +105,43 @@ def test_youden_hand_worked_example():
     assert j == pytest.approx(2 / 3) and thr == 0.7
     assert sens_spec(y, s, 0.4) == (pytest.approx(1.0), pytest.approx(2 / 3))
     assert np.isnan(youden_threshold(np.ones(4), s[:4])[0])
+
+
+def test_specificity_threshold_hand_worked():
+    # 10 negatives 0.0..0.9 and two positives; specificity 0.9 allows one negative called (the 0.9)
+    y = np.array([0] * 10 + [1, 1])
+    s = np.array([0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.85, 0.3])
+    thr = specificity_threshold(y, s, 0.9)
+    assert 0.8 < thr < 0.8 + 1e-12  # just above the second-highest negative: the lowest that keeps 0.9
+    assert sens_spec(y, s, thr) == (0.5, 0.9)  # 0.85 called, 0.3 not
+    # specificity 1 (and 0.99 of 10 negatives, which allows none): above every negative
+    for spec in (1.0, 0.99):
+        thr = specificity_threshold(y, s, spec)
+        assert 0.9 < thr < 0.9 + 1e-12 and sens_spec(y, s, thr) == (0.0, 1.0)
+    # ties at the cut are all left uncalled; a negative at 1.0 caps the threshold at 1.0
+    assert specificity_threshold(np.zeros(4), np.array([0.2, 0.5, 0.5, 0.5]), 0.5) > 0.5
+    assert specificity_threshold(np.array([0, 1]), np.array([1.0, 0.3]), 1.0) == 1.0
+    assert np.isnan(specificity_threshold(np.ones(3), np.array([0.1, 0.2, 0.3])))
+    with pytest.raises(ValueError):
+        specificity_threshold(y, s, 0.0)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_specificity_threshold_meets_its_target_on_random_data(seed):
+    rng = np.random.default_rng(seed)
+    y = (rng.random(500) < 0.3).astype(int)
+    s = np.round(rng.random(500), 2)  # many ties
+    for spec in (0.9, 0.95, 0.99):
+        thr = specificity_threshold(y, s, spec)
+        assert sens_spec(y, s, thr)[1] >= spec
+        below = s[(y == 0) & (s < thr)].max()  # the next lower negative score would miss the target
+        assert sens_spec(y, s, below)[1] < spec
+
+
+def test_separates_uses_the_ci_and_falls_back_to_the_auc():
+    assert separates(0.62, 0.51) and not separates(0.62, 0.50) and not separates(0.43, 0.33)
+    assert separates(0.87, float("nan")) and not separates(0.5, float("nan"))
+    assert not separates(float("nan"), float("nan"))
 
 
 def test_net_benefit_formula():

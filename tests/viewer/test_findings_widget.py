@@ -154,6 +154,30 @@ def test_no_valid_score_is_shown_apart_and_gets_no_saliency(findings_widget, qtb
     assert emph_row == item.parent().childCount() - 1
 
 
+def test_a_finding_with_a_high_specificity_threshold_says_why_in_its_tooltip(
+    findings_widget, tiny_checkpoint, tmp_path, qtbot
+):
+    import shutil
+
+    from hyperct.checkpoint import update_manifest
+
+    ckpt = shutil.copytree(tiny_checkpoint, tmp_path / "ckpt")
+    # as `hyperct evaluate --write-thresholds` writes it (an unknown id in it is ignored)
+    update_manifest(
+        ckpt, threshold_calibration={"high_specificity": {"findings": ["lung_nodule", "not_a_finding"]}}
+    )
+    viewer, widget = findings_widget
+    widget.set_model_dirs(str(ckpt))
+    data, kwargs, _ = ct_layer_data(small_ct())
+    viewer.add_image(data, **kwargs)
+    widget.analyze()
+    qtbot.waitUntil(lambda: widget.result is not None and not widget.jobs.busy, timeout=60000)
+    nodule, effusion = widget._items["lung_nodule"], widget._items["pleural_effusion"]
+    for col in (1, 2, 3):
+        assert "99 % specificity" in nodule.toolTip(col) and "did not separate" in nodule.toolTip(col)
+        assert "specificity" not in effusion.toolTip(col)
+
+
 def test_export_of_an_existing_file_asks_in_gui_words_and_replaces_it_without_error(
     analysed_widget, qtbot, tmp_path, monkeypatch
 ):

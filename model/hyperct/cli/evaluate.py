@@ -4,7 +4,9 @@ DATA is a manifest CSV, ``ct-rate:ROOT:SPLIT`` (with --labels/--metadata when th
 the CT-RATE layout under ROOT) or ``phantom:N:SEED`` (N fresh phantoms, seeds SEED..SEED+N-1).
 
 ``--write-thresholds`` stores the per-finding Youden thresholds found on DATA in the checkpoint's
-manifest.json (run it on validation data); the weights are not changed.
+manifest.json (run it on validation data); the weights are not changed. A finding whose AUC's 95 %
+CI on DATA includes 0.5 (the model does not separate it) gets the lowest threshold with
+specificity >= 0.99 on DATA instead, and the manifest lists it (threshold_calibration).
 """
 
 from __future__ import annotations
@@ -48,7 +50,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument(
         "--write-thresholds",
         action="store_true",
-        help="write the Youden thresholds found on DATA into the checkpoint manifest (use validation data)",
+        help="write the Youden thresholds found on DATA into the checkpoint manifest (use validation data; "
+        "findings at chance on DATA get a 99 %% specificity threshold instead)",
     )
     add_overwrite_arg(p, "an existing report in --out")
     return p
@@ -97,6 +100,11 @@ def run(args: argparse.Namespace) -> int:
     if args.write_thresholds:
         write_thresholds(args.model, report, data_label=args.data)
         print(
-            f"thresholds for {len(report.youden_thresholds)} findings written to {args.model}/manifest.json"
+            f"thresholds for {len(report.operating_thresholds)} findings written to {args.model}/manifest.json"
         )
+        if report.high_specificity:
+            print(
+                "not separated from chance on these data (AUC 95 % CI includes 0.5), threshold set for "
+                f"specificity >= 0.99 instead of Youden's J: {', '.join(report.high_specificity)}"
+            )
     return 0

@@ -11,6 +11,10 @@ Operating thresholds: Youden's J on the evaluated data (``threshold_source="youd
 default) or the checkpoint's own thresholds (``"model"``). Youden thresholds are meant to be
 chosen on *validation* data and then written into the checkpoint (``write_thresholds``), so that
 a later evaluation on test data reports sensitivity/specificity at thresholds it did not choose.
+What ``write_thresholds`` writes is ``EvaluationReport.operating_thresholds``: Youden's J where the
+data show the model separating the finding, and for a finding they do not (its AUC's 95 % CI
+includes 0.5: ``metrics.separates``) the lowest threshold with specificity >= 0.99 instead, so that a
+finding the model cannot tell is rarely called rather than called on nearly every scan.
 """
 
 from __future__ import annotations
@@ -31,12 +35,15 @@ from hyperct.findings import GROUP_LABELS, catalogue
 from hyperct.jsonable import jsonable
 from hyperct.training.datasets import IndexedPixels, VolumeDataset
 from hyperct.training.metrics import (
+    HIGH_SPECIFICITY,
     MIN_CI_PER_CLASS,
     FindingMetrics,
     finding_metrics,
     labelled,
     macro_auc,
     sens_spec,
+    separates,
+    specificity_threshold,
     youden_threshold,
 )
 from hyperct.training.progress import progress_bar
@@ -49,6 +56,10 @@ class EvaluationReport:
     findings: list[FindingMetrics]
     macro_auc: dict[str, float]
     youden_thresholds: dict[str, float]
+    # what write_thresholds writes: Youden's J, or a high-specificity threshold for the findings in
+    # ``high_specificity`` (the data do not show the model separating them)
+    operating_thresholds: dict[str, float] = field(default_factory=dict)
+    high_specificity: list[str] = field(default_factory=list)
     files: list[Path] = field(default_factory=list)
     summary: dict = field(default_factory=dict)
 
@@ -175,7 +186,7 @@ def compute_metrics(
     """Per-finding metrics for every finding with at least one label and a score."""
     if threshold_source not in ("youden", "model"):
         raise ConfigError(f"threshold source {threshold_source!r}: use youden or model")
-    results, youden, extra = [], {}, {}
+    results, youden, extra, operating, high_spec = [], {}, {}, {}, []
     for f in catalogue():
         y = labels[:, f.index]
         p = probs[:, f.index]
@@ -193,18 +204,35 @@ def compute_metrics(
         thr_j, j = youden_threshold(yl, pl)
         if np.isfinite(thr_j):
             youden[f.id] = thr_j
+        spec_thr = specificity_threshold(yl, pl)
+        if np.isfinite(thr_j) and separates(m.auc, m.ci_low):
+            operating[f.id] = thr_j
+        elif np.isfinite(thr_j) and np.isfinite(spec_thr):  # both classes, no separation shown
+            operating[f.id] = spec_thr
+            high_spec.append(f.id)
+        hs, hsp = sens_spec(yl, pl, spec_thr) if np.isfinite(spec_thr) else (float("nan"), float("nan"))
         model_thr = float((model_thresholds or {}).get(f.id, 0.5))
         ms, msp = sens_spec(yl, pl, model_thr)
         ys, ysp = sens_spec(yl, pl, thr_j) if np.isfinite(thr_j) else (float("nan"), float("nan"))
         extra[f.id] = {
             "youden": {"threshold": thr_j, "j": j, "sensitivity": ys, "specificity": ysp},
             "model": {"threshold": model_thr, "sensitivity": ms, "specificity": msp},
+            f"specificity_{HIGH_SPECIFICITY:g}": {
+                "threshold": spec_thr,
+                "sensitivity": hs,
+                "specificity": hsp,
+            },
         }
     macro = {"overall": macro_auc([m.auc for m in results])}
     for group in catalogue().groups:
         macro[group] = macro_auc([m.auc for m in results if m.group == group])
     return EvaluationReport(
-        findings=results, macro_auc=macro, youden_thresholds=youden, summary={"operating_points": extra}
+        findings=results,
+        macro_auc=macro,
+        youden_thresholds=youden,
+        operating_thresholds=operating,
+        high_specificity=high_spec,
+        summary={"operating_points": extra},
     )
 
 
@@ -272,8 +300,14 @@ def evaluate(
         f"AUC 95 % CI: stratified percentile bootstrap, {n_boot} resamples, seed {seed}; not estimable "
         f"(not given) for findings with fewer than {MIN_CI_PER_CLASS} positives or {MIN_CI_PER_CLASS} negatives.",
         thr_note,
-        "AI output, not a diagnosis.",
     ]
+    if report.high_specificity:
+        notes.append(
+            f"Not separated from chance on these data (AUC 95 % CI includes 0.5): "
+            f"{', '.join(report.high_specificity)}; --write-thresholds gives them the lowest threshold with "
+            f"specificity >= {HIGH_SPECIFICITY:g} here instead of Youden's J."
+        )
+    notes.append("AI output, not a diagnosis.")
     write("metrics.csv", metrics_csv(report))
     write("metrics.md", metrics_markdown(report, title="HyperCT evaluation", notes=notes))
 
@@ -338,6 +372,12 @@ def evaluate(
             for m in report.findings
         },
         "youden_thresholds": report.youden_thresholds,
+        "operating_thresholds": report.operating_thresholds,
+        "high_specificity": {
+            "findings": report.high_specificity,
+            "specificity": HIGH_SPECIFICITY,
+            "why": "AUC 95 % CI includes 0.5 (no CI: AUC <= 0.5) on these data",
+        },
         "files": [p.name for p in files] + ["metrics.json"],
     }
     report.summary = dict(report.summary, **summary)
@@ -348,22 +388,34 @@ def evaluate(
 
 
 def write_thresholds(model_dir: str | Path, report: EvaluationReport, *, data_label: str) -> dict:
-    """Put the Youden thresholds of ``report`` into the checkpoint's manifest (atomic rewrite).
+    """Put the operating thresholds of ``report`` into the checkpoint's manifest (atomic rewrite):
+    Youden's J, and for the findings the data do not show the model separating
+    (``report.high_specificity``) the lowest threshold with specificity >= 0.99 there.
 
     Findings without both classes in the evaluated data keep their current threshold. The
-    weights (and their sha256) are untouched.
+    weights (and their sha256) are untouched. ``threshold_calibration.high_specificity`` lists the
+    findings that got the high-specificity threshold (a reader of the manifest can flag them).
     """
     from hyperct.checkpoint import read_manifest, update_manifest
 
     manifest = read_manifest(model_dir)
     current = manifest.thresholds
-    new = {fid: float(report.youden_thresholds.get(fid, current.get(fid, 0.5))) for fid in catalogue().ids}
+    operating = report.operating_thresholds
+    new = {fid: float(operating.get(fid, current.get(fid, 0.5))) for fid in catalogue().ids}
     n = {m.finding: m.n for m in report.findings}
-    tuned = sorted(report.youden_thresholds)
+    tuned = sorted(operating)
+    hs = sorted(report.high_specificity)
     method = (
         f"Youden's J (max sensitivity + specificity - 1) on {data_label} "
         f"({max(n.values()) if n else 0} volumes; {len(tuned)} of {len(new)} findings tuned, "
-        f"the others keep their previous threshold), {_dt.date.today().isoformat()}"
+        f"the others keep their previous threshold)"
+        + (
+            f"; not separated from chance there (AUC 95 % CI includes 0.5), so set for specificity "
+            f">= {HIGH_SPECIFICITY:g} instead: {', '.join(hs)}"
+            if hs
+            else ""
+        )
+        + f", {_dt.date.today().isoformat()}"
     )
     return update_manifest(
         model_dir,
@@ -373,6 +425,11 @@ def write_thresholds(model_dir: str | Path, report: EvaluationReport, *, data_la
             "method": "youden",
             "data": data_label,
             "tuned_findings": tuned,
+            "high_specificity": {
+                "findings": hs,
+                "specificity": HIGH_SPECIFICITY,
+                "why": "AUC 95 % CI includes 0.5 (no CI: AUC <= 0.5) on these data",
+            },
             "n": n,
             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         },

@@ -14,6 +14,9 @@ logit); a case is called positive when ``score >= threshold``.
   (the smallest score called positive at the optimum; on ties of J the highest such threshold, i.e.
   the most specific operating point). Choose it on validation data, not on the test data it is
   reported on.
+* Findings the data do not show the score separating (``separates``: the AUC's CI includes 0.5, or,
+  without a CI, the AUC is at most 0.5) get ``specificity_threshold`` instead: Youden's J on a
+  score at chance picks an arbitrary point, often one that calls nearly every case positive.
 * Net benefit at threshold probability pt (Vickers & Elkin 2006):
   NB = TP/n - FP/n * pt / (1 - pt); treat-all: prev - (1 - prev) * pt / (1 - pt); treat-none: 0.
 """
@@ -26,6 +29,7 @@ import numpy as np
 from scipy.stats import rankdata
 
 MIN_CI_PER_CLASS = 10  # fewest positives and fewest negatives for a bootstrap AUC interval
+HIGH_SPECIFICITY = 0.99  # the operating point of a finding the score does not separate
 
 
 def labelled(y: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -120,6 +124,30 @@ def youden_threshold(y: np.ndarray, score: np.ndarray) -> tuple[float, float]:
     j[0] = -np.inf  # the +inf threshold calls nobody positive
     best = int(np.flatnonzero(j >= j.max() - 1e-12)[0])  # highest threshold among (float) ties
     return float(thr[best]), float(j[best])
+
+
+def specificity_threshold(y: np.ndarray, score: np.ndarray, specificity: float = HIGH_SPECIFICITY) -> float:
+    """The lowest threshold whose specificity on these data is at least ``specificity`` (at most
+    ``floor((1 - specificity) * negatives)`` negatives called positive); nan without negatives.
+    Capped at 1.0 so that it stays a probability."""
+    if not 0.0 < specificity <= 1.0:
+        raise ValueError(f"specificity must be in (0, 1], got {specificity}")
+    y, score = np.asarray(y), np.asarray(score, dtype=np.float64)
+    neg = np.sort(score[y == 0])[::-1]
+    if neg.size == 0:
+        return float("nan")
+    allowed = int(np.floor((1.0 - specificity) * neg.size + 1e-9))
+    if allowed >= neg.size:
+        return float(neg[-1])
+    return float(min(np.nextafter(neg[allowed], np.inf), 1.0))
+
+
+def separates(auc: float, ci_low: float) -> bool:
+    """Whether an AUC shows the score separating the classes: its CI's lower bound above 0.5, or,
+    where there is no CI (too few cases, no resamples), the AUC itself above 0.5."""
+    if np.isfinite(ci_low):
+        return bool(ci_low > 0.5)
+    return bool(np.isfinite(auc) and auc > 0.5)
 
 
 def net_benefit(y: np.ndarray, prob: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
