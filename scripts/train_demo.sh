@@ -8,9 +8,11 @@
 #   V0=v02/assets/demo_model bash scripts/train_demo.sh   # stage 1 v0 = the backbone inside the demo
 #                 # model v0.2 (it froze it: the same weights), not trained again; v0.2 was shipped until
 #                 # v0.3: mkdir v02 && git archive fecca61 assets/demo_model | tar -x -C v02
-#   GATE=0 SHIP=1 VERSION=0.4 bash scripts/train_demo.sh
-#                                              # the shipped v0.4: the whole procedure, gate and target
-#                                              # missed, version 0.4 in the copied manifest
+#   GATE=0 SHIP=1 VERSION=0.4.1 bash scripts/train_demo.sh
+#                                              # the shipped v0.4.1: the whole procedure, gate and target
+#                                              # missed, version 0.4.1 in the copied manifest (v0.4's
+#                                              # weights; 0.4.1: the nodule, at chance on validation,
+#                                              # gets a 99 % specificity threshold, not Youden's)
 #   GATE=0 SHIP=1 STAGE2_CONFIG=configs/demo_v03.yaml bash scripts/train_demo.sh
 #                                              # v0.3 (shipped before v0.4): stage 2 on 800 phantoms, 900 steps
 #
