@@ -763,12 +763,10 @@ class FindingsWidget(QWidget):
             self._populate_table()
             return
         self.table.setSortingEnabled(False)
-        model = self.session.model
-        high_spec = set(model.manifest.high_specificity_findings) if model is not None else set()
         for f in result.findings:
             item = self._items[f.id]
             item.setData(COL_THRESH, ROLE_VALUE, f.threshold)
-            item.setText(COL_THRESH, f"{f.threshold:.2f}")
+            item.setText(COL_THRESH, f"{f.threshold:.2f}" + (" *" if f.high_specificity_threshold else ""))
             item.setText(COL_CALL, f.call)
             item.setData(COL_PROB, ROLE_CALL, f.call)
             font = QFont(item.font(COL_CALL))
@@ -788,7 +786,7 @@ class FindingsWidget(QWidget):
                 item.setData(COL_CALL, ROLE_VALUE, 1.0 if f.call == CALL_PRESENT else 0.0)
                 color = QColor(239, 120, 100) if f.call == CALL_PRESENT else QColor(180, 180, 180)
                 tip = f"{f.name}: p = {f.probability:.3f}, threshold {f.threshold:.2f}, {f.call}"
-                if f.id in high_spec:
+                if f.high_specificity_threshold:
                     tip += "\n" + HIGH_SPECIFICITY_TIP
                 for col in (COL_PROB, COL_CALL, COL_THRESH):
                     item.setToolTip(col, tip)

@@ -127,18 +127,22 @@ def finding_results(loaded: LoadedModel, logits: np.ndarray, tasks: Sequence[int
     probability and call at the model's threshold; not asked -> "not assessed"; asked but NaN/inf
     from the model -> "no valid score" (a failure)."""
     thresholds = loaded.thresholds
+    high_spec = set(loaded.manifest.high_specificity_findings)
     asked = set(int(t) for t in tasks)
     results = []
     for f in catalogue():
         lg = logits[f.index]
         th = float(thresholds[f.index])
         if f.index not in asked or not np.isfinite(lg):
+            p = logit = None
             call = CALL_NOT_ASSESSED if f.index not in asked else CALL_NO_SCORE
-            results.append(FindingResult(f.index, f.id, f.name, f.group, None, None, th, call))
-            continue
-        p = float(1.0 / (1.0 + np.exp(-lg)))
-        call = CALL_PRESENT if p >= th else CALL_ABSENT
-        results.append(FindingResult(f.index, f.id, f.name, f.group, p, float(lg), th, call))
+        else:
+            p, logit = float(1.0 / (1.0 + np.exp(-lg))), float(lg)
+            call = CALL_PRESENT if p >= th else CALL_ABSENT
+        flag = f.id in high_spec
+        results.append(
+            FindingResult(f.index, f.id, f.name, f.group, p, logit, th, call, high_specificity_threshold=flag)
+        )
     return results
 
 

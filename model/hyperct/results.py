@@ -45,6 +45,9 @@ class FindingResult:
     threshold: float
     call: str
     saliency: SaliencySummary | None = None
+    # the threshold was set for high specificity because the model's calibration data did not show it
+    # separating this finding from chance (Manifest.high_specificity_findings)
+    high_specificity_threshold: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

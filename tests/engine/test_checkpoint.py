@@ -152,3 +152,26 @@ def test_high_specificity_findings_read_from_an_untrusted_manifest(calibration, 
     if calibration is not None:
         raw["threshold_calibration"] = calibration
     assert Manifest(raw).high_specificity_findings == expected
+
+
+def test_results_carry_the_manifests_high_specificity_flag(tmp_path):
+    import numpy as np
+
+    from hyperct.checkpoint import update_manifest
+    from hyperct.inference import finding_results
+    from hyperct.loading import load_model
+    from tests.support.models import save_tiny_checkpoint
+
+    ckpt = save_tiny_checkpoint(tmp_path / "ckpt", seed=1)
+    logits = np.linspace(-3, 3, 25)
+    tasks = range(25)
+    assert not any(
+        f.high_specificity_threshold for f in finding_results(load_model(ckpt, device="cpu"), logits, tasks)
+    )
+    update_manifest(
+        ckpt, threshold_calibration={"high_specificity": {"findings": ["lung_nodule", "emphysema"]}}
+    )
+    results = finding_results(load_model(ckpt, device="cpu"), logits, tasks)
+    assert sorted(f.id for f in results if f.high_specificity_threshold) == ["emphysema", "lung_nodule"]
+    nodule = next(f for f in results if f.id == "lung_nodule")
+    assert nodule.to_dict()["high_specificity_threshold"] is True and nodule.probability is not None

@@ -129,3 +129,24 @@ def test_unicode_names_print_with_the_bundled_font(link_env):
     first = re.sub(r"\s+", " ", pages[0])
     assert "Łukasiewicz, Zoë" in first
     assert "Thorax – Lunge (Ø 1 mm)" in first
+
+
+def test_a_high_specificity_threshold_is_marked_in_the_table_and_explained_under_it(monkeypatch):
+    monkeypatch.setenv("HYPERCT_LINK_KEY", "pdf-test-key")
+    vol = make_volume()
+    result = make_result(vol, demo=True)
+    plain_doc = build_document(result, vol, None, mode="shareable")
+    _, plain_pages, _ = _text(render_pdf(plain_doc, vol, None))
+    assert "99 % specificity" not in plain_pages[0]
+    assert not any(f["threshold_high_specificity"] for f in plain_doc["findings"])
+
+    result["lung_nodule"].high_specificity_threshold = True
+    doc = build_document(result, vol, None, mode="shareable")  # validated against the schema
+    assert [f["id"] for f in doc["findings"] if f["threshold_high_specificity"]] == ["lung_nodule"]
+    _, pages, _ = _text(render_pdf(doc, vol, None))
+    page1 = re.sub(r"\s+", " ", pages[0])
+    threshold = f"{result['lung_nodule'].threshold:.2f} *"
+    assert threshold in page1 and page1.count(" *") == 2  # the nodule's row and the legend
+    assert "Threshold set for 99 % specificity" in page1 and "did not separate" in page1
+    # the findings table, legend included, still fits on page 1
+    assert catalogue()["right_atrial_filling_pressure"].name in page1

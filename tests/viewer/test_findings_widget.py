@@ -176,6 +176,7 @@ def test_a_finding_with_a_high_specificity_threshold_says_why_in_its_tooltip(
     for col in (1, 2, 3):
         assert "99 % specificity" in nodule.toolTip(col) and "did not separate" in nodule.toolTip(col)
         assert "specificity" not in effusion.toolTip(col)
+    assert nodule.text(2).endswith(" *") and not effusion.text(2).endswith("*")
 
 
 def test_export_of_an_existing_file_asks_in_gui_words_and_replaces_it_without_error(

@@ -273,6 +273,7 @@ def build_document(
                 "probability": _r(f.probability) if assessed else None,
                 "logit": _r(f.logit) if assessed and f.logit is not None else None,
                 "threshold": _r(f.threshold),
+                "threshold_high_specificity": bool(f.high_specificity_threshold),
                 "call": f.call,
                 "saliency": _saliency_block(result, f.id, volume, saliency) if assessed else None,
             }

@@ -443,7 +443,10 @@ def _findings_table(doc: dict, st, width: float, pad: float = 1.6):
                     Paragraph(
                         f"<b>{p:.3f}</b>" if present else (f"{p:.3f}" if p is not None else "-"), st["cell"]
                     ),
-                    Paragraph(f"{f['threshold']:.2f}", st["cell"]),
+                    Paragraph(
+                        f"{f['threshold']:.2f}" + (" *" if f.get("threshold_high_specificity") else ""),
+                        st["cell"],
+                    ),
                     Paragraph(call, st["cell"]),
                 ]
             )
@@ -681,13 +684,16 @@ def render_pdf(doc: dict, volume=None, saliency=None, *, key_findings: list[str]
     story.append(Spacer(1, 4))
     # rows a little tighter when the scope box or the skipped-series line takes room: the table stays on page 1
     story.append(_findings_table(doc, st, width, pad=1.6 if scope is None and line is None else 1.0))
-    story.append(
-        Paragraph(
-            "Bars: model probability (red when at or above the threshold); black tick: the finding's threshold. "
-            "Call = Present when probability \u2265 threshold.",
-            st["muted"],
-        )
+    legend = (
+        "Bars: model probability (red when at or above the threshold); black tick: the finding's threshold. "
+        "Call = Present when probability \u2265 threshold."
     )
+    if any(f.get("threshold_high_specificity") for f in doc["findings"]):
+        legend += (
+            " * Threshold set for 99 % specificity: on the model's validation data its score did not "
+            "separate this finding from chance, so the model is not shown to detect it."
+        )
+    story.append(Paragraph(legend, st["muted"]))
 
     keys = key_findings if key_findings is not None else default_key_findings(doc)
     key_block = [Paragraph("Key images", st["h2"])]
