@@ -74,7 +74,7 @@ CALL_TIPS = {
 }
 HIGH_SPECIFICITY_TIP = (
     "Threshold set for 99 % specificity: on the model's validation data its score did not separate "
-    "this finding from chance (AUC 95 % CI includes 0.5), so it is called only when unusually high."
+    "this finding from chance (AUC 95 % CI not above 0.5), so it is called only when unusually high."
 )
 NO_SCORE_COLOR = QColor(255, 167, 38)
 

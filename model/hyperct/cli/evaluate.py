@@ -5,7 +5,7 @@ the CT-RATE layout under ROOT) or ``phantom:N:SEED`` (N fresh phantoms, seeds SE
 
 ``--write-thresholds`` stores the per-finding Youden thresholds found on DATA in the checkpoint's
 manifest.json (run it on validation data); the weights are not changed. A finding whose AUC's 95 %
-CI on DATA includes 0.5 (the model does not separate it) gets the lowest threshold with
+CI on DATA is not above 0.5 (the model does not separate it) gets the lowest threshold with
 specificity >= 0.99 on DATA instead, and the manifest lists it (threshold_calibration).
 """
 
@@ -65,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
     from hyperct.training.cache import PreprocessCache
     from hyperct.training.datasets import build_dataset, parse_data_spec
     from hyperct.training.evaluate import evaluate, write_thresholds
+    from hyperct.training.metrics import HIGH_SPECIFICITY, NOT_SEPARATED
 
     if args.write_thresholds and not args.model:
         raise ConfigError("--write-thresholds needs --model DIR (the embedded demo model is read-only)")
@@ -104,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
         )
         if report.high_specificity:
             print(
-                "not separated from chance on these data (AUC 95 % CI includes 0.5), threshold set for "
-                f"specificity >= 0.99 instead of Youden's J: {', '.join(report.high_specificity)}"
+                f"not separated from chance on these data ({NOT_SEPARATED}), threshold set for "
+                f"specificity >= {HIGH_SPECIFICITY:g} instead of Youden's J: {', '.join(report.high_specificity)}"
             )
     return 0

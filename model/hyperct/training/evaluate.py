@@ -13,7 +13,7 @@ chosen on *validation* data and then written into the checkpoint (``write_thresh
 a later evaluation on test data reports sensitivity/specificity at thresholds it did not choose.
 What ``write_thresholds`` writes is ``EvaluationReport.operating_thresholds``: Youden's J where the
 data show the model separating the finding, and for a finding they do not (its AUC's 95 % CI
-includes 0.5: ``metrics.separates``) the lowest threshold with specificity >= 0.99 instead, so that a
+not above 0.5: ``metrics.separates``) the lowest threshold with specificity >= 0.99 instead, so that a
 finding the model cannot tell is rarely called rather than called on nearly every scan.
 """
 
@@ -37,6 +37,7 @@ from hyperct.training.datasets import IndexedPixels, VolumeDataset
 from hyperct.training.metrics import (
     HIGH_SPECIFICITY,
     MIN_CI_PER_CLASS,
+    NOT_SEPARATED,
     FindingMetrics,
     finding_metrics,
     labelled,
@@ -303,7 +304,7 @@ def evaluate(
     ]
     if report.high_specificity:
         notes.append(
-            f"Not separated from chance on these data (AUC 95 % CI includes 0.5): "
+            f"Not separated from chance on these data ({NOT_SEPARATED}): "
             f"{', '.join(report.high_specificity)}; --write-thresholds gives them the lowest threshold with "
             f"specificity >= {HIGH_SPECIFICITY:g} here instead of Youden's J."
         )
@@ -376,7 +377,7 @@ def evaluate(
         "high_specificity": {
             "findings": report.high_specificity,
             "specificity": HIGH_SPECIFICITY,
-            "why": "AUC 95 % CI includes 0.5 (no CI: AUC <= 0.5) on these data",
+            "why": f"{NOT_SEPARATED} on these data",
         },
         "files": [p.name for p in files] + ["metrics.json"],
     }
@@ -410,7 +411,7 @@ def write_thresholds(model_dir: str | Path, report: EvaluationReport, *, data_la
         f"({max(n.values()) if n else 0} volumes; {len(tuned)} of {len(new)} findings tuned, "
         f"the others keep their previous threshold)"
         + (
-            f"; not separated from chance there (AUC 95 % CI includes 0.5), so set for specificity "
+            f"; not separated from chance there ({NOT_SEPARATED}), so set for specificity "
             f">= {HIGH_SPECIFICITY:g} instead: {', '.join(hs)}"
             if hs
             else ""
@@ -428,7 +429,7 @@ def write_thresholds(model_dir: str | Path, report: EvaluationReport, *, data_la
             "high_specificity": {
                 "findings": hs,
                 "specificity": HIGH_SPECIFICITY,
-                "why": "AUC 95 % CI includes 0.5 (no CI: AUC <= 0.5) on these data",
+                "why": f"{NOT_SEPARATED} on {data_label}",
             },
             "n": n,
             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

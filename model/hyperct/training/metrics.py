@@ -14,8 +14,8 @@ logit); a case is called positive when ``score >= threshold``.
   (the smallest score called positive at the optimum; on ties of J the highest such threshold, i.e.
   the most specific operating point). Choose it on validation data, not on the test data it is
   reported on.
-* Findings the data do not show the score separating (``separates``: the AUC's CI includes 0.5, or,
-  without a CI, the AUC is at most 0.5) get ``specificity_threshold`` instead: Youden's J on a
+* Findings the data do not show the score separating (``separates``: the AUC's CI does not lie above
+  0.5, or, without a CI, the AUC is at most 0.5) get ``specificity_threshold`` instead: Youden's J on a
   score at chance picks an arbitrary point, often one that calls nearly every case positive.
 * Net benefit at threshold probability pt (Vickers & Elkin 2006):
   NB = TP/n - FP/n * pt / (1 - pt); treat-all: prev - (1 - prev) * pt / (1 - pt); treat-none: 0.
@@ -30,6 +30,7 @@ from scipy.stats import rankdata
 
 MIN_CI_PER_CLASS = 10  # fewest positives and fewest negatives for a bootstrap AUC interval
 HIGH_SPECIFICITY = 0.99  # the operating point of a finding the score does not separate
+NOT_SEPARATED = "AUC 95 % CI not above 0.5, or no CI and AUC <= 0.5"  # what ``separates`` rejects, in words
 
 
 def labelled(y: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
