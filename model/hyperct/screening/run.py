@@ -615,7 +615,14 @@ def screen(
                     if elapsed > 0 and run_stats["scored_now"]
                     else None
                 )
-            summary = tables.summarise(rows, entries, loose, not_done=not_done, stats=run_stats)
+            summary = tables.summarise(
+                rows,
+                entries,
+                loose,
+                not_done=not_done,
+                stats=run_stats,
+                high_specificity=loaded.manifest.high_specificity_findings,
+            )
             written += tables.write_table(
                 rows, tables.result_columns(opts.mode), opts.out, tables.RESULTS_STEM
             )

@@ -12,6 +12,7 @@ import io
 import json
 import os
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -144,7 +145,17 @@ def read_table(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
 # --- summary ---------------------------------------------------------------------------------------
 
 
-def summarise(rows: list[dict[str, Any]], entries, loose, *, not_done: int, stats: dict[str, Any]) -> dict:
+def summarise(
+    rows: list[dict[str, Any]],
+    entries,
+    loose,
+    *,
+    not_done: int,
+    stats: dict[str, Any],
+    high_specificity: Sequence[str] = (),
+) -> dict:
+    """The run's summary; ``high_specificity``: the findings whose threshold the model's manifest set
+    for high specificity (``Manifest.high_specificity_findings``), marked in the table."""
     cat = catalogue()
     scored = [r for r in rows if r["status"] == "scored"]
     failed = [r for r in rows if r["status"] == "failed"]
@@ -155,6 +166,7 @@ def summarise(rows: list[dict[str, Any]], entries, loose, *, not_done: int, stat
             "present": calls.get("present", 0),
             "absent": calls.get("absent", 0),
             "not_assessed": len(scored) - calls.get("present", 0) - calls.get("absent", 0),
+            "high_specificity_threshold": fid in high_specificity,
         }
     qc = Counter(code for r in rows for code in (r.get("qc_codes") or "").split(";") if code)
     skipped = Counter(e.reason.split(":")[0] for e in entries if e.status == "skipped")
@@ -190,7 +202,13 @@ def summary_text(s: dict) -> str:
     lines.append(f"{'finding':<34} {'present':>8} {'absent':>8} {'not assessed':>13}")
     cat = catalogue()
     for fid, c in s["findings"].items():
-        lines.append(f"{cat[fid].name[:34]:<34} {c['present']:>8} {c['absent']:>8} {c['not_assessed']:>13}")
+        name = cat[fid].name[:32] + " *" if c.get("high_specificity_threshold") else cat[fid].name[:34]
+        lines.append(f"{name:<34} {c['present']:>8} {c['absent']:>8} {c['not_assessed']:>13}")
+    if any(c.get("high_specificity_threshold") for c in s["findings"].values()):
+        lines.append(
+            "* threshold set for 99 % specificity: on the model's validation data its score did not separate "
+            "this finding from chance"
+        )
     if s["failures_by_reason"]:
         lines.append(
             "failed studies by reason: " + ", ".join(f"{k} {v}" for k, v in s["failures_by_reason"].items())
