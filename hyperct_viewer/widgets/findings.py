@@ -43,7 +43,13 @@ from qtpy.QtWidgets import (
 
 from hyperct import DISCLAIMER
 from hyperct.findings import GROUP_LABELS, catalogue
-from hyperct.results import CALL_NO_SCORE, CALL_NOT_ASSESSED, CALL_PRESENT, SCORED_CALLS
+from hyperct.results import (
+    CALL_NO_SCORE,
+    CALL_NOT_ASSESSED,
+    CALL_PRESENT,
+    HIGH_SPECIFICITY_NOTE,
+    SCORED_CALLS,
+)
 from hyperct.saliency import DEFAULT_METHOD, METHODS
 from hyperct_viewer.jobs import Jobs
 from hyperct_viewer.layers import (
@@ -72,10 +78,6 @@ CALL_TIPS = {
     "a failure, not a result. No saliency map is computed for it.",
     CALL_NOT_ASSESSED: "This finding was not scored (not asked for).",
 }
-HIGH_SPECIFICITY_TIP = (
-    "Threshold set for 99 % specificity: on the model's validation data its score did not separate "
-    "this finding from chance (AUC 95 % CI not above 0.5), so it is called only when unusually high."
-)
 NO_SCORE_COLOR = QColor(255, 167, 38)
 
 
@@ -787,7 +789,7 @@ class FindingsWidget(QWidget):
                 color = QColor(239, 120, 100) if f.call == CALL_PRESENT else QColor(180, 180, 180)
                 tip = f"{f.name}: p = {f.probability:.3f}, threshold {f.threshold:.2f}, {f.call}"
                 if f.high_specificity_threshold:
-                    tip += "\n" + HIGH_SPECIFICITY_TIP
+                    tip += "\n" + HIGH_SPECIFICITY_NOTE
                 for col in (COL_PROB, COL_CALL, COL_THRESH):
                     item.setToolTip(col, tip)
             item.setFont(COL_CALL, font)

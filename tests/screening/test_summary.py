@@ -33,4 +33,4 @@ def test_a_high_specificity_finding_is_marked_and_explained():
     effusion = next(x for x in lines if x.startswith(catalogue()["pleural_effusion"].name))
     assert nodule.split()[:3] == ["Lung", "nodule", "*"] and "*" not in effusion
     assert len(nodule) == len(effusion)  # the columns stay aligned
-    assert any(x.startswith("* threshold set for 99 % specificity") for x in lines)
+    assert any(x.startswith("* Threshold set for 99 % specificity") for x in lines)

@@ -21,6 +21,7 @@ from io import BytesIO
 from hyperct import DISCLAIMER
 from hyperct.report import deid
 from hyperct.report.document import format_name
+from hyperct.results import HIGH_SPECIFICITY_NOTE
 from hyperct.saliency import METHODS
 
 FONT, FONT_BOLD, FONT_ITALIC = "DejaVuSans", "DejaVuSans-Bold", "DejaVuSans-Oblique"
@@ -689,10 +690,7 @@ def render_pdf(doc: dict, volume=None, saliency=None, *, key_findings: list[str]
         "Call = Present when probability \u2265 threshold."
     )
     if any(f.get("threshold_high_specificity") for f in doc["findings"]):
-        legend += (
-            " * Threshold set for 99 % specificity: on the model's validation data its score did not "
-            "separate this finding from chance, so the model is not shown to detect it."
-        )
+        legend += f" * {HIGH_SPECIFICITY_NOTE}"
     story.append(Paragraph(legend, st["muted"]))
 
     keys = key_findings if key_findings is not None else default_key_findings(doc)

@@ -19,6 +19,7 @@ from typing import Any
 from hyperct.atomic import replace_file
 from hyperct.findings import catalogue
 from hyperct.report import deid
+from hyperct.results import HIGH_SPECIFICITY_NOTE
 
 RESULTS_STEM, INDEX_STEM, SUMMARY_STEM = "results", "index", "summary"
 
@@ -205,10 +206,7 @@ def summary_text(s: dict) -> str:
         name = cat[fid].name[:32] + " *" if c.get("high_specificity_threshold") else cat[fid].name[:34]
         lines.append(f"{name:<34} {c['present']:>8} {c['absent']:>8} {c['not_assessed']:>13}")
     if any(c.get("high_specificity_threshold") for c in s["findings"].values()):
-        lines.append(
-            "* threshold set for 99 % specificity: on the model's validation data its score did not separate "
-            "this finding from chance"
-        )
+        lines.append(f"* {HIGH_SPECIFICITY_NOTE}")
     if s["failures_by_reason"]:
         lines.append(
             "failed studies by reason: " + ", ".join(f"{k} {v}" for k, v in s["failures_by_reason"].items())
