@@ -38,7 +38,8 @@
 #    steps, ~3.3 s each measured on one CPU thread beside another job: ~3.3 h, plus four validations of
 #    ~12 min); a rerun resumes an interrupted one; STAGE2_CONFIG=FILE trains FILE into runs/<its name>
 #    instead (configs/demo_v03.yaml: the shipped v0.3, 800 phantoms, 900 steps);
-# 4. operating thresholds (Youden) from the 200 validation phantoms, written into the manifest;
+# 4. operating thresholds from the 200 validation phantoms (Youden; 99 % specificity for a finding whose
+#    AUC there is not above chance), written into the manifest;
 # 5. the held-out test: 300 fresh phantoms with seeds never used in training (hyperct evaluate);
 # 6. copy the checkpoint into assets/demo_model/ only when the test meets the target (macro AUC
 #    >= 0.90, every finding >= 0.75) or SHIP=1 (VERSION=X.Y then sets its model_version; the model

@@ -251,9 +251,9 @@ def test_train_demo_replays_the_kept_stage1_run_as_it_was_recorded():
 def test_the_shipped_demo_model_was_trained_as_configs_demo_v1_says():
     """assets/demo_model (v0.4.1: v0.4's weights, one threshold changed) records the stage-2 configuration
     it was trained with: configs/demo_v1.yaml, the one command's own stage 2 (GATE=0 SHIP=1
-    VERSION=0.4.1 bash scripts/train_demo.sh), apart from
-    where the run and its backbone lived; its version is the one the script gave it when shipping a
-    model below the issue's target, not the config's 1.0."""
+    VERSION=0.4.1 bash scripts/train_demo.sh), apart from where the run and its backbone lived; its
+    version is the one the script gave it when shipping a model below the issue's target, not the
+    config's 1.0."""
     import json
 
     root = CONFIGS.parent

@@ -374,11 +374,7 @@ def evaluate(
         },
         "youden_thresholds": report.youden_thresholds,
         "operating_thresholds": report.operating_thresholds,
-        "high_specificity": {
-            "findings": report.high_specificity,
-            "specificity": HIGH_SPECIFICITY,
-            "why": f"{NOT_SEPARATED} on these data",
-        },
+        "high_specificity": _high_specificity_block(report.high_specificity, "these data"),
         "files": [p.name for p in files] + ["metrics.json"],
     }
     report.summary = dict(report.summary, **summary)
@@ -386,6 +382,11 @@ def evaluate(
     files.append(out_dir / "metrics.json")
     report.files = files
     return report
+
+
+def _high_specificity_block(findings: list[str], data: str) -> dict:
+    """Which findings got the high-specificity threshold and why (metrics.json, the manifest)."""
+    return {"findings": findings, "specificity": HIGH_SPECIFICITY, "why": f"{NOT_SEPARATED} on {data}"}
 
 
 def write_thresholds(model_dir: str | Path, report: EvaluationReport, *, data_label: str) -> dict:
@@ -426,11 +427,7 @@ def write_thresholds(model_dir: str | Path, report: EvaluationReport, *, data_la
             "method": "youden",
             "data": data_label,
             "tuned_findings": tuned,
-            "high_specificity": {
-                "findings": hs,
-                "specificity": HIGH_SPECIFICITY,
-                "why": f"{NOT_SEPARATED} on {data_label}",
-            },
+            "high_specificity": _high_specificity_block(hs, data_label),
             "n": n,
             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         },
