@@ -96,7 +96,7 @@ def test_pretraining_writes_a_dinov3_folder_that_stage_2_can_use(tmp_path):
             "backbone": dict(TINY_BACKBONE),
             "data": {
                 "train": dict(phantoms, count=6, first_seed=900),
-                "valid": dict(phantoms, count=4, first_seed=950),
+                "valid": dict(phantoms, count=7, first_seed=950),
                 "cache_dir": str(tmp_path / "cache"),
             },
             "optim": {
@@ -115,6 +115,8 @@ def test_pretraining_writes_a_dinov3_folder_that_stage_2_can_use(tmp_path):
     assert len(losses) == 3 and losses[-1] < losses[0]
     assert "pleural_effusion" in report["log"][-1]["valid"]["image_auc"]
     assert "volume_auc" not in report["log"][-1]["valid"]  # objective off: no volume head
+    # the 6 training phantoms and the 4 that validate, not all 7 of data.valid
+    assert len(list((tmp_path / "cache").rglob("*.json"))) == 6 + 4
     backbone = load_backbone(out)  # the users' DINOv3 path
     fresh = __import__("hyperct.network.backbone", fromlist=["x"]).build_backbone(dict(TINY_BACKBONE), seed=3)
     a = backbone.state_dict()["model.layer.0.mlp.up_proj.weight"]

@@ -840,9 +840,10 @@ def pretrain_backbone(
                 dc.train, cache=cache, field="data.train", source=source, progress=True, workers=workers
             )
         valid = None
-        if dc.valid:
+        if dc.valid:  # only the phantoms validate() reads: valid.phantoms of them, not all of data.valid
+            wanted = dict(dc.valid, count=min(int(dc.valid["count"]), cfg.valid.phantoms))
             valid = build_dataset(
-                dc.valid, cache=cache, field="data.valid", source=source, progress=True, workers=workers
+                wanted, cache=cache, field="data.valid", source=source, progress=True, workers=workers
             )
         from hyperct.findings import catalogue
 
