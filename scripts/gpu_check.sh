@@ -10,7 +10,9 @@
 #   pretrain_log.jsonl          `hyperct pretrain --resume` of the best stage-1 backbone for one epoch on CUDA
 # and last tests/report/test_dtype_cli.py (its bf16-on-a-GPU test is skipped without one).
 #
-#   bash scripts/gpu_check.sh                  # PYTHONPATH=model, python3 with torch (CUDA build)
+#   bash scripts/gpu_check.sh                  # python3 with torch (CUDA build); hyperct installed
+#                                              # (pip install -e .) or, in a bare source tree, on PYTHONPATH=model
+#                                              # with assets/ linked in as hyperct/assets for the run
 #   WORKERS=14 OUT=/tmp/gc bash scripts/gpu_check.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -22,6 +24,11 @@ SMALL=${SMALL:-0}            # SMALL=1: tiny counts (a quick try on a CPU)
 ONLY=${ONLY:-}               # ONLY='train|train_resume': only these steps (a rerun)
 mkdir -p "$OUT" "$WORK"
 export PYTHONPATH="$PWD/model${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 HYPERCT_NO_PROGRESS=1
+# hyperct.assets is the top-level assets/ folder (pyproject's package-dir), which only an install maps;
+# a bare source tree gets a link for this run, removed at exit
+if ! python3 -c "import hyperct.assets" 2>/dev/null && [ ! -e model/hyperct/assets ]; then
+  ln -s ../../assets model/hyperct/assets && trap 'rm -f model/hyperct/assets' EXIT
+fi
 HCT="python3 -m hyperct.cli.main"  # the `hyperct` command without an installed entry point
 step() {  # step NAME SECONDS COMMAND...: run it time-boxed, report its exit status and duration
   local name=$1 limit=$2 t0=$SECONDS rc
@@ -35,7 +42,9 @@ step() {  # step NAME SECONDS COMMAND...: run it time-boxed, report its exit sta
 if [ "$SMALL" = 1 ]; then
   SCANS=2 TRAIN=16 VALID=8 PAIRS=4 PVALID=4
 else
-  SCANS=8 TRAIN=96 VALID=16 PAIRS=200 PVALID=40
+  # phantoms are generated on the CPU first: on a 16-core H200 machine 96 + 16 for `train` and 200
+  # pairs for `pretrain` did not fit their limits (2026-12-04, benchmarks/results/gpu_check_h200_log.txt)
+  SCANS=8 TRAIN=32 VALID=8 PAIRS=24 PVALID=8
 fi
 BACKBONE=progress/demo-backbone-v1w-pair-heart  # the best stage-1 backbone (epoch 94): the shipped demo's
 {
