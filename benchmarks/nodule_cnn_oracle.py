@@ -1,8 +1,8 @@
 """Can a small learned detector find a finding in what one ViT image sees, where stage 1 cannot?
 
     python benchmarks/nodule_cnn_oracle.py [--finding lung_nodule] [--train 800] [--valid 200]
-        [--steps 1500] [--eval-every 500] [--split-negatives] [--eval-train N] [--cache cache/hyperct-demo]
-        [--out FILE]
+        [--steps 1500] [--eval-every 500] [--split-negatives] [--rank-negatives K] [--eval-train N]
+        [--cache cache/hyperct-demo] [--out FILE]
 
 The hand-made blob filter (``nodule_blob_oracle.py``) finds the lung nodule within one RGB image at
 AUC 0.74 while every stage-1 backbone's token head, scored as its maximum over a volume, stays at
@@ -16,6 +16,9 @@ holding the finding where the phantom has it. It reports, on the probe's validat
 label), the token AUC, and which other findings that maximum fires on in volumes without the
 finding (``look_alikes``), every ``--eval-every`` steps. ``--split-negatives``: the token loss
 weighs the negatives that hold another finding as much as the rest (``optim.split_negatives``).
+``--rank-negatives K``: adds a ranking loss (``rank_loss``): every positive token of the batch must
+outscore each of the batch's K highest-scoring negative tokens, wherever they are; the volume maximum
+needs the finding above every other token of every volume, which a per-token loss does not ask.
 ``--eval-train N``: the same scores on the first N training phantoms (a detector that ranks the
 phantoms it trained on and not new ones is short of examples, not of the right objective).
 
@@ -120,6 +123,17 @@ def evaluate(model: TokenDetector, sampler: _ImageSampler, ds, k: int, n: int | 
     }
 
 
+def rank_loss(logits: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
+    """Mean softplus(negative - positive) over every positive token of the batch and each of its
+    ``k`` highest-scoring negative tokens (the hardest, wherever they are); 0 without a positive.
+    ``logits``, ``labels``: any shape, the same."""
+    s, y = logits.flatten(), labels.flatten() > 0
+    if not bool(y.any()) or bool(y.all()):
+        return logits.sum() * 0.0
+    neg = s[~y].topk(min(k, int((~y).sum()))).values
+    return torch.nn.functional.softplus(neg[None, :] - s[y][:, None]).mean()
+
+
 def fit(
     model: TokenDetector,
     batches,
@@ -127,12 +141,14 @@ def fit(
     rng: np.random.Generator,
     on_step=None,
     split_negatives: bool = False,
+    rank_negatives: int = 0,
 ) -> list[float]:
     """Train ``model`` for ``steps`` steps on ``batches(rng)`` -> (pixels, token labels (n, T, 1))
     with the stage-1 token loss plus the token-max loss (balanced per class), AdamW with a one-cycle
     schedule. ``on_step(step, losses)`` is called after each step. ``split_negatives``: the token
     loss weighs the negatives that hold another finding as much as the rest (``finding_loss``;
-    ``batches`` then also returns those tokens, (n, T, 1)). Returns the losses."""
+    ``batches`` then also returns those tokens, (n, T, 1)); ``rank_negatives`` K > 0 adds
+    ``rank_loss`` with K hardest negatives. Returns the losses."""
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps, pct_start=0.1)
     losses: list[float] = []
@@ -142,6 +158,8 @@ def fit(
         lg = model(pix)[..., None]
         split = {"split_negatives": True, "other": other[0]} if split_negatives else {}
         loss = finding_loss(lg, tok, mode="balanced", **split) + token_max_loss(lg, tok, mode="balanced")
+        if rank_negatives > 0:
+            loss = loss + rank_loss(lg, tok, rank_negatives)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -162,6 +180,7 @@ def train_detector(
     log=print,
     split_negatives: bool = False,
     eval_train: int = 0,
+    rank_negatives: int = 0,
 ) -> dict:
     """``fit`` a new detector for finding ``k`` on ``train`` (``draw``), evaluated on ``valid``
     every ``eval_every`` steps and at the end."""
@@ -187,6 +206,7 @@ def train_detector(
         np.random.default_rng(seed),
         on_step,
         split_negatives,
+        rank_negatives,
     )
     return {"curve": curve, "final": curve[-1]}
 
@@ -210,6 +230,13 @@ def main() -> None:
         action="store_true",
         help="the token loss weighs negatives that hold another finding as much as the rest",
     )
+    ap.add_argument(
+        "--rank-negatives",
+        type=int,
+        default=0,
+        metavar="K",
+        help="add a ranking loss: each positive token above the batch's K highest negative tokens",
+    )
     ap.add_argument("--out")
     args = ap.parse_args()
     k = catalogue().ids.index(args.finding)
@@ -225,6 +252,7 @@ def main() -> None:
         log=lambda m: print(m, file=sys.stderr),
         split_negatives=args.split_negatives,
         eval_train=args.eval_train,
+        rank_negatives=args.rank_negatives,
     )
     emit_json(
         {
@@ -234,6 +262,7 @@ def main() -> None:
             "valid_phantoms": args.valid,
             "steps": args.steps,
             "split_negatives": args.split_negatives,
+            "rank_negatives": args.rank_negatives,
             "images_per_step": 32,
             "torch_threads": torch.get_num_threads(),
             **got,

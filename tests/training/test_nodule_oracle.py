@@ -60,10 +60,9 @@ def _toy_images(rng, n: int, with_disc: np.ndarray, size: int = 48):
     return torch.from_numpy(np.repeat(pix[:, None], 3, axis=1)), torch.from_numpy(tok)
 
 
-def test_the_learned_detector_tells_a_disc_from_vessels_once_trained():
-    """benchmarks/nodule_cnn_oracle.py: its detector, trained with the stage-1 token and token-max
-    losses, ranks images by their best token: those with a nodule-like disc above those with only
-    vessel-like lines, which the untrained detector does not."""
+def _toy_detector_aucs(**fit_kwargs) -> tuple[float, float]:
+    """benchmarks/nodule_cnn_oracle.py's detector on the toy task: the held-out image AUC of its best
+    token before and after 150 steps of ``fit`` (``fit_kwargs`` passed on)."""
     mod = load_benchmark("nodule_cnn_oracle")
     from hyperct.training.metrics import roc_auc
 
@@ -79,6 +78,38 @@ def test_the_learned_detector_tells_a_disc_from_vessels_once_trained():
             return float(roc_auc(y.astype(int), model(held_out).amax(dim=1).numpy()))
 
     before = auc()
-    mod.fit(model, lambda r: _toy_images(r, 16, r.random(16) < 0.5), 150, rng)
-    after = auc()
+    mod.fit(model, lambda r: _toy_images(r, 16, r.random(16) < 0.5), 150, rng, **fit_kwargs)
+    return before, auc()
+
+
+def test_the_learned_detector_tells_a_disc_from_vessels_once_trained():
+    """benchmarks/nodule_cnn_oracle.py: its detector, trained with the stage-1 token and token-max
+    losses, ranks images by their best token: those with a nodule-like disc above those with only
+    vessel-like lines, which the untrained detector does not."""
+    before, after = _toy_detector_aucs()
+    assert after > 0.9 and after > before + 0.2, (before, after)
+
+
+def test_the_rank_loss_reads_only_the_hardest_negatives_and_orders_them_below_the_positives():
+    """``--rank-negatives K``: the loss grows when a negative token outscores a positive one, only
+    the K highest negatives count, and a batch without a positive adds nothing."""
+    mod = load_benchmark("nodule_cnn_oracle")
+    y = torch.tensor([1.0, 0, 0, 0, 0, 0])
+    ordered = mod.rank_loss(torch.tensor([5.0, 0, -1, -2, -3, -4]), y, k=2)
+    inverted = mod.rank_loss(torch.tensor([0.0, 5, -1, -2, -3, -4]), y, k=2)
+    assert float(ordered) < 0.5 < float(inverted)
+    # the third-highest negative is not among the 2 hardest: moving it changes nothing
+    moved = mod.rank_loss(torch.tensor([5.0, 0, -1, -9, -3, -4]), y, k=2)
+    assert torch.equal(moved, ordered)
+    # ... and one that becomes the hardest does
+    assert float(mod.rank_loss(torch.tensor([5.0, 0, -1, 6, -3, -4]), y, k=2)) > float(ordered) + 0.5
+    logits = torch.zeros(6, requires_grad=True)
+    none = mod.rank_loss(logits, torch.zeros(6), k=2)
+    none.backward()
+    assert float(none) == 0.0 and torch.count_nonzero(logits.grad) == 0
+
+
+def test_the_rank_loss_trains_the_detector_too():
+    """The toy task above with the ranking loss added (``--rank-negatives 8``): still learnt."""
+    before, after = _toy_detector_aucs(rank_negatives=8)
     assert after > 0.9 and after > before + 0.2, (before, after)
