@@ -1,7 +1,7 @@
 """Can a small learned detector find a finding in what one ViT image sees, where stage 1 cannot?
 
     python benchmarks/nodule_cnn_oracle.py [--finding lung_nodule] [--train 800] [--valid 200]
-        [--steps 1500] [--eval-every 500] [--split-negatives] [--rank-negatives K] [--eval-train N]
+        [--steps 1500] [--eval-every 500] [--split-negatives] [--rank-negatives K] [--blob-target W] [--eval-train N]
         [--cache cache/hyperct-demo] [--out FILE]
 
 The hand-made blob filter (``nodule_blob_oracle.py``) finds the lung nodule within one RGB image at
@@ -19,6 +19,10 @@ weighs the negatives that hold another finding as much as the rest (``optim.spli
 ``--rank-negatives K``: adds a ranking loss (``rank_loss``): every positive token of the batch must
 outscore each of the batch's K highest-scoring negative tokens, wherever they are; the volume maximum
 needs the finding above every other token of every volume, which a per-token loss does not ask.
+``--blob-target W``: a second read-out learns, per token, the hand-made blob filter's response
+(``nodule_blob_oracle``: bright in every direction at nodule scale, within the image's 3 slices,
+in the lungs; ``blob_tokens``), weighted W beside the other losses: the detector's features must
+then encode what separates a nodule from vessels and lung textures, which its labels do not say.
 ``--eval-train N``: the same scores on the first N training phantoms (a detector that ranks the
 phantoms it trained on and not new ones is short of examples, not of the right objective).
 
@@ -45,18 +49,19 @@ from probe_backbone import probe_datasets  # noqa: E402
 from probe_token_head import look_alikes_of  # noqa: E402
 
 from hyperct.findings import catalogue  # noqa: E402
-from hyperct.preprocess import N_IMAGES  # noqa: E402
+from hyperct.preprocess import HU_MAX, HU_MIN, IMAGENET_MEAN, IMAGENET_STD, N_IMAGES  # noqa: E402
 from hyperct.training.metrics import roc_auc  # noqa: E402
 from hyperct.training.pretrain import _ImageSampler, finding_loss, token_max_loss  # noqa: E402
 
 PATCH = 16  # the demo ViT's token size: one detector logit per ViT token
+BLOB_SCALE = 2.5  # the blob filter's scale (model-grid pixels) for --blob-target: its best one-image view
 
 
 class TokenDetector(nn.Module):
     """(N, 3, H, W) images -> (N, H/16 * W/16) logits: five 3x3 conv layers (four of stride 2) and a
     1x1 read-out, ~80 M multiply-adds per 144 x 144 image (the demo ViT: ~88 M)."""
 
-    def __init__(self, width: int = 32):
+    def __init__(self, width: int = 32, aux: bool = False):
         super().__init__()
         w = width
         chans = [3, w * 3 // 4, w, w * 3 // 2, 2 * w, 2 * w]
@@ -69,9 +74,40 @@ class TokenDetector(nn.Module):
             ]
         self.features = nn.Sequential(*layers)
         self.read = nn.Conv2d(chans[-1], 1, 1)
+        # a second read-out (--blob-target), made after the first so that without it the
+        # detector's initial weights stay what they were
+        self.aux = nn.Conv2d(chans[-1], 1, 1) if aux else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.read(self.features(x)).flatten(1)
+
+    def both(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The finding's logits and the auxiliary read-out, (N, T) each."""
+        f = self.features(x)
+        return self.read(f).flatten(1), self.aux(f).flatten(1)
+
+
+def blob_tokens(pixels: torch.Tensor) -> torch.Tensor:
+    """(n, 3, H, W) normalised images -> (n, T): per 16 x 16 token, log(1 + the strongest blob
+    response in it) of ``nodule_blob_oracle.blob_3d`` on the image's 3 slices (HU again), in the
+    lungs (air around, the voxel itself denser than -700 HU); 0 where there is none."""
+    from nodule_blob_oracle import Z_FACTOR, blob_3d
+    from scipy import ndimage as ndi
+
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    hu = ((pixels * std + mean) * (HU_MAX - HU_MIN) + HU_MIN).numpy().astype(np.float32)
+    n, _, h, w = hu.shape
+    out = np.zeros((n, h // PATCH, w // PATCH), dtype=np.float32)
+    for i in range(n):
+        lungs = ndi.gaussian_filter((hu[i] < -500).astype(np.float32), (0, 5, 5)) > 0.6
+        where = lungs & (hu[i] > -700)
+        if not where.any():
+            continue
+        full = np.zeros(hu[i].shape, dtype=np.float32)
+        full[where] = blob_3d(hu[i], (Z_FACTOR, BLOB_SCALE, BLOB_SCALE), where, mode="nearest")
+        out[i] = full.max(axis=0).reshape(h // PATCH, PATCH, w // PATCH, PATCH).max(axis=(1, 3))
+    return torch.from_numpy(np.log1p(out)).reshape(n, -1)
 
 
 def draw(sampler: _ImageSampler, ds, k: int, rng: np.random.Generator, phantoms: int, per: int):
@@ -142,24 +178,33 @@ def fit(
     on_step=None,
     split_negatives: bool = False,
     rank_negatives: int = 0,
+    blob_target: float = 0.0,
 ) -> list[float]:
     """Train ``model`` for ``steps`` steps on ``batches(rng)`` -> (pixels, token labels (n, T, 1))
     with the stage-1 token loss plus the token-max loss (balanced per class), AdamW with a one-cycle
     schedule. ``on_step(step, losses)`` is called after each step. ``split_negatives``: the token
     loss weighs the negatives that hold another finding as much as the rest (``finding_loss``;
     ``batches`` then also returns those tokens, (n, T, 1)); ``rank_negatives`` K > 0 adds
-    ``rank_loss`` with K hardest negatives. Returns the losses."""
+    ``rank_loss`` with K hardest negatives; ``blob_target`` W > 0 adds W x the mean squared error of
+    the model's second read-out (``TokenDetector(aux=True)``) against ``blob_tokens``. Returns the
+    losses."""
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps, pct_start=0.1)
     losses: list[float] = []
     model.train()
     for step in range(1, steps + 1):
         pix, tok, *other = batches(rng)
-        lg = model(pix)[..., None]
+        if blob_target > 0:
+            lg, aux = model.both(pix)
+            lg = lg[..., None]
+        else:
+            lg = model(pix)[..., None]
         split = {"split_negatives": True, "other": other[0]} if split_negatives else {}
         loss = finding_loss(lg, tok, mode="balanced", **split) + token_max_loss(lg, tok, mode="balanced")
         if rank_negatives > 0:
             loss = loss + rank_loss(lg, tok, rank_negatives)
+        if blob_target > 0:
+            loss = loss + blob_target * torch.nn.functional.mse_loss(aux, blob_tokens(pix))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -181,11 +226,12 @@ def train_detector(
     split_negatives: bool = False,
     eval_train: int = 0,
     rank_negatives: int = 0,
+    blob_target: float = 0.0,
 ) -> dict:
     """``fit`` a new detector for finding ``k`` on ``train`` (``draw``), evaluated on ``valid``
     every ``eval_every`` steps and at the end."""
     torch.manual_seed(seed)
-    model = TokenDetector()
+    model = TokenDetector(aux=blob_target > 0)
     st, sv = _ImageSampler(train, PATCH), _ImageSampler(valid, PATCH)
     curve, start = [], time.time()
 
@@ -207,6 +253,7 @@ def train_detector(
         on_step,
         split_negatives,
         rank_negatives,
+        blob_target,
     )
     return {"curve": curve, "final": curve[-1]}
 
@@ -237,6 +284,13 @@ def main() -> None:
         metavar="K",
         help="add a ranking loss: each positive token above the batch's K highest negative tokens",
     )
+    ap.add_argument(
+        "--blob-target",
+        type=float,
+        default=0.0,
+        metavar="W",
+        help="add an auxiliary read-out that learns the blob filter's response per token, weight W",
+    )
     ap.add_argument("--out")
     args = ap.parse_args()
     k = catalogue().ids.index(args.finding)
@@ -253,6 +307,7 @@ def main() -> None:
         split_negatives=args.split_negatives,
         eval_train=args.eval_train,
         rank_negatives=args.rank_negatives,
+        blob_target=args.blob_target,
     )
     emit_json(
         {
@@ -263,6 +318,7 @@ def main() -> None:
             "steps": args.steps,
             "split_negatives": args.split_negatives,
             "rank_negatives": args.rank_negatives,
+            "blob_target": args.blob_target,
             "images_per_step": 32,
             "torch_threads": torch.get_num_threads(),
             **got,

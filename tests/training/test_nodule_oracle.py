@@ -106,10 +106,44 @@ def test_the_rank_loss_reads_only_the_hardest_negatives_and_orders_them_below_th
     logits = torch.zeros(6, requires_grad=True)
     none = mod.rank_loss(logits, torch.zeros(6), k=2)
     none.backward()
-    assert float(none) == 0.0 and torch.count_nonzero(logits.grad) == 0
+    assert float(none.detach()) == 0.0 and torch.count_nonzero(logits.grad) == 0
 
 
 def test_the_rank_loss_trains_the_detector_too():
     """The toy task above with the ranking loss added (``--rank-negatives 8``): still learnt."""
     before, after = _toy_detector_aucs(rank_negatives=8)
     assert after > 0.9 and after > before + 0.2, (before, after)
+
+
+def test_blob_tokens_mark_the_token_holding_a_nodule_and_not_a_vessel():
+    """``--blob-target``: the auxiliary target of a token holding a nodule-sized sphere is well above
+    that of a token a vessel runs through, and a triplet without the sphere has no such token."""
+    mod = load_benchmark("nodule_cnn_oracle")
+    from hyperct.preprocess import normalise
+
+    def triplet(sphere: bool) -> torch.Tensor:
+        hu = np.full((3, 48, 48), -880.0, dtype=np.float32)
+        hu[:, :40, :40] = _lung(tube=True, sphere=sphere)[79:82]  # the sphere's centre is slice 80
+        return normalise(torch.from_numpy(hu))
+
+    with_nodule, without = mod.blob_tokens(torch.cat([triplet(True), triplet(False)]))
+    # 3 x 3 tokens of 16 pixels: the vessel (12, 12) is in token 0, the sphere (26, 14) in token 3
+    assert with_nodule[3] > 2 * max(float(with_nodule[0]), 0.05), with_nodule
+    assert float(without.max()) < 0.5 * float(with_nodule[3]), (without, with_nodule)
+
+
+def test_the_blob_target_trains_an_auxiliary_read_out_and_keeps_the_default_detector():
+    """``TokenDetector(aux=True)`` adds a second read-out without changing the first's initial
+    weights (the other arms stay reproducible), and ``fit(blob_target=W)`` trains it."""
+    mod = load_benchmark("nodule_cnn_oracle")
+    torch.manual_seed(0)
+    plain = mod.TokenDetector(width=16)
+    torch.manual_seed(0)
+    both = mod.TokenDetector(width=16, aux=True)
+    assert plain.aux is None
+    for key, value in plain.state_dict().items():
+        assert torch.equal(both.state_dict()[key], value), key
+    start = both.aux.weight.detach().clone()
+    rng = np.random.default_rng(0)
+    mod.fit(both, lambda r: _toy_images(r, 4, r.random(4) < 0.5), 3, rng, blob_target=1.0)
+    assert not torch.equal(both.aux.weight, start)
