@@ -137,12 +137,19 @@ def _auc(y: np.ndarray, s: np.ndarray) -> float | None:
 def evaluate(model: TokenDetector, sampler: _ImageSampler, ds, k: int, n: int | None = None) -> dict:
     """Volume AUC of the maximum token logit (phantom labels, unlabelled left out), token AUC, and
     the other findings that maximum fires on in volumes without finding ``k``
-    (``probe_token_head.look_alikes_of``); on the first ``n`` phantoms of ``ds`` (default all)."""
+    (``probe_token_head.look_alikes_of``); on the first ``n`` phantoms of ``ds`` (default all).
+    With an auxiliary read-out (``--blob-target``) also its maximum's volume AUC
+    (``aux_volume_max_auc``)."""
     model.eval()
-    vol, labels, tok, tok_y = [], [], [], []
+    vol, aux_vol, labels, tok, tok_y = [], [], [], [], []
     for i in range(len(ds) if n is None else min(n, len(ds))):
         pix, t = sampler.images(i, np.arange(N_IMAGES))
-        lg = torch.cat([model(pix[a : a + 28]) for a in range(0, N_IMAGES, 28)])
+        if model.aux is not None:  # the auxiliary read-out's maximum too: does it learn the filter?
+            both = [model.both(pix[a : a + 28]) for a in range(0, N_IMAGES, 28)]
+            lg = torch.cat([b[0] for b in both])
+            aux_vol.append(float(torch.cat([b[1] for b in both]).max()))
+        else:
+            lg = torch.cat([model(pix[a : a + 28]) for a in range(0, N_IMAGES, 28)])
         vol.append(float(lg.max()))
         labels.append(np.asarray(ds.labels[i]))
         tok.append(lg.flatten().numpy())
@@ -150,13 +157,16 @@ def evaluate(model: TokenDetector, sampler: _ImageSampler, ds, k: int, n: int | 
     model.train()
     vol, labels = np.asarray(vol), np.stack(labels)
     known = labels[:, k] >= 0
-    return {
+    got = {
         "volume_max_auc": _auc(labels[known, k], vol[known]),
         "token_auc": _auc(np.concatenate(tok_y), np.concatenate(tok)),
         "labelled": int(known.sum()),
         "positive": int((labels[known, k] == 1).sum()),
         "look_alikes": look_alikes_of(vol, labels, k),
     }
+    if aux_vol:
+        got["aux_volume_max_auc"] = _auc(labels[known, k], np.asarray(aux_vol)[known])
+    return got
 
 
 def rank_loss(logits: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:

@@ -147,3 +147,31 @@ def test_the_blob_target_trains_an_auxiliary_read_out_and_keeps_the_default_dete
     rng = np.random.default_rng(0)
     mod.fit(both, lambda r: _toy_images(r, 4, r.random(4) < 0.5), 3, rng, blob_target=1.0)
     assert not torch.equal(both.aux.weight, start)
+
+
+def test_evaluate_scores_the_auxiliary_read_out_by_its_own_maximum():
+    """With ``--blob-target`` the evaluation also ranks the volumes by the auxiliary read-out's
+    maximum (``aux_volume_max_auc``): here the read-out sees the bright images of the volumes that
+    hold the finding and the finding's own logits are flat."""
+    mod = load_benchmark("nodule_cnn_oracle")
+    k = 0
+    labels = np.zeros((8, 25), dtype=np.int64)
+    labels[::2, k] = 1
+
+    class Data(list):  # len() and .labels: what evaluate reads of a dataset
+        pass
+
+    data = Data(range(8))
+    data.labels = labels
+
+    class Sampler:
+        def images(self, i, which):
+            pix = torch.full((len(which), 3, 16, 16), 1.0 if labels[i, k] else -1.0)
+            return pix, torch.zeros(len(which), 1, 25)
+
+    model = mod.TokenDetector(width=16, aux=True)
+    model.both = lambda x: (torch.zeros(len(x), 1), x.mean(dim=(1, 2, 3))[:, None])
+    got = mod.evaluate(model, Sampler(), data, k)
+    assert got["aux_volume_max_auc"] == 1.0 and got["volume_max_auc"] == 0.5, got
+    assert got["positive"] == 4 and got["labelled"] == 8
+    assert "aux_volume_max_auc" not in mod.evaluate(mod.TokenDetector(width=16), Sampler(), data, k)
