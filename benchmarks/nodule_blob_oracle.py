@@ -77,10 +77,16 @@ def blob_2d(v: np.ndarray, sigma: float, where: np.ndarray) -> np.ndarray:
     return np.where(top < 0, -top, 0.0) * sigma**2
 
 
+def dense_in_lungs(hu: np.ndarray, sigma) -> np.ndarray:
+    """The voxels where a blob is looked for: in the lungs (the fraction of air, < -500 HU, smoothed
+    by a Gaussian of ``sigma`` voxels, above 0.6) and themselves denser than -700 HU."""
+    lungs = ndi.gaussian_filter((hu < -500).astype(np.float32), sigma) > 0.6
+    return lungs & (hu > -700)
+
+
 def volume_scores(hu: np.ndarray) -> dict:
     """Every view's and scale's score of one model-grid HU volume (165, H, W)."""
-    lungs = ndi.gaussian_filter((hu < -500).astype(np.float32), 5) > 0.6
-    where = lungs & (hu > -700)
+    where = dense_in_lungs(hu, 5)
     out = {"dense_lung_voxels": float(where.sum())}
     images = hu.reshape(N_IMAGES, 3, *hu.shape[1:])
     image_where = where.reshape(images.shape)

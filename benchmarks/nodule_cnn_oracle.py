@@ -49,7 +49,7 @@ from probe_backbone import probe_datasets  # noqa: E402
 from probe_token_head import look_alikes_of  # noqa: E402
 
 from hyperct.findings import catalogue  # noqa: E402
-from hyperct.preprocess import HU_MAX, HU_MIN, IMAGENET_MEAN, IMAGENET_STD, N_IMAGES  # noqa: E402
+from hyperct.preprocess import N_IMAGES, model_grid_hu  # noqa: E402
 from hyperct.training.metrics import roc_auc  # noqa: E402
 from hyperct.training.pretrain import _ImageSampler, finding_loss, token_max_loss  # noqa: E402
 
@@ -91,17 +91,13 @@ def blob_tokens(pixels: torch.Tensor) -> torch.Tensor:
     """(n, 3, H, W) normalised images -> (n, T): per 16 x 16 token, log(1 + the strongest blob
     response in it) of ``nodule_blob_oracle.blob_3d`` on the image's 3 slices (HU again), in the
     lungs (air around, the voxel itself denser than -700 HU); 0 where there is none."""
-    from nodule_blob_oracle import Z_FACTOR, blob_3d
-    from scipy import ndimage as ndi
+    from nodule_blob_oracle import Z_FACTOR, blob_3d, dense_in_lungs
 
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    hu = ((pixels * std + mean) * (HU_MAX - HU_MIN) + HU_MIN).numpy().astype(np.float32)
-    n, _, h, w = hu.shape
+    n, _, h, w = pixels.shape
+    hu = model_grid_hu(pixels.float()).reshape(n, 3, h, w).numpy()
     out = np.zeros((n, h // PATCH, w // PATCH), dtype=np.float32)
     for i in range(n):
-        lungs = ndi.gaussian_filter((hu[i] < -500).astype(np.float32), (0, 5, 5)) > 0.6
-        where = lungs & (hu[i] > -700)
+        where = dense_in_lungs(hu[i], (0, 5, 5))  # the air around within each slice
         if not where.any():
             continue
         full = np.zeros(hu[i].shape, dtype=np.float32)
