@@ -15,11 +15,13 @@ CALL_PRESENT, CALL_ABSENT, CALL_NOT_ASSESSED = "present", "absent", "not assesse
 # not the same as "not assessed" (excluded on purpose, e.g. with --findings).
 CALL_NO_SCORE = "no valid score"
 SCORED_CALLS = (CALL_PRESENT, CALL_ABSENT)
-# What a threshold marked "*" means (FindingResult.high_specificity_threshold), in the viewer, the PDF
-# and the screening summary alike
+# The operating point of a finding whose score the calibration data do not show separating it from
+# chance (``hyperct evaluate --write-thresholds``), and what a threshold marked "*" means
+# (FindingResult.high_specificity_threshold), in the viewer, the PDF and the screening summary alike
+HIGH_SPECIFICITY = 0.99
 HIGH_SPECIFICITY_NOTE = (
-    "Threshold set for 99 % specificity: on the model's validation data its score did not separate this "
-    "finding from chance, so the model is not shown to detect it."
+    f"Threshold set for {HIGH_SPECIFICITY * 100:g} % specificity: on the model's validation data its score "
+    "did not separate this finding from chance, so the model is not shown to detect it."
 )
 
 

@@ -170,6 +170,9 @@ def test_finding_metrics_and_macro():
     g = finding_metrics("lung_nodule", "conventional", y, p, threshold=0.5, n_boot=0)
     assert g.threshold == 0.5 and np.isnan(g.ci_low)
     assert (g.sensitivity, g.specificity) == sens_spec(y[:50], p[:50], 0.5)
+    # Youden's threshold on these data is reported also when another threshold is given
+    thr_j, j = youden_threshold(y[:50], p[:50])
+    assert g.youden_threshold == m.youden_threshold == m.threshold == thr_j and g.youden_j == j
     assert macro_auc([0.6, float("nan"), 0.8]) == pytest.approx(0.7)
     assert np.isnan(macro_auc([float("nan")]))
 
@@ -198,3 +201,12 @@ def test_auc_ci_is_not_estimable_below_the_minimum_per_class():
     assert finding_metrics("pleural_effusion", "conventional", y2, s2, n_boot=200).ci_note == ""
     y3 = np.array([1] * 30 + [0] * (MIN_CI_PER_CLASS - 1))  # too few negatives
     assert np.isnan(bootstrap_auc_ci(y3, rng.normal(size=y3.size), n_boot=50)[0])
+
+
+def test_the_high_specificity_note_states_the_operating_point_used():
+    from hyperct.results import HIGH_SPECIFICITY_NOTE
+    from hyperct.training.metrics import HIGH_SPECIFICITY
+
+    # one value: the threshold evaluate writes and the note every export shows
+    assert specificity_threshold.__defaults__ == (HIGH_SPECIFICITY,)
+    assert HIGH_SPECIFICITY_NOTE.startswith(f"Threshold set for {HIGH_SPECIFICITY * 100:g} % specificity")

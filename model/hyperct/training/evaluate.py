@@ -45,7 +45,6 @@ from hyperct.training.metrics import (
     sens_spec,
     separates,
     specificity_threshold,
-    youden_threshold,
 )
 from hyperct.training.progress import progress_bar
 
@@ -202,7 +201,7 @@ def compute_metrics(
         )
         results.append(m)
         yl, pl = labelled(y[keep], p[keep])
-        thr_j, j = youden_threshold(yl, pl)
+        thr_j, j = m.youden_threshold, m.youden_j
         if np.isfinite(thr_j):
             youden[f.id] = thr_j
         spec_thr = specificity_threshold(yl, pl)

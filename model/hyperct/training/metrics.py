@@ -28,8 +28,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.stats import rankdata
 
+from hyperct.results import HIGH_SPECIFICITY  # noqa: F401 (the operating point, re-exported)
+
 MIN_CI_PER_CLASS = 10  # fewest positives and fewest negatives for a bootstrap AUC interval
-HIGH_SPECIFICITY = 0.99  # the operating point of a finding the score does not separate
 NOT_SEPARATED = "AUC 95 % CI not above 0.5, or no CI and AUC <= 0.5"  # what ``separates`` rejects, in words
 
 
@@ -186,6 +187,7 @@ class FindingMetrics:
     sensitivity: float
     specificity: float
     youden_j: float
+    youden_threshold: float  # Youden's J threshold on these data (NaN without both classes)
 
     @property
     def evaluable(self) -> bool:
@@ -240,6 +242,7 @@ def finding_metrics(
         sensitivity=sens,
         specificity=spec,
         youden_j=j,
+        youden_threshold=thr_j,
     )
 
 
