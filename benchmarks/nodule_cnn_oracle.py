@@ -1,7 +1,8 @@
 """Can a small learned detector find a finding in what one ViT image sees, where stage 1 cannot?
 
     python benchmarks/nodule_cnn_oracle.py [--finding lung_nodule] [--train 800] [--valid 200]
-        [--steps 1500] [--eval-every 500] [--split-negatives] [--rank-negatives K] [--blob-target W] [--eval-train N]
+        [--steps 1500] [--eval-every 500] [--split-negatives] [--rank-negatives K] [--blob-target W]
+        [--mine-negatives P] [--blob-channel] [--eval-train N]
         [--cache cache/hyperct-demo] [--out FILE]
 
 The hand-made blob filter (``nodule_blob_oracle.py``) finds the lung nodule within one RGB image at
@@ -23,6 +24,11 @@ needs the finding above every other token of every volume, which a per-token los
 (``nodule_blob_oracle``: bright in every direction at nodule scale, within the image's 3 slices,
 in the lungs; ``blob_tokens``), weighted W beside the other losses: the detector's features must
 then encode what separates a nodule from vessels and lung textures, which its labels do not say.
+``--mine-negatives P``: each step also scores P random phantoms on all 55 images and adds, of each,
+the image holding its highest-scoring token outside the finding to the batch (``mine``): the tail a
+volume maximum reads, which 4 random images per phantom rarely show the losses. ``--blob-channel``:
+the blob filter's response per pixel (``blob_pixels``) is a fourth input channel, a fixed feature
+beside the HU windows: can a learned detector that is given the filter do better than the filter?
 ``--eval-train N``: the same scores on the first N training phantoms (a detector that ranks the
 phantoms it trained on and not new ones is short of examples, not of the right objective).
 
@@ -61,10 +67,13 @@ class TokenDetector(nn.Module):
     """(N, 3, H, W) images -> (N, H/16 * W/16) logits: five 3x3 conv layers (four of stride 2) and a
     1x1 read-out, ~80 M multiply-adds per 144 x 144 image (the demo ViT: ~88 M)."""
 
-    def __init__(self, width: int = 32, aux: bool = False):
+    def __init__(self, width: int = 32, aux: bool = False, blob_channel: bool = False):
         super().__init__()
         w = width
-        chans = [3, w * 3 // 4, w, w * 3 // 2, 2 * w, 2 * w]
+        # --blob-channel: the blob filter's response is a fourth input channel, computed from the
+        # image itself (a fixed feature like the HU windows, not learned)
+        self.blob_channel = blob_channel
+        chans = [4 if blob_channel else 3, w * 3 // 4, w, w * 3 // 2, 2 * w, 2 * w]
         layers: list[nn.Module] = []
         for k, (a, b) in enumerate(zip(chans[:-1], chans[1:])):
             layers += [
@@ -78,32 +87,44 @@ class TokenDetector(nn.Module):
         # detector's initial weights stay what they were
         self.aux = nn.Conv2d(chans[-1], 1, 1) if aux else None
 
+    def _features(self, x: torch.Tensor) -> torch.Tensor:
+        if self.blob_channel:
+            x = torch.cat([x, blob_pixels(x)], dim=1)
+        return self.features(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.read(self.features(x)).flatten(1)
+        return self.read(self._features(x)).flatten(1)
 
     def both(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The finding's logits and the auxiliary read-out, (N, T) each."""
-        f = self.features(x)
+        f = self._features(x)
         return self.read(f).flatten(1), self.aux(f).flatten(1)
 
 
-def blob_tokens(pixels: torch.Tensor) -> torch.Tensor:
-    """(n, 3, H, W) normalised images -> (n, T): per 16 x 16 token, log(1 + the strongest blob
-    response in it) of ``nodule_blob_oracle.blob_3d`` on the image's 3 slices (HU again), in the
-    lungs (air around, the voxel itself denser than -700 HU); 0 where there is none."""
+@torch.no_grad()
+def blob_pixels(pixels: torch.Tensor) -> torch.Tensor:
+    """(n, 3, H, W) normalised images -> (n, 1, H, W): per pixel, log(1 + the blob response of
+    ``nodule_blob_oracle.blob_3d`` on the image's 3 slices (HU again), the strongest of the 3), in
+    the lungs (air around, the voxel itself denser than -700 HU); 0 elsewhere."""
     from nodule_blob_oracle import Z_FACTOR, blob_3d, dense_in_lungs
 
     n, _, h, w = pixels.shape
-    hu = model_grid_hu(pixels.float()).reshape(n, 3, h, w).numpy()
-    out = np.zeros((n, h // PATCH, w // PATCH), dtype=np.float32)
+    hu = model_grid_hu(pixels.detach().float()).reshape(n, 3, h, w).numpy()
+    out = np.zeros((n, h, w), dtype=np.float32)
     for i in range(n):
         where = dense_in_lungs(hu[i], (0, 5, 5))  # the air around within each slice
         if not where.any():
             continue
         full = np.zeros(hu[i].shape, dtype=np.float32)
         full[where] = blob_3d(hu[i], (Z_FACTOR, BLOB_SCALE, BLOB_SCALE), where, mode="nearest")
-        out[i] = full.max(axis=0).reshape(h // PATCH, PATCH, w // PATCH, PATCH).max(axis=(1, 3))
-    return torch.from_numpy(np.log1p(out)).reshape(n, -1)
+        out[i] = full.max(axis=0)
+    return torch.from_numpy(np.log1p(out))[:, None].to(pixels.dtype)
+
+
+def blob_tokens(pixels: torch.Tensor) -> torch.Tensor:
+    """(n, 3, H, W) normalised images -> (n, T): per 16 x 16 token, the strongest of ``blob_pixels``
+    in it."""
+    return torch.nn.functional.max_pool2d(blob_pixels(pixels), PATCH).flatten(1)
 
 
 def draw(sampler: _ImageSampler, ds, k: int, rng: np.random.Generator, phantoms: int, per: int):
@@ -121,6 +142,24 @@ def draw(sampler: _ImageSampler, ds, k: int, rng: np.random.Generator, phantoms:
         pix.append(p)
         tok.append(t[..., k : k + 1])
         other.append((t.sum(-1, keepdim=True) - t[..., k : k + 1]) > 0)
+    return torch.cat(pix), torch.cat(tok), torch.cat(other)
+
+
+@torch.no_grad()
+def mine(model: TokenDetector, sampler: _ImageSampler, ds, k: int, rng: np.random.Generator, phantoms: int):
+    """Hard negatives as a volume maximum sees them: ``phantoms`` random phantoms, each scored on all
+    its 55 images, and of each the image holding its highest-scoring token that is not finding
+    ``k`` (in a volume without the finding: the volume's maximum). Returns what ``draw`` returns,
+    for those images."""
+    pix, tok, other = [], [], []
+    for i in rng.choice(len(ds), size=phantoms, replace=False):
+        p, t = sampler.images(int(i), np.arange(N_IMAGES))
+        lg = torch.cat([model(p[a : a + 28]) for a in range(0, N_IMAGES, 28)])
+        lg = lg.masked_fill(t[..., k] > 0, float("-inf"))
+        j = int(lg.amax(dim=1).argmax())
+        pix.append(p[j : j + 1])
+        tok.append(t[j : j + 1, :, k : k + 1])
+        other.append((t[j : j + 1].sum(-1, keepdim=True) - t[j : j + 1, :, k : k + 1]) > 0)
     return torch.cat(pix), torch.cat(tok), torch.cat(other)
 
 
@@ -185,6 +224,7 @@ def fit(
     split_negatives: bool = False,
     rank_negatives: int = 0,
     blob_target: float = 0.0,
+    mined=None,
 ) -> list[float]:
     """Train ``model`` for ``steps`` steps on ``batches(rng)`` -> (pixels, token labels (n, T, 1))
     with the stage-1 token loss plus the token-max loss (balanced per class), AdamW with a one-cycle
@@ -192,7 +232,8 @@ def fit(
     loss weighs the negatives that hold another finding as much as the rest (``finding_loss``;
     ``batches`` then also returns those tokens, (n, T, 1)); ``rank_negatives`` K > 0 adds
     ``rank_loss`` with K hardest negatives; ``blob_target`` W > 0 adds W x the mean squared error of
-    the model's second read-out (``TokenDetector(aux=True)``) against ``blob_tokens``. Returns the
+    the model's second read-out (``TokenDetector(aux=True)``) against ``blob_tokens``; ``mined(model,
+    rng)`` -> more images in ``batches``' form (``mine``), added to each step's batch. Returns the
     losses."""
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps, pct_start=0.1)
@@ -200,6 +241,10 @@ def fit(
     model.train()
     for step in range(1, steps + 1):
         pix, tok, *other = batches(rng)
+        if mined is not None:
+            more = mined(model, rng)
+            pix, tok = torch.cat([pix, more[0]]), torch.cat([tok, more[1]])
+            other = [torch.cat([other[0], more[2]])] if other else other
         if blob_target > 0:
             lg, aux = model.both(pix)
             lg = lg[..., None]
@@ -233,11 +278,13 @@ def train_detector(
     eval_train: int = 0,
     rank_negatives: int = 0,
     blob_target: float = 0.0,
+    mine_negatives: int = 0,
+    blob_channel: bool = False,
 ) -> dict:
     """``fit`` a new detector for finding ``k`` on ``train`` (``draw``), evaluated on ``valid``
     every ``eval_every`` steps and at the end."""
     torch.manual_seed(seed)
-    model = TokenDetector(aux=blob_target > 0)
+    model = TokenDetector(aux=blob_target > 0, blob_channel=blob_channel)
     st, sv = _ImageSampler(train, PATCH), _ImageSampler(valid, PATCH)
     curve, start = [], time.time()
 
@@ -260,6 +307,7 @@ def train_detector(
         split_negatives,
         rank_negatives,
         blob_target,
+        (lambda m, rng: mine(m, st, train, k, rng, mine_negatives)) if mine_negatives > 0 else None,
     )
     return {"curve": curve, "final": curve[-1]}
 
@@ -297,6 +345,18 @@ def main() -> None:
         metavar="W",
         help="add an auxiliary read-out that learns the blob filter's response per token, weight W",
     )
+    ap.add_argument(
+        "--mine-negatives",
+        type=int,
+        default=0,
+        metavar="P",
+        help="each step also scores P phantoms on all 55 images and trains on each one's hardest negative image",
+    )
+    ap.add_argument(
+        "--blob-channel",
+        action="store_true",
+        help="the blob filter's response per pixel is a fourth input channel (a fixed feature)",
+    )
     ap.add_argument("--out")
     args = ap.parse_args()
     k = catalogue().ids.index(args.finding)
@@ -314,6 +374,8 @@ def main() -> None:
         eval_train=args.eval_train,
         rank_negatives=args.rank_negatives,
         blob_target=args.blob_target,
+        mine_negatives=args.mine_negatives,
+        blob_channel=args.blob_channel,
     )
     emit_json(
         {
@@ -325,7 +387,9 @@ def main() -> None:
             "split_negatives": args.split_negatives,
             "rank_negatives": args.rank_negatives,
             "blob_target": args.blob_target,
-            "images_per_step": 32,
+            "mine_negatives": args.mine_negatives,
+            "blob_channel": args.blob_channel,
+            "images_per_step": 32 + args.mine_negatives,
             "torch_threads": torch.get_num_threads(),
             **got,
             "seconds": round(time.time() - start, 1),

@@ -175,3 +175,58 @@ def test_evaluate_scores_the_auxiliary_read_out_by_its_own_maximum():
     assert got["aux_volume_max_auc"] == 1.0 and got["volume_max_auc"] == 0.5, got
     assert got["positive"] == 4 and got["labelled"] == 8
     assert "aux_volume_max_auc" not in mod.evaluate(mod.TokenDetector(width=16), Sampler(), data, k)
+
+
+def test_mining_returns_each_phantoms_highest_scoring_image_outside_the_finding():
+    """``--mine-negatives P``: of each drawn phantom, the image whose highest token that is not the
+    finding outscores every other image's; a brighter token that is the finding does not count."""
+    mod = load_benchmark("nodule_cnn_oracle")
+    k = 1
+    bright = {0: 7, 1: 30}  # phantom -> the image with the brightest negative token
+
+    class Sampler:
+        def images(self, i, which):
+            pix = torch.zeros(55, 3, 16, 32)  # 55 images of two tokens each
+            tok = torch.zeros(55, 2, 25)
+            pix[bright[i], :, :, :16] = 2.0
+            pix[40, :, :, 16:] = 5.0  # brighter still, but a token holding the finding
+            tok[40, 1, k] = 1.0
+            tok[bright[i], 0, 3] = 1.0  # the hard negative holds another finding
+            return pix[which], tok[which]
+
+    class Mean(mod.TokenDetector):  # a token's score: its mean brightness
+        def forward(self, x):
+            return torch.nn.functional.avg_pool2d(x.mean(dim=1, keepdim=True), 16).flatten(1)
+
+    pix, tok, other = mod.mine(Mean(width=16), Sampler(), [0, 1], k, np.random.default_rng(0), phantoms=2)
+    assert pix.shape == (2, 3, 16, 32) and tok.shape == (2, 2, 1)
+    # both phantoms, either order: each one's image `bright`, negative for k, another finding there
+    assert sorted(float(p[0, 0, 0]) for p in pix) == [2.0, 2.0] and float(pix[:, :, :, 16:].abs().max()) == 0
+    assert float(tok.sum()) == 0 and other[:, 0, 0].all() and not other[:, 1, 0].any()
+
+
+def test_the_blob_channel_is_an_input_the_detector_reads():
+    """``--blob-channel``: the detector's first layer takes a fourth channel, the blob filter's
+    response (``blob_pixels``, of which ``blob_tokens`` is the per-token maximum); the default
+    detector keeps three."""
+    mod = load_benchmark("nodule_cnn_oracle")
+    from hyperct.preprocess import normalise
+
+    hu = np.full((2, 3, 48, 48), -880.0, dtype=np.float32)
+    hu[0, :, :40, :40] = _lung(tube=True, sphere=True)[79:82]
+    hu[1, :, :40, :40] = _lung(tube=True)[79:82]
+    pix = normalise(torch.from_numpy(hu.reshape(6, 48, 48))).reshape(2, 3, 48, 48)
+    blob = mod.blob_pixels(pix)
+    assert blob.shape == (2, 1, 48, 48)
+    assert torch.equal(torch.nn.functional.max_pool2d(blob, 16).flatten(1), mod.blob_tokens(pix))
+    assert mod.TokenDetector(width=16).features[0].in_channels == 3
+    model = mod.TokenDetector(width=16, blob_channel=True)
+    assert model.features[0].in_channels == 4
+    with torch.no_grad():  # a first layer blind to the 3 image channels: only the blob channel is left
+        model.features[0].weight[:, :3] = 0
+        with_nodule, without = model(pix)
+    assert not torch.allclose(with_nodule, without)
+    # ... and with the blob channel zeroed too, nothing tells the two images apart
+    with torch.no_grad():
+        model.features[0].weight[:, 3] = 0
+        assert torch.allclose(*model(pix))
