@@ -1,7 +1,7 @@
 """Are the phantoms' lung nodules findable at model resolution, and within what one ViT image sees?
 
     python benchmarks/nodule_blob_oracle.py [--train 100] [--valid 200] [--cache cache/hyperct-demo]
-        [--out benchmarks/results/nodule_blob_oracle.json]
+        [--scales 2,2.5,3] [--out benchmarks/results/nodule_blob_oracle.json]
 
 Every stage-1 backbone so far leaves the lung nodule at chance on the gate's probe (mean CLS, issue
 18) while its token head separates nodule tokens at AUC ~0.96. Three causes would look the same:
@@ -21,7 +21,9 @@ and a non-specific baseline: how many dense voxels the lungs hold (``dense_lung_
 lung findings raise it too). The scale of each view is chosen on the training phantoms (seeds
 100000..) and reported on the validation phantoms (seeds 200000.., the probe's), with every scale's
 AUC alongside (the phantoms of ``probe_backbone.py``, ``probe_datasets``). Scales are in model-grid
-voxels (in-plane; slices get 0.7x). Cached phantoms are read.
+voxels (in-plane; slices get 0.7x). For the lung nodule, the validation AUC of each chosen view is
+also given with the positives split by the drawn diameter of their largest nodule
+(``valid_auc_by_diameter``). Cached phantoms are read.
 Prints JSON.
 """
 
@@ -45,6 +47,7 @@ from hyperct.training.metrics import roc_auc  # noqa: E402
 
 SCALES = (2.0, 2.5, 3.0)
 Z_FACTOR = 0.7  # slices are thicker than in-plane pixels on the model grid
+DIAMETER_BANDS_MM = ((8, 12), (12, 16), (16, 26))  # the generator draws 8-25 mm
 
 
 def blob_3d(v: np.ndarray, sigma: tuple, where: np.ndarray, mode: str = "reflect") -> np.ndarray:
@@ -84,13 +87,13 @@ def dense_in_lungs(hu: np.ndarray, sigma) -> np.ndarray:
     return lungs & (hu > -700)
 
 
-def volume_scores(hu: np.ndarray) -> dict:
-    """Every view's and scale's score of one model-grid HU volume (165, H, W)."""
+def volume_scores(hu: np.ndarray, scales=SCALES) -> dict:
+    """Every view's score at each of ``scales`` of one model-grid HU volume (165, H, W)."""
     where = dense_in_lungs(hu, 5)
     out = {"dense_lung_voxels": float(where.sum())}
     images = hu.reshape(N_IMAGES, 3, *hu.shape[1:])
     image_where = where.reshape(images.shape)
-    for s in SCALES:
+    for s in scales:
         out[f"volume_{s}"] = float(blob_3d(hu, (s * Z_FACTOR, s, s), where).max())
         out[f"slice_{s}"] = float(blob_2d(hu, s, where).max())
         out[f"triplet_{s}"] = max(
@@ -100,15 +103,46 @@ def volume_scores(hu: np.ndarray) -> dict:
     return out
 
 
-def scores_of(data, finding: int):
-    rows, labels = [], []
+def scores_of(data, finding: int, scales=SCALES):
+    """Each labelled phantom's ``volume_scores``, its label, and its index in ``data``."""
+    rows, labels, index = [], [], []
     for i in range(len(data)):
         y = int(data.labels[i, finding])
         if y < 0:
             continue
-        rows.append(volume_scores(np.asarray(data.model_hu(i), dtype=np.float32)))
+        rows.append(volume_scores(np.asarray(data.model_hu(i), dtype=np.float32), scales))
         labels.append(y)
-    return rows, np.array(labels)
+        index.append(i)
+    return rows, np.array(labels), index
+
+
+def nodule_diameters(data, index: list[int]) -> np.ndarray:
+    """The diameter (mm) of the largest nodule the generator draws for each phantom ``index`` of
+    ``data`` (its drawn severity; NaN without a nodule). Random-draw phantoms only."""
+    from hyperct.phantom.lesions import nodule_diameter_mm
+    from hyperct.training.datasets.phantoms import drawn_severities
+
+    out = []
+    for i in index:
+        sev = drawn_severities(data.seeds[i]).get("lung_nodule")
+        out.append(np.nan if sev is None else nodule_diameter_mm(sev))
+    return np.asarray(out, dtype=np.float64)
+
+
+def by_diameter(rows: list[dict], y: np.ndarray, diameters: np.ndarray, keys: list[str]) -> dict:
+    """AUC of each score in ``keys`` with the positives restricted to one band of nodule diameter
+    (all negatives kept each time): does the score find the large nodules and miss the small ones?"""
+    out = {}
+    for lo, hi in DIAMETER_BANDS_MM:
+        pos = (y == 1) & (diameters >= lo) & (diameters < hi)
+        keep = pos | (y == 0)
+        band = f"{lo:g}-{hi:g} mm"
+        out[band] = {"positive": int(pos.sum())}
+        if pos.any():
+            out[band].update(
+                {k: round(roc_auc(y[keep], np.array([r[k] for r in rows])[keep]), 3) for k in keys}
+            )
+    return out
 
 
 def aucs(rows: list[dict], y: np.ndarray) -> dict:
@@ -125,21 +159,32 @@ def main() -> None:
     ap.add_argument("--cache", default="cache/hyperct-demo")
     ap.add_argument("--matrix", type=int, default=192)
     ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument(
+        "--scales",
+        default=",".join(f"{s:g}" for s in SCALES),
+        help="the filter scales (model-grid voxels) to compute, comma-separated",
+    )
     ap.add_argument("--out")
     args = ap.parse_args()
+    scales = tuple(float(s) for s in args.scales.split(","))
     t0 = time.time()
     finding = catalogue().ids.index(args.finding)
-    result = {"benchmark": "nodule_blob_oracle", "finding": args.finding, "scales_voxels": list(SCALES)}
-    per_set = {}
+    result = {"benchmark": "nodule_blob_oracle", "finding": args.finding, "scales_voxels": list(scales)}
+    per_set, valid = {}, None
     for name, data in zip(("train", "valid"), probe_datasets(args)):
-        rows, y = scores_of(data, finding)
+        rows, y, index = scores_of(data, finding, scales)
         per_set[name] = aucs(rows, y)
         result[f"{name}_phantoms"] = {"labelled": int(len(y)), "positive": int(y.sum())}
+        valid = (rows, y, data, index)
     chosen = {}
     for view in ("volume", "triplet", "slice"):
-        scale = max(SCALES, key=lambda s: per_set["train"][f"{view}_{s}"])
+        scale = max(scales, key=lambda s: per_set["train"][f"{view}_{s}"])
         chosen[view] = {"scale": scale, "valid_auc": per_set["valid"][f"{view}_{scale}"]}
     chosen["dense_lung_voxels"] = {"valid_auc": per_set["valid"]["dense_lung_voxels"]}
+    if args.finding == "lung_nodule":  # the validation AUC of each chosen view by nodule size
+        rows, y, data, index = valid
+        keys = [f"{v}_{chosen[v]['scale']}" for v in ("volume", "triplet", "slice")]
+        chosen["valid_auc_by_diameter"] = by_diameter(rows, y, nodule_diameters(data, index), keys)
     result.update(chosen=chosen, every_scale=per_set, seconds=round(time.time() - t0, 1))
     emit_json(result, args.out)
 

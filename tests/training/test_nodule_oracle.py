@@ -5,6 +5,7 @@ slice alone cannot tell a vessel running through the slices from a nodule."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from tests.support.benchmarks import load_benchmark
@@ -230,3 +231,34 @@ def test_the_blob_channel_is_an_input_the_detector_reads():
     with torch.no_grad():
         model.features[0].weight[:, 3] = 0
         assert torch.allclose(*model(pix))
+
+
+def test_nodule_diameters_are_those_the_generator_draws():
+    """``nodule_blob_oracle.nodule_diameters``: the drawn diameter of a phantom's largest nodule is
+    the one the generated phantom reports (``info``), and NaN for a phantom without a nodule."""
+    mod = load_benchmark("nodule_blob_oracle")
+    import hyperct.phantom as ph
+    from hyperct.training.datasets.phantoms import drawn_severities
+
+    with_nodule = next(s for s in range(1000, 3000) if "lung_nodule" in drawn_severities(s))
+    without = next(s for s in range(1000, 3000) if "lung_nodule" not in drawn_severities(s))
+
+    class Data:
+        seeds = [with_nodule, without]
+
+    got = mod.nodule_diameters(Data(), [0, 1])
+    drawn = ph.generate(with_nodule, None, matrix=64, n_slices=40).info["lung_nodule"]["nodules"][0]
+    assert got[0] == pytest.approx(drawn["diameter_mm"], abs=0.05) and 8 <= got[0] <= 25
+    assert np.isnan(got[1])
+
+
+def test_by_diameter_scores_each_size_band_against_all_negatives():
+    """A score that finds only the large nodules: AUC 1 in the large band, 0.5 in the small one."""
+    mod = load_benchmark("nodule_blob_oracle")
+    y = np.array([1, 1, 1, 1, 0, 0, 0, 0])
+    diam = np.array([10.0, 11.0, 20.0, 22.0, np.nan, np.nan, np.nan, np.nan])
+    score = np.array([0.5, 0.5, 2.0, 3.0, 0.5, 0.5, 0.5, 0.5])
+    got = mod.by_diameter([{"s": float(v)} for v in score], y, diam, ["s"])
+    assert got["8-12 mm"] == {"positive": 2, "s": 0.5}
+    assert got["16-26 mm"] == {"positive": 2, "s": 1.0}
+    assert got["12-16 mm"] == {"positive": 0}

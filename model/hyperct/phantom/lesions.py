@@ -335,12 +335,17 @@ def atelectasis(scene: Scene, sev: float, rng):
     return ed.mask, info
 
 
+def nodule_diameter_mm(sev: float) -> float:
+    """The diameter of a phantom's first (largest) lung nodule at severity ``sev``: 8-25 mm."""
+    return 8.0 + 17.0 * sev
+
+
 def lung_nodule(scene: Scene, sev: float, rng):
     ed = Edit(scene)
     n = 1 if sev < 0.5 else int(rng.integers(1, 4))
     out = []
     for k in range(n):
-        d = (8.0 + 17.0 * sev) * (1.0 if k == 0 else rng.uniform(0.6, 0.9))
+        d = nodule_diameter_mm(sev) * (1.0 if k == 0 else rng.uniform(0.6, 0.9))
         r = d / 2
         p = _lung_point(scene, rng, r + 5.0)[0]
         bb = scene.grid.bbox(p - r * 1.3, p + r * 1.3, margin=scene.grid.px)
