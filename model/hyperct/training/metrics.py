@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.stats import rankdata
 
-from hyperct.results import HIGH_SPECIFICITY  # noqa: F401 (the operating point, re-exported)
+from hyperct.results import HIGH_SPECIFICITY  # the operating point of a finding the score does not separate
 
 MIN_CI_PER_CLASS = 10  # fewest positives and fewest negatives for a bootstrap AUC interval
 NOT_SEPARATED = "AUC 95 % CI not above 0.5, or no CI and AUC <= 0.5"  # what ``separates`` rejects, in words
