@@ -384,6 +384,7 @@ def main() -> None:
             "train_phantoms": args.train,
             "valid_phantoms": args.valid,
             "steps": args.steps,
+            "seed": args.seed,
             "split_negatives": args.split_negatives,
             "rank_negatives": args.rank_negatives,
             "blob_target": args.blob_target,
