@@ -8,7 +8,8 @@ reused) per finding with: the token head's maximum over all 55 x 81 tokens (``to
 mean of its top 5 (``tok_top5mean``), the image head's maximum and mean over the 55 images, and the
 bag head on the mean CLS when the run has one. Volume AUC per finding and macro (the phantom's
 labels). ``tok_max_look_alikes``: per finding, the other findings its token maximum fires on in
-volumes without it (``look_alikes``). Prints JSON. A token head with a high token AUC but a low
+volumes without it (``look_alikes``); ``lung_nodule_by_diameter``: each pooling's nodule AUC by the
+size of the nodule. Prints JSON. A token head with a high token AUC but a low
 ``tok_max`` separates lesion tokens from easy tokens, not from look-alikes in a whole volume
 (normal anatomy, or other findings: the look-alikes say which) (issue 18, the model card).
 """
@@ -88,7 +89,20 @@ def main() -> None:
             "per_finding": per,
         }
     out["tok_max_look_alikes"] = look_alikes(np.asarray(scores["tok_max"]), y)
+    out["lung_nodule_by_diameter"] = nodule_by_diameter(ds, scores, y)
     emit_json(out, args.out)
+
+
+def nodule_by_diameter(ds, scores: dict[str, list], y: np.ndarray) -> dict:
+    """Every pooling's lung-nodule AUC with the positives restricted to one band of the drawn
+    diameter of their largest nodule (``nodule_blob_oracle.by_diameter``; the blob filter's are
+    in ``nodule_blob_oracle_by_size.json``): does the head find the large nodules at least?"""
+    from nodule_blob_oracle import by_diameter, nodule_diameters
+
+    k = catalogue().ids.index("lung_nodule")
+    known = np.flatnonzero(y[:, k] >= 0)
+    rows = [{name: float(np.asarray(s)[i, k]) for name, s in scores.items()} for i in known]
+    return by_diameter(rows, y[known, k], nodule_diameters(ds, list(known)), list(scores))
 
 
 def look_alikes(s: np.ndarray, y: np.ndarray, top: int = 3) -> dict:
