@@ -26,7 +26,7 @@ in the lungs; ``blob_tokens``), weighted W beside the other losses: the detector
 then encode what separates a nodule from vessels and lung textures, which its labels do not say.
 ``--mine-negatives P``: each step also scores P random phantoms on all 55 images and adds, of each,
 the image holding its highest-scoring token outside the finding to the batch (``mine``): the tail a
-volume maximum reads, which 4 random images per phantom rarely show the losses. ``--blob-channel``:
+volume maximum reads, which the losses rarely see in 4 random images of a phantom. ``--blob-channel``:
 the blob filter's response per pixel (``blob_pixels``) is a fourth input channel, a fixed feature
 beside the HU windows: can a learned detector that is given the filter do better than the filter?
 ``--eval-train N``: the same scores on the first N training phantoms (a detector that ranks the
