@@ -132,6 +132,7 @@ def nodule_diameters(data, index: list[int]) -> np.ndarray:
 def by_diameter(rows: list[dict], y: np.ndarray, diameters: np.ndarray, keys: list[str]) -> dict:
     """AUC of each score in ``keys`` with the positives restricted to one band of nodule diameter
     (all negatives kept each time): does the score find the large nodules and miss the small ones?"""
+    score = {k: np.array([r[k] for r in rows]) for k in keys}
     out = {}
     for lo, hi in DIAMETER_BANDS_MM:
         pos = (y == 1) & (diameters >= lo) & (diameters < hi)
@@ -139,9 +140,7 @@ def by_diameter(rows: list[dict], y: np.ndarray, diameters: np.ndarray, keys: li
         band = f"{lo:g}-{hi:g} mm"
         out[band] = {"positive": int(pos.sum())}
         if pos.any():
-            out[band].update(
-                {k: round(roc_auc(y[keep], np.array([r[k] for r in rows])[keep]), 3) for k in keys}
-            )
+            out[band].update({k: round(roc_auc(y[keep], s[keep]), 3) for k, s in score.items()})
     return out
 
 
@@ -170,19 +169,19 @@ def main() -> None:
     t0 = time.time()
     finding = catalogue().ids.index(args.finding)
     result = {"benchmark": "nodule_blob_oracle", "finding": args.finding, "scales_voxels": list(scales)}
-    per_set, valid = {}, None
+    per_set, scored = {}, {}
     for name, data in zip(("train", "valid"), probe_datasets(args)):
         rows, y, index = scores_of(data, finding, scales)
         per_set[name] = aucs(rows, y)
         result[f"{name}_phantoms"] = {"labelled": int(len(y)), "positive": int(y.sum())}
-        valid = (rows, y, data, index)
+        scored[name] = (rows, y, data, index)
     chosen = {}
     for view in ("volume", "triplet", "slice"):
         scale = max(scales, key=lambda s: per_set["train"][f"{view}_{s}"])
         chosen[view] = {"scale": scale, "valid_auc": per_set["valid"][f"{view}_{scale}"]}
     chosen["dense_lung_voxels"] = {"valid_auc": per_set["valid"]["dense_lung_voxels"]}
     if args.finding == "lung_nodule":  # the validation AUC of each chosen view by nodule size
-        rows, y, data, index = valid
+        rows, y, data, index = scored["valid"]
         keys = [f"{v}_{chosen[v]['scale']}" for v in ("volume", "triplet", "slice")]
         chosen["valid_auc_by_diameter"] = by_diameter(rows, y, nodule_diameters(data, index), keys)
     result.update(chosen=chosen, every_scale=per_set, seconds=round(time.time() - t0, 1))

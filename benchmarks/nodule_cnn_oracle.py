@@ -127,6 +127,16 @@ def blob_tokens(pixels: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.max_pool2d(blob_pixels(pixels), PATCH).flatten(1)
 
 
+def _chunks(pix: torch.Tensor, size: int = 28) -> list[torch.Tensor]:
+    """A volume's images in forward passes of at most ``size``."""
+    return [pix[a : a + size] for a in range(0, len(pix), size)]
+
+
+def _held_elsewhere(t: torch.Tensor, k: int) -> torch.Tensor:
+    """(n, T, 25) token labels -> (n, T, 1): the tokens that hold a finding other than ``k``."""
+    return (t.sum(-1, keepdim=True) - t[..., k : k + 1]) > 0
+
+
 def draw(sampler: _ImageSampler, ds, k: int, rng: np.random.Generator, phantoms: int, per: int):
     """A batch: ``phantoms`` random phantoms, ``per`` images of each, half of them holding finding
     ``k`` where the phantom has it. Returns pixels (n, 3, 144, 144), token labels (n, 81, 1) and
@@ -141,7 +151,7 @@ def draw(sampler: _ImageSampler, ds, k: int, rng: np.random.Generator, phantoms:
         p, t = sampler.images(int(i), np.sort(np.asarray(which)))
         pix.append(p)
         tok.append(t[..., k : k + 1])
-        other.append((t.sum(-1, keepdim=True) - t[..., k : k + 1]) > 0)
+        other.append(_held_elsewhere(t, k))
     return torch.cat(pix), torch.cat(tok), torch.cat(other)
 
 
@@ -154,12 +164,12 @@ def mine(model: TokenDetector, sampler: _ImageSampler, ds, k: int, rng: np.rando
     pix, tok, other = [], [], []
     for i in rng.choice(len(ds), size=phantoms, replace=False):
         p, t = sampler.images(int(i), np.arange(N_IMAGES))
-        lg = torch.cat([model(p[a : a + 28]) for a in range(0, N_IMAGES, 28)])
+        lg = torch.cat([model(c) for c in _chunks(p)])
         lg = lg.masked_fill(t[..., k] > 0, float("-inf"))
         j = int(lg.amax(dim=1).argmax())
         pix.append(p[j : j + 1])
         tok.append(t[j : j + 1, :, k : k + 1])
-        other.append((t[j : j + 1].sum(-1, keepdim=True) - t[j : j + 1, :, k : k + 1]) > 0)
+        other.append(_held_elsewhere(t[j : j + 1], k))
     return torch.cat(pix), torch.cat(tok), torch.cat(other)
 
 
@@ -180,11 +190,11 @@ def evaluate(model: TokenDetector, sampler: _ImageSampler, ds, k: int, n: int | 
     for i in range(len(ds) if n is None else min(n, len(ds))):
         pix, t = sampler.images(i, np.arange(N_IMAGES))
         if model.aux is not None:  # the auxiliary read-out's maximum too: does it learn the filter?
-            both = [model.both(pix[a : a + 28]) for a in range(0, N_IMAGES, 28)]
+            both = [model.both(c) for c in _chunks(pix)]
             lg = torch.cat([b[0] for b in both])
             aux_vol.append(float(torch.cat([b[1] for b in both]).max()))
         else:
-            lg = torch.cat([model(pix[a : a + 28]) for a in range(0, N_IMAGES, 28)])
+            lg = torch.cat([model(c) for c in _chunks(pix)])
         vol.append(float(lg.max()))
         labels.append(np.asarray(ds.labels[i]))
         tok.append(lg.flatten().numpy())

@@ -101,7 +101,8 @@ def nodule_by_diameter(ds, scores: dict[str, list], y: np.ndarray) -> dict:
 
     k = catalogue().ids.index("lung_nodule")
     known = np.flatnonzero(y[:, k] >= 0)
-    rows = [{name: float(np.asarray(s)[i, k]) for name, s in scores.items()} for i in known]
+    per = {name: np.asarray(s)[known, k] for name, s in scores.items()}
+    rows = [{name: float(v[n]) for name, v in per.items()} for n in range(len(known))]
     return by_diameter(rows, y[known, k], nodule_diameters(ds, list(known)), list(scores))
 
 
