@@ -1,0 +1,74 @@
+"""benchmarks/heart_cnn_oracle.py: the reduced volume it reads, the loss on partly missing labels, and
+the two ways of reading a volume it compares (a 3-D CNN over the whole volume; HyperCT's way: each
+image alone, averaged over the images, or over a random bag of them as stage 1 does)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from tests.support.benchmarks import load_benchmark
+
+
+def test_the_reduced_volume_averages_each_image_and_2x2_pixels_and_ramps_soft_tissue():
+    mod = load_benchmark("heart_cnn_oracle")
+    hu = np.full((165, 8, 8), -1000.0, dtype=np.float32)
+    hu[3:6, :2, :2] = 38.0  # image 1, one reduced pixel: blood
+    hu[6:9, :2, :2] = 52.0  # image 2: myocardium
+    hu[9:12, 0, 0] = 1000.0  # image 3: one of the 4 pixels bright, the others air
+    out = mod.reduced_volume(hu)
+    assert out.shape == (2, 55, 4, 4) and out.dtype == np.float32
+    assert np.isclose(out[0, 1, 0, 0], 0.038) and np.isclose(out[0, 9, 3, 3], -1.0)
+    assert np.isclose(out[0, 3, 0, 0], (1000.0 - 3 * 1000.0) / 4 / 1000.0)
+    # the soft-tissue channel tells blood from myocardium far more than HU / 1000 does
+    soft, plain = out[1, 2, 0, 0] - out[1, 1, 0, 0], out[0, 2, 0, 0] - out[0, 1, 0, 0]
+    assert np.isclose(soft, 14.0 / 60.0) and np.isclose(plain, 0.014) and soft > 15 * plain
+    assert out[1, 0, 0, 0] == -1.0  # air saturates
+
+
+def test_masked_bce_ignores_missing_labels():
+    mod = load_benchmark("heart_cnn_oracle")
+    logits = torch.tensor([[2.0, -1.0], [0.5, 3.0]])
+    labels = torch.tensor([[1, -1], [-1, 0]])
+    want = torch.nn.functional.binary_cross_entropy_with_logits(
+        torch.tensor([2.0, 3.0]), torch.tensor([1.0, 0.0])
+    )
+    assert torch.isclose(mod.masked_bce(logits, labels), want)
+    assert float(mod.masked_bce(logits, torch.full((2, 2), -1))) == 0.0
+
+
+def test_random_bags_draw_between_the_sizes_and_all_55_is_hyperct_reading():
+    mod = load_benchmark("heart_cnn_oracle")
+    bags = mod.random_bags(200, 55, 8, 55, np.random.default_rng(0))
+    sizes = bags.sum(dim=1)
+    assert int(sizes.min()) >= 8 and int(sizes.max()) <= 55 and sizes.float().std() > 5
+
+    torch.manual_seed(0)
+    model = mod.ImageMeanCNN(n_out=3, width=4).eval()
+    x = torch.randn(2, 2, 55, 16, 16)
+    with torch.no_grad():
+        whole = model(x)
+        assert torch.allclose(model(x, torch.ones(2, 55, dtype=torch.bool)), whole, atol=1e-5)
+        # each image is read alone: changing image 7 changes only image 7's feature
+        y = x.clone()
+        y[:, :, 7] += 1.0
+        fx, fy = model.image_features(x), model.image_features(y)
+        changed = (fx - fy).abs().amax(dim=(0, 2)) > 1e-6
+        assert changed.tolist() == [i == 7 for i in range(55)]
+        # a bag averages only its images: a bag without image 7 does not see the change
+        bag = torch.ones(2, 55, dtype=torch.bool)
+        bag[:, 7] = False
+        assert torch.allclose(model(x, bag), model(y, bag), atol=1e-5)
+        assert not torch.allclose(model(y), whole, atol=1e-4)
+
+
+def test_the_volume_cnn_reads_across_images():
+    mod = load_benchmark("heart_cnn_oracle")
+    torch.manual_seed(0)
+    model = mod.HeartCNN(n_out=5, width=4).eval()
+    x = torch.randn(1, 2, 55, 16, 16)
+    with torch.no_grad():
+        assert model(x).shape == (1, 5)
+        y = x.clone()
+        y[:, :, 30] += 1.0
+        assert not torch.allclose(model(x), model(y))
