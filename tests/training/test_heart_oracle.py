@@ -72,3 +72,49 @@ def test_the_volume_cnn_reads_across_images():
         y = x.clone()
         y[:, :, 30] += 1.0
         assert not torch.allclose(model(x), model(y))
+
+
+def test_token_positions_follow_the_order_of_the_backbone_tokens():
+    """heart_token_probe appends (row, column, image) to each final patch token; the tokens of
+    ``token_features`` are image-major, then row-major within the image."""
+    mod = load_benchmark("heart_token_probe")
+    tokens = torch.zeros(2, 55 * 9 * 9, 4)
+    out = mod.with_positions(tokens, grid=9)
+    assert out.shape == (2, 55 * 81, 7)
+    k = 7 * 81 + 2 * 9 + 5  # image 7, row 2, column 5
+    assert torch.allclose(out[1, k, 4:], torch.tensor([2 / 8, 5 / 8, 7 / 54]))
+    assert torch.equal(out[..., :4], tokens)
+
+
+def test_the_token_mlp_reads_a_count_of_tokens_that_a_linear_map_of_the_mean_cannot():
+    """What the probe adds over the linear readouts: a per-token nonlinearity before the mean, so it
+    can count tokens of one kind (how many tokens are cavity) whose mean feature does not change."""
+    mod = load_benchmark("heart_token_probe")
+    rng = np.random.default_rng(0)
+    n, t = 256, 60
+    # every token is +-1 in feature 0 (a kind), random sign, so the mean is ~0 whatever the count;
+    # the target is how many tokens have |feature 1| > 1 (a nonlinear property), which varies
+    count = rng.integers(0, t, size=n)
+    x = np.zeros((n, t, 2), dtype=np.float32)
+    x[..., 0] = rng.choice([-1.0, 1.0], size=(n, t))
+    for i in range(n):
+        big = rng.choice(t, size=count[i], replace=False)
+        x[i, :, 1] = rng.uniform(-0.5, 0.5, size=t)
+        x[i, big, 1] = rng.choice([-2.0, 2.0], size=count[i])
+    y = ((count - count.mean()) / count.std()).astype(np.float32)[:, None]
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    torch.manual_seed(0)
+    model = mod.TokenMLPMean(2, 1, hidden=16)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(300):
+        loss = torch.nn.functional.mse_loss(model(xt), yt)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        assert float(torch.nn.functional.mse_loss(model(xt), yt)) < 0.1
+    # a linear map of the mean token explains almost nothing of the count
+    mean = x.mean(axis=1)
+    a = np.c_[mean, np.ones(n)]
+    resid = y - a @ np.linalg.lstsq(a, y, rcond=None)[0]
+    assert float((resid**2).mean()) > 0.8
