@@ -56,6 +56,7 @@ from probe_backbone import probe_auc, probe_datasets  # noqa: E402
 
 from hyperct.findings import catalogue  # noqa: E402
 from hyperct.phantom.cardiac import CARDIAC_IDS  # noqa: E402
+from hyperct.preprocess import N_IMAGES  # noqa: E402
 from hyperct.training.heart_geometry import HEART_FIELDS, mean_r2, r2_scores, standardised  # noqa: E402
 from hyperct.training.metrics import roc_auc  # noqa: E402
 
@@ -171,26 +172,41 @@ def load(ds, cardiac_cols: list[int]):
     return torch.stack(vols), np.stack(hearts), labels, np.stack(body)
 
 
+def finding_aucs(scores: np.ndarray, labels: np.ndarray) -> dict:
+    """Each cardiac finding's AUC of column k of ``scores`` against column k of ``labels`` (-1
+    ignored; None without positives or negatives)."""
+    out = {}
+    for k, fid in enumerate(CARDIAC_IDS):
+        y = labels[:, k]
+        known = y >= 0
+        both = 0 < y[known].sum() < known.sum()
+        out[fid] = round(float(roc_auc(y[known], scores[known, k])), 3) if both else None
+    return out
+
+
+def cardiac_probe(x: np.ndarray, labels: np.ndarray, xv: np.ndarray, labels_v: np.ndarray, l2: float) -> dict:
+    """Each cardiac finding's validation AUC of a logistic probe (``probe_backbone.probe_auc``) fitted
+    on features ``x`` of the training phantoms, scored on ``xv``."""
+    out = {}
+    for k, fid in enumerate(CARDIAC_IDS):
+        a = probe_auc(x, labels[:, k], xv, labels_v[:, k], l2)
+        out[fid] = round(a, 3) if a is not None else None
+    return out
+
+
 def evaluate(model, vols, hearts, labels, train_pred, train_labels, l2: float) -> dict:
     """R2 of each heart number and AUCs of each cardiac finding on these phantoms (the CNN's logit;
     a logistic probe on the predicted numbers fitted on the training phantoms' predictions)."""
     pred = predict(model, vols)
     nums, logits = pred[:, : len(HEART_FIELDS)], pred[:, len(HEART_FIELDS) :]
     r2 = r2_scores(nums, hearts)
-    logit_auc, probe = {}, {}
-    for k, fid in enumerate(CARDIAC_IDS):
-        y = labels[:, k]
-        known = y >= 0
-        both = 0 < y[known].sum() < known.sum()
-        logit_auc[fid] = round(float(roc_auc(y[known], logits[known, k])), 3) if both else None
-        a = probe_auc(train_pred, train_labels[:, k], nums, y, l2)
-        probe[fid] = round(a, 3) if a is not None else None
+    logit_auc = finding_aucs(logits, labels)
     return {
         "r2": r2,
         "mean_r2": mean_r2(r2, digits=3),
         "logit_auc": logit_auc,
         "logit_macro": round(float(np.mean([v for v in logit_auc.values() if v is not None])), 3),
-        "numbers_probe_auc": probe,
+        "numbers_probe_auc": cardiac_probe(train_pred, train_labels, nums, labels, l2),
     }
 
 
@@ -233,6 +249,10 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out")
     args = ap.parse_args()
+    if args.bag_min and args.arch != "image_mean":
+        ap.error("--bag-min needs --arch image_mean")
+    if not 0 <= args.bag_min <= N_IMAGES:
+        ap.error(f"--bag-min must be 0 (all images) or 1..{N_IMAGES}, got {args.bag_min}")
     t0 = time.time()
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
@@ -242,14 +262,7 @@ def main() -> None:
     xt, ht, yt, bt = load(train, cols)
     xv, hv, yv, bv = load(valid, cols)
     print(f"loaded {len(xt)} + {len(xv)} volumes in {time.time() - t0:.0f} s", file=sys.stderr)
-    body = {
-        fid: (lambda a: round(a, 3) if a is not None else None)(
-            probe_auc(bt, yt[:, k], bv, yv[:, k], args.l2)
-        )
-        for k, fid in enumerate(CARDIAC_IDS)
-    }
-    if args.bag_min and args.arch != "image_mean":
-        ap.error("--bag-min needs --arch image_mean")
+    body = cardiac_probe(bt, yt, bv, yv, args.l2)
     model = ARCHITECTURES[args.arch](len(HEART_FIELDS) + len(CARDIAC_IDS), args.width)
     steps_per_epoch = len(xt) // args.batch
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
@@ -287,12 +300,7 @@ def main() -> None:
         print(row, file=sys.stderr)
         curve.append(row)
     final = curve[-1]["valid"]
-    true_geometry = {
-        fid: (lambda a: round(a, 3) if a is not None else None)(
-            probe_auc(ht, yt[:, k], hv, yv[:, k], args.l2)
-        )
-        for k, fid in enumerate(CARDIAC_IDS)
-    }
+    true_geometry = cardiac_probe(ht, yt, hv, yv, args.l2)
     emit_json(
         {
             "benchmark": "heart_cnn_oracle",

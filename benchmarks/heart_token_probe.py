@@ -33,14 +33,13 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _output import emit_json  # noqa: E402
-from heart_cnn_oracle import masked_bce  # noqa: E402
+from heart_cnn_oracle import cardiac_probe, finding_aucs, masked_bce  # noqa: E402
 from probe_attention_pooling import instance_moments, token_features  # noqa: E402
-from probe_backbone import probe_auc, probe_data  # noqa: E402
+from probe_backbone import probe_data  # noqa: E402
 
 from hyperct.findings import catalogue  # noqa: E402
 from hyperct.phantom.cardiac import CARDIAC_IDS  # noqa: E402
 from hyperct.training.heart_geometry import HEART_FIELDS, mean_r2, r2_scores, ridge_fit, standardised  # noqa: E402
-from hyperct.training.metrics import roc_auc  # noqa: E402
 
 
 def with_positions(tokens: torch.Tensor, grid: int) -> torch.Tensor:
@@ -70,26 +69,6 @@ class TokenMLPMean(nn.Module):
         return self.head(self.mlp((x - self.mean) / self.sd).mean(dim=1))
 
 
-def finding_aucs(scores: np.ndarray, labels: np.ndarray) -> dict:
-    """AUC of each column of ``scores`` against the same column of ``labels`` (-1 ignored)."""
-    out = {}
-    for k, fid in enumerate(CARDIAC_IDS):
-        y = labels[:, k]
-        known = y >= 0
-        ok = 0 < y[known].sum() < known.sum()
-        out[fid] = round(float(roc_auc(y[known], scores[known, k])), 3) if ok else None
-    return out
-
-
-def numbers_probe(pred_t, yt, pred_v, yv, l2: float) -> dict:
-    """Each cardiac finding's AUC from a logistic probe on predicted heart numbers."""
-    out = {}
-    for k, fid in enumerate(CARDIAC_IDS):
-        a = probe_auc(pred_t, yt[:, k], pred_v, yv[:, k], l2)
-        out[fid] = round(a, 3) if a is not None else None
-    return out
-
-
 def linear_readout(x: np.ndarray, xv: np.ndarray, h, hv, yt, yv, l2: float) -> dict:
     """Ridge regression of the heart numbers on pooled features ``x``: validation R2 and the numbers
     probe (the readout kind of the gate's probe)."""
@@ -99,7 +78,7 @@ def linear_readout(x: np.ndarray, xv: np.ndarray, h, hv, yt, yv, l2: float) -> d
     return {
         "r2": r2,
         "mean_r2": mean_r2(r2, digits=3),
-        "numbers_probe_auc": numbers_probe(pt, yt, pv, yv, l2),
+        "numbers_probe_auc": cardiac_probe(pt, yt, pv, yv, l2),
     }
 
 
@@ -185,7 +164,7 @@ def main() -> None:
                 "r2": r2,
                 "mean_r2": mean_r2(r2, digits=3),
                 "logit_auc": finding_aucs(pv[:, nh:], yv),
-                "numbers_probe_auc": numbers_probe(pt[:, :nh], yt, pv[:, :nh], yv, args.l2),
+                "numbers_probe_auc": cardiac_probe(pt[:, :nh], yt, pv[:, :nh], yv, args.l2),
             }
             row["train_mean_r2"] = mean_r2(r2_scores(pt[:, :nh], h), digits=3)
         print(row, file=sys.stderr)
