@@ -194,20 +194,28 @@ def cardiac_probe(x: np.ndarray, labels: np.ndarray, xv: np.ndarray, labels_v: n
     return out
 
 
-def evaluate(model, vols, hearts, labels, train_pred, train_labels, l2: float) -> dict:
-    """R2 of each heart number and AUCs of each cardiac finding on these phantoms (the CNN's logit;
-    a logistic probe on the predicted numbers fitted on the training phantoms' predictions)."""
-    pred = predict(model, vols)
-    nums, logits = pred[:, : len(HEART_FIELDS)], pred[:, len(HEART_FIELDS) :]
-    r2 = r2_scores(nums, hearts)
-    logit_auc = finding_aucs(logits, labels)
+def report(pred: np.ndarray, pred_v: np.ndarray, hearts, hearts_v, labels, labels_v, l2: float) -> dict:
+    """A reader's outputs (N, 9 numbers + 7 logits) on the training and validation phantoms ->
+    validation R2 of each heart number, each cardiac finding's AUC from the reader's logit and from a
+    logistic probe on the predicted numbers (fitted on the training phantoms' predictions), and the
+    training R2 (``train_mean_r2``)."""
+    nh = len(HEART_FIELDS)
+    r2 = r2_scores(pred_v[:, :nh], hearts_v)
+    logit_auc = finding_aucs(pred_v[:, nh:], labels_v)
     return {
         "r2": r2,
         "mean_r2": mean_r2(r2, digits=3),
         "logit_auc": logit_auc,
         "logit_macro": round(float(np.mean([v for v in logit_auc.values() if v is not None])), 3),
-        "numbers_probe_auc": cardiac_probe(train_pred, train_labels, nums, labels, l2),
+        "numbers_probe_auc": cardiac_probe(pred[:, :nh], labels, pred_v[:, :nh], labels_v, l2),
+        "train_mean_r2": mean_r2(r2_scores(pred[:, :nh], hearts), digits=3),
     }
+
+
+def reader_loss(out: torch.Tensor, hearts: torch.Tensor, labels: torch.Tensor, label_weight: float = 1.0):
+    """MSE of the 9 predicted heart numbers + ``label_weight`` x BCE of the 7 logits on the labelled."""
+    nh = len(HEART_FIELDS)
+    return nn.functional.mse_loss(out[:, :nh], hearts) + label_weight * masked_bce(out[:, nh:], labels)
 
 
 @torch.no_grad()
@@ -281,8 +289,7 @@ def main() -> None:
                 out = model(x, random_bags(len(idx), x.shape[2], args.bag_min, x.shape[2], rng))
             else:
                 out = model(x)
-            nums, logits = out[:, : len(HEART_FIELDS)], out[:, len(HEART_FIELDS) :]
-            loss = nn.functional.mse_loss(nums, h_t[idx]) + args.label_weight * masked_bce(logits, y_t[idx])
+            loss = reader_loss(out, h_t[idx], y_t[idx], args.label_weight)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -294,9 +301,8 @@ def main() -> None:
             "seconds": round(time.time() - t0, 1),
         }
         if epoch % args.eval_every == 0 or epoch == args.epochs:
-            train_nums = predict(model, xt)[:, : len(HEART_FIELDS)]
-            row["valid"] = evaluate(model, xv, hv, yv, train_nums, yt, args.l2)
-            row["train_mean_r2"] = mean_r2(r2_scores(train_nums, ht), digits=3)
+            row["valid"] = report(predict(model, xt), predict(model, xv), ht, hv, yt, yv, args.l2)
+            row["train_mean_r2"] = row["valid"].pop("train_mean_r2")
         print(row, file=sys.stderr)
         curve.append(row)
     final = curve[-1]["valid"]

@@ -33,7 +33,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _output import emit_json  # noqa: E402
-from heart_cnn_oracle import cardiac_probe, finding_aucs, masked_bce  # noqa: E402
+from heart_cnn_oracle import cardiac_probe, predict, reader_loss, report  # noqa: E402
 from probe_attention_pooling import instance_moments, token_features  # noqa: E402
 from probe_backbone import probe_data  # noqa: E402
 
@@ -80,14 +80,6 @@ def linear_readout(x: np.ndarray, xv: np.ndarray, h, hv, yt, yv, l2: float) -> d
         "mean_r2": mean_r2(r2, digits=3),
         "numbers_probe_auc": cardiac_probe(pt, yt, pv, yv, l2),
     }
-
-
-@torch.no_grad()
-def predict(model, x: torch.Tensor, batch: int = 16) -> np.ndarray:
-    model.eval()
-    out = torch.cat([model(x[s : s + batch].float()) for s in range(0, len(x), batch)]).numpy()
-    model.train()
-    return out
 
 
 def main() -> None:
@@ -139,7 +131,6 @@ def main() -> None:
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     h_t, y_t = torch.from_numpy(h), torch.from_numpy(yt)
     rng = np.random.default_rng(args.seed)
-    nh = len(HEART_FIELDS)
     curve = []
     for epoch in range(1, args.epochs + 1):
         order = rng.permutation(len(x))
@@ -147,7 +138,7 @@ def main() -> None:
         for s in range(0, len(x), args.batch):
             idx = torch.from_numpy(order[s : s + args.batch])
             out = model(x[idx].float())
-            loss = nn.functional.mse_loss(out[:, :nh], h_t[idx]) + masked_bce(out[:, nh:], y_t[idx])
+            loss = reader_loss(out, h_t[idx], y_t[idx])
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -158,15 +149,8 @@ def main() -> None:
             "seconds": round(time.time() - t0, 1),
         }
         if epoch % args.eval_every == 0 or epoch == args.epochs:
-            pt, pv = predict(model, x), predict(model, xv)
-            r2 = r2_scores(pv[:, :nh], hv)
-            row["valid"] = {
-                "r2": r2,
-                "mean_r2": mean_r2(r2, digits=3),
-                "logit_auc": finding_aucs(pv[:, nh:], yv),
-                "numbers_probe_auc": cardiac_probe(pt[:, :nh], yt, pv[:, :nh], yv, args.l2),
-            }
-            row["train_mean_r2"] = mean_r2(r2_scores(pt[:, :nh], h), digits=3)
+            row["valid"] = report(predict(model, x), predict(model, xv), h, hv, yt, yv, args.l2)
+            row["train_mean_r2"] = row["valid"].pop("train_mean_r2")
         print(row, file=sys.stderr)
         curve.append(row)
     emit_json(
