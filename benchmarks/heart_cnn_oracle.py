@@ -218,6 +218,36 @@ def reader_loss(out: torch.Tensor, hearts: torch.Tensor, labels: torch.Tensor, l
     return nn.functional.mse_loss(out[:, :nh], hearts) + label_weight * masked_bce(out[:, nh:], labels)
 
 
+def fit(model, batches, opt, sched, *, epochs, eval_every, score, label_weight=1.0, t0=None) -> list:
+    """Train a reader: each epoch, every (output, heart numbers, labels) that ``batches()`` yields
+    is one step on ``reader_loss`` (``sched`` stepped after each, when given); every ``eval_every``
+    epochs and at the end ``score()`` (a ``report``) goes into that epoch's row. Returns the rows
+    (also printed to stderr)."""
+    t0 = time.time() if t0 is None else t0
+    curve = []
+    for epoch in range(1, epochs + 1):
+        losses = []
+        for out, hearts, labels in batches():
+            loss = reader_loss(out, hearts, labels, label_weight)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if sched is not None:
+                sched.step()
+            losses.append(loss.item())
+        row = {
+            "epoch": epoch,
+            "train_loss": round(float(np.mean(losses)), 4),
+            "seconds": round(time.time() - t0, 1),
+        }
+        if epoch % eval_every == 0 or epoch == epochs:
+            row["valid"] = score()
+            row["train_mean_r2"] = row["valid"].pop("train_mean_r2")
+        print(row, file=sys.stderr)
+        curve.append(row)
+    return curve
+
+
 @torch.no_grad()
 def predict(model, vols: torch.Tensor, batch: int = 16) -> np.ndarray:
     model.eval()
@@ -278,33 +308,26 @@ def main() -> None:
         opt, max_lr=args.lr, total_steps=args.epochs * steps_per_epoch, pct_start=0.1
     )
     h_t, y_t = torch.from_numpy(ht), torch.from_numpy(yt)
-    curve = []
-    for epoch in range(1, args.epochs + 1):
+
+    def batches():
         order = rng.permutation(len(xt))
-        losses = []
         for s in range(steps_per_epoch):
             idx = torch.from_numpy(order[s * args.batch : (s + 1) * args.batch])
             x = shifted(xt[idx].float(), rng)
-            if args.bag_min:
-                out = model(x, random_bags(len(idx), x.shape[2], args.bag_min, x.shape[2], rng))
-            else:
-                out = model(x)
-            loss = reader_loss(out, h_t[idx], y_t[idx], args.label_weight)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            losses.append(loss.item())
-        row = {
-            "epoch": epoch,
-            "train_loss": round(float(np.mean(losses)), 4),
-            "seconds": round(time.time() - t0, 1),
-        }
-        if epoch % args.eval_every == 0 or epoch == args.epochs:
-            row["valid"] = report(predict(model, xt), predict(model, xv), ht, hv, yt, yv, args.l2)
-            row["train_mean_r2"] = row["valid"].pop("train_mean_r2")
-        print(row, file=sys.stderr)
-        curve.append(row)
+            bags = random_bags(len(idx), x.shape[2], args.bag_min, x.shape[2], rng) if args.bag_min else None
+            yield model(x, bags) if bags is not None else model(x), h_t[idx], y_t[idx]
+
+    curve = fit(
+        model,
+        batches,
+        opt,
+        sched,
+        epochs=args.epochs,
+        eval_every=args.eval_every,
+        score=lambda: report(predict(model, xt), predict(model, xv), ht, hv, yt, yv, args.l2),
+        label_weight=args.label_weight,
+        t0=t0,
+    )
     final = curve[-1]["valid"]
     true_geometry = cardiac_probe(ht, yt, hv, yv, args.l2)
     emit_json(

@@ -33,7 +33,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _output import emit_json  # noqa: E402
-from heart_cnn_oracle import cardiac_probe, predict, reader_loss, report  # noqa: E402
+from heart_cnn_oracle import cardiac_probe, fit, predict, report  # noqa: E402
 from probe_attention_pooling import instance_moments, token_features  # noqa: E402
 from probe_backbone import probe_data  # noqa: E402
 
@@ -131,28 +131,23 @@ def main() -> None:
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     h_t, y_t = torch.from_numpy(h), torch.from_numpy(yt)
     rng = np.random.default_rng(args.seed)
-    curve = []
-    for epoch in range(1, args.epochs + 1):
+
+    def batches():
         order = rng.permutation(len(x))
-        losses = []
         for s in range(0, len(x), args.batch):
             idx = torch.from_numpy(order[s : s + args.batch])
-            out = model(x[idx].float())
-            loss = reader_loss(out, h_t[idx], y_t[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
-        row = {
-            "epoch": epoch,
-            "train_loss": round(float(np.mean(losses)), 4),
-            "seconds": round(time.time() - t0, 1),
-        }
-        if epoch % args.eval_every == 0 or epoch == args.epochs:
-            row["valid"] = report(predict(model, x), predict(model, xv), h, hv, yt, yv, args.l2)
-            row["train_mean_r2"] = row["valid"].pop("train_mean_r2")
-        print(row, file=sys.stderr)
-        curve.append(row)
+            yield model(x[idx].float()), h_t[idx], y_t[idx]
+
+    curve = fit(
+        model,
+        batches,
+        opt,
+        None,
+        epochs=args.epochs,
+        eval_every=args.eval_every,
+        score=lambda: report(predict(model, x), predict(model, xv), h, hv, yt, yv, args.l2),
+        t0=t0,
+    )
     emit_json(
         {
             "benchmark": "heart_token_probe",
