@@ -39,6 +39,7 @@ from probe_backbone import probe_data  # noqa: E402
 
 from hyperct.findings import catalogue  # noqa: E402
 from hyperct.phantom.cardiac import CARDIAC_IDS  # noqa: E402
+from hyperct.preprocess import IMAGE_SIZE  # noqa: E402
 from hyperct.training.heart_geometry import HEART_FIELDS, mean_r2, r2_scores, ridge_fit, standardised  # noqa: E402
 
 
@@ -101,7 +102,7 @@ def main() -> None:
     t0 = time.time()
     torch.manual_seed(args.seed)
     backbone, train, valid = probe_data(args)
-    grid = 144 // int(backbone.config.patch_size)
+    grid = IMAGE_SIZE // int(backbone.config.patch_size)
     ids = catalogue().ids
     cols = [ids.index(f) for f in CARDIAC_IDS]
     feats = {
