@@ -52,12 +52,12 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _output import emit_json  # noqa: E402
-from probe_backbone import probe_auc, probe_datasets  # noqa: E402
+from probe_backbone import cardiac_probe, probe_datasets  # noqa: E402
 
 from hyperct.findings import catalogue  # noqa: E402
 from hyperct.phantom.cardiac import CARDIAC_IDS  # noqa: E402
 from hyperct.preprocess import N_IMAGES  # noqa: E402
-from hyperct.training.heart_geometry import HEART_FIELDS, mean_r2, r2_scores, standardised  # noqa: E402
+from hyperct.training.heart_geometry import HEART_FIELDS, mean_r2, r2_scores, standardised_hearts  # noqa: E402
 from hyperct.training.metrics import roc_auc  # noqa: E402
 
 BLOOD_MYO_HU = 45.0  # midway between the phantom's blood (38 HU) and myocardium (52 HU)
@@ -162,14 +162,13 @@ def shifted(x: torch.Tensor, rng: np.random.Generator, most: int = 3) -> torch.T
 def load(ds, cardiac_cols: list[int]):
     """(volumes (N, 2, 55, 72, 72) float16, heart numbers (N, 9), cardiac labels (N, 7), body size
     (N, 3)) of every phantom of ``ds``."""
-    vols, hearts, body = [], [], []
+    vols, body = [], []
     for i in range(len(ds)):
         hu = np.asarray(ds.model_hu(i), dtype=np.float32)
         vols.append(torch.from_numpy(reduced_volume(hu)).half())
-        hearts.append(standardised(ds.heart(i)))
         body.append(body_size(hu))
     labels = np.asarray(ds.labels)[:, cardiac_cols]
-    return torch.stack(vols), np.stack(hearts), labels, np.stack(body)
+    return torch.stack(vols), standardised_hearts(ds), labels, np.stack(body)
 
 
 def finding_aucs(scores: np.ndarray, labels: np.ndarray) -> dict:
@@ -184,32 +183,22 @@ def finding_aucs(scores: np.ndarray, labels: np.ndarray) -> dict:
     return out
 
 
-def cardiac_probe(x: np.ndarray, labels: np.ndarray, xv: np.ndarray, labels_v: np.ndarray, l2: float) -> dict:
-    """Each cardiac finding's validation AUC of a logistic probe (``probe_backbone.probe_auc``) fitted
-    on features ``x`` of the training phantoms, scored on ``xv``."""
-    out = {}
-    for k, fid in enumerate(CARDIAC_IDS):
-        a = probe_auc(x, labels[:, k], xv, labels_v[:, k], l2)
-        out[fid] = round(a, 3) if a is not None else None
-    return out
-
-
 def report(pred: np.ndarray, pred_v: np.ndarray, hearts, hearts_v, labels, labels_v, l2: float) -> dict:
     """A reader's outputs (N, 9 numbers + 7 logits) on the training and validation phantoms ->
-    validation R2 of each heart number, each cardiac finding's AUC from the reader's logit and from a
-    logistic probe on the predicted numbers (fitted on the training phantoms' predictions), and the
-    training R2 (``train_mean_r2``)."""
+    ``valid``: validation R2 of each heart number, each cardiac finding's AUC from the reader's logit
+    and from a logistic probe on the predicted numbers (fitted on the training phantoms'
+    predictions); ``train_mean_r2``: the mean R2 on the training phantoms."""
     nh = len(HEART_FIELDS)
     r2 = r2_scores(pred_v[:, :nh], hearts_v)
     logit_auc = finding_aucs(pred_v[:, nh:], labels_v)
-    return {
+    valid = {
         "r2": r2,
         "mean_r2": mean_r2(r2, digits=3),
         "logit_auc": logit_auc,
         "logit_macro": round(float(np.mean([v for v in logit_auc.values() if v is not None])), 3),
         "numbers_probe_auc": cardiac_probe(pred[:, :nh], labels, pred_v[:, :nh], labels_v, l2),
-        "train_mean_r2": mean_r2(r2_scores(pred[:, :nh], hearts), digits=3),
     }
+    return {"valid": valid, "train_mean_r2": mean_r2(r2_scores(pred[:, :nh], hearts), digits=3)}
 
 
 def reader_loss(out: torch.Tensor, hearts: torch.Tensor, labels: torch.Tensor, label_weight: float = 1.0):
@@ -241,8 +230,7 @@ def fit(model, batches, opt, sched, *, epochs, eval_every, score, label_weight=1
             "seconds": round(time.time() - t0, 1),
         }
         if epoch % eval_every == 0 or epoch == epochs:
-            row["valid"] = score()
-            row["train_mean_r2"] = row["valid"].pop("train_mean_r2")
+            row.update(score())
         print(row, file=sys.stderr)
         curve.append(row)
     return curve

@@ -33,14 +33,14 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _output import emit_json  # noqa: E402
-from heart_cnn_oracle import cardiac_probe, fit, predict, report  # noqa: E402
+from heart_cnn_oracle import fit, predict, report  # noqa: E402
 from probe_attention_pooling import instance_moments, token_features  # noqa: E402
-from probe_backbone import probe_data  # noqa: E402
+from probe_backbone import cardiac_probe, probe_data  # noqa: E402
 
 from hyperct.findings import catalogue  # noqa: E402
 from hyperct.phantom.cardiac import CARDIAC_IDS  # noqa: E402
 from hyperct.preprocess import IMAGE_SIZE  # noqa: E402
-from hyperct.training.heart_geometry import HEART_FIELDS, mean_r2, r2_scores, ridge_fit, standardised  # noqa: E402
+from hyperct.training.heart_geometry import HEART_FIELDS, mean_r2, r2_scores, ridge_fit, standardised_hearts  # noqa: E402
 
 
 def with_positions(tokens: torch.Tensor, grid: int) -> torch.Tensor:
@@ -110,8 +110,7 @@ def main() -> None:
         for name, ds in (("train", train), ("valid", valid))
     }
     t_feat = time.time() - t0
-    h = np.stack([standardised(train.heart(i)) for i in range(len(train))])
-    hv = np.stack([standardised(valid.heart(i)) for i in range(len(valid))])
+    h, hv = standardised_hearts(train), standardised_hearts(valid)
     yt, yv = np.asarray(train.labels)[:, cols], np.asarray(valid.labels)[:, cols]
     linear = {
         pool: linear_readout(

@@ -136,28 +136,36 @@ def probe_auc(x: np.ndarray, y: np.ndarray, xv: np.ndarray, yv: np.ndarray, l2: 
     return float(roc_auc(yv[known_v], (xv_t @ w + b).detach().numpy()))
 
 
+def cardiac_probe(x: np.ndarray, labels: np.ndarray, xv: np.ndarray, labels_v: np.ndarray, l2: float) -> dict:
+    """Each cardiac finding's validation AUC of ``probe_auc`` fitted on features ``x`` of the training
+    phantoms and scored on ``xv``; ``labels`` / ``labels_v`` hold the cardiac findings' columns, in
+    ``CARDIAC_IDS`` order."""
+    from hyperct.phantom.cardiac import CARDIAC_IDS
+
+    return rounded(
+        {fid: probe_auc(x, labels[:, k], xv, labels_v[:, k], l2) for k, fid in enumerate(CARDIAC_IDS)}
+    )
+
+
 def heart_probe(x: np.ndarray, xv: np.ndarray, train, valid, l2: float) -> dict:
     """How much of the heart's geometry the mean CLS carries, and what that geometry gives the cardiac
     findings: ridge regression of the standardised heart numbers (``hyperct.training.heart_geometry``)
     on the mean CLS (R2 on the validation phantoms), and, with no backbone at all, the logistic probe
     of each cardiac finding on the true heart numbers (the ceiling of a readout of the geometry)."""
     from hyperct.phantom.cardiac import CARDIAC_IDS
-    from hyperct.training.heart_geometry import mean_r2, r2_scores, ridge_fit, standardised
+    from hyperct.training.heart_geometry import mean_r2, r2_scores, ridge_fit, standardised_hearts
 
-    h = np.stack([standardised(train.heart(i)) for i in range(len(train))])
-    hv = np.stack([standardised(valid.heart(i)) for i in range(len(valid))])
+    h, hv = standardised_hearts(train), standardised_hearts(valid)
     w, b, lam = ridge_fit(x, h)
     r2 = r2_scores(xv @ w + b, hv)
-    ids = catalogue().ids
-    oracle = {
-        fid: probe_auc(h, train.labels[:, ids.index(fid)], hv, valid.labels[:, ids.index(fid)], l2)
-        for fid in CARDIAC_IDS
-    }
+    cols = [catalogue().ids.index(fid) for fid in CARDIAC_IDS]
     return {
         "mean_cls_r2": r2,
         "mean_cls_mean_r2": mean_r2(r2, digits=3),
         "ridge": lam,
-        "true_geometry_probe_auc": rounded(oracle),
+        "true_geometry_probe_auc": cardiac_probe(
+            h, np.asarray(train.labels)[:, cols], hv, np.asarray(valid.labels)[:, cols], l2
+        ),
     }
 
 

@@ -39,6 +39,13 @@ def standardised(shape: HeartShape) -> np.ndarray:
     return ((np.asarray(astuple(shape), dtype=np.float64) - mean) / std).astype(np.float32)
 
 
+def standardised_hearts(ds, index=None) -> np.ndarray:
+    """(n, len(HEART_FIELDS)) float32: ``standardised`` of the heart of each phantom ``index`` of
+    dataset ``ds`` (its ``heart(i)``; default: every phantom)."""
+    rows = range(len(ds)) if index is None else index
+    return np.stack([standardised(ds.heart(int(i))) for i in rows])
+
+
 def heart_loss(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean squared error over every number of every bag: (B, F) predictions vs (B, F) targets."""
     return torch.nn.functional.mse_loss(predicted, target)

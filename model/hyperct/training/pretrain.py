@@ -131,6 +131,7 @@ from hyperct.training.heart_geometry import (
     r2_scores,
     ridge_fit,
     standardised,
+    standardised_hearts,
 )
 from hyperct.training.metrics import roc_auc
 from hyperct.training.pretrain_config import (  # noqa: F401 - LOSSES and load_pretrain_config: re-exported
@@ -1045,7 +1046,7 @@ def pretrain_backbone(
                         loss = loss + pair_w * p_loss
                         sums["pair"].append(float(p_loss.detach()))
                     if heart_w > 0:
-                        target = torch.from_numpy(np.stack([standardised(train.heart(j)) for j in members]))
+                        target = torch.from_numpy(standardised_hearts(train, members))
                         h_loss = heart_loss(heads.heart(bag_means(cls, sizes)), target.to(device))
                         loss = loss + heart_w * h_loss
                         sums["heart"].append(float(h_loss.detach()))
