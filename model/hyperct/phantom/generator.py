@@ -118,6 +118,41 @@ def heart_of(seed: int, findings: dict[str, float] | list[str] | None = None) ->
     return cardiac.heart_shape(echo, hab.bsa, conv.get("cardiomegaly", 0.0))
 
 
+@dataclass(frozen=True)
+class Anatomy:
+    """What ``anatomy_of`` gives: the voxel grid, the heart and the mediastinum of a phantom."""
+
+    grid: Any
+    heart: HeartGeom
+    med: Mediastinum
+
+
+def _anatomy(seed: int, hab, shape: HeartShape, tree_density: float):
+    """Body, heart, lung trees and mediastinum of phantom ``seed`` (geometry only, nothing painted)."""
+    body = Body(hab, seed)
+    fat_t = float(np.clip(3.0 + 0.1 * hab.fat + 0.03 * (hab.age - 50), 2.5, 9.0))
+    heart = HeartGeom(body, hab, shape, fat_t)
+    trees = LungTrees(body, hab, heart, seed, density=tree_density)
+    return body, heart, trees, Mediastinum(body, hab, heart, trees, shape, seed)
+
+
+def anatomy_of(
+    seed: int,
+    findings: dict[str, float] | list[str] | None = None,
+    *,
+    matrix: int = 512,
+    n_slices: int | None = None,
+    tree_density: float = 2.5,
+) -> Anatomy:
+    """The grid, heart and mediastinum geometry that ``generate(seed, findings, matrix=..., n_slices=...)``
+    paints, without painting (~0.25 s: the lung trees are drawn, the volume is not)."""
+    seed = int(seed)
+    hab = sample_habitus(seed)
+    grid = make_grid(sample_scan(seed, hab, int(matrix), n_slices))
+    _, heart, _, med = _anatomy(seed, hab, heart_of(seed, findings), tree_density)
+    return Anatomy(grid=grid, heart=heart, med=med)
+
+
 def generate(
     seed: int,
     findings: dict[str, float] | list[str] | None = None,
@@ -168,11 +203,7 @@ def generate(
     base_shape = cardiac.heart_shape(base_echo, hab.bsa, 0.0)
 
     # -- anatomy
-    body = Body(hab, seed)
-    fat_t = float(np.clip(3.0 + 0.1 * hab.fat + 0.03 * (hab.age - 50), 2.5, 9.0))
-    heart = HeartGeom(body, hab, shape, fat_t)
-    trees = LungTrees(body, hab, heart, seed, density=tree_density)
-    med = Mediastinum(body, hab, heart, trees, shape, seed)
+    body, heart, trees, med = _anatomy(seed, hab, shape, tree_density)
     cv = Canvas.empty(grid)
     cv.aux["fat_hu"] = body.fat_hu
     body.render(cv)

@@ -51,11 +51,11 @@ def heart_loss(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.mse_loss(predicted, target)
 
 
-def r2_scores(predicted: np.ndarray, target: np.ndarray) -> dict[str, float]:
-    """Coefficient of determination of each number over the phantoms (rows); numbers that do not vary
-    among them are left out."""
+def r2_scores(predicted: np.ndarray, target: np.ndarray, names=HEART_FIELDS) -> dict[str, float]:
+    """Coefficient of determination of each number (columns, called ``names``) over the rows (phantoms,
+    or images); numbers that do not vary among them are left out."""
     out = {}
-    for k, name in enumerate(HEART_FIELDS):
+    for k, name in enumerate(names):
         var = float(np.var(target[:, k]))
         if var > 1e-12:
             out[name] = round(1.0 - float(np.mean((predicted[:, k] - target[:, k]) ** 2)) / var, 4)

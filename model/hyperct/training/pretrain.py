@@ -44,6 +44,12 @@ Stage 1 v1 (``configs/demo_backbone_v1.yaml``; issue 18) adds what the pooled fe
   little about a few millimetres of chamber radius. A resume may switch it on; on a trained backbone
   (a resume, or ``init``) the new head is first fitted to the backbone's mean CLS by ridge
   regression (``fit_heart_head``), then trained with it;
+* **per-image heart** (``optim.heart_slice_loss_weight`` > 0; ``hyperct.training.heart_slices``): a
+  linear head on each image's CLS regresses the mL of each chamber, the myocardium, the whole heart,
+  the pulmonary artery and the IVC inside that image (the generator's geometry on the model grid;
+  standardised). Unlike the whole-heart numbers these hold for any bag, and their sums over the 55
+  images are the structures' volumes, which the mean CLS then carries linearly. A new head on a
+  trained backbone is first fitted by ridge regression (``fit_slice_head``);
 * **token max** (``optim.token_max_loss_weight`` > 0; ``token_max_loss``): multiple-instance
   learning over each image's tokens: the image's highest token logit per finding is scored against
   the image's label. The token loss averages over all negative tokens, most of them easy (air,
@@ -133,6 +139,7 @@ from hyperct.training.heart_geometry import (
     standardised,
     standardised_hearts,
 )
+from hyperct.training.heart_slices import SLICE_FIELDS, standardised_slices
 from hyperct.training.metrics import roc_auc
 from hyperct.training.pretrain_config import (  # noqa: F401 - LOSSES and load_pretrain_config: re-exported
     CONFIG_FILE,
@@ -152,7 +159,14 @@ class PretrainHeads(nn.Module):
     """Token-level and image-level finding classifiers on top of the backbone (discarded after)."""
 
     def __init__(
-        self, hidden: int, n_findings: int, *, volume: bool = True, bag: bool = False, heart: int = 0
+        self,
+        hidden: int,
+        n_findings: int,
+        *,
+        volume: bool = True,
+        bag: bool = False,
+        heart: int = 0,
+        heart_slices: int = 0,
     ):
         super().__init__()
         self.token = nn.Linear(hidden, n_findings)
@@ -164,6 +178,8 @@ class PretrainHeads(nn.Module):
         self.bag = nn.Linear(hidden, n_findings) if bag else None
         # the heart-geometry objective's regression head on the same mean CLS (``heart`` numbers)
         self.heart = nn.Linear(hidden, heart) if heart else None
+        # the per-image heart objective's regression head on each image's CLS (``heart_slices`` numbers)
+        self.heart_slices = nn.Linear(hidden, heart_slices) if heart_slices else None
 
 
 def volume_logits(heads: PretrainHeads, cls: torch.Tensor, n_phantoms: int) -> torch.Tensor:
@@ -431,8 +447,9 @@ def validate(backbone, heads, ds: PhantomDataset, n_phantoms: int, device=None) 
     sampler = _ImageSampler(ds, backbone.config.patch_size)
     img_scores, img_labels, tok_scores, tok_labels, vol_scores = [], [], [], [], []
     bag_scores, vmax_scores, phantom_truth = [], [], []  # truth: from the token masks of all 55 images
-    heart_pred, heart_truth = [], []
+    heart_pred, heart_truth, slice_pred, slice_truth = [], [], [], []
     with_heart = heads.heart is not None and hasattr(ds, "heart")
+    with_slices = heads.heart_slices is not None and hasattr(ds, "heart_slices")
     n = min(n_phantoms, len(ds))
     for i in range(n):
         pixels, tokens = sampler.images(i, np.arange(N_IMAGES))
@@ -445,6 +462,9 @@ def validate(backbone, heads, ds: PhantomDataset, n_phantoms: int, device=None) 
         if with_heart:
             heart_pred.append(heads.heart(cls.mean(dim=0)).float().cpu().numpy())
             heart_truth.append(standardised(ds.heart(i)))
+        if with_slices:
+            slice_pred.append(heads.heart_slices(cls).float().cpu().numpy())
+            slice_truth.append(standardised_slices(ds.heart_slices(i)))
         tok, img = tok.float().cpu(), img.float().cpu()
         vmax_scores.append(tok.amax(dim=(0, 1))[None].numpy())
         img_scores.append(img.numpy())
@@ -476,6 +496,11 @@ def validate(backbone, heads, ds: PhantomDataset, n_phantoms: int, device=None) 
     if with_heart and n > 1:  # the heart numbers from the mean CLS over all 55 images
         out["heart_r2"] = r2_scores(np.stack(heart_pred), np.stack(heart_truth))
         out["mean_heart_r2"] = mean_r2(out["heart_r2"])
+    if with_slices:  # each image's share of each heart structure, from its own CLS
+        out["heart_slice_r2"] = r2_scores(
+            np.concatenate(slice_pred), np.concatenate(slice_truth), SLICE_FIELDS
+        )
+        out["mean_heart_slice_r2"] = mean_r2(out["heart_slice_r2"])
     return out
 
 
@@ -491,21 +516,49 @@ def fit_heart_head(
     mean CLS over all 55 images of the first ``n`` phantoms of ``ds`` (twins skipped), the backbone
     frozen meanwhile. Without it a fresh head learns at the end of a decayed schedule's learning rate,
     and its first gradients into the backbone point nowhere. Returns (in-sample R2 mean, ridge)."""
+    feats, targets = [], []
+    for i, cls in _whole_volume_cls(backbone, ds, n, device):
+        feats.append(cls.mean(axis=0))
+        targets.append(standardised(ds.heart(i)))
+    return _ridge_into(heads.heart, np.stack(feats), np.stack(targets), HEART_FIELDS)
+
+
+SLICE_FIT_PHANTOMS = 32
+
+
+@torch.no_grad()
+def fit_slice_head(
+    backbone, heads: PretrainHeads, ds: PhantomDataset, n: int = SLICE_FIT_PHANTOMS, device=None
+):
+    """Warm start of a new per-image heart head, as ``fit_heart_head``: ridge regression of each image's
+    standardised heart shares (``heart_slices``) on its CLS, all 55 images of the first ``n`` phantoms
+    (twins skipped). Returns (in-sample R2 mean, ridge)."""
+    feats, targets = [], []
+    for i, cls in _whole_volume_cls(backbone, ds, n, device):
+        feats.append(cls)
+        targets.append(standardised_slices(ds.heart_slices(i)))
+    return _ridge_into(heads.heart_slices, np.concatenate(feats), np.concatenate(targets), SLICE_FIELDS)
+
+
+def _whole_volume_cls(backbone, ds: PhantomDataset, n: int, device=None):
+    """(phantom index, (55, D) final CLS) of the first ``n`` phantoms of ``ds`` (twins skipped), the
+    backbone in eval mode."""
     backbone.eval()
     device = torch.device(device or "cpu")
     sampler = _ImageSampler(ds, backbone.config.patch_size)
     step = 2 if getattr(ds, "pair", None) else 1
-    feats, targets = [], []
     for i in range(0, min(len(ds), step * n), step):
         pixels, _ = sampler.images(i, np.arange(N_IMAGES))
         cls = backbone(pixel_values=pixels.to(device)).last_hidden_state[:, 0]
-        feats.append(cls.mean(dim=0).float().cpu().numpy())
-        targets.append(standardised(ds.heart(i)))
-    x, y = np.stack(feats), np.stack(targets)
+        yield i, cls.float().cpu().numpy()
+
+
+def _ridge_into(head: nn.Linear, x: np.ndarray, y: np.ndarray, names) -> tuple[float | None, float]:
+    """Set linear ``head`` to the ridge regression of ``y`` on ``x``; (in-sample mean R2, ridge)."""
     w, b, lam = ridge_fit(x, y)
-    heads.heart.weight.copy_(torch.from_numpy(w.T.astype(np.float32)))
-    heads.heart.bias.copy_(torch.from_numpy(b.astype(np.float32)))
-    return mean_r2(r2_scores(x @ w + b, y)), lam
+    head.weight.copy_(torch.from_numpy(w.T.astype(np.float32)))
+    head.bias.copy_(torch.from_numpy(b.astype(np.float32)))
+    return mean_r2(r2_scores(x @ w + b, y, names)), lam
 
 
 # --- fresh blocks of phantoms ------------------------------------------------------------------
@@ -885,12 +938,14 @@ def pretrain_backbone(
                 path=str(out / CONFIG_FILE) if resume else None,
             )
         heart_w = float(oc.heart_loss_weight)
+        slice_w = float(oc.heart_slice_loss_weight)
         heads = PretrainHeads(
             backbone.config.hidden_size,
             n_findings,
             volume=oc.volume,
             bag=bag_mode,
             heart=len(HEART_FIELDS) if heart_w > 0 else 0,
+            heart_slices=len(SLICE_FIELDS) if slice_w > 0 else 0,
         )
         module = nn.ModuleDict({"backbone": backbone, "heads": heads}).to(device)
         named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
@@ -947,6 +1002,10 @@ def pretrain_backbone(
         if heads.heart is not None and fresh_heart and train is not None:
             r2, lam = fit_heart_head(backbone, heads, train, device=device)
             echo(f"new heart head fitted to the backbone's mean CLS (ridge {lam}): in-sample R2 {r2}")
+        fresh_slices = "heads.heart_slices.weight" in doc["new_heads"] if resume else bool(cfg.init)
+        if heads.heart_slices is not None and fresh_slices and train is not None:
+            r2, lam = fit_slice_head(backbone, heads, train, device=device)
+            echo(f"new per-image heart head fitted to the backbone's CLS (ridge {lam}): in-sample R2 {r2}")
         done = 0
         for epoch in range(first_epoch, epochs + 1):
             if fresh and epoch_in_block == dc.block_epochs:
@@ -967,7 +1026,8 @@ def pretrain_backbone(
             pairs = bool(getattr(train, "pair", None))
             order = rng.permutation(units)
             sums: dict[str, list[float]] = {
-                k: [] for k in ("loss", "token", "image", "token_max", "bag", "volume", "pair", "heart")
+                k: []
+                for k in ("loss", "token", "image", "token_max", "bag", "volume", "pair", "heart", "slices")
             }
             n_images = n_positive_images = n_bags = n_positive_bags = 0
             bar = progress_bar(range(steps_per_epoch), desc=f"pretrain epoch {epoch}/{epochs}", unit="step")
@@ -976,6 +1036,7 @@ def pretrain_backbone(
                 sizes: list[int] = []
                 members: list[int] = []  # the phantom of each bag (pairs: phantom, twin, ...)
                 dropped: list[int | None] = []  # per pair: the finding the drop_one twin lacks
+                slice_rows: list[np.ndarray] = []  # per-image heart shares of the batch's images
                 if bag_mode:
                     batch = []
                     for u in idx:
@@ -998,11 +1059,15 @@ def pretrain_backbone(
                         batch.append(_cropped(sampler.images(i, which), windows, crop, patch))
                         sizes.append(len(which))
                         members.append(i)
+                        if slice_w > 0:
+                            slice_rows.append(train.heart_slices(i)[which])
                         if pairs:  # the twin: the very same image indices (and crop windows)
                             twin = sampler.images(train.pair_of(i), which)
                             batch.append(_cropped(twin, windows, crop, patch))
                             sizes.append(len(which))
                             members.append(train.pair_of(i))
+                            if slice_w > 0:
+                                slice_rows.append(train.heart_slices(train.pair_of(i))[which])
                 else:
                     batch = []
                     for i in idx:
@@ -1013,6 +1078,8 @@ def pretrain_backbone(
                             grid = got[1].reshape(len(which), IMAGE_SIZE // patch, IMAGE_SIZE // patch, -1)
                             windows = crop_windows(grid.numpy() > 0, crop, rng)
                         batch.append(_cropped(got, windows, crop, patch))
+                        if slice_w > 0:
+                            slice_rows.append(train.heart_slices(int(i))[which])
                 pixels = torch.cat([b[0] for b in batch]).to(device)
                 tokens = torch.cat([b[1] for b in batch]).to(device)
                 for group in optimizer.param_groups:
@@ -1052,6 +1119,11 @@ def pretrain_backbone(
                         sums["heart"].append(float(h_loss.detach()))
                     n_bags += len(sizes)
                     n_positive_bags += int((truth.amax(dim=1) > 0).sum())
+                if slice_w > 0:
+                    target = torch.from_numpy(standardised_slices(np.concatenate(slice_rows)))
+                    s_loss = heart_loss(heads.heart_slices(cls), target.to(device))
+                    loss = loss + slice_w * s_loss
+                    sums["slices"].append(float(s_loss.detach()))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if oc.grad_clip:
@@ -1087,6 +1159,8 @@ def pretrain_backbone(
                 entry["pair_loss"] = round(float(np.mean(sums["pair"])), 5)
             if sums["heart"]:
                 entry["heart_loss"] = round(float(np.mean(sums["heart"])), 5)
+            if sums["slices"]:
+                entry["heart_slice_loss"] = round(float(np.mean(sums["slices"])), 5)
             if vol_w > 0:
                 entry["volume_loss"] = round(float(np.mean(sums["volume"])), 5)
             if fresh:
@@ -1106,6 +1180,8 @@ def pretrain_backbone(
                     msg += f"  bag AUC {v['mean_bag_auc']}"
                 if "mean_heart_r2" in v:
                     msg += f"  heart R2 {v['mean_heart_r2']}"
+                if "mean_heart_slice_r2" in v:
+                    msg += f"  per-image heart R2 {v['mean_heart_slice_r2']}"
             echo(msg)
             # after every epoch: the backbone so far, the log line and the resume state
             backbone.eval()

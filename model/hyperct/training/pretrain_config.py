@@ -51,6 +51,10 @@ Fields (dotted name: default: meaning)
 * ``optim.heart_loss_weight``: 0.0: the heart-geometry objective (``hyperct.training.heart_geometry``):
   a head on each bag's mean CLS regresses the phantom's heart numbers (chamber sizes, wall, vessel
   calibres), standardised; needs the bag objective and phantom training data.
+* ``optim.heart_slice_loss_weight``: 0.0: the per-image heart objective (``hyperct.training.
+  heart_slices``): a head on each image's CLS regresses the mL of each heart chamber, the myocardium,
+  the whole heart, the pulmonary artery and the IVC inside that image, standardised; needs phantom
+  training data and whole images (``crop_size: 0``).
 * ``optim.token_max_loss_weight``: 0.0: the token-max objective (``hyperct.training.pretrain.
   token_max_loss``): each image's highest token logit, per finding, is scored against the image's
   label, so the highest-scoring token of an image without the finding is pushed down.
@@ -180,6 +184,7 @@ class PretrainOptim(_Section):
     positive_fraction: float = _field(0.5, _unit)
     pair_loss_weight: float = _field(0.0, _nonneg_num)
     heart_loss_weight: float = _field(0.0, _nonneg_num)
+    heart_slice_loss_weight: float = _field(0.0, _nonneg_num)
     token_max_loss_weight: float = _field(0.0, _nonneg_num)
     split_negatives: bool = _field(False, _bool)
     crop_size: int = _field(0, _nonneg_int)
@@ -308,6 +313,12 @@ class PretrainConfig(_Section):
             raise ConfigError(
                 "optim.heart_loss_weight: the heart-geometry objective reads the bags' mean CLS of "
                 "phantoms (set optim.bag_loss_weight > 0 and data.train.type: phantom)",
+                path=source,
+            )
+        if float(oc.heart_slice_loss_weight) > 0 and (dc.train.get("type") != "phantom" or oc.crop_size):
+            raise ConfigError(
+                "optim.heart_slice_loss_weight: the per-image heart objective needs each whole image's "
+                "heart from the phantom generator (set data.train.type: phantom and optim.crop_size: 0)",
                 path=source,
             )
         if oc.split_negatives and oc.loss == "bce":

@@ -13,7 +13,7 @@ import torch
 
 from hyperct.errors import DatasetError
 from hyperct.findings import catalogue
-from hyperct.preprocess import resample_hu
+from hyperct.preprocess import N_IMAGES, resample_hu
 from hyperct.training.cache import PreprocessCache
 from hyperct.training.datasets.base import MISSING, N_FINDINGS, VolumeDataset
 
@@ -123,6 +123,21 @@ class PhantomDataset(VolumeDataset):
         if i not in self._hearts:
             self._hearts[i] = heart_of(self.seeds[i], self.findings_for(i))
         return self._hearts[i]
+
+    def heart_slices(self, i: int) -> np.ndarray:
+        """(55, len(SLICE_FIELDS)) float32: the mL of each heart structure inside each model image of
+        phantom ``i`` (``hyperct.training.heart_slices``; from the generator's geometry, nothing rendered;
+        kept in the cache beside the phantom)."""
+        from hyperct.training.heart_slices import HEART_SLICES, SLICE_FIELDS, phantom_image_volumes
+
+        key = self._key(i)
+        got = self.cache.get_array(key, HEART_SLICES)
+        if got is None or got.shape != (N_IMAGES, len(SLICE_FIELDS)):
+            got = phantom_image_volumes(
+                self.seeds[i], self.findings_for(i), matrix=self.matrix, n_slices=self.n_slices
+            )
+            self.cache.put_array(key, HEART_SLICES, got)
+        return np.asarray(got, dtype=np.float32)
 
     def _requested(self, i: int):
         if not isinstance(self.findings, dict):
