@@ -1,6 +1,6 @@
 """Is the heart's geometry in the model's input? A small 3-D CNN reads it from the whole volume.
 
-    python benchmarks/heart_cnn_oracle.py [--arch volume|image_mean] [--bag-min N] [--train 800]
+    python benchmarks/heart_cnn_oracle.py [--arch volume|image_mean] [--bag-min N] [--slice-weight W] [--train 800]
         [--valid 200] [--epochs 24] [--eval-every 4] [--cache cache/hyperct-demo] [--out FILE]
 
 The seven cardiac findings are thresholds of echo quantities the phantom renders as the heart's
@@ -30,13 +30,16 @@ generator scales the heart with the body surface area.
 to a feature vector, the MEAN over the 55 images, one linear read-out. ``--bag-min N`` (image_mean):
 train on the mean over a random bag of N..55 images of each volume against the whole heart's numbers,
 as stage 1's heart objective does (``optim.heart_loss_weight`` on bags of ``optim.bag_min``..55
-images); evaluation always reads all 55.
+images); evaluation always reads all 55. ``--slice-weight W`` (image_mean): add stage 1's per-image heart
+objective (``hyperct.training.heart_slices``: each image's feature regresses that image's share of
+each chamber, the myocardium, the heart, the PA and the IVC), right for any bag.
 
 Reading: a CNN well above the mean CLS (R2 >> 0.27, findings >> 0.75) says the geometry is in the
 input and the backbone is what fails; one near the body baseline says the rendering caps the
 cardiac findings. ``image_mean`` near ``volume`` says HyperCT's mean over per-image features can
 carry the geometry; ``--bag-min 8`` well below ``image_mean`` on all 55 says stage 1's random bags
-are what keeps its heart objective from teaching it. Prints JSON.
+are what keeps its heart objective from teaching it; ``--slice-weight`` above the same run without it says
+per-image targets teach the mean more of the whole heart. Prints JSON.
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ from hyperct.findings import catalogue  # noqa: E402
 from hyperct.phantom.cardiac import CARDIAC_IDS  # noqa: E402
 from hyperct.preprocess import N_IMAGES  # noqa: E402
 from hyperct.training.heart_geometry import HEART_FIELDS, mean_r2, r2_scores, standardised_hearts  # noqa: E402
+from hyperct.training.heart_slices import SLICE_FIELDS, standardised_slices  # noqa: E402
 from hyperct.training.metrics import roc_auc  # noqa: E402
 
 BLOOD_MYO_HU = 45.0  # midway between the phantom's blood (38 HU) and myocardium (52 HU)
@@ -107,7 +111,7 @@ class ImageMeanCNN(nn.Module):
     feature the mean and maximum over its pixels (the image's "CLS"), the MEAN of those over the
     55 images, one linear read-out (HyperCT's shared head on the mean CLS)."""
 
-    def __init__(self, n_out: int, width: int = 16):
+    def __init__(self, n_out: int, width: int = 16, n_slices: int = 0):
         super().__init__()
         chans = [2, width, 2 * width, 4 * width, 4 * width]
         layers: list[nn.Module] = []
@@ -115,6 +119,8 @@ class ImageMeanCNN(nn.Module):
             layers += [nn.Conv2d(a, b, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(b), nn.ReLU()]
         self.features = nn.Sequential(*layers)
         self.head = nn.Linear(2 * chans[-1], n_out)
+        # the per-image heart objective's head on each image's feature (``n_slices`` shares), if any
+        self.slices = nn.Linear(2 * chans[-1], n_slices) if n_slices else None
 
     def image_features(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 2, Z, H, W) -> (N, Z, 2 * 4 * width): each image's feature, computed from it alone."""
@@ -125,7 +131,10 @@ class ImageMeanCNN(nn.Module):
     def forward(self, x: torch.Tensor, bags: torch.Tensor | None = None) -> torch.Tensor:
         """``bags`` (N, Z) bool: average only those images of each volume (stage 1's random bags);
         None: all of them (how HyperCT reads a volume)."""
-        f = self.image_features(x)
+        return self.read(self.image_features(x), bags)
+
+    def read(self, f: torch.Tensor, bags: torch.Tensor | None = None) -> torch.Tensor:
+        """The read-out of ``image_features`` (N, Z, F): on their mean over all images, or over ``bags``."""
         if bags is None:
             return self.head(f.mean(dim=1))
         w = bags.to(f.dtype).unsqueeze(-1)
@@ -208,16 +217,17 @@ def reader_loss(out: torch.Tensor, hearts: torch.Tensor, labels: torch.Tensor, l
 
 
 def fit(model, batches, opt, sched, *, epochs, eval_every, score, label_weight=1.0, t0=None) -> list:
-    """Train a reader: each epoch, every (output, heart numbers, labels) that ``batches()`` yields
-    is one step on ``reader_loss`` (``sched`` stepped after each, when given); every ``eval_every``
+    """Train a reader: each epoch, every (output, heart numbers, labels[, extra loss]) that ``batches()``
+    yields is one step on ``reader_loss`` plus the extra loss (``sched`` stepped after each, when
+    given); every ``eval_every``
     epochs and at the end ``score()`` (a ``report``) goes into that epoch's row. Returns the rows
     (also printed to stderr)."""
     t0 = time.time() if t0 is None else t0
     curve = []
     for epoch in range(1, epochs + 1):
         losses = []
-        for out, hearts, labels in batches():
-            loss = reader_loss(out, hearts, labels, label_weight)
+        for out, hearts, labels, *extra in batches():
+            loss = reader_loss(out, hearts, labels, label_weight) + sum(extra)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -270,13 +280,20 @@ def main() -> None:
         help="image_mean only: train on the mean over a random bag of BAG_MIN..55 images of each "
         "volume against the whole heart's numbers (stage 1's heart objective); 0: all 55",
     )
+    ap.add_argument(
+        "--slice-weight",
+        type=float,
+        default=0.0,
+        help="image_mean only: add stage 1's per-image heart objective at this weight (a head on each "
+        "image's feature regresses its share of each heart structure, hyperct.training.heart_slices)",
+    )
     ap.add_argument("--label-weight", type=float, default=1.0, help="weight of the findings' BCE")
     ap.add_argument("--l2", type=float, default=1e-3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out")
     args = ap.parse_args()
-    if args.bag_min and args.arch != "image_mean":
-        ap.error("--bag-min needs --arch image_mean")
+    if (args.bag_min or args.slice_weight) and args.arch != "image_mean":
+        ap.error("--bag-min and --slice-weight need --arch image_mean")
     if not 0 <= args.bag_min <= N_IMAGES:
         ap.error(f"--bag-min must be 0 (all images) or 1..{N_IMAGES}, got {args.bag_min}")
     t0 = time.time()
@@ -289,7 +306,15 @@ def main() -> None:
     xv, hv, yv, bv = load(valid, cols)
     print(f"loaded {len(xt)} + {len(xv)} volumes in {time.time() - t0:.0f} s", file=sys.stderr)
     body = cardiac_probe(bt, yt, bv, yv, args.l2)
-    model = ARCHITECTURES[args.arch](len(HEART_FIELDS) + len(CARDIAC_IDS), args.width)
+    n_out = len(HEART_FIELDS) + len(CARDIAC_IDS)
+    if args.slice_weight:
+        model = ImageMeanCNN(n_out, args.width, n_slices=len(SLICE_FIELDS))
+        st = torch.from_numpy(
+            np.stack([standardised_slices(train.heart_slices(i)) for i in range(len(train))])
+        )
+        print(f"per-image heart shares of {len(st)} phantoms at {time.time() - t0:.0f} s", file=sys.stderr)
+    else:
+        model = ARCHITECTURES[args.arch](n_out, args.width)
     steps_per_epoch = len(xt) // args.batch
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(
@@ -303,7 +328,12 @@ def main() -> None:
             idx = torch.from_numpy(order[s * args.batch : (s + 1) * args.batch])
             x = shifted(xt[idx].float(), rng)
             bags = random_bags(len(idx), x.shape[2], args.bag_min, x.shape[2], rng) if args.bag_min else None
-            yield model(x, bags) if bags is not None else model(x), h_t[idx], y_t[idx]
+            if not args.slice_weight:
+                yield model(x, bags) if bags is not None else model(x), h_t[idx], y_t[idx]
+                continue
+            f = model.image_features(x)
+            shares = nn.functional.mse_loss(model.slices(f), st[idx])  # every image, bag or not
+            yield model.read(f, bags), h_t[idx], y_t[idx], args.slice_weight * shares
 
     curve = fit(
         model,
@@ -328,6 +358,7 @@ def main() -> None:
             "width": args.width,
             "arch": args.arch,
             "bag_min": args.bag_min,
+            "slice_weight": args.slice_weight,
             "seed": args.seed,
             "torch_threads": torch.get_num_threads(),
             "curve": curve,

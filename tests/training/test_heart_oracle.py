@@ -118,3 +118,34 @@ def test_the_token_mlp_reads_a_count_of_tokens_that_a_linear_map_of_the_mean_can
     a = np.c_[mean, np.ones(n)]
     resid = y - a @ np.linalg.lstsq(a, y, rcond=None)[0]
     assert float((resid**2).mean()) > 0.8
+
+
+def test_the_per_image_heart_head_reads_each_image_alone_and_fit_trains_it():
+    mod = load_benchmark("heart_cnn_oracle")
+    torch.manual_seed(0)
+    model = mod.ImageMeanCNN(n_out=len(mod.HEART_FIELDS) + 7, width=4, n_slices=8).eval()
+    x = torch.randn(2, 2, 55, 16, 16)
+    with torch.no_grad():
+        f = model.image_features(x)
+        assert torch.allclose(model.read(f), model(x)) and model.slices(f).shape == (2, 55, 8)
+        y = x.clone()
+        y[:, :, 7] += 1.0
+        changed = (model.slices(f) - model.slices(model.image_features(y))).abs().amax(dim=(0, 2)) > 1e-6
+        assert changed.tolist() == [i == 7 for i in range(55)]
+    assert mod.ImageMeanCNN(n_out=3, width=4).slices is None
+
+    # fit adds a batch's extra loss: the per-image head learns only through it
+    model.train()
+    target = torch.randn(2, 55, 8)
+    before = model.slices.weight.detach().clone()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+
+    def batches(extra: bool):
+        f = model.image_features(x)
+        out = (model.read(f), torch.zeros(2, len(mod.HEART_FIELDS)), torch.full((2, 7), -1))
+        yield (*out, torch.nn.functional.mse_loss(model.slices(f), target)) if extra else out
+
+    mod.fit(model, lambda: batches(False), opt, None, epochs=1, eval_every=5, score=dict)
+    assert torch.equal(model.slices.weight, before)
+    mod.fit(model, lambda: batches(True), opt, None, epochs=1, eval_every=5, score=dict)
+    assert not torch.equal(model.slices.weight, before)
