@@ -7,7 +7,7 @@
 #   inference_cuda_vitb16.json  the same for a ViT-B/16 HyperCT (paper size), 25 findings x 55 images
 #   training_cuda.json          benchmarks/bench_training.py: a stage-2 step, demo (v1 backbone) and paper config
 #   train_log.jsonl             a short `hyperct train` on CUDA (2 epochs, then --resume for a third)
-#   pretrain_log.jsonl          `hyperct pretrain --resume` of the best stage-1 backbone for one epoch on CUDA
+#   pretrain_log.jsonl          `hyperct pretrain --resume` of the shipped demo's stage-1 backbone for one epoch on CUDA
 # and last tests/report/test_dtype_cli.py (its bf16-on-a-GPU test is skipped without one).
 #
 #   bash scripts/gpu_check.sh                  # python3 with torch (CUDA build); hyperct installed
@@ -46,7 +46,7 @@ else
   # pairs for `pretrain` did not fit their limits (2026-12-04, benchmarks/results/gpu_check_h200_log.txt)
   SCANS=8 TRAIN=32 VALID=8 PAIRS=24 PVALID=8
 fi
-BACKBONE=progress/demo-backbone-v1w-pair-heart  # the best stage-1 backbone (epoch 94): the shipped demo's
+BACKBONE=progress/demo-backbone-v1w-pair-heart  # the shipped demo's stage-1 backbone (epoch 94)
 {
   date -u
   nvidia-smi -L 2>/dev/null

@@ -53,7 +53,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-runs}
 CACHE=cache/hyperct-demo
-BACKBONE="$RUNS/demo-backbone-v1w-pair-heart"  # stage 1 v1 as the best backbone so far ran
+BACKBONE="$RUNS/demo-backbone-v1w-pair-heart"  # stage 1 v1 as the shipped demo's backbone ran
 STAGE2_CONFIG=${STAGE2_CONFIG:-configs/demo_v1.yaml}
 STAGE2="$RUNS/$(basename "$STAGE2_CONFIG" .yaml | tr _ -)"  # configs/demo_v1.yaml -> runs/demo-v1
 
