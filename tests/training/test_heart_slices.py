@@ -107,6 +107,9 @@ def test_the_dataset_keeps_each_phantoms_shares_in_the_cache(tmp_path):
     # an array of the wrong shape in the cache (damaged, or another version) is computed again
     cache.put_array(ds._key(1), HEART_SLICES, np.zeros((3, 2), dtype=np.float32))
     np.testing.assert_array_equal(ds.heart_slices(1), first)
+    # and so is one holding a NaN
+    cache.put_array(ds._key(1), HEART_SLICES, np.full_like(first, np.nan))
+    np.testing.assert_array_equal(ds.heart_slices(1), first)
 
 
 def test_the_per_image_heart_objective_needs_whole_images_of_phantoms():

@@ -24,6 +24,7 @@ from hyperct.phantom import cardiac, lesions, sampling
 from hyperct.phantom._rng import stream
 from hyperct.phantom.anatomy import Body
 from hyperct.phantom.canvas import TISSUE, Canvas, sat
+from hyperct.phantom.grid import Grid
 from hyperct.phantom.heart import HeartGeom, HeartShape
 from hyperct.phantom.lungtree import LungTrees
 from hyperct.phantom.mediastinum import Mediastinum
@@ -122,7 +123,7 @@ def heart_of(seed: int, findings: dict[str, float] | list[str] | None = None) ->
 class Anatomy:
     """What ``anatomy_of`` gives: the voxel grid, the heart and the mediastinum of a phantom."""
 
-    grid: Any
+    grid: Grid
     heart: HeartGeom
     med: Mediastinum
 

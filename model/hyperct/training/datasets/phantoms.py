@@ -132,7 +132,7 @@ class PhantomDataset(VolumeDataset):
 
         key = self._key(i)
         got = self.cache.get_array(key, HEART_SLICES)
-        if got is None or got.shape != (N_IMAGES, len(SLICE_FIELDS)):
+        if got is None or got.shape != (N_IMAGES, len(SLICE_FIELDS)) or not np.isfinite(got).all():
             got = phantom_image_volumes(
                 self.seeds[i], self.findings_for(i), matrix=self.matrix, n_slices=self.n_slices
             )
