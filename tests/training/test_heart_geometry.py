@@ -126,32 +126,44 @@ def test_ridge_fit_recovers_a_linear_map_and_penalises_noise():
     assert lam_noise >= 1.0
 
 
-def test_a_new_heart_head_is_fitted_to_the_backbone_before_training(tmp_path):
+@pytest.mark.parametrize("head", ["heart", "heart_slices"])
+def test_a_new_regression_head_is_the_ridge_solution_on_the_backbones_cls(tmp_path, head):
+    # the whole-heart head on each phantom's mean CLS; the per-image head on every image's CLS
     from hyperct.network.backbone import build_backbone
     from hyperct.preprocess import N_IMAGES
     from hyperct.training.cache import PreprocessCache
     from hyperct.training.heart_geometry import ridge_fit
-    from hyperct.training.pretrain import PretrainHeads, _ImageSampler, fit_heart_head
+    from hyperct.training.heart_slices import SLICE_FIELDS, standardised_slices
+    from hyperct.training.pretrain import PretrainHeads, _ImageSampler, fit_heart_head, fit_slice_head
     from tests.support.models import TINY_BACKBONE
 
     ds = PhantomDataset(6, 800, matrix=32, n_slices=12, cache=PreprocessCache(tmp_path / "c"))
     torch.manual_seed(0)
     backbone = build_backbone(dict(TINY_BACKBONE), seed=0).eval()
-    heads = PretrainHeads(backbone.config.hidden_size, 25, volume=False, bag=True, heart=len(HEART_FIELDS))
-    r2, lam = fit_heart_head(backbone, heads, ds, n=6)
+    heads = PretrainHeads(
+        backbone.config.hidden_size,
+        25,
+        volume=False,
+        bag=True,
+        heart=len(HEART_FIELDS),
+        heart_slices=len(SLICE_FIELDS),
+    )
+    fit = fit_heart_head if head == "heart" else fit_slice_head
+    r2, lam = fit(backbone, heads, ds, n=6)
     sampler = _ImageSampler(ds, backbone.config.patch_size)
     with torch.no_grad():
-        means = np.stack(
-            [
-                backbone(pixel_values=sampler.images(i, np.arange(N_IMAGES))[0])
-                .last_hidden_state[:, 0]
-                .mean(0)
-                .numpy()
-                for i in range(6)
-            ]
-        )
-        predicted = heads.heart(torch.from_numpy(means)).numpy()
-    targets = np.stack([standardised(ds.heart(i)) for i in range(6)])
-    w, b, lam2 = ridge_fit(means, targets)
+        cls = [
+            backbone(pixel_values=sampler.images(i, np.arange(N_IMAGES))[0]).last_hidden_state[:, 0].numpy()
+            for i in range(6)
+        ]
+    if head == "heart":
+        x = np.stack([c.mean(axis=0) for c in cls])
+        y = np.stack([standardised(ds.heart(i)) for i in range(6)])
+    else:
+        x = np.concatenate(cls)
+        y = np.concatenate([standardised_slices(ds.heart_slices(i)) for i in range(6)])
+    with torch.no_grad():
+        predicted = getattr(heads, head)(torch.from_numpy(x)).numpy()
+    w, b, lam2 = ridge_fit(x, y)
     assert lam == lam2 and r2 is not None
-    np.testing.assert_allclose(predicted, means @ w + b, atol=1e-4)  # the head is the ridge solution
+    np.testing.assert_allclose(predicted, x @ w + b, atol=1e-4)  # the head is the ridge solution

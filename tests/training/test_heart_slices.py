@@ -9,7 +9,6 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-import torch
 
 from hyperct.errors import ConfigError
 from hyperct.phantom import generate
@@ -139,31 +138,3 @@ def test_switching_the_per_image_heart_objective_on_at_a_resume_fits_then_trains
     assert r2 and set(r2) <= set(SLICE_FIELDS) and log[1]["valid"]["mean_heart_slice_r2"] is not None
     names = json.loads((out / "last" / "state.json").read_text())["param_names"]
     assert any(n.startswith("heads.heart_slices.") for group in names for n in group)
-
-
-def test_a_new_per_image_head_is_the_ridge_solution_on_each_images_cls(tmp_path):
-    from hyperct.network.backbone import build_backbone
-    from hyperct.training.heart_geometry import ridge_fit
-    from hyperct.training.heart_slices import standardised_slices
-    from hyperct.training.pretrain import PretrainHeads, _ImageSampler, fit_slice_head
-    from tests.support.models import TINY_BACKBONE
-
-    ds = PhantomDataset(3, 810, matrix=32, n_slices=12, cache=PreprocessCache(tmp_path / "c"))
-    backbone = build_backbone(dict(TINY_BACKBONE), seed=0).eval()
-    heads = PretrainHeads(backbone.config.hidden_size, 25, volume=False, heart_slices=len(SLICE_FIELDS))
-    r2, lam = fit_slice_head(backbone, heads, ds, n=3)
-    sampler = _ImageSampler(ds, backbone.config.patch_size)
-    with torch.no_grad():
-        cls = np.concatenate(
-            [
-                backbone(pixel_values=sampler.images(i, np.arange(N_IMAGES))[0])
-                .last_hidden_state[:, 0]
-                .numpy()
-                for i in range(3)
-            ]
-        )
-        predicted = heads.heart_slices(torch.from_numpy(cls)).numpy()
-    targets = np.concatenate([standardised_slices(ds.heart_slices(i)) for i in range(3)])
-    w, b, lam2 = ridge_fit(cls, targets)
-    assert lam == lam2 and r2 is not None
-    np.testing.assert_allclose(predicted, cls @ w + b, atol=1e-4)
