@@ -219,9 +219,8 @@ def reader_loss(out: torch.Tensor, hearts: torch.Tensor, labels: torch.Tensor, l
 def fit(model, batches, opt, sched, *, epochs, eval_every, score, label_weight=1.0, t0=None) -> list:
     """Train a reader: each epoch, every (output, heart numbers, labels[, extra loss]) that ``batches()``
     yields is one step on ``reader_loss`` plus the extra loss (``sched`` stepped after each, when
-    given); every ``eval_every``
-    epochs and at the end ``score()`` (a ``report``) goes into that epoch's row. Returns the rows
-    (also printed to stderr)."""
+    given); every ``eval_every`` epochs and at the end ``score()`` (a ``report``) goes into that
+    epoch's row. Returns the rows (also printed to stderr)."""
     t0 = time.time() if t0 is None else t0
     curve = []
     for epoch in range(1, epochs + 1):
@@ -294,6 +293,8 @@ def main() -> None:
     args = ap.parse_args()
     if (args.bag_min or args.slice_weight) and args.arch != "image_mean":
         ap.error("--bag-min and --slice-weight need --arch image_mean")
+    if args.slice_weight < 0:
+        ap.error(f"--slice-weight must be >= 0, got {args.slice_weight}")
     if not 0 <= args.bag_min <= N_IMAGES:
         ap.error(f"--bag-min must be 0 (all images) or 1..{N_IMAGES}, got {args.bag_min}")
     t0 = time.time()
