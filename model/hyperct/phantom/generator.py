@@ -373,13 +373,8 @@ def _structure_masks(
 
     def alphas(sd: dict):
         env = heart.envelope(sd, heart.fat_t)
-        outer = sd["lv"][0]
-        for n in ("rv", "la", "ra", "root", "rvot"):
-            outer = np.minimum(outer, sd[n][0])
-        cav = sd["lv"][1]
-        nlv = -sd["lv"][0]
-        for n in ("rv", "la", "ra", "root", "rvot"):
-            cav = np.minimum(cav, np.maximum(sd[n][1], nlv))
+        outer = heart.outer_wall(sd)
+        cav = np.minimum.reduce(list(heart.cavities(sd).values()))
         return [
             sat(0.5 - env * ipx),
             sat(0.5 - (env + 1.6) * ipx),

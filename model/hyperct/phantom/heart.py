@@ -159,6 +159,18 @@ class HeartGeom:
             e = smin(e, sd[n][0], 22.0)
         return e - F32(fat_t)
 
+    @staticmethod
+    def outer_wall(sd: dict) -> np.ndarray:
+        """Signed distance of the myocardial surface: the union of every chamber's outer wall in ``sd``."""
+        return np.minimum.reduce([outer for outer, _ in sd.values()])
+
+    @staticmethod
+    def cavities(sd: dict) -> dict:
+        """Each chamber's cavity signed distance as painted: the LV's own; every other chamber's ends at
+        the LV's outer wall (the septum and LV wall stay myocardium)."""
+        lv_outside = -sd["lv"][0]
+        return {n: inner if n == "lv" else np.maximum(inner, lv_outside) for n, (_, inner) in sd.items()}
+
     # ---------------------------------------------------------------- key points (body mm)
     def point(self, name: str, offset=(0.0, 0.0, 0.0), nominal: bool = True) -> np.ndarray:
         ch = self.nominal if nominal else self.chambers
@@ -256,14 +268,9 @@ class HeartGeom:
             cv.paint(sb, a_sac, HU_PERI, TISSUE["pericardium"])
             a_fat = sat(0.5 - (env + 1.6) * ipx)
             cv.paint(sb, a_fat, fat_hu, TISSUE["epicardial_fat"], lung_keep=True)
-            outer = sd["lv"][0]
-            for n in ("rv", "la", "ra", "root", "rvot"):
-                outer = np.minimum(outer, sd[n][0])
+            outer = self.outer_wall(sd)
             cv.paint(sb, sat(0.5 - outer * ipx), HU_MYO, TISSUE["myocardium"], lung_keep=True)
-            cav = sd["lv"][1]
-            nlv = -sd["lv"][0]
-            for n in ("rv", "la", "ra", "root", "rvot"):
-                cav = np.minimum(cav, np.maximum(sd[n][1], nlv))
+            cav = np.minimum.reduce(list(self.cavities(sd).values()))
             cv.paint(sb, sat(0.5 - cav * ipx), HU_BLOOD, TISSUE["blood"], lung_keep=True)
         return {"bbox": bb}
 

@@ -62,12 +62,9 @@ def image_volumes(anatomy) -> np.ndarray:
             sb = (slice(k0, min(k0 + SLAB, bb[0].stop)), bb[1], bb[2])
             la, lb, lc = heart.to_frame(*reversed(g.coords(sb)))
             sd = heart.sds(la, lb, lc)
-            lv_outside = -sd["lv"][0]
-            cav = {"lv": sd["lv"][1]}
-            for n in ("rv", "la", "ra", "root", "rvot"):
-                cav[n] = np.maximum(sd[n][1], lv_outside)
+            cav = heart.cavities(sd)
             union = np.minimum.reduce(list(cav.values()))
-            outer = np.minimum.reduce([sd[n][0] for n in sd])
+            outer = heart.outer_wall(sd)
             alpha = {f"{n}_cavity": sat(0.5 - cav[n] * ipx) for n in ("lv", "rv", "la", "ra")}
             alpha["myocardium"] = np.clip(sat(0.5 - outer * ipx) - sat(0.5 - union * ipx), 0.0, None)
             alpha["heart"] = sat(0.5 - heart.envelope(sd, heart.fat_t) * ipx)
