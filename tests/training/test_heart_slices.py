@@ -111,6 +111,35 @@ def test_the_dataset_keeps_each_phantoms_shares_in_the_cache(tmp_path):
     np.testing.assert_array_equal(ds.heart_slices(1), first)
 
 
+@pytest.mark.slow
+def test_a_prefetched_block_comes_with_its_shares_computed_in_the_workers(tmp_path):
+    """With the per-image objective on, the background generation of the next block also computes
+    each phantom's shares (off the training loop), the same numbers the dataset computes itself;
+    without it, none are computed."""
+    from hyperct.training.pretrain import _Blocks
+
+    cfg = v1_pretrain_config(tmp_path, count=2)
+    cfg.data.prepare_workers = 1
+    for wanted in (True, False):
+        cache = PreprocessCache(tmp_path / f"cache-{wanted}", compress=True)
+        blocks = _Blocks(cfg.data, cache, None, heart_slices=wanted)
+        try:
+            blocks.prefetch(1)
+            ds = blocks.get(1)
+        finally:
+            blocks.close()
+        stored = [cache.get_array(ds._key(i), HEART_SLICES) for i in range(len(ds))]
+        if not wanted:
+            assert all(s is None for s in stored)
+            continue
+        assert len(ds) == 4 and all(s is not None for s in stored)
+        for i in (0, 3):
+            expected = phantom_image_volumes(
+                ds.seeds[i], ds.findings_for(i), matrix=ds.matrix, n_slices=ds.n_slices
+            )
+            np.testing.assert_array_equal(stored[i], expected)
+
+
 def test_the_per_image_heart_objective_needs_whole_images_of_phantoms():
     with pytest.raises(ConfigError, match="heart_slice_loss_weight"):
         load_pretrain_config(

@@ -62,7 +62,7 @@ Stage 1 v1 (``configs/demo_backbone_v1.yaml``; issue 18) adds what the pooled fe
 * **fresh seeds** (``data.fresh_seeds``): the training phantoms come in blocks of ``count`` seeds;
   a block is used for ``data.block_epochs`` epochs, then the next block of new seeds follows
   (generated in the background by ``data.prepare_workers`` processes while the current block
-  trains); ``data.keep_blocks: false`` deletes a used block from the (zlib-compressed,
+  trains, with its per-image heart shares when that objective is on); ``data.keep_blocks: false`` deletes a used block from the (zlib-compressed,
   ``data.cache_compress``) cache;
 * **stop and continue**: after every epoch the run folder gets the backbone (``config.json`` +
   ``model.safetensors``), ``log.jsonl`` (one line of metrics per epoch) and ``last/`` (resume
@@ -586,10 +586,14 @@ def _check_block_seeds(spec: dict, valid_spec: dict | None, block: int) -> None:
 
 
 class _Blocks:
-    """Training phantoms block by block; the next block is generated in the background."""
+    """Training phantoms block by block; the next block is generated in the background (with each
+    phantom's per-image heart shares when ``heart_slices``: off the training loop)."""
 
-    def __init__(self, data: PretrainData, cache: PreprocessCache, source: str | None):
+    def __init__(
+        self, data: PretrainData, cache: PreprocessCache, source: str | None, heart_slices: bool = False
+    ):
         self.data, self.cache, self.source = data, cache, source
+        self.heart_slices = heart_slices
         self.workers = data.prepare_workers
         self.pool = None
         self.pending: tuple[int, PhantomDataset, Any] | None = None
@@ -613,13 +617,21 @@ class _Blocks:
         """Start generating ``block`` in worker processes (nothing to do without workers)."""
         if self.workers < 1 or self.cache.directory is None or not self.data.fresh_seeds:
             return
-        from hyperct.training.datasets.phantoms import _fill_in_worker, worker_pool
+        from hyperct.training.datasets.phantoms import _fill_in_worker, _heart_slices_in_worker, worker_pool
+        from hyperct.training.heart_slices import HEART_SLICES
 
         ds = self._dataset(block, prepare=False)
-        jobs = [(ds.worker_state(), i) for i in range(len(ds)) if not self.cache.contains(ds._key(i))]
+        state = ds.worker_state()
+        jobs = [(_fill_in_worker, (state, i)) for i in range(len(ds)) if not self.cache.contains(ds._key(i))]
+        if self.heart_slices:
+            jobs += [
+                (_heart_slices_in_worker, (state, i))
+                for i in range(len(ds))
+                if self.cache.get_array(ds._key(i), HEART_SLICES) is None
+            ]
         if self.pool is None:
             self.pool = worker_pool(self.workers)
-        self.pending = (block, ds, [self.pool.submit(_fill_in_worker, job) for job in jobs])
+        self.pending = (block, ds, [self.pool.submit(fn, job) for fn, job in jobs])
 
     def get(self, block: int) -> PhantomDataset:
         """Block ``block``, ready: waits for its background generation when one is running; what a
@@ -885,7 +897,7 @@ def pretrain_backbone(
     workers = max(1, dc.prepare_workers)
     bag_mode = oc.bag
     fresh = dc.fresh_seeds
-    blocks = _Blocks(dc, cache, source)
+    blocks = _Blocks(dc, cache, source, heart_slices=float(oc.heart_slice_loss_weight) > 0)
     try:
         if fresh:
             train = None  # the first block is chosen below (a resumed run starts a new one)

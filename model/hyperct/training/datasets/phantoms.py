@@ -334,10 +334,10 @@ def _exit_with_parent(interval: float = 1.0) -> None:
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
-def _fill_in_worker(job) -> tuple[int, np.ndarray]:
-    """Generate and cache one phantom in a worker process (``PhantomDataset.prepare(workers=N)``)."""
-    (first, count, matrix, n_slices, findings, severity, directory, dtype, compress, pair), i = job
-    ds = PhantomDataset(
+def _worker_dataset(state: tuple) -> PhantomDataset:
+    """The dataset ``PhantomDataset.worker_state`` describes, rebuilt in a worker process."""
+    first, count, matrix, n_slices, findings, severity, directory, dtype, compress, pair = state
+    return PhantomDataset(
         count,
         first,
         matrix=matrix,
@@ -348,9 +348,24 @@ def _fill_in_worker(job) -> tuple[int, np.ndarray]:
         prepare=False,
         pair=pair,
     )
+
+
+def _fill_in_worker(job) -> tuple[int, np.ndarray]:
+    """Generate and cache one phantom in a worker process (``PhantomDataset.prepare(workers=N)``)."""
+    state, i = job
+    ds = _worker_dataset(state)
     # another process (a second run on the same blocks, an A/B arm) may have made it meanwhile
     cached = ds.cached_labels(i)
     return i, cached if cached is not None else ds._fill(i)
+
+
+def _heart_slices_in_worker(job) -> int:
+    """Compute and cache phantom ``i``'s per-image heart shares in a worker process (a block
+    prefetched for ``optim.heart_slice_loss_weight``; nothing rendered, so independent of
+    ``_fill_in_worker``)."""
+    state, i = job
+    _worker_dataset(state).heart_slices(i)
+    return i
 
 
 PAIRS = (None, "normal", "variant", "drop_one")
