@@ -62,8 +62,8 @@ Stage 1 v1 (``configs/demo_backbone_v1.yaml``; issue 18) adds what the pooled fe
 * **fresh seeds** (``data.fresh_seeds``): the training phantoms come in blocks of ``count`` seeds;
   a block is used for ``data.block_epochs`` epochs, then the next block of new seeds follows
   (generated in the background by ``data.prepare_workers`` processes while the current block
-  trains, with its per-image heart shares when that objective is on); ``data.keep_blocks: false`` deletes a used block from the (zlib-compressed,
-  ``data.cache_compress``) cache;
+  trains, with its per-image heart shares when that objective is on); ``data.keep_blocks: false``
+  deletes a used block from the (zlib-compressed, ``data.cache_compress``) cache;
 * **stop and continue**: after every epoch the run folder gets the backbone (``config.json`` +
   ``model.safetensors``), ``log.jsonl`` (one line of metrics per epoch) and ``last/`` (resume
   state: backbone, heads, AdamW moments, the random generators, the next block). ``hyperct
