@@ -374,7 +374,7 @@ def _structure_masks(
     def alphas(sd: dict):
         env = heart.envelope(sd, heart.fat_t)
         outer = heart.outer_wall(sd)
-        cav = np.minimum.reduce(list(heart.cavities(sd).values()))
+        cav = heart.blood_pool(sd)
         return [
             sat(0.5 - env * ipx),
             sat(0.5 - (env + 1.6) * ipx),

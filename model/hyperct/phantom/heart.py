@@ -171,6 +171,11 @@ class HeartGeom:
         lv_outside = -sd["lv"][0]
         return {n: inner if n == "lv" else np.maximum(inner, lv_outside) for n, (_, inner) in sd.items()}
 
+    @classmethod
+    def blood_pool(cls, sd: dict) -> np.ndarray:
+        """Signed distance of all the blood the heart holds: the union of ``cavities``."""
+        return np.minimum.reduce(list(cls.cavities(sd).values()))
+
     # ---------------------------------------------------------------- key points (body mm)
     def point(self, name: str, offset=(0.0, 0.0, 0.0), nominal: bool = True) -> np.ndarray:
         ch = self.nominal if nominal else self.chambers
@@ -270,7 +275,7 @@ class HeartGeom:
             cv.paint(sb, a_fat, fat_hu, TISSUE["epicardial_fat"], lung_keep=True)
             outer = self.outer_wall(sd)
             cv.paint(sb, sat(0.5 - outer * ipx), HU_MYO, TISSUE["myocardium"], lung_keep=True)
-            cav = np.minimum.reduce(list(self.cavities(sd).values()))
+            cav = self.blood_pool(sd)
             cv.paint(sb, sat(0.5 - cav * ipx), HU_BLOOD, TISSUE["blood"], lung_keep=True)
         return {"bbox": bb}
 

@@ -618,17 +618,12 @@ class _Blocks:
         if self.workers < 1 or self.cache.directory is None or not self.data.fresh_seeds:
             return
         from hyperct.training.datasets.phantoms import _fill_in_worker, _heart_slices_in_worker, worker_pool
-        from hyperct.training.heart_slices import HEART_SLICES
 
         ds = self._dataset(block, prepare=False)
         state = ds.worker_state()
         jobs = [(_fill_in_worker, (state, i)) for i in range(len(ds)) if not self.cache.contains(ds._key(i))]
-        if self.heart_slices:
-            jobs += [
-                (_heart_slices_in_worker, (state, i))
-                for i in range(len(ds))
-                if self.cache.get_array(ds._key(i), HEART_SLICES) is None
-            ]
+        if self.heart_slices:  # (the dataset keeps valid cached shares, recomputes missing or damaged ones)
+            jobs += [(_heart_slices_in_worker, (state, i)) for i in range(len(ds))]
         if self.pool is None:
             self.pool = worker_pool(self.workers)
         self.pending = (block, ds, [self.pool.submit(fn, job) for fn, job in jobs])
