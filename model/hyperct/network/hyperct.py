@@ -389,8 +389,10 @@ class HyperCT(nn.Module):
         return self.backbone.norm(h)
 
     def _embed(
-        self, pixel_values: torch.Tensor
+        self, pixel_values: torch.Tensor, embedded: bool = False
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor], int]:
+        if embedded:
+            return self._embedded(pixel_values)
         if pixel_values.ndim != 5 or pixel_values.shape[2] != 3:
             raise ValueError(
                 f"expected (batch, images, 3, H, W) pixel values, got {tuple(pixel_values.shape)}"
@@ -402,6 +404,33 @@ class HyperCT(nn.Module):
         pos = self.backbone.rope_embeddings(flat)
         return h0, pos, n_img
 
+    def _embedded(self, tokens: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor], int]:
+        """``_embed`` for tokens from ``embed_images``: the square patch grid they hold gives the
+        image size the rotary position embedding needs."""
+        emb = self.backbone.embeddings
+        d = emb.patch_embeddings.weight.shape[0]
+        extra = 1 + emb.register_tokens.shape[1]
+        if tokens.ndim != 4 or tokens.shape[-1] != d or tokens.shape[2] <= extra:
+            raise ValueError(
+                f"expected (batch, images, tokens, {d}) embedded tokens, got {tuple(tokens.shape)}"
+            )
+        side = round((tokens.shape[2] - extra) ** 0.5)
+        if side * side != tokens.shape[2] - extra:
+            raise ValueError(f"embedded tokens: {tokens.shape[2] - extra} patch tokens are not a square grid")
+        b, n_img = tokens.shape[:2]
+        h0 = tokens.reshape(b * n_img, *tokens.shape[2:]).to(emb.patch_embeddings.weight.dtype)
+        size = side * self.backbone.config.patch_size
+        pos = self.backbone.rope_embeddings(h0.new_empty((1, 3, size, size)))
+        return h0, pos, n_img
+
+    def embed_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The task-independent input stage (HU windows, patch embedding, CLS and register tokens):
+        (B, 55, 3, H, W) pixel values -> (B, 55, tokens, D). ``forward(tokens, ..., embedded=True)``
+        takes them in place of the pixels (``hyperct.training.embedding_cache``); they depend only on
+        the backbone's embedding weights, which LoRA does not adapt."""
+        h0, _, n_img = self._embed(pixel_values.to(self._device))
+        return h0.reshape(-1, n_img, *h0.shape[1:])
+
     def pooled_features(
         self,
         pixel_values: torch.Tensor,
@@ -409,11 +438,13 @@ class HyperCT(nn.Module):
         *,
         paired: bool = False,
         task_chunk: int | None = None,
+        embedded: bool = False,
     ) -> torch.Tensor:
         """Task-conditioned scan features (mean CLS over the images).
 
         ``paired=False``: every task in ``tasks`` for every volume -> (B, T, D).
         ``paired=True``: ``tasks[b]`` for volume ``b`` -> (B, D).
+        ``embedded=True``: ``pixel_values`` are ``embed_images`` tokens (B, 55, tokens, D).
         """
         dev = self._device
         if tasks is None:
@@ -427,13 +458,15 @@ class HyperCT(nn.Module):
         tasks = torch.as_tensor(tasks, device=dev, dtype=torch.long).reshape(-1)
         with self._forward_lock:
             return self._pooled_features_locked(
-                pixel_values, tasks, ids, paired=paired, task_chunk=task_chunk
+                pixel_values, tasks, ids, paired=paired, task_chunk=task_chunk, embedded=embedded
             )
 
-    def _pooled_features_locked(self, pixel_values, tasks, ids, *, paired, task_chunk) -> torch.Tensor:
+    def _pooled_features_locked(
+        self, pixel_values, tasks, ids, *, paired, task_chunk, embedded=False
+    ) -> torch.Tensor:
         dev = self._device
         b = pixel_values.shape[0]
-        h0, pos, n_img = self._embed(pixel_values.to(dev))
+        h0, pos, n_img = self._embed(pixel_values.to(dev), embedded)
         d = h0.shape[-1]
         self._tap_images = n_img
         try:
@@ -468,9 +501,13 @@ class HyperCT(nn.Module):
         *,
         paired: bool = False,
         task_chunk: int | None = None,
+        embedded: bool = False,
     ) -> torch.Tensor:
-        """Logits: (B, T) for every task in ``tasks`` (default: all 25), or (B,) when ``paired``."""
-        feats = self.pooled_features(pixel_values, tasks, paired=paired, task_chunk=task_chunk)
+        """Logits: (B, T) for every task in ``tasks`` (default: all 25), or (B,) when ``paired``.
+        ``embedded``: ``pixel_values`` are the tokens of ``embed_images``."""
+        feats = self.pooled_features(
+            pixel_values, tasks, paired=paired, task_chunk=task_chunk, embedded=embedded
+        )
         return self.head(feats.to(self.head[0].weight.dtype)).squeeze(-1)  # a no-op unless bf16 weights
 
     # -- reference implementations (tests, analysis) ----------------------------------------

@@ -48,6 +48,7 @@ from hyperct.training import distributed as D
 from hyperct.training.cache import PreprocessCache
 from hyperct.training.config import ScheduleSection, TrainConfig, dump_config
 from hyperct.training.datasets import IndexedPixels, VolumeDataset, build_dataset
+from hyperct.training.embedding_cache import EmbeddingCache
 from hyperct.training.metrics import macro_auc, roc_auc
 from hyperct.training.progress import progress_bar
 from hyperct.training.state import load_state, save_state
@@ -185,10 +186,11 @@ def rank_batches(n: int, batch_size: int, rank: int, world: int) -> list[tuple[l
 
 
 class _PlanDataset(torch.utils.data.Dataset):
-    """Items of an epoch plan: (pixels, label of the drawn task, task, weight)."""
+    """Items of an epoch plan: (pixels, label of the drawn task, task, weight); with
+    ``pixels=False`` the volume's index in place of its pixels (``EmbeddingCache`` has its tokens)."""
 
-    def __init__(self, data: VolumeDataset, order: np.ndarray, tasks: np.ndarray):
-        self.data, self.order, self.tasks = data, order, tasks
+    def __init__(self, data: VolumeDataset, order: np.ndarray, tasks: np.ndarray, pixels: bool = True):
+        self.data, self.order, self.tasks, self.pixels = data, order, tasks, pixels
 
     def __len__(self) -> int:
         return len(self.order)
@@ -198,7 +200,7 @@ class _PlanDataset(torch.utils.data.Dataset):
         if pos < 0:  # padding item (see rank_batches)
             pos, weight = -1 - pos, 0.0
         idx = int(self.order[pos])
-        pixels = self.data.pixel_values(idx)
+        pixels = self.data.pixel_values(idx) if self.pixels else torch.tensor(idx)
         task = int(self.tasks[pos])
         label = float(self.data.labels[idx, task])
         return pixels, torch.tensor(label), torch.tensor(task), torch.tensor(weight)
@@ -438,6 +440,21 @@ def _model_and_optimiser(cfg: TrainConfig, device: torch.device) -> _Trainable:
     return _Trainable(model, params, [n for n, _ in named], optimizer, backbone_sha)
 
 
+def _embedding_cache(cfg: TrainConfig, model, data: _Data, source: str | None) -> EmbeddingCache | None:
+    """``train.embedding_cache``: the input stage of each training volume kept in memory (frozen
+    backbones only: a trained one changes its embedding every step)."""
+    kind = cfg.train.embedding_cache
+    if kind == "off":
+        return None
+    if cfg.model.train_backbone:
+        raise ConfigError(
+            "train.embedding_cache needs a frozen backbone: model.train_backbone is true",
+            path=source,
+            hint="set train.embedding_cache: off, or model.train_backbone: false",
+        )
+    return EmbeddingCache(model, data.train, kind)
+
+
 # --- where the run stands: restore -------------------------------------------------------------
 
 
@@ -502,6 +519,7 @@ def _train_epoch(
     state: _Progress,
     device: torch.device,
     dist: D.DistInfo,
+    tokens: EmbeddingCache | None = None,
 ) -> dict:
     """Stage 5, one epoch: the epoch's plan, then one optimiser step per global batch. Returns the
     log entry's training part (loss, lr, samples, steps); advances ``state.global_step``."""
@@ -520,7 +538,7 @@ def _train_epoch(
         batches = batches[: tc.max_batches]
     steps = len(batches)
     loader = _loader(
-        _PlanDataset(data.train, order, tasks),
+        _PlanDataset(data.train, order, tasks, pixels=tokens is None),
         [b for b, _ in batches],
         cfg.data.num_workers,
         cfg.seed + epoch,
@@ -536,7 +554,19 @@ def _train_epoch(
         for g in run.optimizer.param_groups:
             g["lr"] = lr
         run.optimizer.zero_grad(set_to_none=True)
-        _accumulate(net, batch, tc.micro_batch, dist.world / n_global, loss_sum, device, tc.amp, dist)
+        if tokens is not None:
+            batch = (tokens.batch(batch[0]), *batch[1:])
+        _accumulate(
+            net,
+            batch,
+            tc.micro_batch,
+            dist.world / n_global,
+            loss_sum,
+            device,
+            tc.amp,
+            dist,
+            tokens is not None,
+        )
         if oc.grad_clip:
             torch.nn.utils.clip_grad_norm_(run.params, oc.grad_clip)
         run.optimizer.step()
@@ -554,9 +584,10 @@ def _train_epoch(
     }
 
 
-def _accumulate(net, batch, micro_batch, scale, loss_sum, device, amp, dist) -> None:
+def _accumulate(net, batch, micro_batch, scale, loss_sum, device, amp, dist, embedded=False) -> None:
     """Gradients of one global batch's weighted BCE (this rank's share), ``micro_batch`` samples per
-    forward/backward (DDP synchronises on the last one); adds (loss sum, weight sum) to ``loss_sum``."""
+    forward/backward (DDP synchronises on the last one); adds (loss sum, weight sum) to ``loss_sum``.
+    ``embedded``: the batch holds input-stage tokens (``EmbeddingCache``), not pixels."""
     pixels, y, t, w = batch
     mb = micro_batch or len(y)
     chunks = list(range(0, len(y), mb))
@@ -566,7 +597,9 @@ def _accumulate(net, batch, micro_batch, scale, loss_sum, device, amp, dist) -> 
             sync = net.no_sync()
         with sync:
             with autocast_for(device, amp):
-                logits = net(pixels[s : s + mb].to(device), t[s : s + mb].to(device), paired=True)
+                logits = net(
+                    pixels[s : s + mb].to(device), t[s : s + mb].to(device), paired=True, embedded=embedded
+                )
             bce = F.binary_cross_entropy_with_logits(
                 logits.float(), y[s : s + mb].to(device), reduction="none"
             )
@@ -797,6 +830,7 @@ def train(
         state = _restore(run_dir, run, cfg, dist, echo) if resume else _Progress()
         if dist.is_main:
             (run_dir / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
+        tokens = _embedding_cache(cfg, run.model, data, config_source)
         net = run.model
         if dist.enabled:
             from torch.nn.parallel import DistributedDataParallel as DDP
@@ -819,7 +853,9 @@ def train(
             )
         for epoch in range(state.start_epoch, epochs):
             t0 = time.perf_counter()
-            entry = _train_epoch(net, run, data, cfg, epoch, state, device, dist)
+            entry = _train_epoch(net, run, data, cfg, epoch, state, device, dist, tokens)
+            if tokens is not None:
+                entry["embedding_cache_mb"] = round(tokens.nbytes / 2**20, 1)
             train_seconds = time.perf_counter() - t0
             val = _validate(run.model, data, cfg, epoch, device, dist)
             if val is not None:
