@@ -73,3 +73,34 @@ def test_a_trained_backbone_refuses_the_cache(tmp_path):
     cfg = tiny_config(model={"train_backbone": True}, train={"embedding_cache": "float16"})
     with pytest.raises(ConfigError, match="frozen backbone"):
         train(cfg, tmp_path / "r", datasets=(SignalDataset(6, 0), SignalDataset(6, 1)), echo=None)
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_a_resumed_cached_run_refills_the_cache_and_ends_where_an_uninterrupted_one_does(tmp_path):
+    from safetensors.torch import load_file
+
+    def stop_after_first(entry):
+        if entry["epoch"] == 1:
+            raise _Stop
+
+    cfg = _frozen("float32", epochs=2)
+    train(cfg, tmp_path / "full", datasets=(SignalDataset(12, 0), SignalDataset(8, 1)), echo=None)
+    with pytest.raises(_Stop):
+        train(
+            cfg,
+            tmp_path / "cut",
+            datasets=(SignalDataset(12, 0), SignalDataset(8, 1)),
+            echo=None,
+            on_epoch_end=stop_after_first,
+        )
+    again = SignalDataset(12, 0)
+    train(cfg, tmp_path / "cut", datasets=(again, SignalDataset(8, 1)), resume=True, echo=None)
+    assert again.reads == 12  # the new process embeds every volume again, once
+    full = load_file(tmp_path / "full" / "last" / "model.safetensors")
+    cut = load_file(tmp_path / "cut" / "last" / "model.safetensors")
+    assert full.keys() == cut.keys()
+    for k in full:
+        assert torch.equal(full[k], cut[k]), k
