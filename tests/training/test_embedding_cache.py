@@ -104,3 +104,17 @@ def test_a_resumed_cached_run_refills_the_cache_and_ends_where_an_uninterrupted_
     assert full.keys() == cut.keys()
     for k in full:
         assert torch.equal(full[k], cut[k]), k
+
+
+def test_a_cache_larger_than_its_memory_budget_is_refused_before_training():
+    from hyperct.training.embedding_cache import EmbeddingCache
+
+    model = build_model(tiny_config(model={"train_backbone": False}))
+    data = SignalDataset(40, 0)
+    cache = EmbeddingCache(model, data, "float16")
+    need = cache.check_fits()
+    one = cache.batch([0])[0]
+    assert need == one.numel() * 2 * 40  # float16: 2 bytes a value, 40 volumes
+    with pytest.raises(ConfigError, match=r"40 volumes .* more than the"):
+        cache.check_fits(need - 1)
+    assert data.reads == 1  # sized from the first volume alone

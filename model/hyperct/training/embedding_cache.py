@@ -10,8 +10,11 @@ backbone in float16, 1.8 MB in float32). The first epoch costs what it did witho
 
 from __future__ import annotations
 
+import os
+
 import torch
 
+from hyperct.errors import ConfigError
 from hyperct.training.datasets import VolumeDataset
 
 DTYPES = {"float16": torch.float16, "float32": torch.float32}
@@ -26,6 +29,23 @@ class EmbeddingCache:
         self.model, self.data, self.dtype = model, data, DTYPES[dtype]
         self._tokens: dict[int, torch.Tensor] = {}
         self.computed = 0  # volumes embedded so far (each once)
+
+    def check_fits(self, budget_bytes: int | None = None) -> int:
+        """The bytes the cache will hold once every volume is in it (the first volume's tokens
+        times the dataset's size); a ``ConfigError`` when that is over ``budget_bytes`` (default:
+        half of this machine's memory, shared by the processes torchrun started on it), before any
+        training time is spent."""
+        need = self._tokens_of(0).numel() * self._tokens_of(0).element_size() * len(self.data)
+        local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+        budget = budget_bytes if budget_bytes is not None else physical_memory() // 2 // local
+        if budget and need > budget:
+            raise ConfigError(
+                f"train.embedding_cache would hold {len(self.data)} volumes x "
+                f"{need / len(self.data) / 2**20:.1f} MB = {need / 2**30:.1f} GB in memory, more than "
+                f"the {budget / 2**30:.1f} GB it may use (half of this machine's memory per process)",
+                hint="set train.embedding_cache: off (or float16 instead of float32)",
+            )
+        return need
 
     def __len__(self) -> int:
         return len(self._tokens)
@@ -51,3 +71,11 @@ class EmbeddingCache:
         rows = [self._tokens_of(int(i)) for i in torch.as_tensor(indices).reshape(-1).tolist()]
         weight = self.model.backbone.embeddings.patch_embeddings.weight
         return torch.stack(rows).to(device=device, dtype=weight.dtype)
+
+
+def physical_memory() -> int:
+    """This machine's memory in bytes (0 where the system does not say)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return 0

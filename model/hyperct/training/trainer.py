@@ -452,7 +452,9 @@ def _embedding_cache(cfg: TrainConfig, model, data: _Data, source: str | None) -
             path=source,
             hint="set train.embedding_cache: off, or model.train_backbone: false",
         )
-    return EmbeddingCache(model, data.train, kind)
+    cache = EmbeddingCache(model, data.train, kind)
+    cache.check_fits()
+    return cache
 
 
 # --- where the run stands: restore -------------------------------------------------------------
