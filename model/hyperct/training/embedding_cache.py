@@ -28,14 +28,14 @@ class EmbeddingCache:
             raise ValueError(f"embedding cache dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
         self.model, self.data, self.dtype = model, data, DTYPES[dtype]
         self._tokens: dict[int, torch.Tensor] = {}
-        self.computed = 0  # volumes embedded so far (each once)
 
     def check_fits(self, budget_bytes: int | None = None) -> int:
         """The bytes the cache will hold once every volume is in it (the first volume's tokens
         times the dataset's size); a ``ConfigError`` when that is over ``budget_bytes`` (default:
         half of this machine's memory, shared by the processes torchrun started on it), before any
         training time is spent."""
-        need = self._tokens_of(0).numel() * self._tokens_of(0).element_size() * len(self.data)
+        first = self._tokens_of(0)
+        need = first.numel() * first.element_size() * len(self.data)
         local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
         budget = budget_bytes if budget_bytes is not None else physical_memory() // 2 // local
         if budget and need > budget:
@@ -62,7 +62,6 @@ class EmbeddingCache:
                 tokens = self.model.embed_images(pixels[None])[0]
             tokens = tokens.detach().to("cpu", self.dtype).contiguous()
             self._tokens[idx] = tokens
-            self.computed += 1
         return tokens
 
     def batch(self, indices: torch.Tensor | list[int], device: torch.device | str = "cpu") -> torch.Tensor:
