@@ -16,9 +16,12 @@ SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "keep_progress.sh"
 pytestmark = pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 
 
-def _run(run: Path, dest: Path) -> subprocess.CompletedProcess:
+def _run(run: Path, dest: Path, **extra_env: str) -> subprocess.CompletedProcess:
     env = dict(
-        os.environ, PROGRESS=str(dest), PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+        os.environ,
+        PROGRESS=str(dest),
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        **extra_env,
     )
     return subprocess.run(
         ["bash", str(SCRIPT), str(run)], capture_output=True, text=True, env=env, cwd=run.parent
@@ -59,3 +62,11 @@ def test_a_folder_without_resume_state_or_too_large_is_refused(tmp_path):
     done = _run(big, tmp_path / "progress")
     assert done.returncode == 2 and "too large" in done.stderr
     assert not (tmp_path / "progress" / "big").exists()
+
+
+def test_another_limit_can_be_asked_for(tmp_path):
+    big = _fake_run(tmp_path / "runs" / "stage2", epoch=9, extra_bytes=20 * 2**20)
+    assert _run(big, tmp_path / "progress", LIMIT_MB="18").returncode == 2
+    done = _run(big, tmp_path / "progress", LIMIT_MB="40")
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "progress" / "stage2" / "last" / "model.safetensors").stat().st_size > 20 * 2**20
