@@ -13,6 +13,8 @@
 #                                              # missed, version 0.4.1 in the copied manifest (v0.4's
 #                                              # weights; 0.4.1: the nodule, at chance on validation,
 #                                              # gets a 99 % specificity threshold, not Youden's)
+#   GATE=0 STAGE1_PHASE=slices bash scripts/train_demo.sh
+#                                              # stage 1 on to the heart-slices phase (below), stage 2 on it
 #   GATE=0 SHIP=1 STAGE2_CONFIG=configs/demo_v03.yaml bash scripts/train_demo.sh
 #                                              # v0.3 (shipped before v0.4): stage 2 on 800 phantoms, 900 steps
 #
@@ -31,6 +33,11 @@
 #    the same procedure and seeds, not bitwise the same weights. Interrupted? Rerun the script: each
 #    run goes on from its last whole epoch (on new seeds, as every resume). STAGE1=skip uses the
 #    folders as they are.
+#    STAGE1_PHASE=slices goes on from there, in a copy at epoch 94, with per-image heart targets
+#    (`optim.heart_slice_loss_weight`) to epoch 160 as progress/demo-backbone-v1w-pair-heart-slices
+#    ran (SLICES_SEGMENTS; issue 18's best backbone so far, probe 0.852, ~3 h more on 2 cores), and
+#    trains stage 2 on it into runs/demo-v1-hslice with the input-stage cache
+#    (`train.embedding_cache=float16`, as that run did); not the shipped model's procedure yet.
 # 2. the gate: benchmarks/probe_backbone.py (logistic probe on the frozen mean-CLS feature, 800 / 200
 #    phantoms) must reach macro >= 0.92 and every finding >= 0.80, else the script stops (GATE=0 skips);
 # 3. stage 2: HyperCT training proper, backbone frozen (hyperct train, configs/demo_v1.yaml): the
@@ -56,6 +63,13 @@ CACHE=cache/hyperct-demo
 BACKBONE="$RUNS/demo-backbone-v1w-pair-heart"  # stage 1 v1 as the shipped demo's backbone ran
 STAGE2_CONFIG=${STAGE2_CONFIG:-configs/demo_v1.yaml}
 STAGE2="$RUNS/$(basename "$STAGE2_CONFIG" .yaml | tr _ -)"  # configs/demo_v1.yaml -> runs/demo-v1
+PHASE=${STAGE1_PHASE:-heart}
+case "$PHASE" in heart | slices) ;; *) echo "STAGE1_PHASE must be heart or slices, not '$PHASE'" >&2; exit 2 ;; esac
+STAGE2_SETTINGS=()
+if [ "$PHASE" = slices ]; then
+  STAGE2="$STAGE2-hslice"
+  STAGE2_SETTINGS=(--set train.embedding_cache=float16)
+fi
 
 # The epoch a stage-1 run folder has reached (0: none yet).
 reached() {
@@ -87,6 +101,13 @@ STAGE1_SEGMENTS="
 74 100 --set optim.heart_loss_weight=3.0
 94 100
 "
+# STAGE1_PHASE=slices: from epoch 94 of that run, in a copy, as progress/demo-backbone-v1w-pair-heart-slices ran.
+SLICES="$RUNS/demo-backbone-v1w-pair-heart-slices"
+SLICES_SEGMENTS="
+110 120 --set optim.heart_slice_loss_weight=3.0
+142 160
+160 160
+"
 
 if [ "${STAGE1:-run}" != skip ]; then
   if [ "$(reached "$RUNS/demo-backbone-v1")" = 0 ]; then
@@ -115,7 +136,16 @@ save_backbone(load_checkpoint(sys.argv[1], map_location="cpu")[0].backbone, sys.
     # shellcheck disable=SC2086  # (the settings are words)
     segment "$BACKBONE" "$until" "$epochs" $settings
   done <<< "$STAGE1_SEGMENTS"
+  if [ "$PHASE" = slices ]; then
+    [ "$(reached "$SLICES")" -gt 0 ] || { rm -rf "$SLICES" && cp -r "$BACKBONE" "$SLICES"; }
+    while read -r until epochs settings; do
+      [ -n "$until" ] || continue
+      # shellcheck disable=SC2086  # (the settings are words)
+      segment "$SLICES" "$until" "$epochs" $settings
+    done <<< "$SLICES_SEGMENTS"
+  fi
 fi
+[ "$PHASE" = heart ] || BACKBONE=$SLICES
 python benchmarks/probe_backbone.py --backbone "$BACKBONE" --cache "$CACHE" --workers "${PREPARE_WORKERS:-2}" \
   --out "$BACKBONE/probe.json"
 if [ "${GATE:-1}" != 0 ]; then
@@ -132,7 +162,7 @@ if [ -f "$STAGE2/last/state.json" ]; then  # an interrupted stage 2 goes on (del
   hyperct train --resume "$STAGE2"
 else
   hyperct train --config "$STAGE2_CONFIG" --out "$STAGE2" --overwrite \
-    --set "model.backbone_weights=$BACKBONE"
+    --set "model.backbone_weights=$BACKBONE" ${STAGE2_SETTINGS[@]+"${STAGE2_SETTINGS[@]}"}
 fi
 hyperct evaluate --model "$STAGE2/best" --data phantom:200:200000 --phantom-matrix 192 --cache "$CACHE" \
   --out "$STAGE2/valid-report" --write-thresholds --overwrite

@@ -195,10 +195,10 @@ def test_a_section_replaced_by_an_override_is_a_config_error():
         load_config(None, ["model=3"])
 
 
-def _stage1_segments(script: str) -> list[tuple[int, int, list[str]]]:
+def _stage1_segments(script: str, name: str = "STAGE1_SEGMENTS") -> list[tuple[int, int, list[str]]]:
     """scripts/train_demo.sh's replay of the kept stage-1 run: (until, epochs, --set values) after
-    v1w's first segment."""
-    block = script.split('STAGE1_SEGMENTS="', 1)[1].split('"', 1)[0]
+    v1w's first segment (``SLICES_SEGMENTS``: of the heart-slices phase after epoch 94)."""
+    block = script.split(f'{name}="', 1)[1].split('"', 1)[0]
     out = []
     for line in block.strip().splitlines():
         until, epochs, *rest = line.split()
@@ -225,8 +225,24 @@ def test_train_demo_replays_the_kept_stage1_run_as_it_was_recorded():
         and load_pretrain_config(CONFIGS / "demo_backbone_v1.yaml")["optim"]["epochs"] == 80
     )
 
-    run = root / "progress" / "demo-backbone-v1w-pair-heart"
     segments = [(7, 40, [])] + _stage1_segments(script)
+    _check_replay(root / "progress" / "demo-backbone-v1w-pair-heart", segments)
+    # STAGE1_PHASE=slices: the same run copied at epoch 94, then the heart-slices phase
+    assert (
+        '[ "$(reached "$SLICES")" -gt 0 ] || { rm -rf "$SLICES" && cp -r "$BACKBONE" "$SLICES"; }' in script
+    )
+    slices = _stage1_segments(script, "SLICES_SEGMENTS")
+    assert slices[0][0] > segments[-1][0] == 94
+    _check_replay(root / "progress" / "demo-backbone-v1w-pair-heart-slices", segments + slices)
+
+
+def _check_replay(run, segments) -> None:
+    """The segments (until, epochs, settings) stop where the kept run ``run`` cut a block of seeds
+    short and run with the settings it had, up to its last epoch."""
+    import json
+
+    from hyperct.training.pretrain import load_pretrain_config
+
     log = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
     assert [e["epoch"] for e in log] == list(range(1, len(log) + 1)) and segments[-1][0] == len(log)
     per_block = load_pretrain_config(CONFIGS / "demo_backbone_v1w.yaml")["data"]["block_epochs"]
