@@ -303,3 +303,18 @@ def test_configs_demo_v03_is_demo_v1_on_a_third_of_its_phantoms_and_steps():
         cfg["model"].pop("version")
         cfg["model"].pop("backbone_weights")
     assert v03 == v1
+
+
+def test_off_written_unquoted_is_the_word_off_where_a_field_offers_it(tmp_path):
+    """YAML 1.1 reads an unquoted ``off`` as False: ``--set train.amp=off`` and ``embedding_cache: off``
+    in a file mean the option "off", not a type error; a boolean stays an error where "off" is no option."""
+    cfg = load_config(None, ["train.amp=off", "train.embedding_cache=off"])
+    assert cfg["train"]["amp"] == "off" and cfg["train"]["embedding_cache"] == "off"
+    f = tmp_path / "c.yaml"
+    f.write_text("train:\n  embedding_cache: off\n  amp: off\n")
+    cfg = load_config(f)
+    assert cfg["train"]["amp"] == "off" and cfg["train"]["embedding_cache"] == "off"
+    with pytest.raises(ConfigError, match="train.task_draw"):
+        load_config(None, ["train.task_draw=off"])
+    with pytest.raises(ConfigError, match="model.train_backbone"):
+        load_config(None, ["model.train_backbone=float16"])

@@ -115,8 +115,31 @@ def _str(v):
     return None if isinstance(v, str) and v.strip() else "a non-empty string"
 
 
-def _choice(*options):
-    return lambda v: None if v in options else f"one of {', '.join(map(str, options))}"
+class _choice:
+    """One of ``options`` (strings). YAML 1.1 reads an unquoted ``off`` / ``on`` as a boolean:
+    ``resolve`` turns such a boolean back into the word where the word is an option."""
+
+    def __init__(self, *options):
+        self.options = options
+
+    def __call__(self, v):
+        return None if v in self.options else f"one of {', '.join(map(str, self.options))}"
+
+
+def _words_for_booleans(values: dict, section) -> None:
+    """``amp: off`` (read as False) -> "off" for choice fields of ``section`` that offer the word."""
+    if not isinstance(values, dict):
+        return
+    for f in dataclasses.fields(section):
+        if f.name not in values:
+            continue
+        if _is_section(f):
+            _words_for_booleans(values[f.name], f.default_factory)
+            continue
+        options = getattr(f.metadata.get("check"), "options", ())
+        value = values[f.name]
+        if isinstance(value, bool) and ("on" if value else "off") in options:
+            values[f.name] = "on" if value else "off"
 
 
 def _betas(v):
@@ -478,6 +501,7 @@ def resolve(
     items = overrides.items() if isinstance(overrides, dict) else [parse_override(o) for o in overrides or []]
     for key, value in items:
         set_field(cfg, key, value, source="--set" if source is None else f"{source} (--set {key})")
+    _words_for_booleans(cfg, TrainConfig)
     validate(cfg, source=source)
     return cfg
 
