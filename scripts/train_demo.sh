@@ -8,14 +8,15 @@
 #   V0=v02/assets/demo_model bash scripts/train_demo.sh   # stage 1 v0 = the backbone inside the demo
 #                 # model v0.2 (it froze it: the same weights), not trained again; v0.2 was shipped until
 #                 # v0.3: mkdir v02 && git archive fecca61 assets/demo_model | tar -x -C v02
-#   GATE=0 SHIP=1 VERSION=0.4.1 bash scripts/train_demo.sh
-#                                              # the shipped v0.4.1: the whole procedure, gate and target
-#                                              # missed, version 0.4.1 in the copied manifest (v0.4's
-#                                              # weights; 0.4.1: the nodule, at chance on validation,
-#                                              # gets a 99 % specificity threshold, not Youden's)
-#   GATE=0 STAGE1_PHASE=slices bash scripts/train_demo.sh
-#                                              # stage 1 on to the heart-slices phase (below), stage 2 on it
-#   GATE=0 SHIP=1 STAGE2_CONFIG=configs/demo_v03.yaml bash scripts/train_demo.sh
+#   GATE=0 SHIP=1 VERSION=0.5 bash scripts/train_demo.sh
+#                                              # the shipped v0.5: the whole procedure, gate and target
+#                                              # missed, version 0.5 in the copied manifest
+#   GATE=0 SHIP=1 VERSION=0.4.1 STAGE1_PHASE=heart bash scripts/train_demo.sh
+#                                              # v0.4.1 (shipped before v0.5): stage 1 without the
+#                                              # heart-slices phase, stage 2 into runs/demo-v1 as it ran
+#                                              # (validated every 3, no input-stage cache; v0.4's weights,
+#                                              # 0.4.1: the nodule gets a 99 % specificity threshold)
+#   GATE=0 SHIP=1 STAGE1_PHASE=heart STAGE2_CONFIG=configs/demo_v03.yaml bash scripts/train_demo.sh
 #                                              # v0.3 (shipped before v0.4): stage 2 on 800 phantoms, 900 steps
 #
 # 1. stage 1: the v0 backbone (configs/demo_backbone.yaml, token and image objectives, ~25 min on 2
@@ -33,18 +34,19 @@
 #    the same procedure and seeds, not bitwise the same weights. Interrupted? Rerun the script: each
 #    run goes on from its last whole epoch (on new seeds, as every resume). STAGE1=skip uses the
 #    folders as they are.
-#    STAGE1_PHASE=slices goes on from there, in a copy at epoch 94, with per-image heart targets
+#    Then the heart-slices phase, in a copy at epoch 94, with per-image heart targets
 #    (`optim.heart_slice_loss_weight`) to epoch 160 as progress/demo-backbone-v1w-pair-heart-slices
-#    ran (SLICES_SEGMENTS; issue 18's best backbone so far, probe 0.852, ~3 h more on 2 cores), and
-#    trains stage 2 on it into runs/demo-v1-hslice with the input-stage cache
-#    (`train.embedding_cache=float16`, as that run did); not the shipped model's procedure yet.
+#    ran (SLICES_SEGMENTS; issue 18's best backbone so far, probe 0.852, ~3 h more on 2 cores); stage 2
+#    trains on it into runs/demo-v1-hslice (the shipped v0.5). STAGE1_PHASE=heart stops at epoch 94
+#    and trains stage 2 on that backbone into runs/demo-v1 as v0.4.1's ran.
 # 2. the gate: benchmarks/probe_backbone.py (logistic probe on the frozen mean-CLS feature, 800 / 200
 #    phantoms) must reach macro >= 0.92 and every finding >= 0.80, else the script stops (GATE=0 skips);
 # 3. stage 2: HyperCT training proper, backbone frozen (hyperct train, configs/demo_v1.yaml): the
 #    paper's protocol with task draws balanced toward each volume's positive findings, 12 epochs (3,600
 #    steps, ~3.3 s each measured on one CPU thread beside another job: ~3.3 h, plus four validations of
 #    ~12 min); a rerun resumes an interrupted one; STAGE2_CONFIG=FILE trains FILE into runs/<its name>
-#    instead (configs/demo_v03.yaml: the shipped v0.3, 800 phantoms, 900 steps);
+#    instead (configs/demo_v03.yaml: the shipped v0.3, 800 phantoms, 900 steps). v0.5's run: 2.0 h on 2
+#    cores with the input-stage cache (configs/demo_v1.yaml), one validation of ~8 min;
 # 4. operating thresholds from the 200 validation phantoms (Youden; 99 % specificity for a finding whose
 #    AUC there is not above chance), written into the manifest;
 # 5. the held-out test: 300 fresh phantoms with seeds never used in training (hyperct evaluate);
@@ -60,15 +62,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-runs}
 CACHE=cache/hyperct-demo
-BACKBONE="$RUNS/demo-backbone-v1w-pair-heart"  # stage 1 v1 as the shipped demo's backbone ran
+BACKBONE="$RUNS/demo-backbone-v1w-pair-heart"  # stage 1 v1 to epoch 94 (v0.4.1's backbone; v0.5's goes on in $SLICES)
 STAGE2_CONFIG=${STAGE2_CONFIG:-configs/demo_v1.yaml}
 STAGE2="$RUNS/$(basename "$STAGE2_CONFIG" .yaml | tr _ -)"  # configs/demo_v1.yaml -> runs/demo-v1
-PHASE=${STAGE1_PHASE:-heart}
+PHASE=${STAGE1_PHASE:-slices}
 case "$PHASE" in heart | slices) ;; *) echo "STAGE1_PHASE must be heart or slices, not '$PHASE'" >&2; exit 2 ;; esac
 STAGE2_SETTINGS=()
 if [ "$PHASE" = slices ]; then
   STAGE2="$STAGE2-hslice"
-  STAGE2_SETTINGS=(--set train.embedding_cache=float16)
+else  # v0.4.1's and v0.3's stage 2 as they ran
+  STAGE2_SETTINGS=(--set train.embedding_cache=off --set train.valid_every=3)
 fi
 
 # The epoch a stage-1 run folder has reached (0: none yet).
@@ -101,7 +104,7 @@ STAGE1_SEGMENTS="
 74 100 --set optim.heart_loss_weight=3.0
 94 100
 "
-# STAGE1_PHASE=slices: from epoch 94 of that run, in a copy, as progress/demo-backbone-v1w-pair-heart-slices ran.
+# The heart-slices phase: from epoch 94 of that run, in a copy, as progress/demo-backbone-v1w-pair-heart-slices ran.
 SLICES="$RUNS/demo-backbone-v1w-pair-heart-slices"
 SLICES_SEGMENTS="
 110 120 --set optim.heart_slice_loss_weight=3.0

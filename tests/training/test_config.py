@@ -265,11 +265,12 @@ def _check_replay(run, segments) -> None:
 
 
 def test_the_shipped_demo_model_was_trained_as_configs_demo_v1_says():
-    """assets/demo_model (v0.4.1: v0.4's weights, one threshold changed) records the stage-2 configuration
-    it was trained with: configs/demo_v1.yaml, the one command's own stage 2 (GATE=0 SHIP=1
-    VERSION=0.4.1 bash scripts/train_demo.sh), apart from where the run and its backbone lived; its
-    version is the one the script gave it when shipping a model below the issue's target, not the
-    config's 1.0. Keys added since then read as their defaults (the behaviour it was trained with)."""
+    """assets/demo_model (v0.5) records the stage-2 configuration it was trained with:
+    configs/demo_v1.yaml, the one command's own stage 2 (GATE=0 SHIP=1 VERSION=0.5 bash
+    scripts/train_demo.sh), apart from where the run and its backbone lived; its backbone is the
+    heart-slices phase's (the script's default); its version is the one the script gave it when
+    shipping a model below the issue's target, not the config's 1.0. Keys added since then read as
+    their defaults (the behaviour it was trained with)."""
     import json
 
     root = CONFIGS.parent
@@ -277,29 +278,56 @@ def test_the_shipped_demo_model_was_trained_as_configs_demo_v1_says():
     recorded = resolve(manifest["training"]["config"])
     config = load_config(CONFIGS / "demo_v1.yaml")
     assert (
-        manifest["model_version"] == "0.4.1"
+        manifest["model_version"] == "0.5"
         and recorded["model"]["version"] == config["model"]["version"] == "1.0"
     )
-    recorded["model"].pop("backbone_weights")
+    assert Path(recorded["model"].pop("backbone_weights")).name == "demo-backbone-v1w-pair-heart-slices"
     config["model"].pop("backbone_weights")
-    recorded.pop("output_dir")
+    assert Path(recorded.pop("output_dir")).name == "demo-v1-hslice"
     config.pop("output_dir")
     assert recorded == config
     assert config["data"]["train"]["count"] == 2400 and config["train"]["epochs"] == 12
+    assert config["train"]["embedding_cache"] == "float16"
     script = (root / "scripts" / "train_demo.sh").read_text()
     assert "STAGE2_CONFIG=${STAGE2_CONFIG:-configs/demo_v1.yaml}" in script
-    assert "GATE=0 SHIP=1 VERSION=0.4.1 bash scripts/train_demo.sh" in script
+    assert "PHASE=${STAGE1_PHASE:-slices}" in script and 'STAGE2="$STAGE2-hslice"' in script
+    assert "GATE=0 SHIP=1 VERSION=0.5 bash scripts/train_demo.sh" in script
     assert 'update_manifest(sys.argv[1], model_version=sys.argv[2])\' assets/demo_model "$VERSION"' in script
+
+
+def test_v041s_stage2_is_configs_demo_v1_with_the_settings_the_heart_phase_restores():
+    """STAGE1_PHASE=heart trains stage 2 as v0.4.1's ran (progress/demo-v1/config.yaml: the
+    configuration its manifest recorded): configs/demo_v1.yaml with the settings the script adds for
+    that phase, on the epoch-94 backbone, into runs/demo-v1."""
+    import shlex
+
+    root = CONFIGS.parent
+    script = (root / "scripts" / "train_demo.sh").read_text()
+    line = script.split("else  # v0.4.1's and v0.3's stage 2 as they ran", 1)[1].splitlines()[1]
+    words = shlex.split(line.strip().removeprefix("STAGE2_SETTINGS=(").removesuffix(")"))
+    sets = [w for w in words if w != "--set"]
+    assert words.count("--set") == len(sets) == 2
+    config = load_config(CONFIGS / "demo_v1.yaml", overrides=sets)
+    recorded = resolve(yaml.safe_load((root / "progress" / "demo-v1" / "config.yaml").read_text()))
+    assert Path(recorded["model"].pop("backbone_weights")).name == "demo-backbone-v1w-pair-heart"
+    assert Path(recorded.pop("output_dir")).name == "demo-v1"
+    config["model"].pop("backbone_weights")
+    config.pop("output_dir")
+    assert recorded == config
 
 
 def test_configs_demo_v03_is_demo_v1_on_a_third_of_its_phantoms_and_steps():
     """configs/demo_v03.yaml (v0.3, shipped before v0.4) differs from configs/demo_v1.yaml only where its
-    header says: 800 phantoms, 9 epochs, version 0.3."""
+    header says: 800 phantoms, 9 epochs, version 0.3, validated every 3 without the input-stage cache
+    (as v0.4.1's stage 2 ran demo_v1.yaml)."""
     v03, v1 = load_config(CONFIGS / "demo_v03.yaml"), load_config(CONFIGS / "demo_v1.yaml")
     assert (v03["data"]["train"]["count"], v03["train"]["epochs"], v03["model"]["version"]) == (800, 9, "0.3")
+    assert (v03["train"]["valid_every"], v03["train"]["embedding_cache"]) == (3, "off")
     for cfg in (v03, v1):
         cfg["data"]["train"].pop("count")
         cfg["train"].pop("epochs")
+        cfg["train"].pop("valid_every")
+        cfg["train"].pop("embedding_cache")
         cfg["model"].pop("version")
         cfg["model"].pop("backbone_weights")
     assert v03 == v1
