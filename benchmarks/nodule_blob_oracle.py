@@ -2,6 +2,7 @@
 
     python benchmarks/nodule_blob_oracle.py [--train 100] [--valid 200] [--cache cache/hyperct-demo]
         [--scales 2,2.5,3] [--out benchmarks/results/nodule_blob_oracle.json]
+    python benchmarks/nodule_blob_oracle.py --finding lymphadenopathy [--scales 1.5,2,2.5,3]
 
 Every stage-1 backbone so far leaves the lung nodule at chance on the gate's probe (mean CLS, issue
 18) while its token head separates nodule tokens at AUC ~0.96. Three causes would look the same:
@@ -23,7 +24,9 @@ lung findings raise it too). The scale of each view is chosen on the training ph
 AUC alongside (the phantoms of ``probe_backbone.py``, ``probe_datasets``). Scales are in model-grid
 voxels (in-plane; slices get 0.7x). For the lung nodule, the validation AUC of each chosen view is
 also given with the positives split by the drawn diameter of their largest nodule
-(``valid_auc_by_diameter``). Cached phantoms are read.
+(``valid_auc_by_diameter``). ``--finding lymphadenopathy`` looks for the blob in soft tissue within
+fat instead (``--region fat``: the mediastinal and axillary fat the enlarged nodes sit in; the
+baseline counts those voxels). Cached phantoms are read.
 Prints JSON.
 """
 
@@ -87,10 +90,28 @@ def dense_in_lungs(hu: np.ndarray, sigma) -> np.ndarray:
     return lungs & (hu > -700)
 
 
-def volume_scores(hu: np.ndarray, scales=SCALES) -> dict:
-    """Every view's score at each of ``scales`` of one model-grid HU volume (165, H, W)."""
-    where = dense_in_lungs(hu, 5)
-    out = {"dense_lung_voxels": float(where.sum())}
+def soft_tissue_in_fat(hu: np.ndarray, sigma) -> np.ndarray:
+    """The voxels where an enlarged lymph node is looked for: soft tissue (-20..100 HU) where fat
+    (-200..-40 HU, smoothed by a Gaussian of ``sigma`` voxels) makes up more than a fifth of the
+    neighbourhood: the mediastinal and axillary fat the nodes sit in, not the lungs or muscle."""
+    fat = ndi.gaussian_filter(((hu > -200) & (hu < -40)).astype(np.float32), sigma) > 0.2
+    return fat & (hu > -20) & (hu < 100)
+
+
+# --region: where a finding's blob is looked for, and the name of its non-specific baseline
+REGIONS = {
+    "lungs": (dense_in_lungs, "dense_lung_voxels"),
+    "fat": (soft_tissue_in_fat, "soft_tissue_in_fat_voxels"),
+}
+FINDING_REGION = {"lymphadenopathy": "fat"}  # others: lungs
+
+
+def volume_scores(hu: np.ndarray, scales=SCALES, region: str = "lungs") -> dict:
+    """Every view's score at each of ``scales`` of one model-grid HU volume (165, H, W), the blob
+    looked for in ``region`` (``REGIONS``)."""
+    select, baseline = REGIONS[region]
+    where = select(hu, 5)
+    out = {baseline: float(where.sum())}
     images = hu.reshape(N_IMAGES, 3, *hu.shape[1:])
     image_where = where.reshape(images.shape)
     for s in scales:
@@ -103,14 +124,14 @@ def volume_scores(hu: np.ndarray, scales=SCALES) -> dict:
     return out
 
 
-def scores_of(data, finding: int, scales=SCALES):
+def scores_of(data, finding: int, scales=SCALES, region: str = "lungs"):
     """Each labelled phantom's ``volume_scores``, its label, and its index in ``data``."""
     rows, labels, index = [], [], []
     for i in range(len(data)):
         y = int(data.labels[i, finding])
         if y < 0:
             continue
-        rows.append(volume_scores(np.asarray(data.model_hu(i), dtype=np.float32), scales))
+        rows.append(volume_scores(np.asarray(data.model_hu(i), dtype=np.float32), scales, region))
         labels.append(y)
         index.append(i)
     return rows, np.array(labels), index
@@ -163,15 +184,26 @@ def main() -> None:
         default=",".join(f"{s:g}" for s in SCALES),
         help="the filter scales (model-grid voxels) to compute, comma-separated",
     )
+    ap.add_argument(
+        "--region",
+        choices=sorted(REGIONS),
+        help="where the blob is looked for (default: fat for lymphadenopathy, else lungs)",
+    )
     ap.add_argument("--out")
     args = ap.parse_args()
     scales = tuple(float(s) for s in args.scales.split(","))
+    region = args.region or FINDING_REGION.get(args.finding, "lungs")
     t0 = time.time()
     finding = catalogue().ids.index(args.finding)
-    result = {"benchmark": "nodule_blob_oracle", "finding": args.finding, "scales_voxels": list(scales)}
+    result = {
+        "benchmark": "nodule_blob_oracle",
+        "finding": args.finding,
+        "region": region,
+        "scales_voxels": list(scales),
+    }
     per_set, scored = {}, {}
     for name, data in zip(("train", "valid"), probe_datasets(args)):
-        rows, y, index = scores_of(data, finding, scales)
+        rows, y, index = scores_of(data, finding, scales, region)
         per_set[name] = aucs(rows, y)
         result[f"{name}_phantoms"] = {"labelled": int(len(y)), "positive": int(y.sum())}
         scored[name] = (rows, y, data, index)
@@ -179,7 +211,8 @@ def main() -> None:
     for view in ("volume", "triplet", "slice"):
         scale = max(scales, key=lambda s: per_set["train"][f"{view}_{s}"])
         chosen[view] = {"scale": scale, "valid_auc": per_set["valid"][f"{view}_{scale}"]}
-    chosen["dense_lung_voxels"] = {"valid_auc": per_set["valid"]["dense_lung_voxels"]}
+    baseline = REGIONS[region][1]
+    chosen[baseline] = {"valid_auc": per_set["valid"][baseline]}
     if args.finding == "lung_nodule":  # the validation AUC of each chosen view by nodule size
         rows, y, data, index = scored["valid"]
         keys = [f"{v}_{chosen[v]['scale']}" for v in ("volume", "triplet", "slice")]

@@ -37,6 +37,34 @@ def test_the_blob_filter_scores_a_nodule_and_not_a_vessel_or_a_wall():
     assert nodule["dense_lung_voxels"] > background["dense_lung_voxels"]
 
 
+def _mediastinum(node=False, tube=False):
+    """Fat (-100 HU) with a vessel running through every slice (40 HU, non-contrast blood) and, where
+    ``node``, an enlarged lymph node of radius 4 voxels (42 HU); air beyond the fat's edge."""
+    z, y, x = np.mgrid[0:165, 0:40, 0:40].astype(np.float32)
+    hu = np.full(z.shape, -100.0, dtype=np.float32)
+    hu[:, :, 36:] = -880.0  # a lung beside the fat
+    if tube:
+        hu[(y - 10) ** 2 + (x - 10) ** 2 <= 3.0**2] = 40.0
+    if node:
+        hu[((z - 80) * 0.7) ** 2 + (y - 26) ** 2 + (x - 18) ** 2 <= 4.0**2] = 42.0
+    return hu
+
+
+def test_in_fat_the_blob_filter_scores_an_enlarged_node_and_not_a_vessel():
+    """--region fat (lymphadenopathy): the node in the fat scores across slices, the vessel does not;
+    the lungs region does not look at the fat at all."""
+    mod = load_benchmark("nodule_blob_oracle")
+    assert mod.FINDING_REGION["lymphadenopathy"] == "fat"
+    vessel = mod.volume_scores(_mediastinum(tube=True), (2.5,), "fat")
+    node = mod.volume_scores(_mediastinum(tube=True, node=True), (2.5,), "fat")
+    for view in ("volume", "triplet"):
+        key = f"{view}_2.5"
+        assert vessel[key] < 0.5 * node[key], (key, node[key], vessel[key])
+    assert node["soft_tissue_in_fat_voxels"] > vessel["soft_tissue_in_fat_voxels"] > 0
+    in_lungs = mod.volume_scores(_mediastinum(tube=True, node=True), (2.5,), "lungs")
+    assert in_lungs["volume_2.5"] == 0 and in_lungs["dense_lung_voxels"] == 0
+
+
 def _toy_images(rng, n: int, with_disc: np.ndarray, size: int = 48):
     """Normalised-looking images (n, 3, size, size): lung-dark background with 3 bright line
     segments (vessels in plane) each, and, where ``with_disc``, a bright disc of radius 4 (a
