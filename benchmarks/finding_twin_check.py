@@ -11,7 +11,8 @@ lungs, which a lung detector scores at ~0.96). This script settles both with an 
 first ``--count`` phantoms from ``--first-seed`` that draws the finding is rendered twice, as drawn
 and without that finding (the same seed, every other finding and the noise the same), both
 resampled to the model grid (165 x 144 x 144 HU, clipped as the model sees it). Per phantom: the
-largest change in HU, how many voxels change by > 200 HU, which 16-pixel tokens of the 55 images
+largest change in HU, how many voxels change by > 200 HU (and the fraction of them that were air or
+lung, < -500 HU, without the finding), which 16-pixel tokens of the 55 images
 change by > 300 HU somewhere in their 3 x 16 x 16 voxels, the tokens the finding's labels mark,
 and how many of the changed tokens are labelled. Prints JSON.
 """
@@ -49,7 +50,9 @@ def twin_check(seed: int, finding: str, matrix: int = 192) -> dict | None:
         return None
     with_it = generate(seed, dict(drawn), matrix=matrix)
     without = generate(seed, {k: v for k, v in drawn.items() if k != finding}, matrix=matrix)
-    diff = np.abs(model_grid(with_it) - model_grid(without))
+    before = model_grid(without)
+    diff = np.abs(model_grid(with_it) - before)
+    big = diff > 200.0
     g = IMAGE_SIZE // PATCH
     per_token = diff.reshape(N_IMAGES, 3, g, PATCH, g, PATCH).max(axis=(1, 3, 5))  # (55, g, g)
     k = catalogue().ids.index(finding)
@@ -59,7 +62,11 @@ def twin_check(seed: int, finding: str, matrix: int = 192) -> dict | None:
         "seed": seed,
         "severity": round(float(drawn[finding]), 2),
         "max_change_hu": round(float(diff.max()), 1),
-        "voxels_over_200_hu": int((diff > 200.0).sum()),
+        "voxels_over_200_hu": int(big.sum()),
+        # where those voxels were: air or lung (< -500 HU without the finding) or soft tissue / fat
+        "over_200_hu_from_air_fraction": round(float((before[big] < -500.0).mean()), 3)
+        if big.any()
+        else None,
         "tokens_changed_over_300_hu": int(changed.sum()),
         "tokens_labelled": int(labelled.sum()),
         "changed_and_labelled": int((changed & labelled).sum()),

@@ -17,4 +17,5 @@ def test_the_twin_differs_by_the_nodule_and_only_on_its_labelled_tokens():
     assert row["max_change_hu"] > 500  # a solid nodule in aerated lung
     assert row["tokens_changed_over_300_hu"] >= 1 and row["tokens_labelled"] >= row["changed_and_labelled"]
     assert row["changed_and_labelled"] >= 0.9 * row["tokens_changed_over_300_hu"]
+    assert row["over_200_hu_from_air_fraction"] > 0.7  # the nodule replaced aerated lung (0.83 here)
     assert mod.twin_check(_seed_drawing("lung_nodule", False), "lung_nodule", matrix=96) is None
