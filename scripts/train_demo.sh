@@ -94,6 +94,15 @@ segment() {
       --set "data.prepare_workers=${PREPARE_WORKERS:-1}" "$@"
   fi
 }
+# replay RUN SEGMENTS: each line "UNTIL EPOCHS [--set FIELD=VALUE ...]" of SEGMENTS as a segment of RUN.
+replay() {
+  local run=$1 until epochs settings
+  while read -r until epochs settings; do
+    [ -n "$until" ] || continue
+    # shellcheck disable=SC2086  # (the settings are words)
+    segment "$run" "$until" "$epochs" $settings
+  done <<< "$2"
+}
 # After v1w's first 7 epochs (40 planned): UNTIL EPOCHS SETTINGS, as progress/demo-backbone-v1w-pair-heart ran.
 STAGE1_SEGMENTS="
 30 30
@@ -134,18 +143,10 @@ save_backbone(load_checkpoint(sys.argv[1], map_location="cpu")[0].backbone, sys.
       --init "$RUNS/demo-backbone-v1" --until 7 --set "data.prepare_workers=${PREPARE_WORKERS:-1}"
   fi
   segment "$BACKBONE" 7 40
-  while read -r until epochs settings; do
-    [ -n "$until" ] || continue
-    # shellcheck disable=SC2086  # (the settings are words)
-    segment "$BACKBONE" "$until" "$epochs" $settings
-  done <<< "$STAGE1_SEGMENTS"
+  replay "$BACKBONE" "$STAGE1_SEGMENTS"
   if [ "$PHASE" = slices ]; then
     [ "$(reached "$SLICES")" -gt 0 ] || { rm -rf "$SLICES" && cp -r "$BACKBONE" "$SLICES"; }
-    while read -r until epochs settings; do
-      [ -n "$until" ] || continue
-      # shellcheck disable=SC2086  # (the settings are words)
-      segment "$SLICES" "$until" "$epochs" $settings
-    done <<< "$SLICES_SEGMENTS"
+    replay "$SLICES" "$SLICES_SEGMENTS"
   fi
 fi
 [ "$PHASE" = heart ] || BACKBONE=$SLICES
