@@ -26,7 +26,8 @@ to back, each side): the outline map. Three scores, each the volume's maximum ov
 
 and a non-specific baseline, the lungs' volume. Beside them an oracle told where to look (``stations``):
 the generator's own lymph-node stations of each phantom (its anatomy, not its findings), where the
-share of soft tissue (0-100 HU) within ``STATION_MM`` of each of the 8 central stations is z-scored
+share of soft tissue (0-100 HU) within ``STATION_MM`` of each of the 8 central stations
+(``hyperct.training.station_tissue``) is z-scored
 against the phantoms without the finding, the volume's score the largest: an upper bound for a
 detector that finds the carina and hila and looks there. Validation AUCs (seeds 200000.., the probe's
 phantoms); for the best score also its AUC against every other finding among the volumes without
@@ -49,14 +50,15 @@ from _output import emit_json  # noqa: E402
 from probe_backbone import probe_datasets  # noqa: E402
 
 from hyperct.findings import catalogue  # noqa: E402
+from hyperct.training import station_tissue as stations  # noqa: E402
 from hyperct.training.metrics import roc_auc  # noqa: E402
+from hyperct.training.station_tissue import STATION_MM  # noqa: E402
 
 Z_BINS, Y_BINS = 24, 8
 AIRWAY_AREA = 80  # pixels: a small air region near the midline is the trachea or a main bronchus
 AIRWAY_NEAR = 10  # pixels from the midline
 BUMP_HALF = 3  # z bins each side for the local median
 L2_GRID = (1.0, 30.0, 1000.0)  # ridge strengths tried for the logistic read-out
-STATION_MM = 10.0  # radius looked at around each station
 
 
 def lungs_of(hu: np.ndarray) -> tuple[np.ndarray, float]:
@@ -143,31 +145,14 @@ def station_points(seed: int, matrix: int) -> tuple[np.ndarray, np.ndarray]:
     """The 8 central lymph-node stations of phantom ``seed`` on the model grid (8, 3) as (z, y, x)
     voxels, and the model grid's voxel size (z, y, x) in mm (``anatomy_of``: geometry only)."""
     from hyperct.phantom.generator import anatomy_of
-    from hyperct.preprocess import IMAGE_SIZE, N_SLICES
     from hyperct.training.datasets.phantoms import drawn_severities
 
-    an = anatomy_of(seed, drawn_severities(seed), matrix=matrix)
-    shape = np.array(an.grid.shape, dtype=np.float64)
-    factor = np.array([N_SLICES, IMAGE_SIZE, IMAGE_SIZE]) / shape
-    names = sorted(k for k in an.med.stations if "axillary" not in k)
-    idx = np.stack([an.grid.index_of(an.med.stations[k]) for k in names])  # (k, j, i) source voxels
-    return (idx + 0.5) * factor - 0.5, np.asarray(an.grid.spacing, dtype=np.float64) / factor
+    return stations.station_points(anatomy_of(seed, drawn_severities(seed), matrix=matrix))
 
 
 def station_tissue(hu: np.ndarray, points: np.ndarray, voxel_mm: np.ndarray) -> np.ndarray:
     """The share of soft tissue (0-100 HU) within ``STATION_MM`` of each point (z, y, x voxels)."""
-    r = np.ceil(STATION_MM / voxel_mm).astype(int)
-    dz, dy, dx = np.mgrid[-r[0] : r[0] + 1, -r[1] : r[1] + 1, -r[2] : r[2] + 1]
-    ball = (dz * voxel_mm[0]) ** 2 + (dy * voxel_mm[1]) ** 2 + (dx * voxel_mm[2]) ** 2 <= STATION_MM**2
-    offsets = np.stack([dz[ball], dy[ball], dx[ball]], -1)
-    soft = (hu >= 0) & (hu <= 100)
-    out = []
-    for p in points:
-        at = np.round(p).astype(int) + offsets
-        inside = np.all((at >= 0) & (at < np.array(hu.shape)), axis=1)
-        at = at[inside]
-        out.append(float(soft[at[:, 0], at[:, 1], at[:, 2]].mean()) if len(at) else 0.0)
-    return np.array(out)
+    return stations.image_station_tissue(hu, points, voxel_mm).sum(0) / stations.ball_ml(voxel_mm)
 
 
 def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1.0, steps: int = 500) -> np.ndarray:

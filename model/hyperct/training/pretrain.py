@@ -50,6 +50,12 @@ Stage 1 v1 (``configs/demo_backbone_v1.yaml``; issue 18) adds what the pooled fe
   standardised). Unlike the whole-heart numbers these hold for any bag, and their sums over the 55
   images are the structures' volumes, which the mean CLS then carries linearly. A new head on a
   trained backbone is first fitted by ridge regression (``fit_slice_head``);
+* **per-image lymph-node stations** (``optim.station_loss_weight`` > 0; ``hyperct.training.
+  station_tissue``): a linear head on each image's CLS regresses the mL of soft tissue near each of
+  the mediastinum's eight central lymph-node stations inside that image (the generator's stations,
+  the phantom's model-grid HU), in every phantom: enlarged nodes are more of it, and its sums over
+  the 55 images, which the mean CLS then carries linearly, find them where the mediastinal outline
+  does not. A new head on a trained backbone is first fitted by ridge regression (``fit_station_head``);
 * **token max** (``optim.token_max_loss_weight`` > 0; ``token_max_loss``): multiple-instance
   learning over each image's tokens: the image's highest token logit per finding is scored against
   the image's label. The token loss averages over all negative tokens, most of them easy (air,
@@ -150,6 +156,7 @@ from hyperct.training.pretrain_config import (  # noqa: F401 - LOSSES and load_p
 )
 from hyperct.training.progress import progress_bar
 from hyperct.training.state import join_optimizer_state, rng_state, set_rng_state, split_optimizer_state
+from hyperct.training.station_tissue import STATION_FIELDS, standardised_station_tissue
 
 LOG_FILE = "log.jsonl"
 STATE_DIR = "last"
@@ -167,6 +174,7 @@ class PretrainHeads(nn.Module):
         bag: bool = False,
         heart: int = 0,
         heart_slices: int = 0,
+        stations: int = 0,
     ):
         super().__init__()
         self.token = nn.Linear(hidden, n_findings)
@@ -180,6 +188,8 @@ class PretrainHeads(nn.Module):
         self.heart = nn.Linear(hidden, heart) if heart else None
         # the per-image heart objective's regression head on each image's CLS (``heart_slices`` numbers)
         self.heart_slices = nn.Linear(hidden, heart_slices) if heart_slices else None
+        # the per-image station objective's regression head on each image's CLS (``stations`` numbers)
+        self.stations = nn.Linear(hidden, stations) if stations else None
 
 
 def volume_logits(heads: PretrainHeads, cls: torch.Tensor, n_phantoms: int) -> torch.Tensor:
@@ -447,9 +457,10 @@ def validate(backbone, heads, ds: PhantomDataset, n_phantoms: int, device=None) 
     sampler = _ImageSampler(ds, backbone.config.patch_size)
     img_scores, img_labels, tok_scores, tok_labels, vol_scores = [], [], [], [], []
     bag_scores, vmax_scores, phantom_truth = [], [], []  # truth: from the token masks of all 55 images
-    heart_pred, heart_truth, slice_pred, slice_truth = [], [], [], []
+    heart_pred, heart_truth, slice_pred, slice_truth, station_pred, station_truth = [], [], [], [], [], []
     with_heart = heads.heart is not None and hasattr(ds, "heart")
     with_slices = heads.heart_slices is not None and hasattr(ds, "heart_slices")
+    with_stations = heads.stations is not None and hasattr(ds, "station_tissue")
     n = min(n_phantoms, len(ds))
     for i in range(n):
         pixels, tokens = sampler.images(i, np.arange(N_IMAGES))
@@ -465,6 +476,9 @@ def validate(backbone, heads, ds: PhantomDataset, n_phantoms: int, device=None) 
         if with_slices:
             slice_pred.append(heads.heart_slices(cls).float().cpu().numpy())
             slice_truth.append(standardised_slices(ds.heart_slices(i)))
+        if with_stations:
+            station_pred.append(heads.stations(cls).float().cpu().numpy())
+            station_truth.append(standardised_station_tissue(ds.station_tissue(i)))
         tok, img = tok.float().cpu(), img.float().cpu()
         vmax_scores.append(tok.amax(dim=(0, 1))[None].numpy())
         img_scores.append(img.numpy())
@@ -501,6 +515,11 @@ def validate(backbone, heads, ds: PhantomDataset, n_phantoms: int, device=None) 
             np.concatenate(slice_pred), np.concatenate(slice_truth), SLICE_FIELDS
         )
         out["mean_heart_slice_r2"] = mean_r2(out["heart_slice_r2"])
+    if with_stations:  # each image's soft tissue near each lymph-node station, from its own CLS
+        out["station_r2"] = r2_scores(
+            np.concatenate(station_pred), np.concatenate(station_truth), STATION_FIELDS
+        )
+        out["mean_station_r2"] = mean_r2(out["station_r2"])
     return out
 
 
@@ -538,6 +557,20 @@ def fit_slice_head(
         feats.append(cls)
         targets.append(standardised_slices(ds.heart_slices(i)))
     return _ridge_into(heads.heart_slices, np.concatenate(feats), np.concatenate(targets), SLICE_FIELDS)
+
+
+@torch.no_grad()
+def fit_station_head(
+    backbone, heads: PretrainHeads, ds: PhantomDataset, n: int = SLICE_FIT_PHANTOMS, device=None
+):
+    """Warm start of a new per-image station head, as ``fit_slice_head``: ridge regression of each
+    image's soft tissue near each lymph-node station (``station_tissue``) on its CLS, all 55 images of
+    the first ``n`` phantoms (twins skipped). Returns (in-sample R2 mean, ridge)."""
+    feats, targets = [], []
+    for i, cls in _whole_volume_cls(backbone, ds, n, device):
+        feats.append(cls)
+        targets.append(standardised_station_tissue(ds.station_tissue(i)))
+    return _ridge_into(heads.stations, np.concatenate(feats), np.concatenate(targets), STATION_FIELDS)
 
 
 def _whole_volume_cls(backbone, ds: PhantomDataset, n: int, device=None):
@@ -587,13 +620,20 @@ def _check_block_seeds(spec: dict, valid_spec: dict | None, block: int) -> None:
 
 class _Blocks:
     """Training phantoms block by block; the next block is generated in the background (with each
-    phantom's per-image heart shares when ``heart_slices``: off the training loop)."""
+    phantom's per-image heart shares when ``heart_slices``, and station tissue when ``stations``: off
+    the training loop)."""
 
     def __init__(
-        self, data: PretrainData, cache: PreprocessCache, source: str | None, heart_slices: bool = False
+        self,
+        data: PretrainData,
+        cache: PreprocessCache,
+        source: str | None,
+        heart_slices: bool = False,
+        stations: bool = False,
     ):
         self.data, self.cache, self.source = data, cache, source
         self.heart_slices = heart_slices
+        self.stations = stations
         self.workers = data.prepare_workers
         self.pool = None
         self.pending: tuple[int, PhantomDataset, Any] | None = None
@@ -617,13 +657,20 @@ class _Blocks:
         """Start generating ``block`` in worker processes (nothing to do without workers)."""
         if self.workers < 1 or self.cache.directory is None or not self.data.fresh_seeds:
             return
-        from hyperct.training.datasets.phantoms import _fill_in_worker, _heart_slices_in_worker, worker_pool
+        from hyperct.training.datasets.phantoms import (
+            _fill_in_worker,
+            _heart_slices_in_worker,
+            _station_tissue_in_worker,
+            worker_pool,
+        )
 
         ds = self._dataset(block, prepare=False)
         state = ds.worker_state()
         jobs = [(_fill_in_worker, (state, i)) for i in range(len(ds)) if not self.cache.contains(ds._key(i))]
         if self.heart_slices:  # (the dataset keeps valid cached shares, recomputes missing or damaged ones)
             jobs += [(_heart_slices_in_worker, (state, i)) for i in range(len(ds))]
+        if self.stations:  # (after the phantoms' own jobs: these read their volumes)
+            jobs += [(_station_tissue_in_worker, (state, i)) for i in range(len(ds))]
         if self.pool is None:
             self.pool = worker_pool(self.workers)
         self.pending = (block, ds, [self.pool.submit(fn, job) for fn, job in jobs])
@@ -892,7 +939,13 @@ def pretrain_backbone(
     workers = max(1, dc.prepare_workers)
     bag_mode = oc.bag
     fresh = dc.fresh_seeds
-    blocks = _Blocks(dc, cache, source, heart_slices=float(oc.heart_slice_loss_weight) > 0)
+    blocks = _Blocks(
+        dc,
+        cache,
+        source,
+        heart_slices=float(oc.heart_slice_loss_weight) > 0,
+        stations=float(oc.station_loss_weight) > 0,
+    )
     try:
         if fresh:
             train = None  # the first block is chosen below (a resumed run starts a new one)
@@ -946,6 +999,7 @@ def pretrain_backbone(
             )
         heart_w = float(oc.heart_loss_weight)
         slice_w = float(oc.heart_slice_loss_weight)
+        station_w = float(oc.station_loss_weight)
         heads = PretrainHeads(
             backbone.config.hidden_size,
             n_findings,
@@ -953,6 +1007,7 @@ def pretrain_backbone(
             bag=bag_mode,
             heart=len(HEART_FIELDS) if heart_w > 0 else 0,
             heart_slices=len(SLICE_FIELDS) if slice_w > 0 else 0,
+            stations=len(STATION_FIELDS) if station_w > 0 else 0,
         )
         module = nn.ModuleDict({"backbone": backbone, "heads": heads}).to(device)
         named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
@@ -1013,6 +1068,10 @@ def pretrain_backbone(
         if heads.heart_slices is not None and fresh_slices and train is not None:
             r2, lam = fit_slice_head(backbone, heads, train, device=device)
             echo(f"new per-image heart head fitted to the backbone's CLS (ridge {lam}): in-sample R2 {r2}")
+        fresh_stations = "heads.stations.weight" in doc["new_heads"] if resume else bool(cfg.init)
+        if heads.stations is not None and fresh_stations and train is not None:
+            r2, lam = fit_station_head(backbone, heads, train, device=device)
+            echo(f"new per-image station head fitted to the backbone's CLS (ridge {lam}): in-sample R2 {r2}")
         done = 0
         for epoch in range(first_epoch, epochs + 1):
             if fresh and epoch_in_block == dc.block_epochs:
@@ -1034,7 +1093,18 @@ def pretrain_backbone(
             order = rng.permutation(units)
             sums: dict[str, list[float]] = {
                 k: []
-                for k in ("loss", "token", "image", "token_max", "bag", "volume", "pair", "heart", "slices")
+                for k in (
+                    "loss",
+                    "token",
+                    "image",
+                    "token_max",
+                    "bag",
+                    "volume",
+                    "pair",
+                    "heart",
+                    "slices",
+                    "stations",
+                )
             }
             n_images = n_positive_images = n_bags = n_positive_bags = 0
             bar = progress_bar(range(steps_per_epoch), desc=f"pretrain epoch {epoch}/{epochs}", unit="step")
@@ -1043,7 +1113,8 @@ def pretrain_backbone(
                 sizes: list[int] = []
                 members: list[int] = []  # the phantom of each bag (pairs: phantom, twin, ...)
                 dropped: list[int | None] = []  # per pair: the finding the drop_one twin lacks
-                slice_rows: list[np.ndarray] = []  # per-image heart shares of the batch's images
+                # (phantom, its images) of the batch, in order: where the per-image targets come from
+                sources: list[tuple[int, np.ndarray]] = []
                 if bag_mode:
                     batch = []
                     for u in idx:
@@ -1066,15 +1137,13 @@ def pretrain_backbone(
                         batch.append(_cropped(sampler.images(i, which), windows, crop, patch))
                         sizes.append(len(which))
                         members.append(i)
-                        if slice_w > 0:
-                            slice_rows.append(train.heart_slices(i)[which])
+                        sources.append((i, which))
                         if pairs:  # the twin: the very same image indices (and crop windows)
                             twin = sampler.images(train.pair_of(i), which)
                             batch.append(_cropped(twin, windows, crop, patch))
                             sizes.append(len(which))
                             members.append(train.pair_of(i))
-                            if slice_w > 0:
-                                slice_rows.append(train.heart_slices(train.pair_of(i))[which])
+                            sources.append((train.pair_of(i), which))
                 else:
                     batch = []
                     for i in idx:
@@ -1085,8 +1154,7 @@ def pretrain_backbone(
                             grid = got[1].reshape(len(which), IMAGE_SIZE // patch, IMAGE_SIZE // patch, -1)
                             windows = crop_windows(grid.numpy() > 0, crop, rng)
                         batch.append(_cropped(got, windows, crop, patch))
-                        if slice_w > 0:
-                            slice_rows.append(train.heart_slices(int(i))[which])
+                        sources.append((int(i), which))
                 pixels = torch.cat([b[0] for b in batch]).to(device)
                 tokens = torch.cat([b[1] for b in batch]).to(device)
                 for group in optimizer.param_groups:
@@ -1127,10 +1195,17 @@ def pretrain_backbone(
                     n_bags += len(sizes)
                     n_positive_bags += int((truth.amax(dim=1) > 0).sum())
                 if slice_w > 0:
-                    target = torch.from_numpy(standardised_slices(np.concatenate(slice_rows)))
+                    rows = [train.heart_slices(i)[which] for i, which in sources]
+                    target = torch.from_numpy(standardised_slices(np.concatenate(rows)))
                     s_loss = heart_loss(heads.heart_slices(cls), target.to(device))
                     loss = loss + slice_w * s_loss
                     sums["slices"].append(float(s_loss.detach()))
+                if station_w > 0:
+                    rows = [train.station_tissue(i)[which] for i, which in sources]
+                    target = torch.from_numpy(standardised_station_tissue(np.concatenate(rows)))
+                    st_loss = heart_loss(heads.stations(cls), target.to(device))
+                    loss = loss + station_w * st_loss
+                    sums["stations"].append(float(st_loss.detach()))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if oc.grad_clip:
@@ -1168,6 +1243,8 @@ def pretrain_backbone(
                 entry["heart_loss"] = round(float(np.mean(sums["heart"])), 5)
             if sums["slices"]:
                 entry["heart_slice_loss"] = round(float(np.mean(sums["slices"])), 5)
+            if sums["stations"]:
+                entry["station_loss"] = round(float(np.mean(sums["stations"])), 5)
             if vol_w > 0:
                 entry["volume_loss"] = round(float(np.mean(sums["volume"])), 5)
             if fresh:
@@ -1189,6 +1266,8 @@ def pretrain_backbone(
                     msg += f"  heart R2 {v['mean_heart_r2']}"
                 if "mean_heart_slice_r2" in v:
                     msg += f"  per-image heart R2 {v['mean_heart_slice_r2']}"
+                if "mean_station_r2" in v:
+                    msg += f"  per-image station R2 {v['mean_station_r2']}"
             echo(msg)
             # after every epoch: the backbone so far, the log line and the resume state
             backbone.eval()

@@ -55,6 +55,10 @@ Fields (dotted name: default: meaning)
   heart_slices``): a head on each image's CLS regresses the mL of each heart chamber, the myocardium,
   the whole heart, the pulmonary artery and the IVC inside that image, standardised; needs phantom
   training data and whole images (``crop_size: 0``).
+* ``optim.station_loss_weight``: 0.0: the per-image lymph-node-station objective (``hyperct.training.
+  station_tissue``): a head on each image's CLS regresses the mL of soft tissue near each of the
+  mediastinum's eight central lymph-node stations inside that image; needs phantom training data and
+  whole images (``crop_size: 0``).
 * ``optim.token_max_loss_weight``: 0.0: the token-max objective (``hyperct.training.pretrain.
   token_max_loss``): each image's highest token logit, per finding, is scored against the image's
   label, so the highest-scoring token of an image without the finding is pushed down.
@@ -185,6 +189,7 @@ class PretrainOptim(_Section):
     pair_loss_weight: float = _field(0.0, _nonneg_num)
     heart_loss_weight: float = _field(0.0, _nonneg_num)
     heart_slice_loss_weight: float = _field(0.0, _nonneg_num)
+    station_loss_weight: float = _field(0.0, _nonneg_num)
     token_max_loss_weight: float = _field(0.0, _nonneg_num)
     split_negatives: bool = _field(False, _bool)
     crop_size: int = _field(0, _nonneg_int)
@@ -319,6 +324,13 @@ class PretrainConfig(_Section):
             raise ConfigError(
                 "optim.heart_slice_loss_weight: the per-image heart objective needs each whole image's "
                 "heart from the phantom generator (set data.train.type: phantom and optim.crop_size: 0)",
+                path=source,
+            )
+        if float(oc.station_loss_weight) > 0 and (dc.train.get("type") != "phantom" or oc.crop_size):
+            raise ConfigError(
+                "optim.station_loss_weight: the per-image station objective needs each whole image and "
+                "the phantom generator's lymph-node stations (set data.train.type: phantom and "
+                "optim.crop_size: 0)",
                 path=source,
             )
         if oc.split_negatives and oc.loss == "bce":

@@ -139,6 +139,25 @@ class PhantomDataset(VolumeDataset):
             self.cache.put_array(key, HEART_SLICES, got)
         return np.asarray(got, dtype=np.float32)
 
+    def station_tissue(self, i: int) -> np.ndarray:
+        """(55, len(STATION_FIELDS)) float32: the mL of soft tissue near each central lymph-node station
+        inside each model image of phantom ``i`` (``hyperct.training.station_tissue``; from its model-grid
+        HU and the generator's stations; kept in the cache beside the phantom)."""
+        from hyperct.training.station_tissue import STATION_FIELDS, STATION_TISSUE, phantom_station_tissue
+
+        key = self._key(i)
+        got = self.cache.get_array(key, STATION_TISSUE)
+        if got is None or got.shape != (N_IMAGES, len(STATION_FIELDS)) or not np.isfinite(got).all():
+            got = phantom_station_tissue(
+                self.model_hu(i),
+                self.seeds[i],
+                self.findings_for(i),
+                matrix=self.matrix,
+                n_slices=self.n_slices,
+            )
+            self.cache.put_array(key, STATION_TISSUE, got)
+        return np.asarray(got, dtype=np.float32)
+
     def _requested(self, i: int):
         if not isinstance(self.findings, dict):
             return self.findings
@@ -365,6 +384,15 @@ def _heart_slices_in_worker(job) -> int:
     ``_fill_in_worker``)."""
     state, i = job
     _worker_dataset(state).heart_slices(i)
+    return i
+
+
+def _station_tissue_in_worker(job) -> int:
+    """Compute and cache phantom ``i``'s per-image station tissue in a worker process (a block
+    prefetched for ``optim.station_loss_weight``; reads the phantom's model-grid volume, rendering it
+    when no earlier job has)."""
+    state, i = job
+    _worker_dataset(state).station_tissue(i)
     return i
 
 

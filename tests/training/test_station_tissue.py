@@ -1,0 +1,122 @@
+"""Stage 1's per-image lymph-node-station objective (issue 18): the soft tissue near each of the
+generator's central stations inside each model image; enlarged nodes add to it at their own stations;
+the dataset caches it; regressed from each image's CLS; a resume may switch it on."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from hyperct.errors import ConfigError
+from hyperct.phantom import generate
+from hyperct.phantom.generator import anatomy_of
+from hyperct.preprocess import N_IMAGES, resample_hu
+from hyperct.training.cache import PreprocessCache
+from hyperct.training.datasets import PhantomDataset
+from hyperct.training.datasets.phantoms import drawn_severities
+from hyperct.training.pretrain import load_pretrain_config, pretrain_backbone, resume_config
+from hyperct.training.station_tissue import (
+    STATION_FIELDS,
+    STATION_TISSUE,
+    ball_ml,
+    image_station_tissue,
+    phantom_station_tissue,
+    station_points,
+)
+from tests.support.training import v1_pretrain_config
+
+
+def test_soft_tissue_near_a_point_is_counted_in_the_images_it_lies_in():
+    hu = np.full((165, 64, 64), -100.0, dtype=np.float32)  # fat
+    voxel = np.array([2.0, 2.5, 2.5])
+    points = np.array([[61.0, 30.0, 30.0], [61.0, 30.0, 60.0]])
+    assert image_station_tissue(hu, points, voxel).sum() == 0.0
+    hu[55:68, 26:35, 26:35] = 40.0  # a block of soft tissue around the first point, slices 55-67
+    got = image_station_tissue(hu, points, voxel)
+    assert got.shape == (N_IMAGES, 2) and got.dtype == np.float32
+    first = got[:, 0]
+    assert set(np.nonzero(first)[0]) <= set(range(55 // 3, 67 // 3 + 1))  # images 18..22 only
+    assert first[20] > 0
+    # the block's voxels within 10 mm of the point, in mL
+    z, y, x = np.mgrid[55:68, 26:35, 26:35]
+    near = ((z - 61) * 2.0) ** 2 + ((y - 30) * 2.5) ** 2 + ((x - 30) * 2.5) ** 2 <= 100.0
+    assert first.sum() == pytest.approx(near.sum() * 2.0 * 2.5 * 2.5 / 1000.0, rel=1e-5)
+    assert first.sum() == pytest.approx(ball_ml(voxel), rel=1e-5)  # the block holds the whole ball
+    # the second point's ball reaches past the grid's edge: only the voxels inside count; none soft
+    assert got[:, 1].sum() == 0.0
+
+
+def test_enlarged_nodes_add_soft_tissue_at_their_own_stations():
+    # the oracle: the same phantom with and without its lymphadenopathy (everything else the same)
+    seed = next(s for s in range(200000, 200100) if "lymphadenopathy" in drawn_severities(s))
+    drawn = drawn_severities(seed)
+    without_it = {k: v for k, v in drawn.items() if k != "lymphadenopathy"}
+    grid = dict(matrix=96, n_slices=90)
+    with_ph = generate(seed, dict(drawn), **grid)
+    without_ph = generate(seed, without_it, **grid)
+    a = phantom_station_tissue(resample_hu(with_ph.volume.hu).numpy(), seed, drawn, **grid)
+    b = phantom_station_tissue(resample_hu(without_ph.volume.hu).numpy(), seed, without_it, **grid)
+    assert a.shape == (N_IMAGES, len(STATION_FIELDS))
+    gained = (a - b).sum(axis=0)
+    assert gained.max() > 0.5  # mL at some station
+    assert (gained > -0.05).all()  # no station lost tissue
+    # the stations that gained are ones the generator enlarged
+    drawn_stations = set(with_ph.info["lymphadenopathy"]["stations"])
+    assert STATION_FIELDS[int(np.argmax(gained))] in drawn_stations
+
+
+def test_the_stations_are_the_generators_own():
+    anatomy = anatomy_of(7, matrix=64, n_slices=40)
+    points, voxel = station_points(anatomy)
+    assert points.shape == (len(STATION_FIELDS), 3)
+    assert sorted(k for k in anatomy.med.stations if "axillary" not in k) == list(STATION_FIELDS)
+    assert ((points[:, 0] > 0) & (points[:, 0] < 165)).all()
+    assert ((points[:, 1:] > 0) & (points[:, 1:] < 144)).all()
+    assert (voxel > 0.5).all() and (voxel < 10).all()
+
+
+def test_the_dataset_keeps_each_phantoms_station_tissue_in_the_cache(tmp_path):
+    cache = PreprocessCache(tmp_path / "c")
+    ds = PhantomDataset(2, 900, matrix=32, n_slices=12, pair="drop_one", cache=cache, prepare=False)
+    first = ds.station_tissue(1)
+    assert first.shape == (N_IMAGES, len(STATION_FIELDS)) and first.dtype == np.float32
+    expected = phantom_station_tissue(ds.model_hu(1), ds.seeds[1], ds.findings_for(1), matrix=32, n_slices=12)
+    np.testing.assert_array_equal(first, expected)
+    np.testing.assert_array_equal(cache.get_array(ds._key(1), STATION_TISSUE), first)
+    # an array of the wrong shape in the cache (damaged, or another version) is computed again
+    cache.put_array(ds._key(1), STATION_TISSUE, np.zeros((3, 2), dtype=np.float32))
+    np.testing.assert_array_equal(ds.station_tissue(1), first)
+    cache.put_array(ds._key(1), STATION_TISSUE, np.full_like(first, np.nan))
+    np.testing.assert_array_equal(ds.station_tissue(1), first)
+
+
+def test_the_per_image_station_objective_needs_whole_images_of_phantoms():
+    with pytest.raises(ConfigError, match="station_loss_weight"):
+        load_pretrain_config(
+            None,
+            {
+                "data": {"train": {"type": "phantom", "count": 2}},
+                "optim": {"station_loss_weight": 1, "crop_size": 64},
+            },
+        )
+
+
+@pytest.mark.slow
+def test_switching_the_station_objective_on_at_a_resume_fits_then_trains_its_head(tmp_path, capsys):
+    cfg = v1_pretrain_config(tmp_path, count=2, epochs=1)
+    out = tmp_path / "bb"
+    pretrain_backbone(cfg, out)
+    again = resume_config(out, epochs=2, sets=["optim.station_loss_weight=1.0"])
+    capsys.readouterr()
+    pretrain_backbone(again, out, resume=True)
+    said = capsys.readouterr()
+    assert "new per-image station head fitted to the backbone's CLS" in said.out + said.err
+    log = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    assert "station_loss" not in log[0] and log[1]["station_loss"] > 0
+    valid = log[1]["valid"]
+    assert valid["station_r2"] and set(valid["station_r2"]) <= set(STATION_FIELDS)
+    assert valid["mean_station_r2"] is not None
+    names = json.loads((out / "last" / "state.json").read_text())["param_names"]
+    assert any(n.startswith("heads.stations.") for group in names for n in group)
