@@ -10,7 +10,9 @@ shipped demo model). ``--workers N`` generates missing phantoms in N processes. 
 before stage 2: mean_cls macro >= 0.92 and every finding >= 0.80 (``gate`` in the JSON).
 ``heart`` in the JSON: how much of the heart's geometry (chamber sizes, wall, vessel calibres) the
 mean CLS carries (ridge regression, R2 per number on the validation phantoms), and what the true
-geometry gives each cardiac finding with no backbone at all (``heart_probe``).
+geometry gives each cardiac finding with no backbone at all (``heart_probe``); ``stations`` (with
+``--stations``): the same for the soft tissue near each lymph-node station and lymphadenopathy
+(``station_probe``).
 
 HyperCT's task-shared head reads the mean CLS feature over the 55 images. With a frozen backbone,
 a per-finding logistic regression on that feature (and on other poolings, for comparison) is a
@@ -169,6 +171,31 @@ def heart_probe(x: np.ndarray, xv: np.ndarray, train, valid, l2: float) -> dict:
     }
 
 
+def station_probe(x: np.ndarray, xv: np.ndarray, train, valid, l2: float) -> dict:
+    """How much of the soft tissue near each lymph-node station the mean CLS carries (ridge regression
+    of each station's total over the 55 images, ``hyperct.training.station_tissue``; R2 on the validation
+    phantoms), and what those true totals give lymphadenopathy with no backbone at all (the ceiling of
+    a linear read-out of them)."""
+    from hyperct.training.heart_geometry import mean_r2, r2_scores, ridge_fit
+    from hyperct.training.station_tissue import STATION_FIELDS
+
+    s = np.stack([train.station_tissue(i).sum(axis=0) for i in range(len(train))])
+    sv = np.stack([valid.station_tissue(i).sum(axis=0) for i in range(len(valid))])
+    mu, sd = s.mean(0), s.std(0) + 1e-6
+    s, sv = (s - mu) / sd, (sv - mu) / sd
+    w, b, lam = ridge_fit(x, s)
+    r2 = r2_scores(xv @ w + b, sv, STATION_FIELDS)
+    k = catalogue().ids.index("lymphadenopathy")
+    return {
+        "mean_cls_r2": r2,
+        "mean_cls_mean_r2": mean_r2(r2, digits=3),
+        "ridge": lam,
+        "true_station_tissue_probe_auc_lymphadenopathy": rounded(
+            {"lymphadenopathy": probe_auc(s, train.labels[:, k], sv, valid.labels[:, k], l2)}
+        )["lymphadenopathy"],
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
@@ -182,6 +209,11 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=1, help="processes generating missing phantoms")
     ap.add_argument("--train-seed", type=int, default=100000, help="first training seed")
     ap.add_argument("--valid-seed", type=int, default=200000, help="first validation seed")
+    ap.add_argument(
+        "--stations",
+        action="store_true",
+        help="also the lymph-node-station tissue the mean CLS carries (station_probe; ~0.3 s a phantom once)",
+    )
     ap.add_argument("--out")
     args = ap.parse_args()
 
@@ -212,6 +244,8 @@ def main() -> None:
             "per_finding": rounded(aucs),
         }
     result["heart"] = heart_probe(ft[:, 0], fv[:, 0], train, valid, args.l2)
+    if args.stations:
+        result["stations"] = station_probe(ft[:, 0], fv[:, 0], train, valid, args.l2)
     mc = result["poolings"]["mean_cls"]
     result["gate"] = {
         "rule": "mean_cls macro >= 0.92 and every finding >= 0.80 (issue 18)",
