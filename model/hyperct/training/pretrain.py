@@ -55,7 +55,7 @@ Stage 1 v1 (``configs/demo_backbone_v1.yaml``; issue 18) adds what the pooled fe
   the mediastinum's eight central lymph-node stations inside that image (the generator's stations,
   the phantom's model-grid HU), in every phantom: enlarged nodes are more of it, and its sums over
   the 55 images, which the mean CLS then carries linearly, find them where the mediastinal outline
-  does not. A new head on a trained backbone is first fitted by ridge regression (``fit_station_head``);
+  does not. A new head on a trained backbone is first fitted by ridge regression (``fit_image_head``);
 * **token max** (``optim.token_max_loss_weight`` > 0; ``token_max_loss``): multiple-instance
   learning over each image's tokens: the image's highest token logit per finding is scored against
   the image's label. The token loss averages over all negative tokens, most of them easy (air,
@@ -190,6 +190,21 @@ class PretrainHeads(nn.Module):
         self.heart_slices = nn.Linear(hidden, heart_slices) if heart_slices else None
         # the per-image station objective's regression head on each image's CLS (``stations`` numbers)
         self.stations = nn.Linear(hidden, stations) if stations else None
+
+
+# The per-image regression objectives: the head's name in ``PretrainHeads`` -> (the dataset method giving
+# a phantom's (55, F) numbers, their standardisation, their names, the log's key). Each image's CLS
+# regresses its own numbers.
+PER_IMAGE = {
+    "heart_slices": ("heart_slices", standardised_slices, SLICE_FIELDS, "heart_slice"),
+    "stations": ("station_tissue", standardised_station_tissue, STATION_FIELDS, "station"),
+}
+
+
+def image_targets(head: str, ds, i: int) -> np.ndarray:
+    """(55, F) standardised per-image numbers of phantom ``i`` of ``ds`` for the head ``head``."""
+    method, standardise, _, _ = PER_IMAGE[head]
+    return standardise(getattr(ds, method)(i))
 
 
 def volume_logits(heads: PretrainHeads, cls: torch.Tensor, n_phantoms: int) -> torch.Tensor:
@@ -457,10 +472,13 @@ def validate(backbone, heads, ds: PhantomDataset, n_phantoms: int, device=None) 
     sampler = _ImageSampler(ds, backbone.config.patch_size)
     img_scores, img_labels, tok_scores, tok_labels, vol_scores = [], [], [], [], []
     bag_scores, vmax_scores, phantom_truth = [], [], []  # truth: from the token masks of all 55 images
-    heart_pred, heart_truth, slice_pred, slice_truth, station_pred, station_truth = [], [], [], [], [], []
+    heart_pred, heart_truth = [], []
     with_heart = heads.heart is not None and hasattr(ds, "heart")
-    with_slices = heads.heart_slices is not None and hasattr(ds, "heart_slices")
-    with_stations = heads.stations is not None and hasattr(ds, "station_tissue")
+    per_image = {
+        h: ([], [])
+        for h, (method, *_) in PER_IMAGE.items()
+        if getattr(heads, h) is not None and hasattr(ds, method)
+    }  # head -> (predicted, true) per image
     n = min(n_phantoms, len(ds))
     for i in range(n):
         pixels, tokens = sampler.images(i, np.arange(N_IMAGES))
@@ -473,12 +491,9 @@ def validate(backbone, heads, ds: PhantomDataset, n_phantoms: int, device=None) 
         if with_heart:
             heart_pred.append(heads.heart(cls.mean(dim=0)).float().cpu().numpy())
             heart_truth.append(standardised(ds.heart(i)))
-        if with_slices:
-            slice_pred.append(heads.heart_slices(cls).float().cpu().numpy())
-            slice_truth.append(standardised_slices(ds.heart_slices(i)))
-        if with_stations:
-            station_pred.append(heads.stations(cls).float().cpu().numpy())
-            station_truth.append(standardised_station_tissue(ds.station_tissue(i)))
+        for h, (pred, truth) in per_image.items():
+            pred.append(getattr(heads, h)(cls).float().cpu().numpy())
+            truth.append(image_targets(h, ds, i))
         tok, img = tok.float().cpu(), img.float().cpu()
         vmax_scores.append(tok.amax(dim=(0, 1))[None].numpy())
         img_scores.append(img.numpy())
@@ -510,16 +525,10 @@ def validate(backbone, heads, ds: PhantomDataset, n_phantoms: int, device=None) 
     if with_heart and n > 1:  # the heart numbers from the mean CLS over all 55 images
         out["heart_r2"] = r2_scores(np.stack(heart_pred), np.stack(heart_truth))
         out["mean_heart_r2"] = mean_r2(out["heart_r2"])
-    if with_slices:  # each image's share of each heart structure, from its own CLS
-        out["heart_slice_r2"] = r2_scores(
-            np.concatenate(slice_pred), np.concatenate(slice_truth), SLICE_FIELDS
-        )
-        out["mean_heart_slice_r2"] = mean_r2(out["heart_slice_r2"])
-    if with_stations:  # each image's soft tissue near each lymph-node station, from its own CLS
-        out["station_r2"] = r2_scores(
-            np.concatenate(station_pred), np.concatenate(station_truth), STATION_FIELDS
-        )
-        out["mean_station_r2"] = mean_r2(out["station_r2"])
+    for h, (pred, truth) in per_image.items():  # each image's numbers, from its own CLS
+        _, _, names, key = PER_IMAGE[h]
+        out[f"{key}_r2"] = r2_scores(np.concatenate(pred), np.concatenate(truth), names)
+        out[f"mean_{key}_r2"] = mean_r2(out[f"{key}_r2"])
     return out
 
 
@@ -546,31 +555,25 @@ SLICE_FIT_PHANTOMS = 32
 
 
 @torch.no_grad()
+def fit_image_head(
+    backbone, heads: PretrainHeads, head: str, ds: PhantomDataset, n: int = SLICE_FIT_PHANTOMS, device=None
+):
+    """Warm start of a new per-image head (``PER_IMAGE``), as ``fit_heart_head``: ridge regression of
+    each image's standardised numbers on its CLS, all 55 images of the first ``n`` phantoms (twins
+    skipped). Returns (in-sample R2 mean, ridge)."""
+    feats, targets = [], []
+    for i, cls in _whole_volume_cls(backbone, ds, n, device):
+        feats.append(cls)
+        targets.append(image_targets(head, ds, i))
+    names = PER_IMAGE[head][2]
+    return _ridge_into(getattr(heads, head), np.concatenate(feats), np.concatenate(targets), names)
+
+
 def fit_slice_head(
     backbone, heads: PretrainHeads, ds: PhantomDataset, n: int = SLICE_FIT_PHANTOMS, device=None
 ):
-    """Warm start of a new per-image heart head, as ``fit_heart_head``: ridge regression of each image's
-    standardised heart shares (``heart_slices``) on its CLS, all 55 images of the first ``n`` phantoms
-    (twins skipped). Returns (in-sample R2 mean, ridge)."""
-    feats, targets = [], []
-    for i, cls in _whole_volume_cls(backbone, ds, n, device):
-        feats.append(cls)
-        targets.append(standardised_slices(ds.heart_slices(i)))
-    return _ridge_into(heads.heart_slices, np.concatenate(feats), np.concatenate(targets), SLICE_FIELDS)
-
-
-@torch.no_grad()
-def fit_station_head(
-    backbone, heads: PretrainHeads, ds: PhantomDataset, n: int = SLICE_FIT_PHANTOMS, device=None
-):
-    """Warm start of a new per-image station head, as ``fit_slice_head``: ridge regression of each
-    image's soft tissue near each lymph-node station (``station_tissue``) on its CLS, all 55 images of
-    the first ``n`` phantoms (twins skipped). Returns (in-sample R2 mean, ridge)."""
-    feats, targets = [], []
-    for i, cls in _whole_volume_cls(backbone, ds, n, device):
-        feats.append(cls)
-        targets.append(standardised_station_tissue(ds.station_tissue(i)))
-    return _ridge_into(heads.stations, np.concatenate(feats), np.concatenate(targets), STATION_FIELDS)
+    """``fit_image_head`` of the per-image heart head (``heart_slices``)."""
+    return fit_image_head(backbone, heads, "heart_slices", ds, n, device)
 
 
 def _whole_volume_cls(backbone, ds: PhantomDataset, n: int, device=None):
@@ -998,16 +1001,23 @@ def pretrain_backbone(
                 path=str(out / CONFIG_FILE) if resume else None,
             )
         heart_w = float(oc.heart_loss_weight)
-        slice_w = float(oc.heart_slice_loss_weight)
-        station_w = float(oc.station_loss_weight)
+        # per-image objectives on (``PER_IMAGE``): head -> loss weight
+        image_w = {
+            h: w
+            for h, w in (
+                ("heart_slices", float(oc.heart_slice_loss_weight)),
+                ("stations", float(oc.station_loss_weight)),
+            )
+            if w > 0
+        }
         heads = PretrainHeads(
             backbone.config.hidden_size,
             n_findings,
             volume=oc.volume,
             bag=bag_mode,
             heart=len(HEART_FIELDS) if heart_w > 0 else 0,
-            heart_slices=len(SLICE_FIELDS) if slice_w > 0 else 0,
-            stations=len(STATION_FIELDS) if station_w > 0 else 0,
+            heart_slices=len(SLICE_FIELDS) if "heart_slices" in image_w else 0,
+            stations=len(STATION_FIELDS) if "stations" in image_w else 0,
         )
         module = nn.ModuleDict({"backbone": backbone, "heads": heads}).to(device)
         named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
@@ -1064,14 +1074,13 @@ def pretrain_backbone(
         if heads.heart is not None and fresh_heart and train is not None:
             r2, lam = fit_heart_head(backbone, heads, train, device=device)
             echo(f"new heart head fitted to the backbone's mean CLS (ridge {lam}): in-sample R2 {r2}")
-        fresh_slices = "heads.heart_slices.weight" in doc["new_heads"] if resume else bool(cfg.init)
-        if heads.heart_slices is not None and fresh_slices and train is not None:
-            r2, lam = fit_slice_head(backbone, heads, train, device=device)
-            echo(f"new per-image heart head fitted to the backbone's CLS (ridge {lam}): in-sample R2 {r2}")
-        fresh_stations = "heads.stations.weight" in doc["new_heads"] if resume else bool(cfg.init)
-        if heads.stations is not None and fresh_stations and train is not None:
-            r2, lam = fit_station_head(backbone, heads, train, device=device)
-            echo(f"new per-image station head fitted to the backbone's CLS (ridge {lam}): in-sample R2 {r2}")
+        for h, what in (("heart_slices", "heart"), ("stations", "station")):
+            fresh_head = f"heads.{h}.weight" in doc["new_heads"] if resume else bool(cfg.init)
+            if getattr(heads, h) is not None and fresh_head and train is not None:
+                r2, lam = fit_image_head(backbone, heads, h, train, device=device)
+                echo(
+                    f"new per-image {what} head fitted to the backbone's CLS (ridge {lam}): in-sample R2 {r2}"
+                )
         done = 0
         for epoch in range(first_epoch, epochs + 1):
             if fresh and epoch_in_block == dc.block_epochs:
@@ -1102,8 +1111,7 @@ def pretrain_backbone(
                     "volume",
                     "pair",
                     "heart",
-                    "slices",
-                    "stations",
+                    *PER_IMAGE,
                 )
             }
             n_images = n_positive_images = n_bags = n_positive_bags = 0
@@ -1194,18 +1202,12 @@ def pretrain_backbone(
                         sums["heart"].append(float(h_loss.detach()))
                     n_bags += len(sizes)
                     n_positive_bags += int((truth.amax(dim=1) > 0).sum())
-                if slice_w > 0:
-                    rows = [train.heart_slices(i)[which] for i, which in sources]
-                    target = torch.from_numpy(standardised_slices(np.concatenate(rows)))
-                    s_loss = heart_loss(heads.heart_slices(cls), target.to(device))
-                    loss = loss + slice_w * s_loss
-                    sums["slices"].append(float(s_loss.detach()))
-                if station_w > 0:
-                    rows = [train.station_tissue(i)[which] for i, which in sources]
-                    target = torch.from_numpy(standardised_station_tissue(np.concatenate(rows)))
-                    st_loss = heart_loss(heads.stations(cls), target.to(device))
-                    loss = loss + station_w * st_loss
-                    sums["stations"].append(float(st_loss.detach()))
+                for h, w in image_w.items():
+                    rows = [image_targets(h, train, i)[which] for i, which in sources]
+                    target = torch.from_numpy(np.concatenate(rows))
+                    i_loss = heart_loss(getattr(heads, h)(cls), target.to(device))
+                    loss = loss + w * i_loss
+                    sums[h].append(float(i_loss.detach()))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if oc.grad_clip:
@@ -1241,10 +1243,9 @@ def pretrain_backbone(
                 entry["pair_loss"] = round(float(np.mean(sums["pair"])), 5)
             if sums["heart"]:
                 entry["heart_loss"] = round(float(np.mean(sums["heart"])), 5)
-            if sums["slices"]:
-                entry["heart_slice_loss"] = round(float(np.mean(sums["slices"])), 5)
-            if sums["stations"]:
-                entry["station_loss"] = round(float(np.mean(sums["stations"])), 5)
+            for h, (*_, key) in PER_IMAGE.items():
+                if sums[h]:
+                    entry[f"{key}_loss"] = round(float(np.mean(sums[h])), 5)
             if vol_w > 0:
                 entry["volume_loss"] = round(float(np.mean(sums["volume"])), 5)
             if fresh:
