@@ -1,6 +1,6 @@
 """Stage 1's per-image heart objective (issue 18): each model image's share of each heart structure,
 from the generator's geometry on the model grid; regressed from each image's CLS; a resume may switch
-it on."""
+it on (and so may the per-image station objective, ``test_station_tissue``)."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ from hyperct.training.heart_slices import (
     phantom_image_volumes,
 )
 from hyperct.training.pretrain import load_pretrain_config, pretrain_backbone, resume_config
+from hyperct.training.station_tissue import STATION_FIELDS
 from tests.support.training import v1_pretrain_config
 
 MYO = SLICE_FIELDS.index("myocardium")
@@ -152,18 +153,27 @@ def test_the_per_image_heart_objective_needs_whole_images_of_phantoms():
 
 
 @pytest.mark.slow
-def test_switching_the_per_image_heart_objective_on_at_a_resume_fits_then_trains_its_head(tmp_path, capsys):
+@pytest.mark.parametrize(
+    "setting, head, what, key, fields",
+    [
+        ("heart_slice_loss_weight", "heart_slices", "heart", "heart_slice", SLICE_FIELDS),
+        ("station_loss_weight", "stations", "station", "station", STATION_FIELDS),
+    ],
+)
+def test_switching_a_per_image_objective_on_at_a_resume_fits_then_trains_its_head(
+    tmp_path, capsys, setting, head, what, key, fields
+):
     cfg = v1_pretrain_config(tmp_path, count=2, epochs=1)
     out = tmp_path / "bb"
     pretrain_backbone(cfg, out)
-    again = resume_config(out, epochs=2, sets=["optim.heart_slice_loss_weight=1.0"])
+    again = resume_config(out, epochs=2, sets=[f"optim.{setting}=1.0"])
     capsys.readouterr()
     pretrain_backbone(again, out, resume=True)
     said = capsys.readouterr()
-    assert "new per-image heart head fitted to the backbone's CLS" in said.out + said.err
+    assert f"new per-image {what} head fitted to the backbone's CLS" in said.out + said.err
     log = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
-    assert "heart_slice_loss" not in log[0] and log[1]["heart_slice_loss"] > 0
-    r2 = log[1]["valid"]["heart_slice_r2"]
-    assert r2 and set(r2) <= set(SLICE_FIELDS) and log[1]["valid"]["mean_heart_slice_r2"] is not None
+    assert f"{key}_loss" not in log[0] and log[1][f"{key}_loss"] > 0
+    r2 = log[1]["valid"][f"{key}_r2"]
+    assert r2 and set(r2) <= set(fields) and log[1]["valid"][f"mean_{key}_r2"] is not None
     names = json.loads((out / "last" / "state.json").read_text())["param_names"]
-    assert any(n.startswith("heads.heart_slices.") for group in names for n in group)
+    assert any(n.startswith(f"heads.{head}.") for group in names for n in group)
