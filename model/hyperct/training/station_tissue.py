@@ -5,11 +5,11 @@ Enlarged lymph nodes are soft tissue (~40 HU) at the stations, bulging into the 
 mediastinal fat; the normal hila beside them have the same outline, so neither the outline of the
 mediastinum nor a blob filter tells a volume with enlarged nodes from one without (model card,
 ``benchmarks/lymph_outline_oracle.py``: 0.53-0.62). Told where the stations are, the share of soft
-tissue within ``STATION_MM`` of them finds the volumes at AUC 0.91, and the mean CLS of every
-stage-1 backbone so far carries almost none of it (R2 -0.09..0.24). These targets ask each image's
-CLS for its own soft tissue near each station, every phantom, with or without the finding: the
-mean CLS over the 55 images then carries the amount at each station linearly, as the per-image heart
-shares (``hyperct.training.heart_slices``) do for the heart.
+tissue within ``STATION_MM`` of them finds the volumes at AUC 0.91, and the mean CLS of the best
+stage-1 backbone so far carries little of it (ridge R2 0.14, ``probe_backbone.py --stations``).
+These targets ask each image's CLS for its own soft tissue near each station, every phantom, with or
+without the finding: the mean CLS over the 55 images then carries the amount at each station
+linearly, as the per-image heart shares (``hyperct.training.heart_slices``) do for the heart.
 
 The stations come from the generator's own anatomy (``hyperct.phantom.generator.anatomy_of``), the
 soft tissue from the phantom's model-grid HU (0-100 HU, what the model sees).
