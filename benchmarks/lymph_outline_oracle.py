@@ -244,19 +244,20 @@ def main() -> None:
 
     l2 = choose_l2(features(mt), yt.astype(float))
     w = fit_logistic(features(mt), yt.astype(float), l2)
-    scores = {
-        "population_z": population_z(mv),
-        "local_bump": np.array([local_bump(m) for m in mv]),
-        "logistic": np.hstack([features(mv), np.ones((len(mv), 1))]) @ w,
-        "lung_volume (baseline)": -vv,
-        "stations (oracle told where)": ((sv - s_mean) / s_sd).max(1),
-    }
+
+    def scores_of(m, volume, tissue):
+        return {
+            "population_z": population_z(m),
+            "local_bump": np.array([local_bump(x) for x in m]),
+            "logistic": np.hstack([features(m), np.ones((len(m), 1))]) @ w,
+            "lung_volume (baseline)": -volume,
+            "stations (oracle told where)": ((tissue - s_mean) / s_sd).max(1),
+        }
+
+    scores = scores_of(mv, vv, sv)
     valid_auc = {k: round(roc_auc(yv, s), 3) for k, s in scores.items()}
     train_auc = {
-        "population_z": round(roc_auc(yt, population_z(mt)), 3),
-        "local_bump": round(roc_auc(yt, np.array([local_bump(m) for m in mt])), 3),
-        "logistic": round(roc_auc(yt, np.hstack([features(mt), np.ones((len(mt), 1))]) @ w), 3),
-        "stations (oracle told where)": round(roc_auc(yt, ((st - s_mean) / s_sd).max(1)), 3),
+        k: round(roc_auc(yt, s), 3) for k, s in scores_of(mt, vt, st).items() if k != "lung_volume (baseline)"
     }
     outline = [k for k in scores if "(" not in k]
     best = max(outline, key=lambda k: valid_auc[k])
