@@ -36,7 +36,6 @@ lymph nodes (what else moves the outline). Prints JSON.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 import warnings
@@ -47,7 +46,7 @@ from scipy import ndimage as ndi
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _output import emit_json  # noqa: E402
-from probe_backbone import probe_datasets  # noqa: E402
+from probe_backbone import oracle_arguments, probe_datasets  # noqa: E402
 
 from hyperct.findings import catalogue  # noqa: E402
 from hyperct.training import station_tissue as stations  # noqa: E402
@@ -207,15 +206,7 @@ def maps_of(data, finding: int, matrix: int):
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument(
-        "--train", type=int, default=200, help="phantoms that set the normal range (seeds 100000..)"
-    )
-    ap.add_argument("--valid", type=int, default=200, help="phantoms that score it (seeds 200000..)")
-    ap.add_argument("--finding", default="lymphadenopathy")
-    ap.add_argument("--cache", default="cache/hyperct-demo")
-    ap.add_argument("--matrix", type=int, default=192)
-    ap.add_argument("--workers", type=int, default=1)
+    ap = oracle_arguments(__doc__.split("\n")[0], 200, "set the normal range", "lymphadenopathy")
     ap.add_argument("--out")
     args = ap.parse_args()
     t0 = time.time()

@@ -32,7 +32,6 @@ Prints JSON.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -42,7 +41,7 @@ from scipy import ndimage as ndi
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _output import emit_json  # noqa: E402
-from probe_backbone import probe_datasets  # noqa: E402
+from probe_backbone import oracle_arguments, probe_datasets  # noqa: E402
 
 from hyperct.findings import catalogue  # noqa: E402
 from hyperct.preprocess import N_IMAGES  # noqa: E402
@@ -170,15 +169,7 @@ def aucs(rows: list[dict], y: np.ndarray) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument(
-        "--train", type=int, default=100, help="phantoms that choose each view's scale (seeds 100000..)"
-    )
-    ap.add_argument("--valid", type=int, default=200, help="phantoms that score it (seeds 200000..)")
-    ap.add_argument("--finding", default="lung_nodule")
-    ap.add_argument("--cache", default="cache/hyperct-demo")
-    ap.add_argument("--matrix", type=int, default=192)
-    ap.add_argument("--workers", type=int, default=1)
+    ap = oracle_arguments(__doc__.split("\n")[0], 100, "choose each view's scale", "lung_nodule")
     ap.add_argument(
         "--scales",
         default=",".join(f"{s:g}" for s in SCALES),

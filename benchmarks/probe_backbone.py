@@ -87,6 +87,19 @@ def load_any_backbone(path: str):
     return load_backbone(folder)
 
 
+def oracle_arguments(description: str, train: int, train_help: str, finding: str) -> argparse.ArgumentParser:
+    """The arguments the oracle scripts share: the phantoms (``probe_datasets``: --train of them that
+    ``train_help``, --valid that score it), the finding, the cache, the matrix, the workers."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--train", type=int, default=train, help=f"phantoms that {train_help} (seeds 100000..)")
+    ap.add_argument("--valid", type=int, default=200, help="phantoms that score it (seeds 200000..)")
+    ap.add_argument("--finding", default=finding)
+    ap.add_argument("--cache", default="cache/hyperct-demo")
+    ap.add_argument("--matrix", type=int, default=192)
+    ap.add_argument("--workers", type=int, default=1)
+    return ap
+
+
 def probe_datasets(args):
     """The training / validation phantom datasets the probes share (``args``: cache, matrix, train,
     valid, workers and optionally train_seed / valid_seed)."""

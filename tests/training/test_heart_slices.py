@@ -158,6 +158,7 @@ def test_the_per_image_heart_objective_needs_whole_images_of_phantoms():
     [
         ("heart_slice_loss_weight", "heart_slices", "heart", "heart_slice", SLICE_FIELDS),
         ("station_loss_weight", "stations", "station", "station", STATION_FIELDS),
+        ("station_excess_loss_weight", "station_excess", "station excess", "station_excess", STATION_FIELDS),
     ],
 )
 def test_switching_a_per_image_objective_on_at_a_resume_fits_then_trains_its_head(

@@ -17,11 +17,20 @@ from hyperct.training.datasets import PhantomDataset
 from hyperct.training.datasets.phantoms import drawn_severities
 from hyperct.training.pretrain import load_pretrain_config
 from hyperct.training.station_tissue import (
+    N_OFFSET_BINS,
+    OFFSET_MAX_MM,
     STATION_FIELDS,
+    STATION_LEVEL_ML,
+    STATION_OFFSETS,
     STATION_TISSUE,
     ball_ml,
+    image_offsets_mm,
     image_station_tissue,
+    level_expected,
+    level_table,
     phantom_station_tissue,
+    phantom_stations,
+    station_excess_ml,
     station_points,
 )
 
@@ -88,17 +97,80 @@ def test_the_dataset_keeps_each_phantoms_station_tissue_in_the_cache(tmp_path):
     np.testing.assert_array_equal(ds.station_tissue(1), first)
     cache.put_array(ds._key(1), STATION_TISSUE, np.full_like(first, np.nan))
     np.testing.assert_array_equal(ds.station_tissue(1), first)
+    # the offsets are kept beside it, and the excess is the tissue less the level's normal
+    offsets = ds.station_offsets(1)
+    np.testing.assert_array_equal(cache.get_array(ds._key(1), STATION_OFFSETS), offsets)
+    np.testing.assert_array_equal(ds.station_excess(1), first - level_expected(offsets, STATION_LEVEL_ML))
 
 
-def test_the_per_image_station_objective_needs_whole_images_of_phantoms():
-    with pytest.raises(ConfigError, match="station_loss_weight"):
+@pytest.mark.parametrize("setting", ["station_loss_weight", "station_excess_loss_weight"])
+def test_the_per_image_station_objective_needs_whole_images_of_phantoms(setting):
+    with pytest.raises(ConfigError, match=setting):
         load_pretrain_config(
             None,
             {
                 "data": {"train": {"type": "phantom", "count": 2}},
-                "optim": {"station_loss_weight": 1, "crop_size": 64},
+                "optim": {setting: 1, "crop_size": 64},
             },
         )
+
+
+def test_each_images_offset_from_a_station_is_its_middle_slices_distance():
+    points = np.array([[61.0, 30.0, 30.0], [0.0, 5.0, 5.0]])
+    got = image_offsets_mm(points, np.array([2.0, 2.5, 2.5]))
+    assert got.shape == (N_IMAGES, 2) and got.dtype == np.float32
+    assert got[20, 0] == 0.0  # image 20 holds slices 60-62: its middle slice is the station's
+    assert got[21, 0] == 6.0 and got[19, 0] == -6.0  # the next image lies 3 slices of 2 mm below
+    assert got[0, 1] == 2.0 and (np.diff(got[:, 1]) == 6.0).all()
+
+
+def test_the_level_table_is_the_mean_tissue_at_each_offset_and_none_beyond():
+    # an oracle: tissue made from a known profile of the offset, plus noise that averages out
+    rng = np.random.default_rng(0)
+    offsets = rng.uniform(-40, 40, size=(400, N_IMAGES, 2)).astype(np.float32)
+    profile = np.array([1.0, 0.3])  # mL at the station, per station
+    truth = profile * np.exp(-((offsets / 8.0) ** 2)) * (np.abs(offsets) < OFFSET_MAX_MM)
+    tissue = truth + rng.normal(0, 0.05, size=truth.shape)
+    table = level_table(tissue, offsets)
+    assert table.shape == (2, N_OFFSET_BINS)
+    expected = level_expected(offsets, table)
+    assert np.abs(expected - truth).mean() < 0.03  # the profile, up to the bins' width
+    assert (expected[np.abs(offsets) >= OFFSET_MAX_MM] == 0).all()
+    # the table knows nothing of an image but its offset: shuffling the phantoms changes nothing
+    np.testing.assert_allclose(level_table(tissue[::-1], offsets[::-1]), table, atol=1e-6)
+
+
+def test_the_shipped_level_table_is_the_benchmarks_measurement():
+    import json
+    from pathlib import Path
+
+    doc = json.loads(
+        (Path(__file__).resolve().parents[2] / "benchmarks/results/station_level_oracle.json").read_text()
+    )
+    recorded = np.array([doc["level_table_ml"][f] for f in STATION_FIELDS])
+    np.testing.assert_allclose(STATION_LEVEL_ML, recorded, atol=1e-3)
+
+
+def test_the_excess_keeps_the_enlarged_nodes_and_takes_out_the_level():
+    # twins: the same anatomy (so the same offsets), with and without its lymphadenopathy
+    seed = next(s for s in range(200000, 200100) if "lymphadenopathy" in drawn_severities(s))
+    drawn = drawn_severities(seed)
+    without_it = {k: v for k, v in drawn.items() if k != "lymphadenopathy"}
+    grid = dict(matrix=96, n_slices=90)
+    with_t, with_o = phantom_stations(
+        resample_hu(generate(seed, dict(drawn), **grid).volume.hu).numpy(), seed, drawn, **grid
+    )
+    wo_t, wo_o = phantom_stations(
+        resample_hu(generate(seed, without_it, **grid).volume.hu).numpy(), seed, without_it, **grid
+    )
+    np.testing.assert_array_equal(with_o, wo_o)
+    np.testing.assert_allclose(
+        station_excess_ml(with_t, with_o) - station_excess_ml(wo_t, wo_o), with_t - wo_t, atol=1e-6
+    )
+    # what is taken out is the level's normal: the same for both, zero far from every station
+    taken = with_t - station_excess_ml(with_t, with_o)
+    np.testing.assert_allclose(taken, level_expected(with_o, STATION_LEVEL_ML), atol=1e-6)
+    assert (taken[np.abs(with_o) >= OFFSET_MAX_MM] == 0).all() and taken.max() > 0
 
 
 class _Stations:

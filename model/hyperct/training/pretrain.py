@@ -156,7 +156,11 @@ from hyperct.training.pretrain_config import (  # noqa: F401 - LOSSES and load_p
 )
 from hyperct.training.progress import progress_bar
 from hyperct.training.state import join_optimizer_state, rng_state, set_rng_state, split_optimizer_state
-from hyperct.training.station_tissue import STATION_FIELDS, standardised_station_tissue
+from hyperct.training.station_tissue import (
+    STATION_FIELDS,
+    standardised_station_excess,
+    standardised_station_tissue,
+)
 
 LOG_FILE = "log.jsonl"
 STATE_DIR = "last"
@@ -175,6 +179,7 @@ class PretrainHeads(nn.Module):
         heart: int = 0,
         heart_slices: int = 0,
         stations: int = 0,
+        station_excess: int = 0,
     ):
         super().__init__()
         self.token = nn.Linear(hidden, n_findings)
@@ -190,6 +195,8 @@ class PretrainHeads(nn.Module):
         self.heart_slices = nn.Linear(hidden, heart_slices) if heart_slices else None
         # the per-image station objective's regression head on each image's CLS (``stations`` numbers)
         self.stations = nn.Linear(hidden, stations) if stations else None
+        # the per-image station-excess objective's head on each image's CLS (``station_excess`` numbers)
+        self.station_excess = nn.Linear(hidden, station_excess) if station_excess else None
 
 
 # The per-image regression objectives: the head's name in ``PretrainHeads`` -> (the dataset method giving
@@ -198,6 +205,7 @@ class PretrainHeads(nn.Module):
 PER_IMAGE = {
     "heart_slices": ("heart_slices", standardised_slices, SLICE_FIELDS, "heart_slice"),
     "stations": ("station_tissue", standardised_station_tissue, STATION_FIELDS, "station"),
+    "station_excess": ("station_excess", standardised_station_excess, STATION_FIELDS, "station_excess"),
 }
 
 
@@ -947,7 +955,7 @@ def pretrain_backbone(
         cache,
         source,
         heart_slices=float(oc.heart_slice_loss_weight) > 0,
-        stations=float(oc.station_loss_weight) > 0,
+        stations=float(oc.station_loss_weight) > 0 or float(oc.station_excess_loss_weight) > 0,
     )
     try:
         if fresh:
@@ -1007,6 +1015,7 @@ def pretrain_backbone(
             for h, w in (
                 ("heart_slices", float(oc.heart_slice_loss_weight)),
                 ("stations", float(oc.station_loss_weight)),
+                ("station_excess", float(oc.station_excess_loss_weight)),
             )
             if w > 0
         }
@@ -1018,6 +1027,7 @@ def pretrain_backbone(
             heart=len(HEART_FIELDS) if heart_w > 0 else 0,
             heart_slices=len(SLICE_FIELDS) if "heart_slices" in image_w else 0,
             stations=len(STATION_FIELDS) if "stations" in image_w else 0,
+            station_excess=len(STATION_FIELDS) if "station_excess" in image_w else 0,
         )
         module = nn.ModuleDict({"backbone": backbone, "heads": heads}).to(device)
         named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
@@ -1074,7 +1084,11 @@ def pretrain_backbone(
         if heads.heart is not None and fresh_heart and train is not None:
             r2, lam = fit_heart_head(backbone, heads, train, device=device)
             echo(f"new heart head fitted to the backbone's mean CLS (ridge {lam}): in-sample R2 {r2}")
-        for h, what in (("heart_slices", "heart"), ("stations", "station")):
+        for h, what in (
+            ("heart_slices", "heart"),
+            ("stations", "station"),
+            ("station_excess", "station excess"),
+        ):
             fresh_head = f"heads.{h}.weight" in doc["new_heads"] if resume else bool(cfg.init)
             if getattr(heads, h) is not None and fresh_head and train is not None:
                 r2, lam = fit_image_head(backbone, heads, h, train, device=device)
@@ -1269,6 +1283,8 @@ def pretrain_backbone(
                     msg += f"  per-image heart R2 {v['mean_heart_slice_r2']}"
                 if "mean_station_r2" in v:
                     msg += f"  per-image station R2 {v['mean_station_r2']}"
+                if "mean_station_excess_r2" in v:
+                    msg += f"  per-image station excess R2 {v['mean_station_excess_r2']}"
             echo(msg)
             # after every epoch: the backbone so far, the log line and the resume state
             backbone.eval()

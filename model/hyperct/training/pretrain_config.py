@@ -59,6 +59,9 @@ Fields (dotted name: default: meaning)
   station_tissue``): a head on each image's CLS regresses the mL of soft tissue near each of the
   mediastinum's eight central lymph-node stations inside that image; needs phantom training data and
   whole images (``crop_size: 0``).
+* ``optim.station_excess_loss_weight``: 0.0: the same per-image regression of the excess over the
+  tissue expected at the image's z offset from each station (``station_tissue.station_excess_ml``: the
+  station's normal level taken out, the amount left); same needs.
 * ``optim.token_max_loss_weight``: 0.0: the token-max objective (``hyperct.training.pretrain.
   token_max_loss``): each image's highest token logit, per finding, is scored against the image's
   label, so the highest-scoring token of an image without the finding is pushed down.
@@ -190,6 +193,7 @@ class PretrainOptim(_Section):
     heart_loss_weight: float = _field(0.0, _nonneg_num)
     heart_slice_loss_weight: float = _field(0.0, _nonneg_num)
     station_loss_weight: float = _field(0.0, _nonneg_num)
+    station_excess_loss_weight: float = _field(0.0, _nonneg_num)
     token_max_loss_weight: float = _field(0.0, _nonneg_num)
     split_negatives: bool = _field(False, _bool)
     crop_size: int = _field(0, _nonneg_int)
@@ -326,13 +330,14 @@ class PretrainConfig(_Section):
                 "heart from the phantom generator (set data.train.type: phantom and optim.crop_size: 0)",
                 path=source,
             )
-        if float(oc.station_loss_weight) > 0 and (dc.train.get("type") != "phantom" or oc.crop_size):
-            raise ConfigError(
-                "optim.station_loss_weight: the per-image station objective needs each whole image and "
-                "the phantom generator's lymph-node stations (set data.train.type: phantom and "
-                "optim.crop_size: 0)",
-                path=source,
-            )
+        for name in ("station_loss_weight", "station_excess_loss_weight"):
+            if float(getattr(oc, name)) > 0 and (dc.train.get("type") != "phantom" or oc.crop_size):
+                raise ConfigError(
+                    f"optim.{name}: the per-image station objective needs each whole image and the "
+                    "phantom generator's lymph-node stations (set data.train.type: phantom and "
+                    "optim.crop_size: 0)",
+                    path=source,
+                )
         if oc.split_negatives and oc.loss == "bce":
             raise ConfigError(
                 "optim.split_negatives: the split weighs the balanced loss's negatives; plain bce has "

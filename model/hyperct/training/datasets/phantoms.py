@@ -143,20 +143,42 @@ class PhantomDataset(VolumeDataset):
         """(55, len(STATION_FIELDS)) float32: the mL of soft tissue near each central lymph-node station
         inside each model image of phantom ``i`` (``hyperct.training.station_tissue``; from its model-grid
         HU and the generator's stations; kept in the cache beside the phantom)."""
-        from hyperct.training.station_tissue import STATION_FIELDS, STATION_TISSUE, phantom_station_tissue
+        return self._stations(i)[0]
 
-        key = self._key(i)
-        got = self.cache.get_array(key, STATION_TISSUE)
-        if got is None or got.shape != (N_IMAGES, len(STATION_FIELDS)) or not np.isfinite(got).all():
-            got = phantom_station_tissue(
+    def station_offsets(self, i: int) -> np.ndarray:
+        """(55, len(STATION_FIELDS)) float32: how far (mm, along z) each model image's middle slice of
+        phantom ``i`` lies from each central lymph-node station (``station_tissue.image_offsets_mm``;
+        kept in the cache beside the phantom)."""
+        return self._stations(i)[1]
+
+    def station_excess(self, i: int) -> np.ndarray:
+        """(55, len(STATION_FIELDS)) float32: ``station_tissue`` minus the mL expected at each image's z
+        offset from each station in phantoms without enlarged nodes (``station_tissue.station_excess_ml``)."""
+        from hyperct.training.station_tissue import station_excess_ml
+
+        return station_excess_ml(*self._stations(i))
+
+    def _stations(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        from hyperct.training.station_tissue import (
+            STATION_FIELDS,
+            STATION_OFFSETS,
+            STATION_TISSUE,
+            phantom_stations,
+        )
+
+        key, shape = self._key(i), (N_IMAGES, len(STATION_FIELDS))
+        got = [self.cache.get_array(key, name) for name in (STATION_TISSUE, STATION_OFFSETS)]
+        if any(a is None or a.shape != shape or not np.isfinite(a).all() for a in got):
+            got = phantom_stations(
                 self.model_hu(i),
                 self.seeds[i],
                 self.findings_for(i),
                 matrix=self.matrix,
                 n_slices=self.n_slices,
             )
-            self.cache.put_array(key, STATION_TISSUE, got)
-        return np.asarray(got, dtype=np.float32)
+            self.cache.put_array(key, STATION_TISSUE, got[0])
+            self.cache.put_array(key, STATION_OFFSETS, got[1])
+        return np.asarray(got[0], dtype=np.float32), np.asarray(got[1], dtype=np.float32)
 
     def _requested(self, i: int):
         if not isinstance(self.findings, dict):
