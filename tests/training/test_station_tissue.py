@@ -145,9 +145,9 @@ def test_the_shipped_level_table_is_the_benchmarks_measurement():
     from pathlib import Path
 
     doc = json.loads(
-        (Path(__file__).resolve().parents[2] / "benchmarks/results/station_level_oracle.json").read_text()
+        (Path(__file__).resolve().parents[2] / "benchmarks/results/level_oracle.json").read_text()
     )
-    recorded = np.array([doc["level_table_ml"][f] for f in STATION_FIELDS])
+    recorded = np.array([doc["stations"]["level_table_ml"][f] for f in STATION_FIELDS])
     np.testing.assert_allclose(STATION_LEVEL_ML, recorded, atol=1e-3)
 
 

@@ -132,7 +132,7 @@ def standardised_station_tissue(ml: np.ndarray) -> np.ndarray:
 # tissue is there: the mean mL at each image's z offset from the station, taken over phantoms without
 # enlarged nodes and knowing nothing of the image, already explains R2 0.48 of the targets of
 # validation phantoms (0.81-0.87 at the aortopulmonary, left paratracheal and subcarinal stations;
-# ``benchmarks/station_level_oracle.py``), and knowing whether the volume has enlarged nodes raises it
+# ``benchmarks/level_oracle.py``), and knowing whether the volume has enlarged nodes raises it
 # to 0.53 only. The excess over that level's normal (``station_excess_ml``) leaves the amount: each
 # volume's largest total excess, z-scored, finds the enlarged nodes at AUC 0.94.
 
@@ -171,7 +171,7 @@ def level_expected(offsets_mm: np.ndarray, table: np.ndarray) -> np.ndarray:
 
 # the mean mL in each 2-mm z-offset bin (-24..24 mm) of each station, over the images of the 338
 # phantoms without enlarged nodes among the probe's first 400 (377 labelled; seeds 100000.., matrix 192;
-# ``benchmarks/station_level_oracle.py``, ``benchmarks/results/station_level_oracle.json``)
+# ``benchmarks/level_oracle.py``, ``benchmarks/results/level_oracle.json``)
 # fmt: off
 STATION_LEVEL_ML = np.array(
     [
