@@ -56,6 +56,10 @@ Stage 1 v1 (``configs/demo_backbone_v1.yaml``; issue 18) adds what the pooled fe
   the phantom's model-grid HU), in every phantom: enlarged nodes are more of it, and its sums over
   the 55 images, which the mean CLS then carries linearly, find them where the mediastinal outline
   does not. A new head on a trained backbone is first fitted by ridge regression (``fit_image_head``);
+* **per-image station excess** (``optim.station_excess_loss_weight`` > 0): the same, less the tissue
+  expected at each image's z offset from each station (``station_tissue.station_excess_ml``): where an
+  image lies explains about half of the station targets and none of the enlarged nodes
+  (``benchmarks/level_oracle.py``); the excess leaves the amount;
 * **token max** (``optim.token_max_loss_weight`` > 0; ``token_max_loss``): multiple-instance
   learning over each image's tokens: the image's highest token logit per finding is scored against
   the image's label. The token loss averages over all negative tokens, most of them easy (air,
