@@ -46,7 +46,7 @@ from scipy import ndimage as ndi
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _output import emit_json  # noqa: E402
-from probe_backbone import oracle_arguments, probe_datasets  # noqa: E402
+from probe_backbone import fit_probe, oracle_arguments, probe_datasets  # noqa: E402
 
 from hyperct.findings import catalogue  # noqa: E402
 from hyperct.training import station_tissue as stations  # noqa: E402
@@ -57,7 +57,15 @@ Z_BINS, Y_BINS = 24, 8
 AIRWAY_AREA = 80  # pixels: a small air region near the midline is the trachea or a main bronchus
 AIRWAY_NEAR = 10  # pixels from the midline
 BUMP_HALF = 3  # z bins each side for the local median
-L2_GRID = (1.0, 30.0, 1000.0)  # ridge strengths tried for the logistic read-out
+L2_GRID = (
+    1e-3,
+    1e-2,
+    1e-1,
+    1.0,
+    10.0,
+    100.0,
+    1000.0,
+)  # ridge strengths tried for the logistic read-out (``fit_probe``)
 
 
 def lungs_of(hu: np.ndarray) -> tuple[np.ndarray, float]:
@@ -154,23 +162,9 @@ def station_tissue(hu: np.ndarray, points: np.ndarray, voxel_mm: np.ndarray) -> 
     return stations.image_station_tissue(hu, points, voxel_mm).sum(0) / stations.ball_ml(voxel_mm)
 
 
-def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1.0, steps: int = 500) -> np.ndarray:
-    """Ridge logistic regression by gradient descent on standardised features; returns the weights
-    with the bias last."""
-    xb = np.hstack([x, np.ones((len(x), 1))])
-    w = np.zeros(xb.shape[1])
-    pos = max(y.mean(), 1e-3)
-    sw = np.where(y == 1, 0.5 / pos, 0.5 / max(1 - pos, 1e-3))  # balanced classes
-    lr = 0.5
-    for _ in range(steps):
-        p = 1 / (1 + np.exp(-np.clip(xb @ w, -30, 30)))
-        grad = xb.T @ (sw * (p - y)) / len(y) + l2 * np.r_[w[:-1], 0.0] / len(y)
-        w -= lr * grad
-    return w
-
-
 def choose_l2(x: np.ndarray, y: np.ndarray, grid=L2_GRID, folds: int = 4) -> float:
-    """The ridge strength of ``grid`` with the best mean AUC over ``folds`` folds of the training set."""
+    """The ridge strength of ``grid`` for ``fit_probe`` with the best mean AUC over ``folds`` folds of
+    the training set."""
     order = np.random.default_rng(0).permutation(len(y))
     best, best_auc = grid[0], -1.0
     for l2 in grid:
@@ -180,8 +174,7 @@ def choose_l2(x: np.ndarray, y: np.ndarray, grid=L2_GRID, folds: int = 4) -> flo
             held[order[f::folds]] = True
             if len(set(y[held])) < 2 or len(set(y[~held])) < 2:
                 continue
-            w = fit_logistic(x[~held], y[~held], l2)
-            aucs.append(roc_auc(y[held], np.hstack([x[held], np.ones((held.sum(), 1))]) @ w))
+            aucs.append(roc_auc(y[held], fit_probe(x[~held], y[~held], l2)(x[held])))
         if aucs and np.mean(aucs) > best_auc:
             best, best_auc = l2, float(np.mean(aucs))
     return best
@@ -234,13 +227,13 @@ def main() -> None:
         return np.nan_to_num(zmap(m), nan=0.0).reshape(len(m), -1)
 
     l2 = choose_l2(features(mt), yt.astype(float))
-    w = fit_logistic(features(mt), yt.astype(float), l2)
+    logistic = fit_probe(features(mt), yt.astype(float), l2)
 
     def scores_of(m, volume, tissue):
         return {
             "population_z": population_z(m),
             "local_bump": np.array([local_bump(x) for x in m]),
-            "logistic": np.hstack([features(m), np.ones((len(m), 1))]) @ w,
+            "logistic": logistic(features(m)),
             "lung_volume (baseline)": -volume,
             "stations (oracle told where)": ((tissue - s_mean) / s_sd).max(1),
         }

@@ -129,10 +129,11 @@ def rounded(aucs: dict) -> dict:
     return {k: (round(v, 3) if v is not None else None) for k, v in aucs.items()}
 
 
-def probe_auc(x: np.ndarray, y: np.ndarray, xv: np.ndarray, yv: np.ndarray, l2: float) -> float | None:
-    known, known_v = y >= 0, yv >= 0
-    if not (0 < y[known].sum() < known.sum() and 0 < yv[known_v].sum() < known_v.sum()):
-        return None
+def fit_probe(x: np.ndarray, y: np.ndarray, l2: float):
+    """Ridge logistic regression (LBFGS; penalty ``l2`` times the squared weights) of ``y`` on the
+    features ``x`` standardised by their mean and spread over all rows, fitted on the rows with a label
+    (``y >= 0``); returns the scorer: features -> logits (numpy)."""
+    known = y >= 0
     mu, sd = x.mean(0), x.std(0) + 1e-6
     xt = torch.tensor((x[known] - mu) / sd, dtype=torch.float32)
     yt = torch.tensor(y[known], dtype=torch.float32)
@@ -147,8 +148,20 @@ def probe_auc(x: np.ndarray, y: np.ndarray, xv: np.ndarray, yv: np.ndarray, l2: 
         return loss
 
     opt.step(closure)
-    xv_t = torch.tensor((xv[known_v] - mu) / sd, dtype=torch.float32)
-    return float(roc_auc(yv[known_v], (xv_t @ w + b).detach().numpy()))
+
+    def score(xv: np.ndarray) -> np.ndarray:
+        xv_t = torch.tensor((xv - mu) / sd, dtype=torch.float32)
+        return (xv_t @ w + b).detach().numpy()
+
+    return score
+
+
+def probe_auc(x: np.ndarray, y: np.ndarray, xv: np.ndarray, yv: np.ndarray, l2: float) -> float | None:
+    """The validation AUC of ``fit_probe`` (None without positives and negatives on both sides)."""
+    known, known_v = y >= 0, yv >= 0
+    if not (0 < y[known].sum() < known.sum() and 0 < yv[known_v].sum() < known_v.sum()):
+        return None
+    return float(roc_auc(yv[known_v], fit_probe(x, y, l2)(xv[known_v])))
 
 
 def cardiac_probe(x: np.ndarray, labels: np.ndarray, xv: np.ndarray, labels_v: np.ndarray, l2: float) -> dict:

@@ -59,8 +59,13 @@ def test_the_logistic_read_out_learns_a_separable_feature():
     y = (rng.random(200) < 0.2).astype(float)
     x = rng.normal(size=(200, 5))
     x[:, 2] += 3 * y
-    w = mod.fit_logistic(x, y)
-    assert np.argmax(np.abs(w[:-1])) == 2 and w[2] > 0
+    l2 = mod.choose_l2(x, y)
+    assert l2 in mod.L2_GRID
+    score = mod.fit_probe(x, y, l2)
+    # the score follows the separating feature alone: moving it moves the score, the others do not
+    base = np.zeros((1, 5))
+    moved = [float((score(base + 3 * np.eye(5)[j]) - score(base))[0]) for j in range(5)]
+    assert np.argmax(np.abs(moved)) == 2 and moved[2] > 0
 
 
 def test_station_tissue_counts_soft_tissue_around_each_point():

@@ -4,7 +4,7 @@ mediastinum's eight central lymph-node stations inside each of the 55 model imag
 Enlarged lymph nodes are soft tissue (~40 HU) at the stations, bulging into the lung or the
 mediastinal fat; the normal hila beside them have the same outline, so neither the outline of the
 mediastinum nor a blob filter tells a volume with enlarged nodes from one without (model card,
-``benchmarks/lymph_outline_oracle.py``: 0.53-0.62). Told where the stations are, the share of soft
+``benchmarks/lymph_outline_oracle.py``: 0.36-0.60). Told where the stations are, the share of soft
 tissue within ``STATION_MM`` of them finds the volumes at AUC 0.91, and the mean CLS of the best
 stage-1 backbone so far carries little of it (ridge R2 0.14, ``probe_backbone.py --stations``).
 These targets ask each image's CLS for its own soft tissue near each station, every phantom, with or
