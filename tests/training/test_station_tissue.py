@@ -17,6 +17,7 @@ from hyperct.training.datasets import PhantomDataset
 from hyperct.training.datasets.phantoms import drawn_severities
 from hyperct.training.pretrain import load_pretrain_config
 from hyperct.training.station_tissue import (
+    EXCESS_SCALE_ML,
     N_OFFSET_BINS,
     OFFSET_MAX_MM,
     STATION_FIELDS,
@@ -149,6 +150,8 @@ def test_the_shipped_level_table_is_the_benchmarks_measurement():
     )
     recorded = np.array([doc["stations"]["level_table_ml"][f] for f in STATION_FIELDS])
     np.testing.assert_allclose(STATION_LEVEL_ML, recorded, atol=1e-3)
+    spread = [doc["stations"]["excess_sd_ml"][f] for f in STATION_FIELDS]
+    np.testing.assert_allclose(EXCESS_SCALE_ML, spread, atol=1e-3)
 
 
 def test_the_excess_keeps_the_enlarged_nodes_and_takes_out_the_level():
