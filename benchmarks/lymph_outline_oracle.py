@@ -57,15 +57,8 @@ Z_BINS, Y_BINS = 24, 8
 AIRWAY_AREA = 80  # pixels: a small air region near the midline is the trachea or a main bronchus
 AIRWAY_NEAR = 10  # pixels from the midline
 BUMP_HALF = 3  # z bins each side for the local median
-L2_GRID = (
-    1e-3,
-    1e-2,
-    1e-1,
-    1.0,
-    10.0,
-    100.0,
-    1000.0,
-)  # ridge strengths tried for the logistic read-out (``fit_probe``)
+# ridge strengths tried for the logistic read-out (``fit_probe``)
+L2_GRID = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0)
 
 
 def lungs_of(hu: np.ndarray) -> tuple[np.ndarray, float]:
