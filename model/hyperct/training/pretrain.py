@@ -116,7 +116,7 @@ import math
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -203,20 +203,45 @@ class PretrainHeads(nn.Module):
         self.station_excess = nn.Linear(hidden, station_excess) if station_excess else None
 
 
-# The per-image regression objectives: the head's name in ``PretrainHeads`` -> (the dataset method giving
-# a phantom's (55, F) numbers, their standardisation, their names, the log's key). Each image's CLS
-# regresses its own numbers.
+class PerImage(NamedTuple):
+    """One per-image regression objective: each image's CLS regresses its own numbers."""
+
+    method: str  # the dataset method giving a phantom's (55, F) numbers
+    standardise: Any  # their standardisation
+    fields: tuple  # their names
+    key: str  # the log's key
+    weight: str  # the ``optim`` field of its loss weight
+    what: str  # what it regresses, in messages
+
+
+# the head's name in ``PretrainHeads`` -> its objective
 PER_IMAGE = {
-    "heart_slices": ("heart_slices", standardised_slices, SLICE_FIELDS, "heart_slice"),
-    "stations": ("station_tissue", standardised_station_tissue, STATION_FIELDS, "station"),
-    "station_excess": ("station_excess", standardised_station_excess, STATION_FIELDS, "station_excess"),
+    "heart_slices": PerImage(
+        "heart_slices", standardised_slices, SLICE_FIELDS, "heart_slice", "heart_slice_loss_weight", "heart"
+    ),
+    "stations": PerImage(
+        "station_tissue",
+        standardised_station_tissue,
+        STATION_FIELDS,
+        "station",
+        "station_loss_weight",
+        "station",
+    ),
+    "station_excess": PerImage(
+        "station_excess",
+        standardised_station_excess,
+        STATION_FIELDS,
+        "station_excess",
+        "station_excess_loss_weight",
+        "station excess",
+    ),
 }
 
 
 def image_targets(head: str, ds, i: int) -> np.ndarray:
     """(55, F) standardised per-image numbers of phantom ``i`` of ``ds`` for the head ``head``."""
-    method, standardise, _, _ = PER_IMAGE[head]
-    return standardise(getattr(ds, method)(i))
+    obj = PER_IMAGE[head]
+    return obj.standardise(getattr(ds, obj.method)(i))
 
 
 def volume_logits(heads: PretrainHeads, cls: torch.Tensor, n_phantoms: int) -> torch.Tensor:
@@ -488,8 +513,8 @@ def validate(backbone, heads, ds: PhantomDataset, n_phantoms: int, device=None) 
     with_heart = heads.heart is not None and hasattr(ds, "heart")
     per_image = {
         h: ([], [])
-        for h, (method, *_) in PER_IMAGE.items()
-        if getattr(heads, h) is not None and hasattr(ds, method)
+        for h, obj in PER_IMAGE.items()
+        if getattr(heads, h) is not None and hasattr(ds, obj.method)
     }  # head -> (predicted, true) per image
     n = min(n_phantoms, len(ds))
     for i in range(n):
@@ -538,8 +563,8 @@ def validate(backbone, heads, ds: PhantomDataset, n_phantoms: int, device=None) 
         out["heart_r2"] = r2_scores(np.stack(heart_pred), np.stack(heart_truth))
         out["mean_heart_r2"] = mean_r2(out["heart_r2"])
     for h, (pred, truth) in per_image.items():  # each image's numbers, from its own CLS
-        _, _, names, key = PER_IMAGE[h]
-        out[f"{key}_r2"] = r2_scores(np.concatenate(pred), np.concatenate(truth), names)
+        key = PER_IMAGE[h].key
+        out[f"{key}_r2"] = r2_scores(np.concatenate(pred), np.concatenate(truth), PER_IMAGE[h].fields)
         out[f"mean_{key}_r2"] = mean_r2(out[f"{key}_r2"])
     return out
 
@@ -577,8 +602,9 @@ def fit_image_head(
     for i, cls in _whole_volume_cls(backbone, ds, n, device):
         feats.append(cls)
         targets.append(image_targets(head, ds, i))
-    names = PER_IMAGE[head][2]
-    return _ridge_into(getattr(heads, head), np.concatenate(feats), np.concatenate(targets), names)
+    return _ridge_into(
+        getattr(heads, head), np.concatenate(feats), np.concatenate(targets), PER_IMAGE[head].fields
+    )
 
 
 def fit_slice_head(
@@ -954,12 +980,15 @@ def pretrain_backbone(
     workers = max(1, dc.prepare_workers)
     bag_mode = oc.bag
     fresh = dc.fresh_seeds
+    # per-image objectives on (``PER_IMAGE``): head -> loss weight
+    image_w = {h: float(getattr(oc, obj.weight)) for h, obj in PER_IMAGE.items()}
+    image_w = {h: w for h, w in image_w.items() if w > 0}
     blocks = _Blocks(
         dc,
         cache,
         source,
-        heart_slices=float(oc.heart_slice_loss_weight) > 0,
-        stations=float(oc.station_loss_weight) > 0 or float(oc.station_excess_loss_weight) > 0,
+        heart_slices="heart_slices" in image_w,
+        stations="stations" in image_w or "station_excess" in image_w,
     )
     try:
         if fresh:
@@ -1013,25 +1042,13 @@ def pretrain_backbone(
                 path=str(out / CONFIG_FILE) if resume else None,
             )
         heart_w = float(oc.heart_loss_weight)
-        # per-image objectives on (``PER_IMAGE``): head -> loss weight
-        image_w = {
-            h: w
-            for h, w in (
-                ("heart_slices", float(oc.heart_slice_loss_weight)),
-                ("stations", float(oc.station_loss_weight)),
-                ("station_excess", float(oc.station_excess_loss_weight)),
-            )
-            if w > 0
-        }
         heads = PretrainHeads(
             backbone.config.hidden_size,
             n_findings,
             volume=oc.volume,
             bag=bag_mode,
             heart=len(HEART_FIELDS) if heart_w > 0 else 0,
-            heart_slices=len(SLICE_FIELDS) if "heart_slices" in image_w else 0,
-            stations=len(STATION_FIELDS) if "stations" in image_w else 0,
-            station_excess=len(STATION_FIELDS) if "station_excess" in image_w else 0,
+            **{h: len(PER_IMAGE[h].fields) if h in image_w else 0 for h in PER_IMAGE},
         )
         module = nn.ModuleDict({"backbone": backbone, "heads": heads}).to(device)
         named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
@@ -1088,16 +1105,12 @@ def pretrain_backbone(
         if heads.heart is not None and fresh_heart and train is not None:
             r2, lam = fit_heart_head(backbone, heads, train, device=device)
             echo(f"new heart head fitted to the backbone's mean CLS (ridge {lam}): in-sample R2 {r2}")
-        for h, what in (
-            ("heart_slices", "heart"),
-            ("stations", "station"),
-            ("station_excess", "station excess"),
-        ):
+        for h, obj in PER_IMAGE.items():
             fresh_head = f"heads.{h}.weight" in doc["new_heads"] if resume else bool(cfg.init)
             if getattr(heads, h) is not None and fresh_head and train is not None:
                 r2, lam = fit_image_head(backbone, heads, h, train, device=device)
                 echo(
-                    f"new per-image {what} head fitted to the backbone's CLS (ridge {lam}): in-sample R2 {r2}"
+                    f"new per-image {obj.what} head fitted to the backbone's CLS (ridge {lam}): in-sample R2 {r2}"
                 )
         done = 0
         for epoch in range(first_epoch, epochs + 1):
@@ -1261,9 +1274,9 @@ def pretrain_backbone(
                 entry["pair_loss"] = round(float(np.mean(sums["pair"])), 5)
             if sums["heart"]:
                 entry["heart_loss"] = round(float(np.mean(sums["heart"])), 5)
-            for h, (*_, key) in PER_IMAGE.items():
+            for h, obj in PER_IMAGE.items():
                 if sums[h]:
-                    entry[f"{key}_loss"] = round(float(np.mean(sums[h])), 5)
+                    entry[f"{obj.key}_loss"] = round(float(np.mean(sums[h])), 5)
             if vol_w > 0:
                 entry["volume_loss"] = round(float(np.mean(sums["volume"])), 5)
             if fresh:
