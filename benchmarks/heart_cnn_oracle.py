@@ -63,18 +63,7 @@ from hyperct.preprocess import N_IMAGES  # noqa: E402
 from hyperct.training.heart_geometry import HEART_FIELDS, mean_r2, r2_scores, standardised_hearts  # noqa: E402
 from hyperct.training.heart_slices import SLICE_FIELDS, standardised_slices  # noqa: E402
 from hyperct.training.metrics import roc_auc  # noqa: E402
-
-BLOOD_MYO_HU = 45.0  # midway between the phantom's blood (38 HU) and myocardium (52 HU)
-SOFT_RAMP_HU = 60.0  # half-width of the soft-tissue channel's ramp
-
-
-def reduced_volume(hu: np.ndarray) -> np.ndarray:
-    """(165, H, W) model-grid HU -> (2, 55, H/2, W/2) float32: the mean of each RGB image's 3 slices
-    and of 2 x 2 pixels, as HU / 1000 and as ``clip((HU - 45) / 60, -1, 1)`` of that mean."""
-    z, h, w = hu.shape
-    m = hu.reshape(z // 3, 3, h // 2, 2, w // 2, 2).mean(axis=(1, 3, 5), dtype=np.float32)
-    soft = np.clip((m - BLOOD_MYO_HU) / SOFT_RAMP_HU, -1.0, 1.0)
-    return np.stack([m / 1000.0, soft]).astype(np.float32)
+from hyperct.training.teacher import image_cnn, image_features, reduced_volume  # noqa: E402
 
 
 def body_size(hu: np.ndarray) -> np.ndarray:
@@ -113,20 +102,14 @@ class ImageMeanCNN(nn.Module):
 
     def __init__(self, n_out: int, width: int = 16, n_slices: int = 0):
         super().__init__()
-        chans = [2, width, 2 * width, 4 * width, 4 * width]
-        layers: list[nn.Module] = []
-        for a, b in zip(chans[:-1], chans[1:]):
-            layers += [nn.Conv2d(a, b, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(b), nn.ReLU()]
-        self.features = nn.Sequential(*layers)
-        self.head = nn.Linear(2 * chans[-1], n_out)
+        self.features = image_cnn(width)  # (hyperct.training.teacher: the stage-1 teacher's network)
+        self.head = nn.Linear(8 * width, n_out)
         # the per-image heart objective's head on each image's feature (``n_slices`` shares), if any
-        self.slices = nn.Linear(2 * chans[-1], n_slices) if n_slices else None
+        self.slices = nn.Linear(8 * width, n_slices) if n_slices else None
 
     def image_features(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 2, Z, H, W) -> (N, Z, 2 * 4 * width): each image's feature, computed from it alone."""
-        n, c, z, h, w = x.shape
-        f = self.features(x.permute(0, 2, 1, 3, 4).reshape(n * z, c, h, w))
-        return torch.cat([f.mean(dim=(2, 3)), f.amax(dim=(2, 3))], dim=1).view(n, z, -1)
+        return image_features(self.features, x)
 
     def forward(self, x: torch.Tensor, bags: torch.Tensor | None = None) -> torch.Tensor:
         """``bags`` (N, Z) bool: average only those images of each volume (stage 1's random bags);
@@ -216,17 +199,25 @@ def reader_loss(out: torch.Tensor, hearts: torch.Tensor, labels: torch.Tensor, l
     return nn.functional.mse_loss(out[:, :nh], hearts) + label_weight * masked_bce(out[:, nh:], labels)
 
 
-def fit(model, batches, opt, sched, *, epochs, eval_every, score, label_weight=1.0, t0=None) -> list:
+def fit(
+    model, batches, opt, sched, *, epochs, eval_every, score, label_weight=1.0, t0=None, loss_of=None
+) -> list:
     """Train a reader: each epoch, every (output, heart numbers, labels[, extra loss]) that ``batches()``
     yields is one step on ``reader_loss`` plus the extra loss (``sched`` stepped after each, when
     given); every ``eval_every`` epochs and at the end ``score()`` (a ``report``) goes into that
-    epoch's row. Returns the rows (also printed to stderr)."""
+    epoch's row. ``loss_of``: the step's loss from what ``batches()`` yields, in place of that.
+    Returns the rows (also printed to stderr)."""
     t0 = time.time() if t0 is None else t0
+    if loss_of is None:
+
+        def loss_of(out, hearts, labels, *extra):
+            return reader_loss(out, hearts, labels, label_weight) + sum(extra)
+
     curve = []
     for epoch in range(1, epochs + 1):
         losses = []
-        for out, hearts, labels, *extra in batches():
-            loss = reader_loss(out, hearts, labels, label_weight) + sum(extra)
+        for item in batches():
+            loss = loss_of(*item)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -253,18 +244,26 @@ def predict(model, vols: torch.Tensor, batch: int = 16) -> np.ndarray:
     return torch.cat(out).numpy()
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def cnn_arguments(description: str, epochs: int, eval_every: int) -> argparse.ArgumentParser:
+    """The arguments the CNN oracles share: the probe's phantoms and the reader's training."""
+    ap = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--cache", default="cache/hyperct-demo")
     ap.add_argument("--matrix", type=int, default=192)
     ap.add_argument("--train", type=int, default=800)
     ap.add_argument("--valid", type=int, default=200)
     ap.add_argument("--workers", type=int, default=1)
-    ap.add_argument("--epochs", type=int, default=24)
-    ap.add_argument("--eval-every", type=int, default=4)
+    ap.add_argument("--epochs", type=int, default=epochs)
+    ap.add_argument("--eval-every", type=int, default=eval_every)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--width", type=int, default=16)
+    return ap
+
+
+def main() -> None:
+    ap = cnn_arguments(__doc__, epochs=24, eval_every=4)
     ap.add_argument(
         "--arch",
         choices=sorted(ARCHITECTURES),

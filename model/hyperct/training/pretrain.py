@@ -165,6 +165,7 @@ from hyperct.training.station_tissue import (
     standardised_station_excess,
     standardised_station_tissue,
 )
+from hyperct.training.teacher import TEACHER_FIELDS, TeacherError, standardised_teacher, use_teacher
 
 LOG_FILE = "log.jsonl"
 STATE_DIR = "last"
@@ -184,6 +185,7 @@ class PretrainHeads(nn.Module):
         heart_slices: int = 0,
         stations: int = 0,
         station_excess: int = 0,
+        teacher: int = 0,
     ):
         super().__init__()
         self.token = nn.Linear(hidden, n_findings)
@@ -201,6 +203,8 @@ class PretrainHeads(nn.Module):
         self.stations = nn.Linear(hidden, stations) if stations else None
         # the per-image station-excess objective's head on each image's CLS (``station_excess`` numbers)
         self.station_excess = nn.Linear(hidden, station_excess) if station_excess else None
+        # the teacher objective's head on each image's CLS (the teacher CNN's ``teacher`` features)
+        self.teacher = nn.Linear(hidden, teacher) if teacher else None
 
 
 class PerImage(NamedTuple):
@@ -234,6 +238,9 @@ PER_IMAGE = {
         "station_excess",
         "station_excess_loss_weight",
         "station excess",
+    ),
+    "teacher": PerImage(
+        "teacher_features", standardised_teacher, TEACHER_FIELDS, "teacher", "teacher_loss_weight", "teacher"
     ),
 }
 
@@ -983,6 +990,11 @@ def pretrain_backbone(
     # per-image objectives on (``PER_IMAGE``): head -> loss weight
     image_w = {h: float(getattr(oc, obj.weight)) for h, obj in PER_IMAGE.items()}
     image_w = {h: w for h, w in image_w.items() if w > 0}
+    if "teacher" in image_w:  # the configuration asks optim.teacher beside the weight
+        try:
+            use_teacher(oc.teacher)
+        except TeacherError as exc:
+            raise ConfigError(f"optim.teacher: {exc}", path=source) from exc
     blocks = _Blocks(
         dc,
         cache,

@@ -62,6 +62,10 @@ Fields (dotted name: default: meaning)
 * ``optim.station_excess_loss_weight``: 0.0: the same per-image regression of the excess over the
   tissue expected at the image's z offset from each station (``station_tissue.station_excess_ml``: the
   station's normal level taken out, the amount left); same needs.
+* ``optim.teacher_loss_weight`` / ``optim.teacher``: 0.0 / null: the teacher objective
+  (``hyperct.training.teacher``): a head on each image's CLS regresses the features a small per-image
+  CNN (the teacher folder ``optim.teacher`` names, ``benchmarks/reading_cnn_oracle.py --save``) gives
+  that image, standardised; needs phantom training data and whole images (``crop_size: 0``).
 * ``optim.token_max_loss_weight``: 0.0: the token-max objective (``hyperct.training.pretrain.
   token_max_loss``): each image's highest token logit, per finding, is scored against the image's
   label, so the highest-scoring token of an image without the finding is pushed down.
@@ -194,6 +198,8 @@ class PretrainOptim(_Section):
     heart_slice_loss_weight: float = _field(0.0, _nonneg_num)
     station_loss_weight: float = _field(0.0, _nonneg_num)
     station_excess_loss_weight: float = _field(0.0, _nonneg_num)
+    teacher_loss_weight: float = _field(0.0, _nonneg_num)
+    teacher: str | None = _field(None, _opt(_str))
     token_max_loss_weight: float = _field(0.0, _nonneg_num)
     split_negatives: bool = _field(False, _bool)
     crop_size: int = _field(0, _nonneg_int)
@@ -328,6 +334,14 @@ class PretrainConfig(_Section):
             raise ConfigError(
                 "optim.heart_slice_loss_weight: the per-image heart objective needs each whole image's "
                 "heart from the phantom generator (set data.train.type: phantom and optim.crop_size: 0)",
+                path=source,
+            )
+        if float(oc.teacher_loss_weight) > 0 and (
+            not oc.teacher or dc.train.get("type") != "phantom" or oc.crop_size
+        ):
+            raise ConfigError(
+                "optim.teacher_loss_weight: the teacher objective needs the teacher's folder (optim.teacher) "
+                "and each whole phantom image (set data.train.type: phantom and optim.crop_size: 0)",
                 path=source,
             )
         for name in ("station_loss_weight", "station_excess_loss_weight"):

@@ -158,6 +158,18 @@ class PhantomDataset(VolumeDataset):
 
         return station_excess_ml(*self._stations(i))
 
+    def teacher_features(self, i: int) -> np.ndarray:
+        """(55, N_FEATURES) float32: the active stage-1 teacher's feature of each model image of phantom
+        ``i`` (``hyperct.training.teacher``; kept in the cache beside the phantom, named by the teacher)."""
+        from hyperct.training.teacher import N_FEATURES, active, teacher_cache_name
+
+        key, name = self._key(i), teacher_cache_name()
+        got = self.cache.get_array(key, name)
+        if got is None or got.shape != (N_IMAGES, N_FEATURES) or not np.isfinite(got).all():
+            got = active().features(self.model_hu(i))
+            self.cache.put_array(key, name, got)
+        return np.asarray(got, dtype=np.float32)
+
     def _stations(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         from hyperct.training.station_tissue import (
             STATION_FIELDS,
