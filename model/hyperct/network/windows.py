@@ -135,7 +135,8 @@ def patch_max_mean(channels: torch.Tensor, patch) -> torch.Tensor:
 def install_windows(backbone, windows) -> None:
     """Replace ``backbone``'s patch embedding by a (freshly initialised) windowed one, in place."""
     old = backbone.embeddings.patch_embeddings
-    new = WindowedPatchEmbedding(old.in_channels, old.out_channels, int(old.kernel_size[0]), windows).to(
+    channels = getattr(old, "image_channels", old.in_channels)  # (a windowed one: its image's)
+    new = WindowedPatchEmbedding(channels, old.out_channels, int(old.kernel_size[0]), windows).to(
         device=old.weight.device, dtype=old.weight.dtype
     )
     backbone.embeddings.patch_embeddings = new
@@ -159,4 +160,44 @@ def add_windows(backbone, windows):
         new.bias.copy_(old.bias)
         new.pooled.weight.zero_()
         new.pooled.bias.zero_()
+    return out
+
+
+def widen_window_tensors(
+    weight: torch.Tensor, pooled: torch.Tensor, old: int, new: int, channels: int = len(IMAGENET_MEAN)
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A windowed patch embedding's tensors for ``old`` windows -> the same for ``new`` >= ``old``
+    windows, the added windows (appended after the others) weighted zero: the convolution's
+    ``weight`` (D, channels * (1 + old), p, p) and ``pooled.weight`` (D, 2 * channels * old, laid out
+    as every window's patch maxima, then every window's means). Also right for AdamW's moments of
+    those tensors (a new column has none)."""
+    if new < old:
+        raise ValueError(f"cannot widen {old} windows to {new}")
+    c = channels
+    w = weight.new_zeros((weight.shape[0], c * (1 + new), *weight.shape[2:]))
+    w[:, : c * (1 + old)] = weight
+    q = pooled.new_zeros((pooled.shape[0], 2 * c * new))
+    q[:, : c * old] = pooled[:, : c * old]  # the old windows' maxima
+    q[:, c * new : c * (new + old)] = pooled[:, c * old :]  # and their means
+    return w, q
+
+
+def extend_windows(backbone, windows):
+    """A copy of a windowed ``backbone`` with ``windows`` appended to its HU windows that computes
+    exactly what it did (the new windows' kernels and pooled weights start at zero)."""
+    import copy
+
+    old_windows = getattr(backbone.config, "hu_windows", None)
+    if not old_windows:
+        raise ValueError("this backbone has no HU windows: use add_windows")
+    old = backbone.embeddings.patch_embeddings
+    out = copy.deepcopy(backbone)
+    install_windows(out, [*old_windows, *windows])
+    new = out.embeddings.patch_embeddings
+    w, q = widen_window_tensors(old.weight.data, old.pooled.weight.data, len(old.windows), len(new.windows))
+    with torch.no_grad():
+        new.weight.copy_(w)
+        new.bias.copy_(old.bias)
+        new.pooled.weight.copy_(q)
+        new.pooled.bias.copy_(old.pooled.bias)
     return out
