@@ -86,3 +86,16 @@ def test_a_run_given_a_window_between_epochs_resumes_computing_what_it_did(tmp_p
 def test_a_folder_without_resume_state_or_windows_is_refused(tmp_path):
     with pytest.raises(CheckpointError, match="resume state"):
         add_windows_to_run(tmp_path, BLOOD_POOL)
+
+
+def test_the_command_adds_a_window_only_to_a_run_it_resumes(tmp_path):
+    from tests.support.cli import run_cli
+
+    code, _, err = run_cli(
+        ["pretrain", "--config", "x.yaml", "--out", str(tmp_path / "o"), "--add-hu-window", "-15", "105"]
+    )
+    assert code == 2 and "--add-hu-window goes with --resume" in err
+    code, _, err = run_cli(["pretrain", "--resume", str(tmp_path), "--add-hu-window", "-15", "105"])
+    assert code == 2 and "resume state" in err
+    code, _, err = run_cli(["pretrain", "--resume", str(tmp_path), "--add-hu-window", "105", "-15"])
+    assert code == 2 and "lo < hi" in err

@@ -5,6 +5,7 @@
     hyperct pretrain --config configs/demo_backbone_v1.yaml --out runs/demo-backbone-v1
     hyperct pretrain --resume runs/demo-backbone-v1 [--epochs 120]   # continue on new seeds
     hyperct pretrain --resume runs/demo-backbone-v1 --until 60       # ... and stop after epoch 60
+    hyperct pretrain --resume runs/X --add-hu-window -15 105         # ... with one more HU window
 
 Writes a backbone folder in the Hugging Face layout (``config.json`` + ``model.safetensors``), which
 ``hyperct train`` then uses through ``model.backbone_weights``. See ``hyperct.training.pretrain``.
@@ -58,6 +59,16 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="start from this backbone folder (overrides the config's 'init', e.g. to continue a stage-1 backbone)",
     )
     p.add_argument(
+        "--add-hu-window",
+        nargs=2,
+        type=float,
+        action="append",
+        default=[],
+        metavar=("LO", "HI"),
+        help="with --resume: add this HU window to the run's windowed backbone before going on (it "
+        "starts at zero weight, so the backbone first computes what it did; hyperct.training.run_windows)",
+    )
+    p.add_argument(
         "--set",
         action="append",
         default=[],
@@ -75,7 +86,17 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("give --config FILE --out DIR (a new run) or --resume DIR (continue one)")
     if args.config and not args.out:
         raise UsageError("--out DIR is required with --config")
+    if args.add_hu_window and not args.resume:
+        raise UsageError("--add-hu-window goes with --resume DIR (a new run takes init_hu_windows)")
     if args.resume:
+        if args.add_hu_window:
+            from hyperct.training.run_windows import add_windows_to_run
+
+            try:
+                added = add_windows_to_run(args.resume, args.add_hu_window)
+            except ValueError as exc:  # a window outside -1000..1000 HU, or lo >= hi
+                raise UsageError(f"--add-hu-window: {exc}") from exc
+            print(f"HU windows of {args.resume} now: {added}")
         cfg = resume_config(args.resume, args.epochs, args.set)
         out = pretrain_backbone(cfg, args.resume, resume=True, source=args.resume, until=args.until)
     else:
