@@ -60,6 +60,10 @@ Stage 1 v1 (``configs/demo_backbone_v1.yaml``; issue 18) adds what the pooled fe
   expected at each image's z offset from each station (``station_tissue.station_excess_ml``): where an
   image lies explains about half of the station targets and none of the enlarged nodes
   (``benchmarks/level_oracle.py``); the excess leaves the amount;
+* **teacher** (``optim.teacher_loss_weight`` > 0, ``optim.teacher``; ``hyperct.training.teacher``): a
+  linear head on each image's CLS regresses a small per-image CNN's features of that image
+  (standardised); the CNN, read as HyperCT reads a backbone, learns the cardiac findings in minutes
+  (``benchmarks/reading_cnn_oracle.py``); its features are cached beside each phantom;
 * **token max** (``optim.token_max_loss_weight`` > 0; ``token_max_loss``): multiple-instance
   learning over each image's tokens: the image's highest token logit per finding is scored against
   the image's label. The token loss averages over all negative tokens, most of them easy (air,
