@@ -140,6 +140,14 @@ def main() -> None:
     ap = cnn_arguments(__doc__, epochs=20, eval_every=5)
     ap.add_argument("--image-weight", type=float, default=1.0, help="per-image findings' BCE")
     ap.add_argument("--slice-weight", type=float, default=1.0, help="per-image heart shares' MSE")
+    ap.add_argument(
+        "--channels",
+        choices=("both", "hu", "w400"),
+        default="both",
+        help="hu: the soft-tissue ramp channel zeroed (what the CNN reads without the narrow window "
+        "around the blood / myocardium contrast); w400: that channel made the demo ViT's soft-tissue "
+        "window instead (W400 L40, hyperct.network.windows.DEMO_WINDOWS)",
+    )
     ap.add_argument("--l2", type=float, default=1e-3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out")
@@ -149,8 +157,8 @@ def main() -> None:
         "(hyperct.training.teacher; optim.teacher)",
     )
     args = ap.parse_args()
-    if args.save and args.width != WIDTH:
-        ap.error(f"--save keeps a stage-1 teacher, whose width is {WIDTH}; got --width {args.width}")
+    if args.save and (args.width != WIDTH or args.channels != "both"):
+        ap.error(f"--save keeps a stage-1 teacher: width {WIDTH}, both channels")
     for name in ("image_weight", "slice_weight"):
         if getattr(args, name) < 0:
             ap.error(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
@@ -161,6 +169,11 @@ def main() -> None:
     train, valid = probe_datasets(args)
     xt, yt, it, st, bt = load(train)
     xv, yv, _, _, bv = load(valid)
+    if args.channels == "hu":
+        xt[:, 1], xv[:, 1] = 0, 0
+    elif args.channels == "w400":
+        for x in (xt, xv):
+            x[:, 1] = ((x[:, 0].float() * 1000.0 - 40.0) / 200.0).clamp(-1.0, 1.0).half()
     print(f"loaded {len(xt)} + {len(xv)} volumes in {time.time() - t0:.0f} s", file=sys.stderr)
     body = rounded({fid: probe_auc(bt, yt[:, k], bv, yv[:, k], args.l2) for k, fid in enumerate(ids)})
     # findings with masks: some image of some training phantom holds a token of them
@@ -210,6 +223,7 @@ def main() -> None:
             "width": args.width,
             "image_weight": args.image_weight,
             "slice_weight": args.slice_weight,
+            "channels": args.channels,
             "findings_with_masks": [fid for fid, m in zip(ids, masked) if m],
             "seed": args.seed,
             "torch_threads": torch.get_num_threads(),
