@@ -9,6 +9,9 @@ then learns what the new windows show. Why (issue 18): a CNN given a narrow wind
 myocardium contrast (45 +- 60 HU) learns the LV findings, the same CNN without it does not
 (``benchmarks/reading_cnn_oracle.py --channels hu``); the demo backbone's soft-tissue window is
 W400 L40.
+
+Each of the four files is replaced atomically, the set is not: keep a copy of the run folder (as
+``progress/`` does) until the command has reported the new windows.
 """
 
 from __future__ import annotations
