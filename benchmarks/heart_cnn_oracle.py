@@ -163,11 +163,11 @@ def load(ds, cardiac_cols: list[int]):
     return torch.stack(vols), standardised_hearts(ds), labels, np.stack(body)
 
 
-def finding_aucs(scores: np.ndarray, labels: np.ndarray) -> dict:
-    """Each cardiac finding's AUC of column k of ``scores`` against column k of ``labels`` (-1
-    ignored; None without positives or negatives)."""
+def finding_aucs(scores: np.ndarray, labels: np.ndarray, ids=CARDIAC_IDS) -> dict:
+    """Each finding's AUC (``ids``, default the cardiac ones) of column k of ``scores`` against column k
+    of ``labels`` (-1 ignored; None without positives or negatives), to 3 decimals."""
     out = {}
-    for k, fid in enumerate(CARDIAC_IDS):
+    for k, fid in enumerate(ids):
         y = labels[:, k]
         known = y >= 0
         both = 0 < y[known].sum() < known.sum()

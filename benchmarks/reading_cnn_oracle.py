@@ -38,12 +38,11 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _output import emit_json  # noqa: E402
-from heart_cnn_oracle import ImageMeanCNN, body_size, cnn_arguments, fit, shifted  # noqa: E402
+from heart_cnn_oracle import ImageMeanCNN, body_size, cnn_arguments, finding_aucs, fit, shifted  # noqa: E402
 from probe_backbone import probe_auc, probe_datasets, rounded, summary  # noqa: E402
 
 from hyperct.findings import catalogue  # noqa: E402
 from hyperct.training.heart_slices import SLICE_FIELDS, standardised_slices  # noqa: E402
-from hyperct.training.metrics import roc_auc  # noqa: E402
 from hyperct.training.teacher import WIDTH, reduced_volume, save_teacher  # noqa: E402
 
 MAX_POS_WEIGHT = 10.0
@@ -59,8 +58,8 @@ class ReadingCNN(ImageMeanCNN):
 
 
 def image_labels(ds, i: int) -> np.ndarray:
-    """(55, 25) int8: whether each model image holds a token of each finding (1), else 0; -1 for the
-    findings without masks (no token of them in any image: labels of the whole volume only)."""
+    """(55, 25) int8: whether each model image holds a token of each finding (1) or not (0); ``main``
+    sets -1 for the findings no training image holds a token of (labels of the whole volume only)."""
     tokens = ds.token_labels(i, 16)
     return tokens.any(axis=(1, 2)).astype(np.int8)
 
@@ -110,17 +109,6 @@ def mean_features(model: ReadingCNN, vols: torch.Tensor, batch: int = 8) -> np.n
     out = [model.image_features(vols[a : a + batch].float()).mean(dim=1) for a in range(0, len(vols), batch)]
     model.train()
     return torch.cat(out).numpy()
-
-
-def finding_aucs(scores: np.ndarray, labels: np.ndarray, ids) -> dict:
-    """Each finding's validation AUC of column k of ``scores`` (None without both classes)."""
-    out = {}
-    for k, fid in enumerate(ids):
-        y = labels[:, k]
-        known = y >= 0
-        both = 0 < y[known].sum() < known.sum()
-        out[fid] = float(roc_auc(y[known], scores[known, k])) if both else None
-    return rounded(out)
 
 
 def score(model, xt, yt, xv, yv, ids, l2: float) -> dict:

@@ -146,20 +146,28 @@ def install_windows(backbone, windows) -> None:
 def add_windows(backbone, windows):
     """A copy of a plain (window-less) ``backbone`` with HU windows that computes exactly what it did:
     the original channels keep their kernels, each window's and the pooled map start at zero."""
-    import copy
-
     if getattr(backbone.config, "hu_windows", None):
         raise ValueError("this backbone has HU windows already")
+    return _with_more_windows(backbone, windows)
+
+
+def _with_more_windows(backbone, windows):
+    """A copy of ``backbone`` with ``windows`` after its own (none for a plain one), the new windows'
+    kernels and pooled weights at zero (``widen_window_tensors``): it computes exactly what it did."""
+    import copy
+
     old = backbone.embeddings.patch_embeddings
+    had = list(getattr(old, "windows", ()))
     out = copy.deepcopy(backbone)
-    install_windows(out, windows)
+    install_windows(out, [*had, *windows])
     new = out.embeddings.patch_embeddings
+    pooled = old.pooled.weight.data if had else old.weight.new_zeros((old.weight.shape[0], 0))
+    w, q = widen_window_tensors(old.weight.data, pooled, len(had), len(new.windows))
     with torch.no_grad():
-        new.weight.zero_()
-        new.weight[:, : old.in_channels] = old.weight
+        new.weight.copy_(w)
         new.bias.copy_(old.bias)
-        new.pooled.weight.zero_()
-        new.pooled.bias.zero_()
+        new.pooled.weight.copy_(q)
+        new.pooled.bias.copy_(old.pooled.bias if had else torch.zeros_like(new.pooled.bias))
     return out
 
 
@@ -185,19 +193,6 @@ def widen_window_tensors(
 def extend_windows(backbone, windows):
     """A copy of a windowed ``backbone`` with ``windows`` appended to its HU windows that computes
     exactly what it did (the new windows' kernels and pooled weights start at zero)."""
-    import copy
-
-    old_windows = getattr(backbone.config, "hu_windows", None)
-    if not old_windows:
+    if not getattr(backbone.config, "hu_windows", None):
         raise ValueError("this backbone has no HU windows: use add_windows")
-    old = backbone.embeddings.patch_embeddings
-    out = copy.deepcopy(backbone)
-    install_windows(out, [*old_windows, *windows])
-    new = out.embeddings.patch_embeddings
-    w, q = widen_window_tensors(old.weight.data, old.pooled.weight.data, len(old.windows), len(new.windows))
-    with torch.no_grad():
-        new.weight.copy_(w)
-        new.bias.copy_(old.bias)
-        new.pooled.weight.copy_(q)
-        new.pooled.bias.copy_(old.pooled.bias)
-    return out
+    return _with_more_windows(backbone, windows)

@@ -24,10 +24,10 @@ from safetensors.torch import save
 from hyperct.atomic import replace_file
 from hyperct.errors import CheckpointError
 from hyperct.network.windows import check_windows, widen_window_tensors
+from hyperct.training.pretrain import STATE_DIR
 from hyperct.training.state import _read_tensors
 
 EMBED = "embeddings.patch_embeddings"
-STATE_DIR = "last"
 
 
 def _widen(tensors: dict, prefix: str, old: int, new: int, suffix: str = "") -> None:

@@ -130,13 +130,23 @@ class PhantomDataset(VolumeDataset):
         kept in the cache beside the phantom)."""
         from hyperct.training.heart_slices import HEART_SLICES, SLICE_FIELDS, phantom_image_volumes
 
-        key = self._key(i)
-        got = self.cache.get_array(key, HEART_SLICES)
-        if got is None or got.shape != (N_IMAGES, len(SLICE_FIELDS)) or not np.isfinite(got).all():
-            got = phantom_image_volumes(
+        return self._cached_array(
+            i,
+            HEART_SLICES,
+            (N_IMAGES, len(SLICE_FIELDS)),
+            lambda: phantom_image_volumes(
                 self.seeds[i], self.findings_for(i), matrix=self.matrix, n_slices=self.n_slices
-            )
-            self.cache.put_array(key, HEART_SLICES, got)
+            ),
+        )
+
+    def _cached_array(self, i: int, name: str, shape: tuple, compute) -> np.ndarray:
+        """Phantom ``i``'s array ``name`` from the cache, or ``compute()`` kept there when it is missing,
+        of another shape or not finite (damaged, or an older version); float32."""
+        key = self._key(i)
+        got = self.cache.get_array(key, name)
+        if got is None or got.shape != shape or not np.isfinite(got).all():
+            got = compute()
+            self.cache.put_array(key, name, got)
         return np.asarray(got, dtype=np.float32)
 
     def station_tissue(self, i: int) -> np.ndarray:
@@ -163,12 +173,9 @@ class PhantomDataset(VolumeDataset):
         ``i`` (``hyperct.training.teacher``; kept in the cache beside the phantom, named by the teacher)."""
         from hyperct.training.teacher import N_FEATURES, active, teacher_cache_name
 
-        key, name = self._key(i), teacher_cache_name()
-        got = self.cache.get_array(key, name)
-        if got is None or got.shape != (N_IMAGES, N_FEATURES) or not np.isfinite(got).all():
-            got = active().features(self.model_hu(i))
-            self.cache.put_array(key, name, got)
-        return np.asarray(got, dtype=np.float32)
+        return self._cached_array(
+            i, teacher_cache_name(), (N_IMAGES, N_FEATURES), lambda: active().features(self.model_hu(i))
+        )
 
     def _stations(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         from hyperct.training.station_tissue import (
