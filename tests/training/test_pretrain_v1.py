@@ -781,3 +781,41 @@ def test_balanced_loss_ignores_unknown_labels():
     worse = logits.clone()
     worse[1, 0] = 5.0  # the negative scored high: the loss must rise
     assert loss(worse) > loss(logits)
+
+
+@pytest.mark.slow
+def test_a_resume_can_give_the_patch_embedding_a_higher_learning_rate(tmp_path):
+    """``optim.embedding_lr_factor`` (an HU window added late grows at an early lr): the same epoch
+    resumed from the same state moves the patch embedding ~10x as far at factor 10 and the rest of
+    the backbone about as far; a later resume at factor 1 regroups the AdamW moments by name."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    start = tmp_path / "start" / "bb"
+    pretrain_backbone(_tiny_run_config(tmp_path / "start" / "cache", "plain"), start, stop_after=1)
+    before = load_file(start / "model.safetensors")
+    moved = {}
+    for factor in (1, 10):
+        out = tmp_path / f"x{factor}" / "bb"
+        shutil.copytree(start.parent, out.parent)
+        again = resume_config(out, epochs=2, sets=[f"optim.embedding_lr_factor={factor}"])
+        pretrain_backbone(again, out, resume=True)
+        after = load_file(out / "model.safetensors")
+        moved[factor] = {
+            part: sum(
+                float((after[k] - before[k]).norm())
+                for k in before
+                if k.startswith(prefix) and before[k].is_floating_point()
+            )
+            for part, prefix in (("embedding", "embeddings.patch_embeddings."), ("layers", "layer."))
+        }
+    assert 6 < moved[10]["embedding"] / moved[1]["embedding"] < 14
+    assert 0.5 < moved[10]["layers"] / moved[1]["layers"] < 2
+    state = json.loads((tmp_path / "x10" / "bb" / "last" / "state.json").read_text())
+    assert [g["lr_factor"] for g in state["param_groups"]] == [1.0, 1.0, 10.0, 10.0]
+    assert any(n.startswith("backbone.embeddings.patch") for n in state["param_names"][2])
+    back = resume_config(tmp_path / "x10" / "bb", epochs=3, sets=["optim.embedding_lr_factor=1"])
+    pretrain_backbone(back, tmp_path / "x10" / "bb", resume=True)
+    state = json.loads((tmp_path / "x10" / "bb" / "last" / "state.json").read_text())
+    assert len(state["param_groups"]) == 2 and state["epoch"] == 3

@@ -173,6 +173,7 @@ from hyperct.training.teacher import TEACHER_FIELDS, TeacherError, standardised_
 
 LOG_FILE = "log.jsonl"
 STATE_DIR = "last"
+PATCH_EMBEDDING = "backbone.embeddings.patch_embeddings."  # (optim.embedding_lr_factor)
 
 
 class PretrainHeads(nn.Module):
@@ -831,25 +832,51 @@ def _load_run_state(out: Path, module: nn.Module, optimizer, names: list[list[st
     opt_tensors = _read_tensors(out / STATE_DIR / "optimizer.safetensors")
     flat = [n for group in names for n in group]
     state = join_optimizer_state(opt_tensors, doc.get("optimizer_scalars", {}), flat)
-    groups, offset = [], 0
-    for g, group_names in zip(doc["param_groups"], names):
-        groups.append(dict(g, params=list(range(offset, offset + len(group_names)))))
-        offset += len(group_names)
-    optimizer.load_state_dict({"state": state, "param_groups": groups})
+    # moments by parameter name; the groups' settings are this run's (a resume may regroup: another
+    # embedding_lr_factor, weight_decay), their lr is set before every step
+    current = optimizer.state_dict()["param_groups"]
+    optimizer.load_state_dict({"state": state, "param_groups": current})
     return doc
+
+
+def _param_groups(named: list[tuple[str, nn.Parameter]], weight_decay: float, embedding_factor: float):
+    """AdamW's groups: weights (decayed) and biases / norms / tokens (not), each with its
+    parameter ``names`` and ``lr_factor``; with an ``embedding_factor`` other than 1 the patch
+    embedding's weights and biases are two more groups at that factor."""
+
+    def group(members, decay, factor):
+        return {
+            "params": [p for _, p in members],
+            "names": [n for n, _ in members],
+            "weight_decay": decay,
+            "lr_factor": factor,
+        }
+
+    def embedding(name):
+        return embedding_factor != 1.0 and name.startswith(PATCH_EMBEDDING)
+
+    rest = [(n, p) for n, p in named if not embedding(n)]
+    groups = [
+        group([(n, p) for n, p in rest if p.ndim >= 2], weight_decay, 1.0),
+        group([(n, p) for n, p in rest if p.ndim < 2], 0.0, 1.0),
+    ]
+    emb = [(n, p) for n, p in named if embedding(n)]
+    if emb:
+        groups.append(group([(n, p) for n, p in emb if p.ndim >= 2], weight_decay, embedding_factor))
+        groups.append(group([(n, p) for n, p in emb if p.ndim < 2], 0.0, embedding_factor))
+    return groups
 
 
 def _new_heads(saved: Any, names: list[list[str]]) -> list[str] | None:
     """The parameters of heads this run adds to a saved one (an objective switched on at a resume:
-    they start fresh); None when the saved state holds anything else than ``names`` without them, in
-    the same order (another backbone, other heads)."""
-    if not isinstance(saved, list) or len(saved) != len(names):
+    they start fresh); None when the saved state holds anything else than ``names`` without them
+    (another backbone, other heads). The grouping may differ (``embedding_lr_factor``)."""
+    if not isinstance(saved, list) or not all(isinstance(group, list) for group in saved):
         return None
-    known = {n for group in saved if isinstance(group, list) for n in group}
-    added = [n for group in names for n in group if n not in known]
-    if any(not n.startswith("heads.") for n in added):
-        return None
-    if any([n for n in group if n in known] != old for group, old in zip(names, saved)):
+    known = {n for group in saved for n in group}
+    current = [n for group in names for n in group]
+    added = [n for n in current if n not in known]
+    if any(not n.startswith("heads.") for n in added) or known - set(current):
         return None
     return added
 
@@ -1068,17 +1095,10 @@ def pretrain_backbone(
         )
         module = nn.ModuleDict({"backbone": backbone, "heads": heads}).to(device)
         named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
-        decay = [(n, p) for n, p in named if p.ndim >= 2]
-        no_decay = [(n, p) for n, p in named if p.ndim < 2]
-        names = [[n for n, _ in decay], [n for n, _ in no_decay]]
         params = [p for _, p in named]  # (this order: the gradient-norm clipping sums in it)
-        optimizer = torch.optim.AdamW(
-            [
-                {"params": [p for _, p in decay], "weight_decay": float(oc.weight_decay)},
-                {"params": [p for _, p in no_decay], "weight_decay": 0.0},
-            ],
-            lr=float(oc.lr),
-        )
+        groups = _param_groups(named, float(oc.weight_decay), float(oc.embedding_lr_factor))
+        names = [g.pop("names") for g in groups]
+        optimizer = torch.optim.AdamW(groups, lr=float(oc.lr))
         per_step, per_phantom = oc.phantoms_per_step, oc.images_per_phantom
         units = int(dc.train["count"])  # seeds per epoch (pairs in a paired dataset)
         steps_per_epoch = math.ceil(units / per_step)
@@ -1213,8 +1233,10 @@ def pretrain_backbone(
                 pixels = torch.cat([b[0] for b in batch]).to(device)
                 tokens = torch.cat([b[1] for b in batch]).to(device)
                 for group in optimizer.param_groups:
-                    group["lr"] = float(oc.lr) * _lr_factor(
-                        step, total, oc.warmup_steps, float(oc.min_factor)
+                    group["lr"] = (
+                        float(oc.lr)
+                        * group["lr_factor"]
+                        * _lr_factor(step, total, oc.warmup_steps, float(oc.min_factor))
                     )
                 tok_logits, img_logits, cls = forward_heads(backbone, heads, pixels, with_cls=True)
                 image_truth = tokens.amax(dim=1)

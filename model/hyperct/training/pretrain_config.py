@@ -36,6 +36,9 @@ Fields (dotted name: default: meaning)
 * ``optim.epochs`` / ``lr`` / ``weight_decay`` / ``warmup_steps`` / ``min_factor`` /
   ``grad_clip``: 4 / 1e-3 / 0.05 / 200 / 0.02 / 1.0: AdamW with linear warm-up, then cosine down to
   ``lr * min_factor`` (grad_clip: max global gradient norm, 0 or null = off).
+* ``optim.embedding_lr_factor``: 1.0: the patch embedding's learning rate is ``lr`` times this (the
+  same schedule): lets an HU window added to a trained run (``--add-hu-window``) grow at the rate
+  the embedding had early on while the rest goes on at the late lr.
 * ``optim.phantoms_per_step`` / ``images_per_phantom``: 2 / 24: phantoms per step and images drawn
   from each (without the bag objective).
 * ``optim.token_pos_weight`` / ``image_pos_weight``: 4.0 / 2.0: positive weights of the BCE.
@@ -178,6 +181,7 @@ class PretrainOptim(_Section):
     epochs: int = _field(4, _pos_int)
     lr: float = _field(1.0e-3, _nonneg_num)
     weight_decay: float = _field(0.05, _nonneg_num)
+    embedding_lr_factor: float = _field(1.0, _nonneg_num)
     warmup_steps: int = _field(200, _nonneg_int)
     min_factor: float = _field(0.02, _unit)
     grad_clip: float | None = _field(1.0, _opt(_nonneg_num))
