@@ -1,7 +1,8 @@
 """How far HyperCT's way of reading a volume can carry all 25 findings, with a CNN learning it.
 
     python benchmarks/reading_cnn_oracle.py [--train 800] [--valid 200] [--epochs 20] [--width 16]
-        [--image-weight 1] [--slice-weight 1] [--cache cache/hyperct-demo] [--out FILE]
+        [--image-weight 1] [--slice-weight 1] [--channels both|hu|w400] [--stem conv|patch]
+        [--cache cache/hyperct-demo] [--out FILE]
 
 The gate of issue 18 asks the frozen backbone's mean CLS (each image alone to a feature, the mean
 over the 55 images, a linear read-out) for every finding at >= 0.80; the best ViT backbone reaches
@@ -52,9 +53,23 @@ class ReadingCNN(ImageMeanCNN):
     """``ImageMeanCNN`` with 25 finding logits on the mean feature, plus per-image heads: 25 finding
     logits and the heart shares on each image's own feature."""
 
-    def __init__(self, n_findings: int, width: int):
+    def __init__(self, n_findings: int, width: int, stem: str = "conv"):
         super().__init__(n_findings, width, n_slices=len(SLICE_FIELDS))
         self.images = nn.Linear(self.head.in_features, n_findings)
+        if stem == "patch":
+            self.features = patch_cnn(width)
+
+
+def patch_cnn(width: int) -> nn.Sequential:
+    """The ViT's first step in a CNN: a LINEAR embedding of 8 x 8 patches of the 72 x 72 image (its
+    9 x 9 tokens are the ViT's 16 x 16 patches of 144 x 144), then three 3 x 3 conv blocks on the
+    token grid (BatchNorm, ReLU) in place of the transformer layers; 4 * width channels out, as
+    ``image_cnn``. Whether what the LV findings need survives a linear patch embedding."""
+    c = 4 * width
+    layers: list[nn.Module] = [nn.Conv2d(2, c, 8, stride=8)]
+    for _ in range(3):
+        layers += [nn.BatchNorm2d(c), nn.ReLU(), nn.Conv2d(c, c, 3, padding=1, bias=False)]
+    return nn.Sequential(*layers, nn.BatchNorm2d(c), nn.ReLU())
 
 
 def image_labels(ds, i: int) -> np.ndarray:
@@ -136,6 +151,12 @@ def main() -> None:
         "around the blood / myocardium contrast); w400: that channel made the demo ViT's soft-tissue "
         "window instead (W400 L40, hyperct.network.windows.DEMO_WINDOWS)",
     )
+    ap.add_argument(
+        "--stem",
+        choices=("conv", "patch"),
+        default="conv",
+        help="patch: a linear embedding of the ViT's patches then convs on its token grid (patch_cnn)",
+    )
     ap.add_argument("--l2", type=float, default=1e-3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out")
@@ -145,8 +166,8 @@ def main() -> None:
         "(hyperct.training.teacher; optim.teacher)",
     )
     args = ap.parse_args()
-    if args.save and (args.width != WIDTH or args.channels != "both"):
-        ap.error(f"--save keeps a stage-1 teacher: width {WIDTH}, both channels")
+    if args.save and (args.width != WIDTH or args.channels != "both" or args.stem != "conv"):
+        ap.error(f"--save keeps a stage-1 teacher: width {WIDTH}, both channels, the conv stem")
     for name in ("image_weight", "slice_weight"):
         if getattr(args, name) < 0:
             ap.error(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
@@ -167,7 +188,7 @@ def main() -> None:
     # findings with masks: some image of some training phantom holds a token of them
     masked = it.reshape(-1, len(ids)).max(axis=0) > 0
     it = np.where(masked, it, -1).astype(np.int8)
-    model = ReadingCNN(len(ids), args.width)
+    model = ReadingCNN(len(ids), args.width, args.stem)
     pw, pw_img = positive_weights(yt), positive_weights(it.reshape(-1, len(ids)))
     steps_per_epoch = len(xt) // args.batch
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
@@ -212,6 +233,7 @@ def main() -> None:
             "image_weight": args.image_weight,
             "slice_weight": args.slice_weight,
             "channels": args.channels,
+            "stem": args.stem,
             "findings_with_masks": [fid for fid, m in zip(ids, masked) if m],
             "seed": args.seed,
             "torch_threads": torch.get_num_threads(),

@@ -48,3 +48,18 @@ def test_an_images_labels_are_any_token_of_the_finding_in_it():
     assert got.shape == (55, 3) and got.dtype == np.int8
     assert got[:, 0].sum() == 0 and got[4, 1] == 1 and got[:, 1].sum() == 1
     assert got[10, 2] == got[11, 2] == 1 and got[:, 2].sum() == 2
+
+
+def test_the_patch_stem_embeds_each_vit_patch_linearly_on_its_own():
+    """--stem patch: a 9 x 9 token grid of 8 x 8 patches of the 72 x 72 image (the ViT's 16 x 16 of
+    144 x 144), each token a linear map of its patch alone, as the ViT's patch embedding."""
+    mod = load_benchmark("reading_cnn_oracle")
+    embed = mod.ReadingCNN(25, 4, "patch").features[0]
+    x = torch.randn(1, 2, 72, 72)
+    y = x.clone()
+    y[0, :, 10, 20] += 5.0  # a pixel of token (1, 2)
+    with torch.no_grad():
+        a, b = embed(x), embed(y)
+        changed = (a - b).abs().amax(dim=1)[0] > 0
+        assert a.shape[-2:] == (9, 9) and changed.nonzero().tolist() == [[1, 2]]
+        np.testing.assert_allclose(embed(2 * x) - a, a - embed(0 * x), atol=1e-4)  # linear
