@@ -355,7 +355,7 @@ def _validate_backbone_arch(bb: Any, path: Path) -> dict:
         and k not in _BACKBONE_BOOLS
         and k not in _BACKBONE_REALS
         and k not in _BACKBONE_IGNORED
-        and k not in ("hidden_act", "hu_windows")
+        and k not in ("hidden_act", "hu_windows", "conv_stem")
     )
     if unknown:
         raise _bad(where + _show(unknown[0]), "is not a backbone field this software knows", path)
@@ -385,6 +385,15 @@ def _validate_backbone_arch(bb: Any, path: Path) -> dict:
             check_windows(bb["hu_windows"])
         except ValueError as exc:
             raise _bad(where + "hu_windows", f"is not a list of [lo, hi] HU pairs ({exc})", path) from None
+    if bb.get("conv_stem") is not None:
+        from hyperct.network.conv_stem import check_stem_width
+
+        try:
+            check_stem_width(bb["conv_stem"], bb["patch_size"])
+        except ValueError as exc:
+            raise _bad(where + "conv_stem", str(exc), path) from None
+        if not bb.get("hu_windows"):
+            raise _bad(where + "conv_stem", "needs hu_windows (the stem reads the windowed input)", path)
     for key in (
         "attention_dropout",
         "initializer_range",

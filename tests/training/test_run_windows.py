@@ -96,6 +96,6 @@ def test_the_command_adds_a_window_only_to_a_run_it_resumes(tmp_path):
     )
     assert code == 2 and "--add-hu-window goes with --resume" in err
     code, _, err = run_cli(["pretrain", "--resume", str(tmp_path), "--add-hu-window", "-15", "105"])
-    assert code == 2 and "resume state" in err
+    assert code == 2 and "cannot resume" in err
     code, _, err = run_cli(["pretrain", "--resume", str(tmp_path), "--add-hu-window", "105", "-15"])
     assert code == 2 and "lo < hi" in err

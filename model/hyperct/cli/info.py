@@ -121,6 +121,8 @@ def run(args: argparse.Namespace) -> int:
         if bb.get("hu_windows"):
             shown = ", ".join(f"[{lo:g}, {hi:g}]" for lo, hi in bb["hu_windows"])
             lines.append(f"              HU windows before the patch embedding: {shown} HU")
+        if bb.get("conv_stem"):
+            lines.append(f"              conv stem beside the patch embedding: width {bb['conv_stem']}")
     else:
         lines.append(f"Backbone:     DINOv3 ViT configuration '{bb}'")
     if info.get("backbone"):

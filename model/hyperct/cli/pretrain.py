@@ -6,6 +6,7 @@
     hyperct pretrain --resume runs/demo-backbone-v1 [--epochs 120]   # continue on new seeds
     hyperct pretrain --resume runs/demo-backbone-v1 --until 60       # ... and stop after epoch 60
     hyperct pretrain --resume runs/X --add-hu-window -15 105         # ... with one more HU window
+    hyperct pretrain --resume runs/X --add-conv-stem 16              # ... with a conv stem
 
 Writes a backbone folder in the Hugging Face layout (``config.json`` + ``model.safetensors``), which
 ``hyperct train`` then uses through ``model.backbone_weights``. See ``hyperct.training.pretrain``.
@@ -69,6 +70,14 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "starts at zero weight, so the backbone first computes what it did; hyperct.training.run_windows)",
     )
     p.add_argument(
+        "--add-conv-stem",
+        type=int,
+        metavar="WIDTH",
+        help="with --resume: give the run's windowed patch embedding a conv stem of this width (e.g. 16) "
+        "before going on (its output starts at zero, so the backbone first computes what it did; "
+        "hyperct.network.conv_stem, hyperct.training.run_stem)",
+    )
+    p.add_argument(
         "--set",
         action="append",
         default=[],
@@ -88,16 +97,21 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--out DIR is required with --config")
     if args.add_hu_window and not args.resume:
         raise UsageError("--add-hu-window goes with --resume DIR (a new run takes init_hu_windows)")
+    if args.add_conv_stem is not None and not args.resume:
+        raise UsageError("--add-conv-stem goes with --resume DIR (a new run takes backbone.conv_stem)")
     if args.resume:
+        _check_surgery(args)
+        cfg = resume_config(args.resume, args.epochs, args.set)  # (checked before the run is changed)
         if args.add_hu_window:
             from hyperct.training.run_windows import add_windows_to_run
 
-            try:
-                added = add_windows_to_run(args.resume, args.add_hu_window)
-            except ValueError as exc:  # a window outside -1000..1000 HU, or lo >= hi
-                raise UsageError(f"--add-hu-window: {exc}") from exc
+            added = add_windows_to_run(args.resume, args.add_hu_window)
             print(f"HU windows of {args.resume} now: {added}")
-        cfg = resume_config(args.resume, args.epochs, args.set)
+        if args.add_conv_stem is not None:
+            from hyperct.training.run_stem import add_conv_stem_to_run
+
+            add_conv_stem_to_run(args.resume, args.add_conv_stem)
+            print(f"{args.resume}'s patch embedding now has a conv stem of width {args.add_conv_stem}")
         out = pretrain_backbone(cfg, args.resume, resume=True, source=args.resume, until=args.until)
     else:
         over: dict = {"init": args.init} if args.init else {}
@@ -107,3 +121,20 @@ def run(args: argparse.Namespace) -> int:
         out = pretrain_backbone(cfg, args.out, overwrite=args.overwrite, source=args.config, until=args.until)
     print(f"backbone written to {out} (config.json + model.safetensors; report in pretrain.json)")
     return 0
+
+
+def _check_surgery(args: argparse.Namespace) -> None:
+    """--add-hu-window / --add-conv-stem values checked before the run folder is read or changed."""
+    from hyperct.network.conv_stem import STEM_PATCH, check_stem_width
+    from hyperct.network.windows import check_windows
+
+    try:
+        if args.add_hu_window:
+            check_windows(args.add_hu_window)
+    except ValueError as exc:  # a window outside -1000..1000 HU, or lo >= hi
+        raise UsageError(f"--add-hu-window: {exc}") from exc
+    try:
+        if args.add_conv_stem is not None:
+            check_stem_width(args.add_conv_stem, STEM_PATCH)
+    except ValueError as exc:
+        raise UsageError(f"--add-conv-stem: {exc}") from exc

@@ -17,6 +17,7 @@ from transformers import DINOv3ViTConfig, DINOv3ViTModel
 
 from hyperct.errors import BackboneWeightsError
 from hyperct.filemodes import set_default_modes
+from hyperct.network.conv_stem import check_stem_width
 from hyperct.network.windows import check_windows, install_windows
 
 # The paper's backbone: DINOv3 ViT-B/16 (D=768, 12 layers, 12 heads, MLP 3072, 4 registers).
@@ -79,6 +80,18 @@ def backbone_config(name_or_dict: str | dict) -> DINOv3ViTConfig:
             raise BackboneWeightsError(str(exc), hint="hu_windows: a list of [lo, hi] HU pairs") from None
     else:
         values.pop("hu_windows", None)
+    if values.get("conv_stem") is not None:
+        try:
+            check_stem_width(values["conv_stem"], int(values.get("patch_size", _VITB16["patch_size"])))
+        except ValueError as exc:
+            raise BackboneWeightsError(str(exc), hint="conv_stem: the stem's first width, e.g. 16") from None
+        if not values.get("hu_windows"):
+            raise BackboneWeightsError(
+                "conv_stem needs hu_windows (the stem reads the windowed input)",
+                hint="give the backbone hu_windows, or drop conv_stem",
+            )
+    else:
+        values.pop("conv_stem", None)
     cfg = DINOv3ViTConfig(**values)
     cfg._attn_implementation = "sdpa"
     return cfg
@@ -90,6 +103,8 @@ def config_to_dict(cfg: DINOv3ViTConfig) -> dict:
     out = {k: getattr(cfg, k) for k in _VITB16}
     if getattr(cfg, "hu_windows", None):
         out["hu_windows"] = [list(w) for w in cfg.hu_windows]
+    if getattr(cfg, "conv_stem", None):
+        out["conv_stem"] = int(cfg.conv_stem)
     return out
 
 
@@ -102,7 +117,7 @@ def build_backbone(config: str | dict | DINOv3ViTConfig, *, seed: int | None = N
     def build() -> DINOv3ViTModel:
         model = DINOv3ViTModel(cfg)
         if windows:
-            install_windows(model, windows)
+            install_windows(model, windows, getattr(cfg, "conv_stem", None))
         return model
 
     if seed is not None:

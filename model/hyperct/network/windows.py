@@ -79,6 +79,7 @@ class WindowedPatchEmbedding(nn.Conv2d):
         self.image_channels = in_channels
         self.windows = windows
         self.pooled = nn.Linear(2 * in_channels * len(windows), out_channels)
+        self.register_module("stem", None)  # a ConvStem (hyperct.network.conv_stem), if any
         if in_channels != len(IMAGENET_MEAN):
             raise ValueError(
                 f"HU windows need the {len(IMAGENET_MEAN)}-channel model input, got {in_channels}"
@@ -100,7 +101,10 @@ class WindowedPatchEmbedding(nn.Conv2d):
         pooled = self.pooled(stats.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)  # (N, D, h, w)
         ramps = ramps.to(pixel_values.dtype)
         out = F.conv2d(pixel_values, self.weight[:, :c], self.bias, stride=p)
-        return out + F.conv2d(ramps, self.weight[:, c:], None, stride=p) + pooled
+        out = out + F.conv2d(ramps, self.weight[:, c:], None, stride=p) + pooled
+        if self.stem is not None:
+            out = out + self.stem(torch.cat([pixel_values, ramps], dim=1))
+        return out
 
 
 def window_ramps(pixel_values: torch.Tensor, windows) -> torch.Tensor:
@@ -132,14 +136,18 @@ def patch_max_mean(channels: torch.Tensor, patch) -> torch.Tensor:
     return torch.cat([F.max_pool2d(channels, patch, patch), F.avg_pool2d(channels, patch, patch)], dim=1)
 
 
-def install_windows(backbone, windows) -> None:
-    """Replace ``backbone``'s patch embedding by a (freshly initialised) windowed one, in place."""
+def install_windows(backbone, windows, conv_stem: int | None = None) -> None:
+    """Replace ``backbone``'s patch embedding by a (freshly initialised) windowed one, in place; with
+    a ``hyperct.network.conv_stem.ConvStem`` of width ``conv_stem`` when given."""
+    from hyperct.network.conv_stem import ConvStem, check_stem_width
+
     old = backbone.embeddings.patch_embeddings
     channels = getattr(old, "image_channels", old.in_channels)  # (a windowed one: its image's)
-    new = WindowedPatchEmbedding(channels, old.out_channels, int(old.kernel_size[0]), windows).to(
-        device=old.weight.device, dtype=old.weight.dtype
-    )
-    backbone.embeddings.patch_embeddings = new
+    new = WindowedPatchEmbedding(channels, old.out_channels, int(old.kernel_size[0]), windows)
+    if conv_stem:
+        check_stem_width(conv_stem, int(old.kernel_size[0]))
+        new.stem = ConvStem(new.in_channels, conv_stem, new.out_channels)
+    backbone.embeddings.patch_embeddings = new.to(device=old.weight.device, dtype=old.weight.dtype)
     backbone.config.hu_windows = [list(w) for w in new.windows]
 
 

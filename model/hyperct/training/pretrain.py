@@ -174,6 +174,7 @@ from hyperct.training.teacher import TEACHER_FIELDS, TeacherError, standardised_
 LOG_FILE = "log.jsonl"
 STATE_DIR = "last"
 PATCH_EMBEDDING = "backbone.embeddings.patch_embeddings."  # (optim.embedding_lr_factor)
+CONV_STEM = PATCH_EMBEDDING + "stem."  # (optim.stem_lr_factor)
 
 
 class PretrainHeads(nn.Module):
@@ -824,8 +825,11 @@ def _load_run_state(out: Path, module: nn.Module, optimizer, names: list[list[st
             path=path,
             hint="resume with the configuration the run was started with",
         )
-    if new_heads:
-        echo(f"resumed with a new objective: its head starts fresh ({', '.join(new_heads)})")
+    heads_added = [n for n in new_heads or () if n.startswith("heads.")]
+    if heads_added:
+        echo(f"resumed with a new objective: its head starts fresh ({', '.join(heads_added)})")
+    if new_heads and len(heads_added) < len(new_heads):
+        echo("resumed with a conv stem added to the patch embedding: its AdamW moments start at zero")
     doc["new_heads"] = new_heads
     tensors = _read_tensors(out / STATE_DIR / "model.safetensors")
     module.load_state_dict(tensors, strict=False)
@@ -839,44 +843,43 @@ def _load_run_state(out: Path, module: nn.Module, optimizer, names: list[list[st
     return doc
 
 
-def _param_groups(named: list[tuple[str, nn.Parameter]], weight_decay: float, embedding_factor: float):
+def _param_groups(named: list[tuple[str, nn.Parameter]], weight_decay: float, factors: dict[str, float]):
     """AdamW's groups: weights (decayed) and biases / norms / tokens (not), each with its
-    parameter ``names`` and ``lr_factor``; with an ``embedding_factor`` other than 1 the patch
-    embedding's weights and biases are two more groups at that factor."""
+    parameter ``names`` and ``lr_factor``; ``factors`` maps name prefixes to lr factors (the first
+    that matches a name counts): those other than 1 make two more groups each, after the others."""
 
-    def group(members, decay, factor):
-        return {
-            "params": [p for _, p in members],
-            "names": [n for n, _ in members],
-            "weight_decay": decay,
-            "lr_factor": factor,
-        }
+    def factor(name):
+        return next((float(f) for prefix, f in factors.items() if name.startswith(prefix)), 1.0)
 
-    def embedding(name):
-        return embedding_factor != 1.0 and name.startswith(PATCH_EMBEDDING)
-
-    rest = [(n, p) for n, p in named if not embedding(n)]
-    groups = [
-        group([(n, p) for n, p in rest if p.ndim >= 2], weight_decay, 1.0),
-        group([(n, p) for n, p in rest if p.ndim < 2], 0.0, 1.0),
-    ]
-    emb = [(n, p) for n, p in named if embedding(n)]
-    if emb:
-        groups.append(group([(n, p) for n, p in emb if p.ndim >= 2], weight_decay, embedding_factor))
-        groups.append(group([(n, p) for n, p in emb if p.ndim < 2], 0.0, embedding_factor))
+    groups = []
+    for f in [1.0, *dict.fromkeys(f for f in map(float, factors.values()) if f != 1.0)]:
+        members = [(n, p) for n, p in named if factor(n) == f]
+        for decayed in (True, False):
+            part = [(n, p) for n, p in members if (p.ndim >= 2) == decayed]
+            if part or f == 1.0:
+                groups.append(
+                    {
+                        "params": [p for _, p in part],
+                        "names": [n for n, _ in part],
+                        "weight_decay": weight_decay if decayed else 0.0,
+                        "lr_factor": f,
+                    }
+                )
     return groups
 
 
 def _new_heads(saved: Any, names: list[list[str]]) -> list[str] | None:
     """The parameters of heads this run adds to a saved one (an objective switched on at a resume:
-    they start fresh); None when the saved state holds anything else than ``names`` without them
-    (another backbone, other heads). The grouping may differ (``embedding_lr_factor``)."""
+    they start fresh), and of a conv stem added to its patch embedding (``hyperct.training.run_stem``:
+    its weights are in the saved tensors, its moments are not); None when the saved state holds
+    anything else than ``names`` without them (another backbone, other heads). The grouping may
+    differ (``embedding_lr_factor``)."""
     if not isinstance(saved, list) or not all(isinstance(group, list) for group in saved):
         return None
     known = {n for group in saved for n in group}
     current = [n for group in names for n in group]
     added = [n for n in current if n not in known]
-    if any(not n.startswith("heads.") for n in added) or known - set(current):
+    if any(not n.startswith(("heads.", CONV_STEM)) for n in added) or known - set(current):
         return None
     return added
 
@@ -1096,7 +1099,9 @@ def pretrain_backbone(
         module = nn.ModuleDict({"backbone": backbone, "heads": heads}).to(device)
         named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
         params = [p for _, p in named]  # (this order: the gradient-norm clipping sums in it)
-        groups = _param_groups(named, float(oc.weight_decay), float(oc.embedding_lr_factor))
+        stem = oc.embedding_lr_factor if oc.stem_lr_factor is None else oc.stem_lr_factor
+        factors = {CONV_STEM: stem, PATCH_EMBEDDING: oc.embedding_lr_factor}
+        groups = _param_groups(named, float(oc.weight_decay), factors)
         names = [g.pop("names") for g in groups]
         optimizer = torch.optim.AdamW(groups, lr=float(oc.lr))
         per_step, per_phantom = oc.phantoms_per_step, oc.images_per_phantom

@@ -39,6 +39,8 @@ Fields (dotted name: default: meaning)
 * ``optim.embedding_lr_factor``: 1.0: the patch embedding's learning rate is ``lr`` times this (the
   same schedule): lets an HU window added to a trained run (``--add-hu-window``) grow at the rate
   the embedding had early on while the rest goes on at the late lr.
+* ``optim.stem_lr_factor``: null: the same for the patch embedding's conv stem alone
+  (``hyperct.network.conv_stem``; ``--add-conv-stem``); null: ``embedding_lr_factor``.
 * ``optim.phantoms_per_step`` / ``images_per_phantom``: 2 / 24: phantoms per step and images drawn
   from each (without the bag objective).
 * ``optim.token_pos_weight`` / ``image_pos_weight``: 4.0 / 2.0: positive weights of the BCE.
@@ -182,6 +184,7 @@ class PretrainOptim(_Section):
     lr: float = _field(1.0e-3, _nonneg_num)
     weight_decay: float = _field(0.05, _nonneg_num)
     embedding_lr_factor: float = _field(1.0, _nonneg_num)
+    stem_lr_factor: float | None = _field(None, _opt(_nonneg_num))
     warmup_steps: int = _field(200, _nonneg_int)
     min_factor: float = _field(0.02, _unit)
     grad_clip: float | None = _field(1.0, _opt(_nonneg_num))

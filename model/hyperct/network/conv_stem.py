@@ -1,0 +1,96 @@
+"""A convolutional stem beside the linear patch embedding: a small CNN's reading of each patch.
+
+Why (issue 18): the demo's LV findings (reduced LV systolic function, ventricular enlargement) stay at
+0.72-0.73 in the gate probe of every ViT backbone. A CNN that reads a volume as HyperCT does (each
+image alone, mean over the 55 images, linear read-out; ``benchmarks/reading_cnn_oracle.py``) learns
+them (0.83 / 0.93 after 20 epochs) when its first step is three stride-2 3 x 3 conv blocks to the
+ViT's 9 x 9 token grid, and does not (0.64 / 0.72) when that step is the ViT's linear embedding of
+each patch, the rest of the network and the input (HU and a narrow blood / myocardium window) the
+same (``--stem convpatch`` / ``--stem patch``). So a linear patch embedding is where the ViT loses
+them, as with "early convolutions" for ViTs in general (Xiao et al., 2021).
+
+``ConvStem`` reads the windowed input (the image channels and every HU window's ramps,
+``hyperct.network.windows``) averaged over 2 x 2 pixels, through three stride-2 3 x 3 convolutions
+(GELU; no normalisation, so nothing depends on the batch or on train/eval mode) and a 1 x 1
+convolution to the hidden size, at ``patch / 2`` further stride: one vector per patch, added to the
+patch embedding's. The 1 x 1 starts at zero, so a backbone given a stem computes exactly what it did
+(``add_conv_stem``); training grows it. It runs once per image (the LoRA of a HyperCT task does not
+touch the patch embedding), ~5 M multiply-adds per 144 x 144 image for width 16 (the windowed linear
+embedding: ~30 M).
+
+A backbone has a stem when its config has ``conv_stem`` (the first block's width; our extension of
+the DINOv3 config, next to ``hu_windows``, which it needs).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+STEM_BLOCKS = 3  # stride-2 blocks after the 2 x 2 average: 16 x 16 patches -> one vector
+STEM_PATCH = 2 * 2**STEM_BLOCKS
+MIN_WIDTH, MAX_WIDTH = 4, 128  # bounds for untrusted configs
+
+
+def check_stem_width(width, patch: int) -> int:
+    """``width`` as an int; ValueError naming what is wrong (a bool, out of range, a patch size the
+    stem does not reduce to one vector)."""
+    if isinstance(width, bool) or not isinstance(width, int) or not MIN_WIDTH <= width <= MAX_WIDTH:
+        raise ValueError(
+            f"conv_stem must be a whole number of channels {MIN_WIDTH}..{MAX_WIDTH}, got {width!r}"[:200]
+        )
+    if patch != STEM_PATCH:
+        raise ValueError(f"conv_stem needs patch_size {STEM_PATCH}, the backbone's is {patch}")
+    return width
+
+
+class ConvStem(nn.Module):
+    """(N, C, H, W) windowed input -> (N, out, H / 16, W / 16): a 2 x 2 average, three stride-2
+    3 x 3 conv blocks (``width``, 2 ``width``, 4 ``width`` channels, GELU) and a 1 x 1 conv to ``out``
+    (``proj``, zero at first)."""
+
+    def __init__(self, in_channels: int, width: int, out_channels: int):
+        super().__init__()
+        chans = [in_channels] + [width * 2**i for i in range(STEM_BLOCKS)]
+        self.blocks = nn.ModuleList(
+            nn.Conv2d(a, b, 3, stride=2, padding=1) for a, b in zip(chans[:-1], chans[1:])
+        )
+        self.proj = nn.Conv2d(chans[-1], out_channels, 1)
+        self.width = width
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, windowed: torch.Tensor) -> torch.Tensor:
+        p = STEM_PATCH  # (the pixels past the last whole patch: left out, as the patch embedding does)
+        h, w = windowed.shape[-2] // p * p, windowed.shape[-1] // p * p
+        x = F.avg_pool2d(windowed[..., :h, :w], 2)
+        for conv in self.blocks:
+            x = F.gelu(conv(x))
+        return self.proj(x)
+
+
+def add_conv_stem(backbone, width: int, *, seed: int | None = None):
+    """A copy of a windowed ``backbone`` with a conv stem of ``width`` that computes exactly what it
+    did (the stem's output projection at zero; its blocks initialised as PyTorch does, from ``seed``
+    when given)."""
+    emb = backbone.embeddings.patch_embeddings
+    if not getattr(backbone.config, "hu_windows", None):
+        raise ValueError(
+            "a conv stem reads the HU windows: give the backbone windows first (init_hu_windows)"
+        )
+    if getattr(emb, "stem", None) is not None:
+        raise ValueError("this backbone has a conv stem already")
+    check_stem_width(width, int(emb.kernel_size[0]))
+    out = copy.deepcopy(backbone)
+    new = out.embeddings.patch_embeddings
+    with torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.manual_seed(seed)
+        new.stem = ConvStem(new.in_channels, width, new.out_channels).to(
+            device=new.weight.device, dtype=new.weight.dtype
+        )
+    out.config.conv_stem = width
+    return out
