@@ -1,7 +1,7 @@
 """How far HyperCT's way of reading a volume can carry all 25 findings, with a CNN learning it.
 
     python benchmarks/reading_cnn_oracle.py [--train 800] [--valid 200] [--epochs 20] [--width 16]
-        [--image-weight 1] [--slice-weight 1] [--channels both|hu|w400] [--stem conv|patch]
+        [--image-weight 1] [--slice-weight 1] [--channels both|hu|w400] [--stem conv|patch|convpatch]
         [--cache cache/hyperct-demo] [--out FILE]
 
 The gate of issue 18 asks the frozen backbone's mean CLS (each image alone to a feature, the mean
@@ -56,17 +56,25 @@ class ReadingCNN(ImageMeanCNN):
     def __init__(self, n_findings: int, width: int, stem: str = "conv"):
         super().__init__(n_findings, width, n_slices=len(SLICE_FIELDS))
         self.images = nn.Linear(self.head.in_features, n_findings)
-        if stem == "patch":
-            self.features = patch_cnn(width)
+        if stem != "conv":
+            self.features = token_grid_cnn(width, stem)
 
 
-def patch_cnn(width: int) -> nn.Sequential:
-    """The ViT's first step in a CNN: a LINEAR embedding of 8 x 8 patches of the 72 x 72 image (its
-    9 x 9 tokens are the ViT's 16 x 16 patches of 144 x 144), then three 3 x 3 conv blocks on the
-    token grid (BatchNorm, ReLU) in place of the transformer layers; 4 * width channels out, as
-    ``image_cnn``. Whether what the LV findings need survives a linear patch embedding."""
+def token_grid_cnn(width: int, stem: str) -> nn.Sequential:
+    """The ViT's first step in a CNN: the 72 x 72 image to a 9 x 9 token grid (the ViT's 16 x 16
+    patches of 144 x 144), then three 3 x 3 conv blocks on the grid (BatchNorm, ReLU) in place of
+    the transformer layers; 4 * width channels out, as ``image_cnn``. ``stem`` "patch": a LINEAR
+    embedding of each 8 x 8 patch (the ViT's patch embedding); "convpatch": three stride-2 3 x 3 conv
+    blocks to the same grid (a learned nonlinear embedding, the control). Whether what the LV
+    findings need survives a linear patch embedding."""
     c = 4 * width
-    layers: list[nn.Module] = [nn.Conv2d(2, c, 8, stride=8)]
+    if stem == "patch":
+        layers: list[nn.Module] = [nn.Conv2d(2, c, 8, stride=8)]
+    else:
+        layers = []
+        for a, b in zip([2, width, 2 * width], [width, 2 * width, c]):
+            layers += [nn.Conv2d(a, b, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(b), nn.ReLU()]
+        layers.append(nn.Conv2d(c, c, 1))
     for _ in range(3):
         layers += [nn.BatchNorm2d(c), nn.ReLU(), nn.Conv2d(c, c, 3, padding=1, bias=False)]
     return nn.Sequential(*layers, nn.BatchNorm2d(c), nn.ReLU())
@@ -153,9 +161,10 @@ def main() -> None:
     )
     ap.add_argument(
         "--stem",
-        choices=("conv", "patch"),
+        choices=("conv", "patch", "convpatch"),
         default="conv",
-        help="patch: a linear embedding of the ViT's patches then convs on its token grid (patch_cnn)",
+        help="patch: a linear embedding of the ViT's patches, then convs on its token grid; convpatch: "
+        "conv blocks to that grid instead of the linear embedding, then the same (token_grid_cnn)",
     )
     ap.add_argument("--l2", type=float, default=1e-3)
     ap.add_argument("--seed", type=int, default=0)
