@@ -78,3 +78,12 @@ def test_the_command_adds_a_stem_only_to_a_run_it_resumes(tmp_path):
     assert code == 2 and "cannot resume" in err
     code, _, err = run_cli(["pretrain", "--resume", str(tmp_path), "--add-conv-stem", "2"])
     assert code == 2 and "--add-conv-stem: conv_stem must be a whole number of channels 4..128" in err
+
+
+def test_a_damaged_config_json_is_refused_naming_it(tmp_path):
+    (tmp_path / "last").mkdir()
+    (tmp_path / "last" / "state.json").write_text("{}")
+    for raw in (b"{not json", b"[1, 2]", b"\xff\xfe{"):
+        (tmp_path / "config.json").write_bytes(raw)
+        with pytest.raises(CheckpointError, match="config.json"):
+            add_conv_stem_to_run(str(tmp_path), 8)

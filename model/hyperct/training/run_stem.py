@@ -18,8 +18,7 @@ import torch
 from hyperct.atomic import replace_file
 from hyperct.errors import CheckpointError
 from hyperct.network.conv_stem import ConvStem, check_stem_width
-from hyperct.training.pretrain import STATE_DIR
-from hyperct.training.run_windows import EMBED, _write
+from hyperct.training.run_windows import EMBED, _write, run_folder
 from hyperct.training.state import _read_tensors
 
 
@@ -28,13 +27,7 @@ def add_conv_stem_to_run(run: str | Path, width: int, *, seed: int = 0) -> int:
     ``seed``). Returns the width. Refuses a run without HU windows or resume state, one with a stem,
     or a width or patch size the stem does not take."""
     run = Path(run)
-    cfg_path = run / "config.json"
-    state = run / STATE_DIR
-    if not (cfg_path.is_file() and (state / "state.json").is_file()):
-        raise CheckpointError(
-            f"{run} is not a stage-1 run folder with resume state (config.json, last/state.json)"
-        )
-    cfg = json.loads(cfg_path.read_text())
+    cfg_path, state, cfg = run_folder(run)
     if cfg.get("conv_stem"):
         raise CheckpointError(f"{run}'s backbone has a conv stem already (width {cfg['conv_stem']})")
     windows = cfg.get("hu_windows") or []

@@ -41,19 +41,31 @@ def _write(tensors: dict, path: Path) -> None:
     replace_file(path, save({k: v.contiguous() for k, v in tensors.items()}))
 
 
-def add_windows_to_run(run: str | Path, windows) -> list:
-    """Append ``windows`` ([[lo, hi], ...] HU) to the HU windows of the stage-1 run in ``run`` (its
-    backbone and its resume state). Returns the run's windows after. Refuses a run without windows,
-    without resume state, or one that has any of ``windows`` already."""
-    run = Path(run)
-    windows = [list(w) for w in check_windows(windows)]
+def run_folder(run: Path) -> tuple[Path, Path, dict]:
+    """A stage-1 run folder's ``config.json`` path, its resume state folder and the backbone config;
+    CheckpointError where either is missing or the config is not a JSON object."""
     cfg_path = run / "config.json"
     state = run / STATE_DIR
     if not (cfg_path.is_file() and (state / "state.json").is_file()):
         raise CheckpointError(
             f"{run} is not a stage-1 run folder with resume state (config.json, last/state.json)"
         )
-    cfg = json.loads(cfg_path.read_text())
+    try:
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise CheckpointError(f"{cfg_path} is not readable JSON ({exc})"[:300]) from None
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{cfg_path} does not hold a backbone configuration (a JSON object)")
+    return cfg_path, state, cfg
+
+
+def add_windows_to_run(run: str | Path, windows) -> list:
+    """Append ``windows`` ([[lo, hi], ...] HU) to the HU windows of the stage-1 run in ``run`` (its
+    backbone and its resume state). Returns the run's windows after. Refuses a run without windows,
+    without resume state, or one that has any of ``windows`` already."""
+    run = Path(run)
+    windows = [list(w) for w in check_windows(windows)]
+    cfg_path, state, cfg = run_folder(run)
     old = [list(map(float, w)) for w in cfg.get("hu_windows") or []]
     if not old:
         raise CheckpointError(f"{run}'s backbone has no HU windows to add to (see init_hu_windows)")
