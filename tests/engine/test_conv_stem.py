@@ -15,7 +15,7 @@ from hyperct.errors import BackboneWeightsError, CheckpointError
 from hyperct.loading import load_model
 from hyperct.network.backbone import build_backbone, load_backbone, save_backbone
 from hyperct.network.conv_stem import ConvStem, add_conv_stem
-from hyperct.network.windows import DEMO_WINDOWS, add_windows
+from hyperct.network.windows import DEMO_WINDOWS, add_windows, extend_windows
 from tests.support.models import TINY_BACKBONE, tiny_model
 
 WINDOWED = dict(TINY_BACKBONE, hu_windows=[list(w) for w in DEMO_WINDOWS])
@@ -45,6 +45,8 @@ def test_a_backbone_given_a_stem_computes_what_it_did_then_reads_through_it():
         ).abs().max() > 1e-3
     with pytest.raises(ValueError, match="already"):
         add_conv_stem(stemmed, 8)
+    with pytest.raises(ValueError, match="before the stem"):  # (the stem reads the windows it has)
+        extend_windows(stemmed, [[-15, 105]])
     with pytest.raises(ValueError, match="HU windows"):
         add_conv_stem(build_backbone(dict(TINY_BACKBONE)), 8)
     with pytest.raises(ValueError, match="4..128"):

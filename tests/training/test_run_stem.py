@@ -14,6 +14,7 @@ from hyperct.network.backbone import load_backbone
 from hyperct.network.windows import DEMO_WINDOWS
 from hyperct.training.pretrain import pretrain_backbone, resume_config
 from hyperct.training.run_stem import add_conv_stem_to_run
+from hyperct.training.run_windows import add_windows_to_run
 from tests.support.models import TINY_BACKBONE
 from tests.support.training import v1_pretrain_config
 
@@ -38,6 +39,8 @@ def test_a_run_given_a_conv_stem_between_epochs_computes_what_it_did_and_trains_
         )
     with pytest.raises(CheckpointError, match="already"):
         add_conv_stem_to_run(out, 8)
+    with pytest.raises(CheckpointError, match="before the stem"):
+        add_windows_to_run(out, [[-15, 105]])
     pretrain_backbone(resume_config(out, epochs=2, sets=["optim.stem_lr_factor=10"]), out, resume=True)
     trained = load_backbone(out).eval()
     proj = trained.embeddings.patch_embeddings.stem.proj.weight

@@ -83,7 +83,7 @@ def backbone_config(name_or_dict: str | dict) -> DINOv3ViTConfig:
     if values.get("conv_stem") is not None:
         try:
             check_stem_width(values["conv_stem"], int(values.get("patch_size", _VITB16["patch_size"])))
-        except ValueError as exc:
+        except (TypeError, ValueError) as exc:
             raise BackboneWeightsError(str(exc), hint="conv_stem: the stem's first width, e.g. 16") from None
         if not values.get("hu_windows"):
             raise BackboneWeightsError(

@@ -3,7 +3,7 @@
 Why (issue 18): the demo's LV findings (reduced LV systolic function, ventricular enlargement) stay at
 0.72-0.73 in the gate probe of every ViT backbone. A CNN that reads a volume as HyperCT does (each
 image alone, mean over the 55 images, linear read-out; ``benchmarks/reading_cnn_oracle.py``) learns
-them (0.83 / 0.93 after 20 epochs) when its first step is three stride-2 3 x 3 conv blocks to the
+them (0.90 / 0.89 after 20 epochs) when its first step is three stride-2 3 x 3 conv blocks to the
 ViT's 9 x 9 token grid, and does not (0.64 / 0.72) when that step is the ViT's linear embedding of
 each patch, the rest of the network and the input (HU and a narrow blood / myocardium window) the
 same (``--stem convpatch`` / ``--stem patch``). So a linear patch embedding is where the ViT loses
@@ -12,11 +12,11 @@ them, as with "early convolutions" for ViTs in general (Xiao et al., 2021).
 ``ConvStem`` reads the windowed input (the image channels and every HU window's ramps,
 ``hyperct.network.windows``) averaged over 2 x 2 pixels, through three stride-2 3 x 3 convolutions
 (GELU; no normalisation, so nothing depends on the batch or on train/eval mode) and a 1 x 1
-convolution to the hidden size, at ``patch / 2`` further stride: one vector per patch, added to the
-patch embedding's. The 1 x 1 starts at zero, so a backbone given a stem computes exactly what it did
-(``add_conv_stem``); training grows it. It runs once per image (the LoRA of a HyperCT task does not
-touch the patch embedding), ~5 M multiply-adds per 144 x 144 image for width 16 (the windowed linear
-embedding: ~30 M).
+convolution to the hidden size: one vector per 16 x 16 patch, added to the patch embedding's. The
+1 x 1 starts at zero, so a backbone given a stem computes exactly what it did (``add_conv_stem``);
+training grows it. It runs once per image (the LoRA of a HyperCT task does not touch the patch
+embedding), ~6 M multiply-adds per 144 x 144 image for width 16 and four windows (the windowed linear
+embedding: ~30 M); a stage-1 step on 2 CPU cores takes ~25 % longer with it.
 
 A backbone has a stem when its config has ``conv_stem`` (the first block's width; our extension of
 the DINOv3 config, next to ``hu_windows``, which it needs).

@@ -165,6 +165,10 @@ def _with_more_windows(backbone, windows):
     import copy
 
     old = backbone.embeddings.patch_embeddings
+    if getattr(old, "stem", None) is not None:
+        raise ValueError(
+            "this backbone has a conv stem, which reads its windows: add windows before the stem"
+        )
     had = list(getattr(old, "windows", ()))
     out = copy.deepcopy(backbone)
     install_windows(out, [*had, *windows])

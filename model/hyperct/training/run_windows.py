@@ -69,6 +69,8 @@ def add_windows_to_run(run: str | Path, windows) -> list:
     old = [list(map(float, w)) for w in cfg.get("hu_windows") or []]
     if not old:
         raise CheckpointError(f"{run}'s backbone has no HU windows to add to (see init_hu_windows)")
+    if cfg.get("conv_stem"):
+        raise CheckpointError(f"{run} has a conv stem, which reads its windows: add windows before the stem")
     if any(w in old for w in windows):
         raise CheckpointError(f"{run} has one of {windows} already: {old}")
     new = len(old) + len(windows)
