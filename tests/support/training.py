@@ -109,3 +109,15 @@ def v1_pretrain_config(tmp_path, pair="normal", count=2, **optim):
             "valid": {"phantoms": 3},
         },
     )
+
+
+def windowed_run(tmp_path):
+    """A tiny stage-1 run with the demo's HU windows, one epoch done (its folder, resumable)."""
+    from hyperct.network.windows import DEMO_WINDOWS
+    from hyperct.training.pretrain import pretrain_backbone
+
+    cfg = v1_pretrain_config(tmp_path, count=2, epochs=1)
+    cfg.backbone = dict(TINY_BACKBONE, hu_windows=[list(w) for w in DEMO_WINDOWS])
+    out = tmp_path / "bb"
+    pretrain_backbone(cfg, out)
+    return out

@@ -11,20 +11,16 @@ import torch
 
 from hyperct.errors import CheckpointError
 from hyperct.network.backbone import load_backbone
-from hyperct.network.windows import DEMO_WINDOWS
 from hyperct.training.pretrain import pretrain_backbone, resume_config
 from hyperct.training.run_stem import add_conv_stem_to_run
 from hyperct.training.run_windows import add_windows_to_run
 from tests.support.models import TINY_BACKBONE
-from tests.support.training import v1_pretrain_config
+from tests.support.training import windowed_run
 
 
 @pytest.mark.slow
 def test_a_run_given_a_conv_stem_between_epochs_computes_what_it_did_and_trains_it(tmp_path):
-    cfg = v1_pretrain_config(tmp_path, count=2, epochs=1)
-    cfg.backbone = dict(TINY_BACKBONE, hu_windows=[list(w) for w in DEMO_WINDOWS])
-    out = tmp_path / "bb"
-    pretrain_backbone(cfg, out)
+    out = windowed_run(tmp_path)
     before = load_backbone(out).eval()
     assert add_conv_stem_to_run(out, 8) == 8
     after = load_backbone(out).eval()

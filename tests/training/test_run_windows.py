@@ -15,7 +15,7 @@ from hyperct.network.windows import DEMO_WINDOWS, add_windows, extend_windows, w
 from hyperct.training.pretrain import pretrain_backbone, resume_config
 from hyperct.training.run_windows import add_windows_to_run
 from tests.support.models import TINY_BACKBONE
-from tests.support.training import v1_pretrain_config
+from tests.support.training import windowed_run
 
 BLOOD_POOL = [[-15.0, 105.0]]
 
@@ -61,10 +61,7 @@ def test_an_extended_backbone_computes_what_it_did_and_sees_the_new_window():
 
 @pytest.mark.slow
 def test_a_run_given_a_window_between_epochs_resumes_computing_what_it_did(tmp_path):
-    cfg = v1_pretrain_config(tmp_path, count=2, epochs=1)
-    cfg.backbone = dict(TINY_BACKBONE, hu_windows=[list(w) for w in DEMO_WINDOWS])
-    out = tmp_path / "bb"
-    pretrain_backbone(cfg, out)
+    out = windowed_run(tmp_path)
     before = load_backbone(out).eval()
     assert len(before.config.hu_windows) == 3
     got = add_windows_to_run(out, BLOOD_POOL)

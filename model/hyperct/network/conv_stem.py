@@ -86,11 +86,17 @@ def add_conv_stem(backbone, width: int, *, seed: int | None = None):
     check_stem_width(width, int(emb.kernel_size[0]))
     out = copy.deepcopy(backbone)
     new = out.embeddings.patch_embeddings
+    new.stem = new_stem(new.in_channels, width, new.out_channels, seed=seed).to(
+        device=new.weight.device, dtype=new.weight.dtype
+    )
+    out.config.conv_stem = width
+    return out
+
+
+def new_stem(in_channels: int, width: int, out_channels: int, *, seed: int | None = None) -> ConvStem:
+    """A fresh ``ConvStem`` (output at zero), its blocks drawn from ``seed`` when given, without
+    moving torch's global generator."""
     with torch.random.fork_rng(devices=[]):
         if seed is not None:
             torch.manual_seed(seed)
-        new.stem = ConvStem(new.in_channels, width, new.out_channels).to(
-            device=new.weight.device, dtype=new.weight.dtype
-        )
-    out.config.conv_stem = width
-    return out
+        return ConvStem(in_channels, width, out_channels)

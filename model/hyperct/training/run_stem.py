@@ -13,11 +13,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
-
 from hyperct.atomic import replace_file
 from hyperct.errors import CheckpointError
-from hyperct.network.conv_stem import ConvStem, check_stem_width
+from hyperct.network.conv_stem import check_stem_width, new_stem
 from hyperct.training.run_windows import EMBED, _write, run_folder
 from hyperct.training.state import _read_tensors
 
@@ -40,9 +38,7 @@ def add_conv_stem_to_run(run: str | Path, width: int, *, seed: int = 0) -> int:
     except ValueError as exc:
         raise CheckpointError(str(exc)) from None
     channels, hidden = int(cfg["num_channels"]) * (1 + len(windows)), int(cfg["hidden_size"])
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        stem = {k: v.detach() for k, v in ConvStem(channels, width, hidden).state_dict().items()}
+    stem = {k: v.detach() for k, v in new_stem(channels, width, hidden, seed=seed).state_dict().items()}
     backbone = _read_tensors(run / "model.safetensors")
     model = _read_tensors(state / "model.safetensors")
     for tensors, prefix in ((backbone, ""), (model, "backbone.")):
