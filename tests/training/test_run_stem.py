@@ -86,3 +86,8 @@ def test_a_damaged_config_json_is_refused_naming_it(tmp_path):
         (tmp_path / "config.json").write_bytes(raw)
         with pytest.raises(CheckpointError, match="config.json"):
             add_conv_stem_to_run(str(tmp_path), 8)
+    plain = dict(TINY_BACKBONE, hu_windows=[[-160, 240]])
+    for broken in (dict(plain, patch_size=None), {k: v for k, v in plain.items() if k != "hidden_size"}):
+        (tmp_path / "config.json").write_text(json.dumps(broken))
+        with pytest.raises(CheckpointError, match="config.json.*must be numbers"):
+            add_conv_stem_to_run(tmp_path, 8)

@@ -35,9 +35,13 @@ def add_conv_stem_to_run(run: str | Path, width: int, *, seed: int = 0) -> int:
         )
     try:
         check_stem_width(width, int(cfg.get("patch_size", 0)))
+        channels, hidden = int(cfg["num_channels"]) * (1 + len(windows)), int(cfg["hidden_size"])
     except ValueError as exc:
         raise CheckpointError(str(exc)) from None
-    channels, hidden = int(cfg["num_channels"]) * (1 + len(windows)), int(cfg["hidden_size"])
+    except (KeyError, TypeError) as exc:
+        raise CheckpointError(
+            f"{cfg_path}: patch_size, num_channels, hidden_size must be numbers ({exc!r})"
+        ) from None
     stem = {k: v.detach() for k, v in new_stem(channels, width, hidden, seed=seed).state_dict().items()}
     backbone = _read_tensors(run / "model.safetensors")
     model = _read_tensors(state / "model.safetensors")
