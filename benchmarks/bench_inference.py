@@ -4,6 +4,7 @@
     OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_inference.py --config vitb16 --images 6 --tasks 3
     python benchmarks/bench_inference.py --config vitb16 --device cuda [--compile]
     (--patch 8: the backbone at patch 8; --hu-windows: with the demo's HU windows (issue 18);
+    --hu-windows --conv-stem 16: with a conv stem of width 16 beside the windowed patch embedding;
     --dtype fp32: without the bf16-weights arm; --bf16-check-scans 8: also the demo checkpoint's
     probabilities with bf16 vs fp32 weights on the viewer's sample scan and 7 random phantoms)
 
@@ -254,11 +255,19 @@ def main() -> None:
         action="store_true",
         help="the backbone with the demo's HU windows (hyperct.network.windows.DEMO_WINDOWS)",
     )
+    ap.add_argument(
+        "--conv-stem",
+        type=int,
+        metavar="WIDTH",
+        help="with --hu-windows: a conv stem of this width beside the patch embedding (hyperct.network.conv_stem)",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", help="also write the JSON here")
     args = ap.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("bench_inference: --device cuda but PyTorch sees no CUDA GPU")
+    if args.conv_stem and not args.hu_windows:
+        sys.exit("bench_inference: --conv-stem reads the HU windows: add --hu-windows")
 
     dev = torch.device(args.device)
     load_before = os.getloadavg()
@@ -271,6 +280,8 @@ def main() -> None:
         backbone["patch_size"] = args.patch
     if args.hu_windows:
         backbone["hu_windows"] = [list(w) for w in DEMO_WINDOWS]
+    if args.conv_stem:
+        backbone["conv_stem"] = args.conv_stem
     model = HyperCT(HyperCTConfig(backbone=backbone if len(backbone) > 1 else args.config))
     with torch.no_grad():  # non-zero B: every task gets its own, clearly visible update
         for kind, head in model.hypernet.heads.items():
@@ -383,6 +394,13 @@ def main() -> None:
                     authors.module_factors(k, li, kind)
             sync(dev)
             authors_gen_ms.append((time.perf_counter() - t) * 1000)
+        emb_ms = []  # the embedding (and the conv stem, if any): once per scan, shared by every task
+        flat = px.reshape(N, *px.shape[2:])
+        for _ in range(max(3, args.repeats)):
+            t = time.perf_counter()
+            model.backbone.embeddings(flat)
+            sync(dev)
+            emb_ms.append((time.perf_counter() - t) * 1000)
 
     demo_check = (
         bf16_demo_check(dev, args.bf16_check_scans)
@@ -416,6 +434,7 @@ def main() -> None:
         "config": args.config,
         "patch_size": int(model.patch_size),
         "hu_windows": getattr(model.backbone.config, "hu_windows", None),
+        "conv_stem": getattr(model.backbone.config, "conv_stem", None),
         "device": str(dev),
         "images_per_scan": N,
         "tasks": K,
@@ -446,6 +465,7 @@ def main() -> None:
         "arms": arms_out,
         "lora_generation_all_tasks_batched_ms": round(min(gen_ms), 2),
         "lora_generation_all_tasks_per_module_ms": round(min(authors_gen_ms), 1),
+        "embeddings_per_scan_ms": round(min(emb_ms), 1),  # patch embedding (+ conv stem): once per scan
         "gflop_per_scan": round(fl["total"] / 1e9, 2),
         "lora_flop_fraction": round(fl["lora"] / fl["total"], 4),
         "matmul_peak_gflops": round(peak_fp32, 1),
