@@ -26,13 +26,15 @@ CM = catalogue().index("cardiomegaly")
 
 
 class SignalDataset(VolumeDataset):
-    """Small random 'volumes' (3 images x 32 x 32 pixels: the model takes any image count and size)
-    where pleural effusion brightens the lower half and cardiomegaly a central block."""
+    """Small random 'volumes' (``images`` images, 3 by default, x 32 x 32 pixels: the model takes any
+    image count and size) where pleural effusion brightens the lower half and cardiomegaly a central
+    block."""
 
     kind = "synthetic"
 
-    def __init__(self, n: int, seed: int, *, findings=(PE, CM), missing: float = 0.0):
+    def __init__(self, n: int, seed: int, *, findings=(PE, CM), missing: float = 0.0, images: int = 3):
         super().__init__(source=f"synthetic seed {seed}")
+        self.images = images
         rng = np.random.default_rng(seed)
         self.labels = np.full((n, N_FINDINGS), -1, dtype=np.int8)
         for k in findings:
@@ -49,7 +51,7 @@ class SignalDataset(VolumeDataset):
     def pixel_values(self, i):
         self.reads += 1
         g = torch.Generator().manual_seed(self.seed * 100003 + i)
-        x = torch.randn(3, 3, 32, 32, generator=g) * 0.5
+        x = torch.randn(self.images, 3, 32, 32, generator=g) * 0.5
         if self.labels[i, PE] == 1:
             x[:, :, 16:, :] += 1.5
         if self.labels[i, CM] == 1:

@@ -56,6 +56,9 @@ Fields (dotted name: default: meaning)
 * ``train.embedding_cache``: "off": ``float16`` / ``float32`` keep each training volume's frozen input
   stage (patch embedding) in memory after its first use, so later epochs skip reading the volume
   and embedding it (frozen backbones only; ~0.9 / 1.8 MB per volume with the demo backbone).
+* ``train.image_stride``: 1: training reads every Nth image of each volume from a random offset
+  (``hyperct.training.image_stride``: the mean CLS over 55 // N images, N times fewer backbone passes
+  per sample); validation, evaluation and inference read all 55.
 """
 
 from __future__ import annotations
@@ -71,6 +74,7 @@ from typing import Any, ClassVar
 import yaml
 
 from hyperct.errors import ConfigError
+from hyperct.preprocess import N_IMAGES
 
 # --- checks of one value: None when it is valid, else what was expected -------------------------
 
@@ -89,6 +93,14 @@ def _pos_int(v):
 
 def _nonneg_int(v):
     return None if _int(v) and v >= 0 else "an integer >= 0"
+
+
+def _image_stride(v):
+    return (
+        None
+        if _int(v) and 1 <= v <= N_IMAGES
+        else f"an integer from 1 to {N_IMAGES} (the images of a volume)"
+    )
 
 
 def _opt(check):
@@ -338,6 +350,7 @@ class TrainSection(_Section):
     task_draw: str = _field("uniform", _choice("uniform", "positive"))
     positive_draw: float = _field(0.5, _unit)
     embedding_cache: str = _field("off", _choice("off", "float16", "float32"))
+    image_stride: int = _field(1, _image_stride)
 
 
 @dataclass

@@ -49,6 +49,7 @@ from hyperct.training.cache import PreprocessCache
 from hyperct.training.config import ScheduleSection, TrainConfig, dump_config
 from hyperct.training.datasets import IndexedPixels, VolumeDataset, build_dataset
 from hyperct.training.embedding_cache import EmbeddingCache
+from hyperct.training.image_stride import step_rng, strided_images
 from hyperct.training.metrics import macro_auc, roc_auc
 from hyperct.training.progress import progress_bar
 from hyperct.training.state import load_state, save_state
@@ -558,6 +559,9 @@ def _train_epoch(
         run.optimizer.zero_grad(set_to_none=True)
         if tokens is not None:
             batch = (tokens.batch(batch[0]), *batch[1:])
+        if tc.image_stride > 1:
+            images = strided_images(batch[0], tc.image_stride, step_rng(cfg.seed, epoch, step))
+            batch = (images, *batch[1:])
         _accumulate(
             net,
             batch,
