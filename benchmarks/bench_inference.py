@@ -5,6 +5,7 @@
     python benchmarks/bench_inference.py --config vitb16 --device cuda [--compile]
     (--patch 8: the backbone at patch 8; --hu-windows: with the demo's HU windows (issue 18);
     --hu-windows --conv-stem 16: with a conv stem of width 16 beside the windowed patch embedding;
+    --demo-model-backbone: the embedded demo model's backbone architecture, from its manifest;
     --dtype fp32: without the bf16-weights arm; --bf16-check-scans 8: also the demo checkpoint's
     probabilities with bf16 vs fp32 weights on the viewer's sample scan and 7 random phantoms)
 
@@ -227,6 +228,14 @@ def bf16_demo_check(dev: torch.device, n_scans: int) -> dict:
 # --- the benchmark ------------------------------------------------------------------------------
 
 
+def demo_model_backbone() -> dict:
+    """The embedded demo model's backbone configuration, read from its manifest (no weights loaded)."""
+    from hyperct.checkpoint import read_manifest
+    from hyperct.loading import demo_model_dir
+
+    return dict(read_manifest(demo_model_dir()).architecture.backbone)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -256,6 +265,12 @@ def main() -> None:
         help="the backbone with the demo's HU windows (hyperct.network.windows.DEMO_WINDOWS)",
     )
     ap.add_argument(
+        "--demo-model-backbone",
+        action="store_true",
+        help="the embedded demo model's backbone architecture, read from its manifest (its HU windows "
+        "and conv stem; random weights like the other arms)",
+    )
+    ap.add_argument(
         "--conv-stem",
         type=int,
         metavar="WIDTH",
@@ -268,6 +283,13 @@ def main() -> None:
         sys.exit("bench_inference: --device cuda but PyTorch sees no CUDA GPU")
     if args.conv_stem and not args.hu_windows:
         sys.exit("bench_inference: --conv-stem reads the HU windows: add --hu-windows")
+    if args.demo_model_backbone and (
+        args.hu_windows or args.conv_stem or args.patch or args.config != "demo"
+    ):
+        sys.exit(
+            "bench_inference: --demo-model-backbone is the whole demo backbone: drop --hu-windows, "
+            "--conv-stem, --patch and --config"
+        )
 
     dev = torch.device(args.device)
     load_before = os.getloadavg()
@@ -280,6 +302,8 @@ def main() -> None:
         backbone["patch_size"] = args.patch
     if args.hu_windows:
         backbone["hu_windows"] = [list(w) for w in DEMO_WINDOWS]
+    if args.demo_model_backbone:
+        backbone = demo_model_backbone()
     if args.conv_stem:
         backbone["conv_stem"] = args.conv_stem
     model = HyperCT(HyperCTConfig(backbone=backbone if len(backbone) > 1 else args.config))
