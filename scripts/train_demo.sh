@@ -8,9 +8,13 @@
 #   V0=v02/assets/demo_model bash scripts/train_demo.sh   # stage 1 v0 = the backbone inside the demo
 #                 # model v0.2 (it froze it: the same weights), not trained again; v0.2 was shipped until
 #                 # v0.3: mkdir v02 && git archive fecca61 assets/demo_model | tar -x -C v02
-#   GATE=0 SHIP=1 VERSION=0.5 bash scripts/train_demo.sh
-#                                              # the shipped v0.5: the whole procedure, gate and target
-#                                              # missed, version 0.5 in the copied manifest
+#   GATE=0 SHIP=1 VERSION=0.6 bash scripts/train_demo.sh
+#                                              # the shipped v0.6: the whole procedure, gate and target
+#                                              # missed, version 0.6 in the copied manifest
+#   GATE=0 SHIP=1 VERSION=0.5 STAGE1_PHASE=slices bash scripts/train_demo.sh
+#                                              # v0.5 (shipped before v0.6): the heart-slices backbone
+#                                              # (epoch 160), stage 2 on all 55 images for 12 epochs
+#                                              # into runs/demo-v1-hslice
 #   GATE=0 SHIP=1 VERSION=0.4.1 STAGE1_PHASE=heart bash scripts/train_demo.sh
 #                                              # v0.4.1 (shipped before v0.5): stage 1 without the
 #                                              # heart-slices phase, stage 2 into runs/demo-v1 as it ran
@@ -36,9 +40,14 @@
 #    folders as they are.
 #    Then the heart-slices phase, in a copy at epoch 94, with per-image heart targets
 #    (`optim.heart_slice_loss_weight`) to epoch 160 as progress/demo-backbone-v1w-pair-heart-slices
-#    ran (SLICES_SEGMENTS; issue 18's best backbone so far, probe 0.852, ~3 h more on 2 cores); stage 2
-#    trains on it into runs/demo-v1-hslice (the shipped v0.5). STAGE1_PHASE=heart stops at epoch 94
-#    and trains stage 2 on that backbone into runs/demo-v1 as v0.4.1's ran.
+#    ran (SLICES_SEGMENTS; probe 0.852, ~3 h more on 2 cores). Then two more copies, as
+#    progress/window-arm and progress/stem-arm ran: at epoch 160 a fourth, narrow HU window (-15..105
+#    HU, at zero weight at first; `--add-hu-window`) to epoch 172 (~0.5 h), and at 172 a conv stem of
+#    width 16 beside the patch embedding (`--add-conv-stem`, output at zero at first, its lr x10) to
+#    epoch 204 (STEM_SEGMENTS; issue 18's best backbone so far, probe 0.867, ~1.5 h). Stage 2 trains
+#    on it into runs/demo-v1-stem-s3 (the shipped v0.6). STAGE1_PHASE=slices stops at epoch 160 and
+#    trains stage 2 on that backbone into runs/demo-v1-hslice (v0.5); STAGE1_PHASE=heart stops at
+#    epoch 94 and trains stage 2 on that backbone into runs/demo-v1 as v0.4.1's ran.
 # 2. the gate: benchmarks/probe_backbone.py (logistic probe on the frozen mean-CLS feature, 800 / 200
 #    phantoms) must reach macro >= 0.92 and every finding >= 0.80, else the script stops (GATE=0 skips);
 # 3. stage 2: HyperCT training proper, backbone frozen (hyperct train, configs/demo_v1.yaml): the
@@ -46,7 +55,10 @@
 #    steps, ~3.3 s each measured on one CPU thread beside another job: ~3.3 h, plus four validations of
 #    ~12 min); a rerun resumes an interrupted one; STAGE2_CONFIG=FILE trains FILE into runs/<its name>
 #    instead (configs/demo_v03.yaml: the shipped v0.3, 800 phantoms, 900 steps). v0.5's run: 2.0 h on 2
-#    cores with the input-stage cache (configs/demo_v1.yaml), one validation of ~8 min;
+#    cores with the input-stage cache (configs/demo_v1.yaml), one validation of ~8 min. v0.6's (the
+#    default, STAGE1_PHASE=stem) adds `train.image_stride=3` (each sample reads every 3rd of its 55
+#    images from a random offset: a step ~3x cheaper) and twice the epochs (24, 7,200 steps),
+#    validated after 12 and 24: 1.8 h on 2 cores;
 # 4. operating thresholds from the 200 validation phantoms (Youden; 99 % specificity for a finding whose
 #    AUC there is not above chance), written into the manifest;
 # 5. the held-out test: 300 fresh phantoms with seeds never used in training (hyperct evaluate);
@@ -62,13 +74,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-runs}
 CACHE=cache/hyperct-demo
-BACKBONE="$RUNS/demo-backbone-v1w-pair-heart"  # stage 1 v1 to epoch 94 (v0.4.1's backbone; v0.5's goes on in $SLICES)
+BACKBONE="$RUNS/demo-backbone-v1w-pair-heart"  # stage 1 v1 to epoch 94 (v0.4.1's backbone; v0.5's goes on in $SLICES, v0.6's in $STEM)
 STAGE2_CONFIG=${STAGE2_CONFIG:-configs/demo_v1.yaml}
 STAGE2="$RUNS/$(basename "$STAGE2_CONFIG" .yaml | tr _ -)"  # configs/demo_v1.yaml -> runs/demo-v1
-PHASE=${STAGE1_PHASE:-slices}
-case "$PHASE" in heart | slices) ;; *) echo "STAGE1_PHASE must be heart or slices, not '$PHASE'" >&2; exit 2 ;; esac
+PHASE=${STAGE1_PHASE:-stem}
+case "$PHASE" in heart | slices | stem) ;; *) echo "STAGE1_PHASE must be heart, slices or stem, not '$PHASE'" >&2; exit 2 ;; esac
 STAGE2_SETTINGS=()
-if [ "$PHASE" = slices ]; then
+if [ "$PHASE" = stem ]; then  # v0.6's stage 2: every 3rd image of a volume per sample, twice the epochs
+  STAGE2="$STAGE2-stem-s3"
+  STAGE2_SETTINGS=(--set train.image_stride=3 --set train.epochs=24 --set train.valid_every=12)
+elif [ "$PHASE" = slices ]; then
   STAGE2="$STAGE2-hslice"
 else  # v0.4.1's and v0.3's stage 2 as they ran
   STAGE2_SETTINGS=(--set train.embedding_cache=off --set train.valid_every=3)
@@ -120,6 +135,14 @@ SLICES_SEGMENTS="
 142 160
 160 160
 "
+# The window and stem arms (STAGE1_PHASE=stem, the shipped v0.6's backbone): copies at epoch 160 and
+# 172, as progress/window-arm and progress/stem-arm ran; the stem arm stopped after 191 and 204.
+WINDOW="$RUNS/window-arm"
+STEM="$RUNS/stem-arm"
+STEM_SEGMENTS="
+191 240
+204 240
+"
 
 if [ "${STAGE1:-run}" != skip ]; then
   if [ "$(reached "$RUNS/demo-backbone-v1")" = 0 ]; then
@@ -144,12 +167,30 @@ save_backbone(load_checkpoint(sys.argv[1], map_location="cpu")[0].backbone, sys.
   fi
   segment "$BACKBONE" 7 40
   replay "$BACKBONE" "$STAGE1_SEGMENTS"
-  if [ "$PHASE" = slices ]; then
+  if [ "$PHASE" != heart ]; then
     [ "$(reached "$SLICES")" -gt 0 ] || { rm -rf "$SLICES" && cp -r "$BACKBONE" "$SLICES"; }
     replay "$SLICES" "$SLICES_SEGMENTS"
   fi
+  if [ "$PHASE" = stem ]; then
+    # the window arm: a copy at epoch 160 given a narrow soft-tissue window (-15..105 HU, at zero
+    # weight at first), the schedule re-planned to 210 epochs; a copy that has not finished an epoch
+    # is made again (adding the window changed it already)
+    if [ "$(reached "$WINDOW")" -le 160 ]; then
+      rm -rf "$WINDOW" && cp -r "$SLICES" "$WINDOW"
+      hyperct pretrain --resume "$WINDOW" --add-hu-window -15 105 --epochs 210 --until 172 \
+        --set "data.prepare_workers=${PREPARE_WORKERS:-1}" --set data.keep_blocks=false
+    fi
+    segment "$WINDOW" 172 210
+    # the stem arm: a copy at epoch 172 given a conv stem of width 16 (output at zero at first, lr x10)
+    if [ "$(reached "$STEM")" -le 172 ]; then
+      rm -rf "$STEM" && cp -r "$WINDOW" "$STEM"
+      hyperct pretrain --resume "$STEM" --add-conv-stem 16 --epochs 240 --until 191 \
+        --set "data.prepare_workers=${PREPARE_WORKERS:-1}" --set data.keep_blocks=false --set optim.stem_lr_factor=10
+    fi
+    replay "$STEM" "$STEM_SEGMENTS"
+  fi
 fi
-[ "$PHASE" = heart ] || BACKBONE=$SLICES
+case "$PHASE" in slices) BACKBONE=$SLICES ;; stem) BACKBONE=$STEM ;; esac
 python benchmarks/probe_backbone.py --backbone "$BACKBONE" --cache "$CACHE" --workers "${PREPARE_WORKERS:-2}" \
   --out "$BACKBONE/probe.json"
 if [ "${GATE:-1}" != 0 ]; then

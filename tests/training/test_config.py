@@ -234,6 +234,18 @@ def test_train_demo_replays_the_kept_stage1_run_as_it_was_recorded():
     slices = _stage1_segments(script, "SLICES_SEGMENTS")
     assert slices[0][0] > segments[-1][0] == 94
     _check_replay(root / "progress" / "demo-backbone-v1w-pair-heart-slices", segments + slices)
+    # STAGE1_PHASE=stem (the default): the window arm from a copy at 160, the stem arm from one at 172
+    assert slices[-1][0] == 160 and '[ "$(reached "$WINDOW")" -le 160 ]' in script
+    assert 'cp -r "$SLICES" "$WINDOW"' in script and 'cp -r "$WINDOW" "$STEM"' in script
+    assert '--resume "$WINDOW" --add-hu-window -15 105 --epochs 210 --until 172 ' in script
+    assert 'segment "$WINDOW" 172 210' in script and '[ "$(reached "$STEM")" -le 172 ]' in script
+    assert '--resume "$STEM" --add-conv-stem 16 --epochs 240 --until 191 ' in script
+    assert "--set optim.stem_lr_factor=10\n" in script and 'replay "$STEM" "$STEM_SEGMENTS"' in script
+    window = [(172, 210, [])]
+    _check_replay(root / "progress" / "window-arm", segments + slices + window)
+    stem = [(191, 240, ["optim.stem_lr_factor=10"])] + _stage1_segments(script, "STEM_SEGMENTS")
+    assert stem[1:] == [(191, 240, []), (204, 240, [])]
+    _check_replay(root / "progress" / "stem-arm", segments + slices + window + stem)
 
 
 def _check_replay(run, segments) -> None:
@@ -270,47 +282,73 @@ def _pop_places(cfg: dict) -> tuple[str, str]:
     return Path(cfg["model"].pop("backbone_weights")).name, Path(cfg.pop("output_dir") or "").name
 
 
-def test_the_shipped_demo_model_was_trained_as_configs_demo_v1_says():
-    """assets/demo_model (v0.5) records the stage-2 configuration it was trained with:
-    configs/demo_v1.yaml, the one command's own stage 2 (GATE=0 SHIP=1 VERSION=0.5 bash
-    scripts/train_demo.sh), apart from where the run and its backbone lived; its backbone is the
-    heart-slices phase's (the script's default); its version is the one the script gave it when
-    shipping a model below the issue's target, not the config's 1.0. Keys added since then read as
-    their defaults (the behaviour it was trained with)."""
+def _script_settings(script: str, marker: str) -> list[str]:
+    """The --set values of the first ``STAGE2_SETTINGS=(...)`` line after ``marker`` in train_demo.sh."""
+    import shlex
+
+    after = script.split(marker, 1)[1].splitlines()[1:3]
+    line = next(x for x in after if x.strip().startswith("STAGE2_SETTINGS=("))
+    words = shlex.split(line.strip().removeprefix("STAGE2_SETTINGS=(").removesuffix(")"))
+    sets = [w for w in words if w != "--set"]
+    assert words.count("--set") == len(sets)
+    return sets
+
+
+def test_the_shipped_demo_model_was_trained_as_the_one_command_says():
+    """assets/demo_model (v0.6) records the stage-2 configuration it was trained with:
+    configs/demo_v1.yaml with the settings scripts/train_demo.sh adds for its default phase (stride 3,
+    24 epochs, validated every 12; GATE=0 SHIP=1 VERSION=0.6 bash scripts/train_demo.sh), apart from
+    where the run and its backbone lived (the stem arm at epoch 204: the run read a copy of it,
+    runs/sa-e204); its version is the one the script gave it when shipping a model below the
+    issue's target, not the config's 1.0. Keys added since then read as their defaults."""
     import json
 
     root = CONFIGS.parent
+    script = (root / "scripts" / "train_demo.sh").read_text()
+    sets = _script_settings(script, 'if [ "$PHASE" = stem ]; then')
+    assert sets == ["train.image_stride=3", "train.epochs=24", "train.valid_every=12"]
     manifest = json.loads((root / "assets" / "demo_model" / "manifest.json").read_text())
     recorded = resolve(manifest["training"]["config"])
-    config = load_config(CONFIGS / "demo_v1.yaml")
+    config = load_config(CONFIGS / "demo_v1.yaml", overrides=sets)
     assert (
-        manifest["model_version"] == "0.5"
+        manifest["model_version"] == "0.6"
         and recorded["model"]["version"] == config["model"]["version"] == "1.0"
     )
+    assert _pop_places(recorded) == ("sa-e204", "demo-v1-stem-s3")
+    _pop_places(config)
+    assert recorded == config
+    assert config["data"]["train"]["count"] == 2400 and config["train"]["epochs"] == 24
+    assert config["train"]["embedding_cache"] == "float16" and config["train"]["image_stride"] == 3
+    assert "STAGE2_CONFIG=${STAGE2_CONFIG:-configs/demo_v1.yaml}" in script
+    assert "PHASE=${STAGE1_PHASE:-stem}" in script and 'STAGE2="$STAGE2-stem-s3"' in script
+    assert 'case "$PHASE" in slices) BACKBONE=$SLICES ;; stem) BACKBONE=$STEM ;; esac' in script
+    assert "GATE=0 SHIP=1 VERSION=0.6 bash scripts/train_demo.sh" in script
+    assert 'update_manifest(sys.argv[1], model_version=sys.argv[2])\' assets/demo_model "$VERSION"' in script
+
+
+def test_v05s_stage2_is_configs_demo_v1_as_it_stands():
+    """STAGE1_PHASE=slices trains stage 2 as v0.5's ran (progress/demo-v1-hslice/config.yaml: the
+    configuration its manifest recorded): configs/demo_v1.yaml unchanged, on the heart-slices backbone,
+    into runs/demo-v1-hslice."""
+    root = CONFIGS.parent
+    script = (root / "scripts" / "train_demo.sh").read_text()
+    assert 'elif [ "$PHASE" = slices ]; then\n  STAGE2="$STAGE2-hslice"\nelse' in script
+    recorded = resolve(yaml.safe_load((root / "progress" / "demo-v1-hslice" / "config.yaml").read_text()))
+    config = load_config(CONFIGS / "demo_v1.yaml")
     assert _pop_places(recorded) == ("demo-backbone-v1w-pair-heart-slices", "demo-v1-hslice")
     _pop_places(config)
     assert recorded == config
-    assert config["data"]["train"]["count"] == 2400 and config["train"]["epochs"] == 12
-    assert config["train"]["embedding_cache"] == "float16"
-    script = (root / "scripts" / "train_demo.sh").read_text()
-    assert "STAGE2_CONFIG=${STAGE2_CONFIG:-configs/demo_v1.yaml}" in script
-    assert "PHASE=${STAGE1_PHASE:-slices}" in script and 'STAGE2="$STAGE2-hslice"' in script
-    assert "GATE=0 SHIP=1 VERSION=0.5 bash scripts/train_demo.sh" in script
-    assert 'update_manifest(sys.argv[1], model_version=sys.argv[2])\' assets/demo_model "$VERSION"' in script
+    assert config["train"]["epochs"] == 12 and config["train"]["image_stride"] == 1
 
 
 def test_v041s_stage2_is_configs_demo_v1_with_the_settings_the_heart_phase_restores():
     """STAGE1_PHASE=heart trains stage 2 as v0.4.1's ran (progress/demo-v1/config.yaml: the
     configuration its manifest recorded): configs/demo_v1.yaml with the settings the script adds for
     that phase, on the epoch-94 backbone, into runs/demo-v1."""
-    import shlex
-
     root = CONFIGS.parent
     script = (root / "scripts" / "train_demo.sh").read_text()
-    line = script.split("else  # v0.4.1's and v0.3's stage 2 as they ran", 1)[1].splitlines()[1]
-    words = shlex.split(line.strip().removeprefix("STAGE2_SETTINGS=(").removesuffix(")"))
-    sets = [w for w in words if w != "--set"]
-    assert words.count("--set") == len(sets) == 2
+    sets = _script_settings(script, "else  # v0.4.1's and v0.3's stage 2 as they ran")
+    assert len(sets) == 2
     config = load_config(CONFIGS / "demo_v1.yaml", overrides=sets)
     recorded = resolve(yaml.safe_load((root / "progress" / "demo-v1" / "config.yaml").read_text()))
     assert _pop_places(recorded) == ("demo-backbone-v1w-pair-heart", "demo-v1")
