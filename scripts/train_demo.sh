@@ -41,10 +41,10 @@
 #    Then the heart-slices phase, in a copy at epoch 94, with per-image heart targets
 #    (`optim.heart_slice_loss_weight`) to epoch 160 as progress/demo-backbone-v1w-pair-heart-slices
 #    ran (SLICES_SEGMENTS; probe 0.852, ~3 h more on 2 cores). Then two more copies, as
-#    progress/window-arm and progress/stem-arm ran: at epoch 160 a fourth, narrow HU window (-15..105
-#    HU, at zero weight at first; `--add-hu-window`) to epoch 172 (~0.5 h), and at 172 a conv stem of
-#    width 16 beside the patch embedding (`--add-conv-stem`, output at zero at first, its lr x10) to
-#    epoch 204 (STEM_SEGMENTS; issue 18's best backbone so far, probe 0.867, ~1.5 h). Stage 2 trains
+#    progress/window-arm and progress/stem-arm ran (into runs/demo-backbone-window and -stem): at epoch
+#    160 a fourth, narrow HU window (-15..105 HU, at zero weight at first; `--add-hu-window`) to epoch
+#    172 (~0.5 h), and at 172 a conv stem of width 16 beside the patch embedding (`--add-conv-stem`,
+#    output at zero at first, its lr x10) to epoch 204 (STEM_SEGMENTS; probe 0.867, ~1.5 h). Stage 2 trains
 #    on it into runs/demo-v1-stem-s3 (the shipped v0.6). STAGE1_PHASE=slices stops at epoch 160 and
 #    trains stage 2 on that backbone into runs/demo-v1-hslice (v0.5); STAGE1_PHASE=heart stops at
 #    epoch 94 and trains stage 2 on that backbone into runs/demo-v1 as v0.4.1's ran.
@@ -136,9 +136,11 @@ SLICES_SEGMENTS="
 160 160
 "
 # The window and stem arms (STAGE1_PHASE=stem, the shipped v0.6's backbone): copies at epoch 160 and
-# 172, as progress/window-arm and progress/stem-arm ran; the stem arm stopped after 191 and 204.
-WINDOW="$RUNS/window-arm"
-STEM="$RUNS/stem-arm"
+# 172, as progress/window-arm and progress/stem-arm ran; the stem arm stopped after 191 and 204 (the
+# kept run went on after 204: these folders are the script's own, so a continued runs/stem-arm is not
+# taken for v0.6's backbone).
+WINDOW="$RUNS/demo-backbone-window"
+STEM="$RUNS/demo-backbone-stem"
 STEM_SEGMENTS="
 191 240
 204 240
