@@ -45,12 +45,36 @@ def test_a_backbone_given_a_stem_computes_what_it_did_then_reads_through_it():
         ).abs().max() > 1e-3
     with pytest.raises(ValueError, match="already"):
         add_conv_stem(stemmed, 8)
-    with pytest.raises(ValueError, match="before the stem"):  # (the stem reads the windows it has)
-        extend_windows(stemmed, [[-15, 105]])
     with pytest.raises(ValueError, match="HU windows"):
         add_conv_stem(build_backbone(dict(TINY_BACKBONE)), 8)
     with pytest.raises(ValueError, match="4..128"):
         add_conv_stem(bb, 2)
+
+
+def test_a_window_added_after_the_stem_computes_what_it_did_and_the_stem_reads_it():
+    bb = trained_windowed()
+    stemmed = add_conv_stem(bb, 8, seed=0).eval()
+    with torch.no_grad():
+        stemmed.embeddings.patch_embeddings.stem.proj.weight.normal_(0, 0.1)
+    metal = [850.0, 1000.0]
+    wider = extend_windows(stemmed, [metal]).eval()
+    emb = wider.embeddings.patch_embeddings
+    assert wider.config.hu_windows[-1] == metal and wider.config.conv_stem == 8
+    first = emb.stem.blocks[0].weight
+    assert first.shape[1] == 3 * (2 + len(DEMO_WINDOWS)) and first[:, -3:].abs().max() == 0
+    x = torch.randn(2, 3, 64, 64)
+    x[:, :, 10:14, 10:14] = 4.0  # normalised input this high is HU > 850: the new window's ramp
+    with torch.no_grad():
+        torch.testing.assert_close(
+            wider(pixel_values=x).last_hidden_state,
+            stemmed(pixel_values=x).last_hidden_state,
+            rtol=0,
+            atol=1e-6,
+        )
+        first[:, -3:].normal_(0, 0.5)  # the stem's columns for the new window
+        assert (
+            wider(pixel_values=x).last_hidden_state - stemmed(pixel_values=x).last_hidden_state
+        ).abs().max() > 1e-3
 
 
 def test_each_token_of_the_stem_reads_its_own_patch_and_its_gradient_reaches_the_input():

@@ -93,6 +93,23 @@ def add_conv_stem(backbone, width: int, *, seed: int | None = None):
     return out
 
 
+def widen_stem_input(weight: torch.Tensor, old: int, new: int, channels: int = 3) -> torch.Tensor:
+    """The stem's first convolution ``weight`` (out, ``channels`` * (1 + ``old``), 3, 3) for a backbone
+    whose ``old`` HU windows become ``new`` >= ``old`` (appended after the others; the stem reads the
+    image channels, then every window's ramps, window-major): the added windows' columns at zero, so
+    the stem computes exactly what it did. Also right for AdamW's moments of that weight."""
+    if new < old:
+        raise ValueError(f"cannot widen {old} windows to {new}")
+    if weight.shape[1] != channels * (1 + old):
+        raise ValueError(
+            f"the stem's first convolution reads {weight.shape[1]} channels, not {channels * (1 + old)}"
+            f" ({channels} image channels and {old} windows)"
+        )
+    out = weight.new_zeros((weight.shape[0], channels * (1 + new), *weight.shape[2:]))
+    out[:, : weight.shape[1]] = weight
+    return out
+
+
 def new_stem(in_channels: int, width: int, out_channels: int, *, seed: int | None = None) -> ConvStem:
     """A fresh ``ConvStem`` (output at zero), its blocks drawn from ``seed`` when given, without
     moving torch's global generator."""

@@ -161,18 +161,23 @@ def add_windows(backbone, windows):
 
 def _with_more_windows(backbone, windows):
     """A copy of ``backbone`` with ``windows`` after its own (none for a plain one), the new windows'
-    kernels and pooled weights at zero (``widen_window_tensors``): it computes exactly what it did."""
+    kernels and pooled weights at zero (``widen_window_tensors``), and its conv stem's, if any
+    (``widen_stem_input``): it computes exactly what it did."""
     import copy
 
+    from hyperct.network.conv_stem import widen_stem_input
+
     old = backbone.embeddings.patch_embeddings
-    if getattr(old, "stem", None) is not None:
-        raise ValueError(
-            "this backbone has a conv stem, which reads its windows: add windows before the stem"
-        )
+    stem = getattr(old, "stem", None)
     had = list(getattr(old, "windows", ()))
     out = copy.deepcopy(backbone)
-    install_windows(out, [*had, *windows])
+    install_windows(out, [*had, *windows], stem.width if stem is not None else None)
     new = out.embeddings.patch_embeddings
+    if stem is not None:  # the stem reads every window: its first convolution gets zero columns
+        state = {k: v.detach().clone() for k, v in stem.state_dict().items()}
+        first = "blocks.0.weight"
+        state[first] = widen_stem_input(state[first], len(had), len(new.windows), old.image_channels)
+        new.stem.load_state_dict(state)
     pooled = old.pooled.weight.data if had else old.weight.new_zeros((old.weight.shape[0], 0))
     w, q = widen_window_tensors(old.weight.data, pooled, len(had), len(new.windows))
     with torch.no_grad():

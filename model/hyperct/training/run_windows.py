@@ -10,6 +10,9 @@ myocardium contrast (45 +- 60 HU) learns the LV findings, the same CNN without i
 (``benchmarks/reading_cnn_oracle.py --channels hu``); the demo backbone's soft-tissue window is
 W400 L40.
 
+A run with a conv stem (``hyperct.training.run_stem``) gets the new windows in its stem too: the stem's
+first convolution reads every window, and its columns for the new ones start at zero.
+
 Each of the four files is replaced atomically, the set is not: keep a copy of the run folder (as
 ``progress/`` does) until the command has reported the new windows.
 """
@@ -23,6 +26,7 @@ from safetensors.torch import save
 
 from hyperct.atomic import replace_file
 from hyperct.errors import CheckpointError
+from hyperct.network.conv_stem import widen_stem_input
 from hyperct.network.windows import check_windows, widen_window_tensors
 from hyperct.training.pretrain import STATE_DIR
 from hyperct.training.state import _read_tensors
@@ -30,11 +34,30 @@ from hyperct.training.state import _read_tensors
 EMBED = "embeddings.patch_embeddings"
 
 
-def _widen(tensors: dict, prefix: str, old: int, new: int, suffix: str = "") -> None:
+def _widen(
+    tensors: dict,
+    prefix: str,
+    old: int,
+    new: int,
+    suffix: str = "",
+    *,
+    stem: bool = False,
+    moments: bool = False,
+) -> None:
     w, q = f"{prefix}{EMBED}.weight{suffix}", f"{prefix}{EMBED}.pooled.weight{suffix}"
     if w not in tensors or q not in tensors:
         raise CheckpointError(f"no windowed patch embedding ({w}) in the run's tensors")
     tensors[w], tensors[q] = widen_window_tensors(tensors[w], tensors[q], old, new)
+    if stem:  # the conv stem reads every window too
+        s = f"{prefix}{EMBED}.stem.blocks.0.weight{suffix}"
+        if s not in tensors and moments:  # a stem added since the last epoch has no moments yet
+            return
+        if s not in tensors:
+            raise CheckpointError(f"the run's config has a conv stem, its tensors do not ({s})")
+        try:
+            tensors[s] = widen_stem_input(tensors[s], old, new)
+        except ValueError as exc:
+            raise CheckpointError(f"{s}: {exc}") from None
 
 
 def _write(tensors: dict, path: Path) -> None:
@@ -69,18 +92,17 @@ def add_windows_to_run(run: str | Path, windows) -> list:
     old = [list(map(float, w)) for w in cfg.get("hu_windows") or []]
     if not old:
         raise CheckpointError(f"{run}'s backbone has no HU windows to add to (see init_hu_windows)")
-    if cfg.get("conv_stem"):
-        raise CheckpointError(f"{run} has a conv stem, which reads its windows: add windows before the stem")
     if any(w in old for w in windows):
         raise CheckpointError(f"{run} has one of {windows} already: {old}")
     new = len(old) + len(windows)
+    stem = bool(cfg.get("conv_stem"))
     backbone = _read_tensors(run / "model.safetensors")
-    _widen(backbone, "", len(old), new)
+    _widen(backbone, "", len(old), new, stem=stem)
     model = _read_tensors(state / "model.safetensors")
-    _widen(model, "backbone.", len(old), new)
+    _widen(model, "backbone.", len(old), new, stem=stem)
     optim = _read_tensors(state / "optimizer.safetensors")
     for moment in ("exp_avg", "exp_avg_sq"):
-        _widen(optim, "backbone.", len(old), new, f"::{moment}")
+        _widen(optim, "backbone.", len(old), new, f"::{moment}", stem=stem, moments=True)
     _write(backbone, run / "model.safetensors")
     _write(model, state / "model.safetensors")
     _write(optim, state / "optimizer.safetensors")
