@@ -123,3 +123,48 @@ def windowed_run(tmp_path):
     out = tmp_path / "bb"
     pretrain_backbone(cfg, out)
     return out
+
+
+class StopTraining(Exception):
+    """Raised by ``stop_after``: a run interrupted between two epochs."""
+
+
+def stop_after(epoch: int):
+    """An ``on_epoch_end`` callback that interrupts ``train`` once ``epoch`` is logged."""
+
+    def callback(entry):
+        if entry["epoch"] == epoch:
+            raise StopTraining
+
+    return callback
+
+
+def assert_same_last_weights(a, b) -> dict:
+    """The resume states of runs ``a`` and ``b`` hold bitwise equal weights; returns ``a``'s."""
+    from safetensors.torch import load_file
+
+    first = load_file(a / "last" / "model.safetensors")
+    second = load_file(b / "last" / "model.safetensors")
+    assert first.keys() == second.keys()
+    for k in first:
+        assert torch.equal(first[k], second[k]), k
+    return first
+
+
+def interrupted_and_resumed(cfg, folder, data):
+    """Train ``cfg`` into ``folder/full`` in one go and into ``folder/cut`` interrupted after its first
+    epoch and resumed (``data()``: fresh (train, valid) datasets for each of the three calls), and
+    check both end with the same weights. Returns the datasets the resume read."""
+    from hyperct.training.trainer import train
+
+    train(cfg, folder / "full", datasets=data(), echo=None)
+    try:
+        train(cfg, folder / "cut", datasets=data(), echo=None, on_epoch_end=stop_after(1))
+    except StopTraining:
+        pass
+    else:
+        raise AssertionError("the run was not interrupted after its first epoch")
+    resumed = data()
+    train(cfg, folder / "cut", datasets=resumed, resume=True, echo=None)
+    assert_same_last_weights(folder / "full", folder / "cut")
+    return resumed

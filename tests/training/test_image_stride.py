@@ -13,7 +13,7 @@ from hyperct.network.hyperct import HyperCT
 from hyperct.training.config import TrainConfig
 from hyperct.training.image_stride import step_rng, strided_count, strided_images
 from hyperct.training.trainer import train
-from tests.support.training import SignalDataset, tiny_config
+from tests.support.training import SignalDataset, interrupted_and_resumed, tiny_config
 
 
 def _indexed(b: int, n: int) -> torch.Tensor:
@@ -89,31 +89,14 @@ def test_training_passes_read_every_third_image_and_validation_reads_all(tmp_pat
 def test_a_strided_run_resumed_after_an_epoch_ends_where_an_uninterrupted_one_does(tmp_path):
     from safetensors.torch import load_file
 
-    class Stop(Exception):
-        pass
-
-    def stop_after_first(entry):
-        if entry["epoch"] == 1:
-            raise Stop
-
     cfg = tiny_config(
         model={"train_backbone": False},
         optim={"lr": 3e-3},
         train={"epochs": 2, "batch_size": 4, "micro_batch": 2, "image_stride": 2},
     )
-
-    def data():
-        return SignalDataset(12, 0, images=9), SignalDataset(8, 1, images=9)
-
-    train(cfg, tmp_path / "full", datasets=data(), echo=None)
-    with pytest.raises(Stop):
-        train(cfg, tmp_path / "cut", datasets=data(), echo=None, on_epoch_end=stop_after_first)
-    train(cfg, tmp_path / "cut", datasets=data(), resume=True, echo=None)
-    full = load_file(tmp_path / "full" / "last" / "model.safetensors")
-    cut = load_file(tmp_path / "cut" / "last" / "model.safetensors")
-    assert full.keys() == cut.keys()
-    for k in full:
-        assert torch.equal(full[k], cut[k]), k
+    interrupted_and_resumed(
+        cfg, tmp_path, lambda: (SignalDataset(12, 0, images=9), SignalDataset(8, 1, images=9))
+    )
     plain = _run(tmp_path, "plain")  # the same run without the stride trains differently
     strided = load_file(tmp_path / "full" / "last" / "model.safetensors")
     trained = {n: p for n, p in plain.model.named_parameters() if p.requires_grad}

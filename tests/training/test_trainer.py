@@ -12,7 +12,15 @@ import yaml
 from hyperct.checkpoint import load_checkpoint, read_manifest
 from hyperct.errors import ConfigError, DatasetError
 from hyperct.training.trainer import epoch_plan, lr_factor, rank_batches, train
-from tests.support.training import CM, PE, SignalDataset, tiny_config
+from tests.support.training import (
+    CM,
+    PE,
+    SignalDataset,
+    StopTraining,
+    assert_same_last_weights,
+    stop_after,
+    tiny_config,
+)
 
 
 def test_epoch_plan_draws_only_available_tasks_deterministically():
@@ -93,18 +101,6 @@ def test_training_run_writes_checkpoint_log_config_and_refuses_overwrite(tmp_pat
     assert (run / "notes.txt").read_text() == "mine"  # only the run's own files are replaced
 
 
-class Stop(Exception):
-    pass
-
-
-def _stop_after(epoch):
-    def cb(entry):
-        if entry["epoch"] == epoch:
-            raise Stop
-
-    return cb
-
-
 def test_resume_after_interruption_gives_bitwise_identical_weights(tmp_path, monkeypatch):
     data = (SignalDataset(10, 4, missing=0.3), SignalDataset(8, 5))
     cfg = tiny_config(
@@ -113,19 +109,16 @@ def test_resume_after_interruption_gives_bitwise_identical_weights(tmp_path, mon
         train={"epochs": 2, "batch_size": 4, "micro_batch": 2},
     )
     train(cfg, tmp_path / "full", datasets=data, echo=None)
-    with pytest.raises(Stop):
-        train(cfg, tmp_path / "cut", datasets=data, echo=None, on_epoch_end=_stop_after(1))
+    with pytest.raises(StopTraining):
+        train(cfg, tmp_path / "cut", datasets=data, echo=None, on_epoch_end=stop_after(1))
     assert len((tmp_path / "cut" / "log.jsonl").read_text().splitlines()) == 1
     monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("resume must not unpickle"))
     train(cfg, tmp_path / "cut", datasets=data, resume=True, echo=None)
 
     from safetensors.torch import load_file
 
-    full = load_file(tmp_path / "full" / "last" / "model.safetensors")
-    cut = load_file(tmp_path / "cut" / "last" / "model.safetensors")
-    assert full.keys() == cut.keys() and any(k.startswith("backbone.") for k in full)
-    for k in full:
-        assert torch.equal(full[k], cut[k]), k
+    full = assert_same_last_weights(tmp_path / "full", tmp_path / "cut")
+    assert any(k.startswith("backbone.") for k in full)
     opt_full = load_file(tmp_path / "full" / "last" / "optimizer.safetensors")
     opt_cut = load_file(tmp_path / "cut" / "last" / "optimizer.safetensors")
     assert all(torch.equal(opt_full[k], opt_cut[k]) for k in opt_full)
