@@ -63,3 +63,15 @@ def save_tiny_checkpoint(
         backbone_source=backbone_source,
     )
     return save_checkpoint(model, path, manifest)
+
+
+def assert_same_hidden_states(a, b, pixel_values, atol: float = 1e-6) -> None:
+    """Backbones ``a`` and ``b`` give the same last hidden states for ``pixel_values`` (within
+    ``atol``): e.g. a backbone and its copy given a window or a stem that starts at zero."""
+    with torch.no_grad():
+        torch.testing.assert_close(
+            a(pixel_values=pixel_values).last_hidden_state,
+            b(pixel_values=pixel_values).last_hidden_state,
+            rtol=0,
+            atol=atol,
+        )

@@ -14,7 +14,7 @@ from hyperct.network.backbone import load_backbone
 from hyperct.training.pretrain import pretrain_backbone, resume_config
 from hyperct.training.run_stem import add_conv_stem_to_run
 from hyperct.training.run_windows import add_windows_to_run
-from tests.support.models import TINY_BACKBONE
+from tests.support.models import TINY_BACKBONE, assert_same_hidden_states
 from tests.support.training import windowed_run
 
 
@@ -26,13 +26,7 @@ def test_a_run_given_a_conv_stem_between_epochs_computes_what_it_did_and_trains_
     after = load_backbone(out).eval()
     assert after.config.conv_stem == 8
     x = torch.randn(1, 3, 144, 144)
-    with torch.no_grad():
-        torch.testing.assert_close(
-            after(pixel_values=x).last_hidden_state,
-            before(pixel_values=x).last_hidden_state,
-            rtol=0,
-            atol=1e-6,
-        )
+    assert_same_hidden_states(after, before, x)
     with pytest.raises(CheckpointError, match="already"):
         add_conv_stem_to_run(out, 8)
     pretrain_backbone(resume_config(out, epochs=2, sets=["optim.stem_lr_factor=10"]), out, resume=True)
@@ -48,13 +42,7 @@ def test_a_run_given_a_conv_stem_between_epochs_computes_what_it_did_and_trains_
     wider = load_backbone(out).eval()
     first = wider.embeddings.patch_embeddings.stem.blocks[0].weight
     assert first.shape[1] == 3 * (2 + len(after.config.hu_windows)) and first[:, -3:].abs().max() == 0
-    with torch.no_grad():
-        torch.testing.assert_close(
-            wider(pixel_values=x).last_hidden_state,
-            trained(pixel_values=x).last_hidden_state,
-            rtol=0,
-            atol=1e-6,
-        )
+    assert_same_hidden_states(wider, trained, x)
     pretrain_backbone(resume_config(out, epochs=3), out, resume=True)
     grown = load_backbone(out).embeddings.patch_embeddings.stem.blocks[0].weight
     assert grown[:, -3:].abs().max() > 0  # training reaches the new window's columns
