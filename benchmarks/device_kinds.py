@@ -68,29 +68,16 @@ def probe_rows(args) -> list[tuple[int, int, float]]:
     from probe_backbone import fit_probe, load_any_backbone, pooled_features, probe_datasets
 
     from hyperct.findings import catalogue
-    from hyperct.training.datasets import build_dataset
 
     backbone = load_any_backbone(args.probe).eval()  # (a bad folder fails before any phantom is read)
     k = catalogue().ids.index(FINDING)
-    spec = argparse.Namespace(cache=args.cache, matrix=args.matrix, train=800, valid=1, workers=1)
-    train, _ = probe_datasets(spec)
-    cache = PreprocessCache(args.cache, "uint8") if args.cache else PreprocessCache(None)
+    common = {"cache": args.cache, "matrix": args.matrix, "workers": 1, "train_seed": 100000}
+    train, _ = probe_datasets(argparse.Namespace(**common, train=800, valid=1, valid_seed=200000))
     rows = []
     with torch.no_grad():
         probe = fit_probe(pooled_features(backbone, train)[:, 0], train.labels[:, k], 1e-2)
-        for first, count in args.score:
-            ds = build_dataset(
-                {
-                    "type": "phantom",
-                    "matrix": args.matrix,
-                    "findings": None,
-                    "count": count,
-                    "first_seed": first,
-                },
-                field="valid",
-                cache=cache,
-                workers=1,
-            )
+        for first, count in args.score:  # (the probe's phantom datasets, scored ranges as its validation)
+            _, ds = probe_datasets(argparse.Namespace(**common, train=1, valid=count, valid_seed=first))
             logits = probe(pooled_features(backbone, ds)[:, 0])
             rows += [(s, int(y), float(p)) for s, y, p in zip(ds.seeds, ds.labels[:, k], logits) if y >= 0]
     return rows
