@@ -45,7 +45,10 @@
 #    160 a fourth, narrow HU window (-15..105 HU, at zero weight at first; `--add-hu-window`) to epoch
 #    172 (~0.5 h), and at 172 a conv stem of width 16 beside the patch embedding (`--add-conv-stem`,
 #    output at zero at first, its lr x10) to epoch 204 (STEM_SEGMENTS; probe 0.867, ~1.5 h). Stage 2 trains
-#    on it into runs/demo-v1-stem-s3 (the shipped v0.6). STAGE1_PHASE=slices stops at epoch 160 and
+#    on it into runs/demo-v1-stem-s3 (the shipped v0.6). STAGE1_PHASE=metal goes on from there in
+#    copies as progress/metal-arm ran: the stem arm to epoch 224 (~0.8 h), then a fifth window at the
+#    metal end of the input (950..1000 HU) with the schedule re-planned to 280 epochs (~2.2 h; probe
+#    0.880), stage 2 into runs/demo-v1-metal-s3. STAGE1_PHASE=slices stops at epoch 160 and
 #    trains stage 2 on that backbone into runs/demo-v1-hslice (v0.5); STAGE1_PHASE=heart stops at
 #    epoch 94 and trains stage 2 on that backbone into runs/demo-v1 as v0.4.1's ran.
 # 2. the gate: benchmarks/probe_backbone.py (logistic probe on the frozen mean-CLS feature, 800 / 200
@@ -78,10 +81,10 @@ BACKBONE="$RUNS/demo-backbone-v1w-pair-heart"  # stage 1 v1 to epoch 94 (v0.4.1'
 STAGE2_CONFIG=${STAGE2_CONFIG:-configs/demo_v1.yaml}
 STAGE2="$RUNS/$(basename "$STAGE2_CONFIG" .yaml | tr _ -)"  # configs/demo_v1.yaml -> runs/demo-v1
 PHASE=${STAGE1_PHASE:-stem}
-case "$PHASE" in heart | slices | stem) ;; *) echo "STAGE1_PHASE must be heart, slices or stem, not '$PHASE'" >&2; exit 2 ;; esac
+case "$PHASE" in heart | slices | stem | metal) ;; *) echo "STAGE1_PHASE must be heart, slices, stem or metal, not '$PHASE'" >&2; exit 2 ;; esac
 STAGE2_SETTINGS=()
-if [ "$PHASE" = stem ]; then  # v0.6's stage 2: every 3rd image of a volume per sample, twice the epochs
-  STAGE2="$STAGE2-stem-s3"
+if [ "$PHASE" = stem ] || [ "$PHASE" = metal ]; then  # v0.6's stage 2: every 3rd image of a volume per sample, twice the epochs
+  STAGE2="$STAGE2-$PHASE-s3"
   STAGE2_SETTINGS=(--set train.image_stride=3 --set train.epochs=24 --set train.valid_every=12)
 elif [ "$PHASE" = slices ]; then
   STAGE2="$STAGE2-hslice"
@@ -118,6 +121,19 @@ replay() {
     segment "$run" "$until" "$epochs" $settings
   done <<< "$2"
 }
+# arm FROM RUN EPOCH UNTIL EPOCHS OPTION...: RUN = a copy of run FROM at EPOCH changed by the `hyperct
+# pretrain --resume` OPTIONs (--add-hu-window, --add-conv-stem, --set), trained to UNTIL with its
+# schedule planned for EPOCHS; a copy that has not finished an epoch past EPOCH is made again (the
+# change altered it already).
+arm() {
+  local from=$1 run=$2 epoch=$3 until=$4 epochs=$5
+  shift 5
+  if [ "$(reached "$run")" -le "$epoch" ]; then
+    rm -rf "$run" && cp -r "$from" "$run"
+    hyperct pretrain --resume "$run" "$@" --epochs "$epochs" --until "$until" \
+      --set "data.prepare_workers=${PREPARE_WORKERS:-1}" --set data.keep_blocks=false
+  fi
+}
 # After v1w's first 7 epochs (40 planned): UNTIL EPOCHS SETTINGS, as progress/demo-backbone-v1w-pair-heart ran.
 STAGE1_SEGMENTS="
 30 30
@@ -145,6 +161,10 @@ STEM_SEGMENTS="
 191 240
 204 240
 "
+# The metal arm (STAGE1_PHASE=metal): the stem arm went on from 204 to 224 (in a copy here), then a copy
+# at 224 given a fifth window, as progress/metal-arm ran to epoch 280.
+STEM_ON="$RUNS/demo-backbone-stem-224"
+METAL="$RUNS/demo-backbone-metal"
 
 if [ "${STAGE1:-run}" != skip ]; then
   if [ "$(reached "$RUNS/demo-backbone-v1")" = 0 ]; then
@@ -173,26 +193,25 @@ save_backbone(load_checkpoint(sys.argv[1], map_location="cpu")[0].backbone, sys.
     [ "$(reached "$SLICES")" -gt 0 ] || { rm -rf "$SLICES" && cp -r "$BACKBONE" "$SLICES"; }
     replay "$SLICES" "$SLICES_SEGMENTS"
   fi
-  if [ "$PHASE" = stem ]; then
-    # the window arm: a copy at epoch 160 given a narrow soft-tissue window (-15..105 HU, at zero
-    # weight at first), the schedule re-planned to 210 epochs; a copy that has not finished an epoch
-    # is made again (adding the window changed it already)
-    if [ "$(reached "$WINDOW")" -le 160 ]; then
-      rm -rf "$WINDOW" && cp -r "$SLICES" "$WINDOW"
-      hyperct pretrain --resume "$WINDOW" --add-hu-window -15 105 --epochs 210 --until 172 \
-        --set "data.prepare_workers=${PREPARE_WORKERS:-1}" --set data.keep_blocks=false
-    fi
+  if [ "$PHASE" = stem ] || [ "$PHASE" = metal ]; then
+    # the window arm: a narrow soft-tissue window (-15..105 HU, at zero weight at first) from 160
+    arm "$SLICES" "$WINDOW" 160 172 210 --add-hu-window -15 105
     segment "$WINDOW" 172 210
-    # the stem arm: a copy at epoch 172 given a conv stem of width 16 (output at zero at first, lr x10)
-    if [ "$(reached "$STEM")" -le 172 ]; then
-      rm -rf "$STEM" && cp -r "$WINDOW" "$STEM"
-      hyperct pretrain --resume "$STEM" --add-conv-stem 16 --epochs 240 --until 191 \
-        --set "data.prepare_workers=${PREPARE_WORKERS:-1}" --set data.keep_blocks=false --set optim.stem_lr_factor=10
-    fi
+    # the stem arm: a conv stem of width 16 (output at zero at first, lr x10) from 172
+    arm "$WINDOW" "$STEM" 172 191 240 --add-conv-stem 16 --set optim.stem_lr_factor=10
     replay "$STEM" "$STEM_SEGMENTS"
   fi
+  if [ "$PHASE" = metal ]; then
+    # the stem arm went on to 224 (in a copy: $STEM stays v0.6's backbone), then the metal arm: a
+    # window at the metal end of the input (950..1000 HU, at zero weight at first) from 224, the
+    # schedule re-planned to 280 epochs
+    [ "$(reached "$STEM_ON")" -gt 204 ] || { rm -rf "$STEM_ON" && cp -r "$STEM" "$STEM_ON"; }
+    segment "$STEM_ON" 224 240
+    arm "$STEM_ON" "$METAL" 224 280 280 --add-hu-window 950 1000
+    segment "$METAL" 280 280
+  fi
 fi
-case "$PHASE" in slices) BACKBONE=$SLICES ;; stem) BACKBONE=$STEM ;; esac
+case "$PHASE" in slices) BACKBONE=$SLICES ;; stem) BACKBONE=$STEM ;; metal) BACKBONE=$METAL ;; esac
 python benchmarks/probe_backbone.py --backbone "$BACKBONE" --cache "$CACHE" --workers "${PREPARE_WORKERS:-2}" \
   --out "$BACKBONE/probe.json"
 if [ "${GATE:-1}" != 0 ]; then

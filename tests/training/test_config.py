@@ -235,18 +235,26 @@ def test_train_demo_replays_the_kept_stage1_run_as_it_was_recorded():
     assert slices[0][0] > segments[-1][0] == 94
     _check_replay(root / "progress" / "demo-backbone-v1w-pair-heart-slices", segments + slices)
     # STAGE1_PHASE=stem (the default): the window arm from a copy at 160, the stem arm from one at 172
-    assert slices[-1][0] == 160 and '[ "$(reached "$WINDOW")" -le 160 ]' in script
-    assert 'cp -r "$SLICES" "$WINDOW"' in script and 'cp -r "$WINDOW" "$STEM"' in script
-    assert '--resume "$WINDOW" --add-hu-window -15 105 --epochs 210 --until 172 ' in script
-    assert 'segment "$WINDOW" 172 210' in script and '[ "$(reached "$STEM")" -le 172 ]' in script
-    assert '--resume "$STEM" --add-conv-stem 16 --epochs 240 --until 191 ' in script
-    assert "--set optim.stem_lr_factor=10\n" in script and 'replay "$STEM" "$STEM_SEGMENTS"' in script
+    assert slices[-1][0] == 160
+    assert 'arm "$SLICES" "$WINDOW" 160 172 210 --add-hu-window -15 105\n' in script
+    assert 'segment "$WINDOW" 172 210' in script
+    assert 'arm "$WINDOW" "$STEM" 172 191 240 --add-conv-stem 16 --set optim.stem_lr_factor=10\n' in script
+    assert 'replay "$STEM" "$STEM_SEGMENTS"' in script
     window = [(172, 210, [])]
     _check_replay(root / "progress" / "window-arm", segments + slices + window)
     stem = [(191, 240, ["optim.stem_lr_factor=10"])] + _stage1_segments(script, "STEM_SEGMENTS")
     assert stem[1:] == [(191, 240, []), (204, 240, [])]
-    # (the stem arm may have gone on after epoch 204, v0.6's backbone: the replay ends there)
+    # (the stem arm went on after epoch 204, v0.6's backbone: this replay ends there)
     _check_replay(root / "progress" / "stem-arm", segments + slices + window + stem, last=204)
+    # STAGE1_PHASE=metal: the stem arm on to 224 in a copy, then the metal window from a copy at 224
+    assert (
+        '[ "$(reached "$STEM_ON")" -gt 204 ] || { rm -rf "$STEM_ON" && cp -r "$STEM" "$STEM_ON"; }' in script
+    )
+    assert 'segment "$STEM_ON" 224 240\n' in script
+    assert 'arm "$STEM_ON" "$METAL" 224 280 280 --add-hu-window 950 1000\n' in script
+    assert 'segment "$METAL" 280 280\n' in script
+    metal = [(224, 240, []), (280, 280, [])]
+    _check_replay(root / "progress" / "metal-arm", segments + slices + window + stem + metal)
 
 
 def _check_replay(run, segments, last: int | None = None) -> None:
@@ -311,7 +319,7 @@ def test_the_shipped_demo_model_was_trained_as_the_one_command_says():
 
     root = CONFIGS.parent
     script = (root / "scripts" / "train_demo.sh").read_text()
-    sets = _script_settings(script, 'if [ "$PHASE" = stem ]; then')
+    sets = _script_settings(script, 'if [ "$PHASE" = stem ] || [ "$PHASE" = metal ]; then')
     assert sets == ["train.image_stride=3", "train.epochs=24", "train.valid_every=12"]
     manifest = json.loads((root / "assets" / "demo_model" / "manifest.json").read_text())
     recorded = resolve(manifest["training"]["config"])
@@ -326,8 +334,11 @@ def test_the_shipped_demo_model_was_trained_as_the_one_command_says():
     assert config["data"]["train"]["count"] == 2400 and config["train"]["epochs"] == 24
     assert config["train"]["embedding_cache"] == "float16" and config["train"]["image_stride"] == 3
     assert "STAGE2_CONFIG=${STAGE2_CONFIG:-configs/demo_v1.yaml}" in script
-    assert "PHASE=${STAGE1_PHASE:-stem}" in script and 'STAGE2="$STAGE2-stem-s3"' in script
-    assert 'case "$PHASE" in slices) BACKBONE=$SLICES ;; stem) BACKBONE=$STEM ;; esac' in script
+    assert "PHASE=${STAGE1_PHASE:-stem}" in script and 'STAGE2="$STAGE2-$PHASE-s3"' in script
+    assert (
+        'case "$PHASE" in slices) BACKBONE=$SLICES ;; stem) BACKBONE=$STEM ;; metal) BACKBONE=$METAL ;; esac'
+        in script
+    )
     assert "GATE=0 SHIP=1 VERSION=0.6 bash scripts/train_demo.sh" in script
     assert 'update_manifest(sys.argv[1], model_version=sys.argv[2])\' assets/demo_model "$VERSION"' in script
 
