@@ -257,6 +257,104 @@ def test_train_demo_replays_the_kept_stage1_run_as_it_was_recorded():
     _check_replay(root / "progress" / "metal-arm", segments + slices + window + stem + metal)
 
 
+_FAKE_HYPERCT = """#!/usr/bin/env bash
+# records its arguments; a pretrain run "reaches" --until (else --epochs), as its state.json says
+echo "hyperct $*" >> "$CALLS"
+run= until= epochs=
+while [ $# -gt 0 ]; do
+  case "$1" in --resume | --out) run=$2 ;; --until) until=$2 ;; --epochs) epochs=$2 ;; esac
+  shift
+done
+mkdir -p "$run/last" && echo "{\\"epoch\\": ${until:-$epochs}}" > "$run/last/state.json"
+"""
+_FAKE_PYTHON = """#!/usr/bin/env bash
+# the probe gate stops the script here; any other python runs
+if [ "$1" = benchmarks/probe_backbone.py ]; then echo "probe $*" >> "$CALLS"; exit 3; fi
+exec {python} "$@"
+"""
+
+
+def _train_demo_calls(tmp_path, runs: dict[str, int], phase: str) -> list[str]:
+    """Run scripts/train_demo.sh up to its probe gate with a fake ``hyperct`` that records its calls,
+    the stage-1 folders ``runs`` (name: epoch reached) made beforehand; returns the recorded calls."""
+    import os
+    import subprocess
+    import sys
+
+    for name, epoch in runs.items():
+        (tmp_path / "runs" / name / "last").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "runs" / name / "last" / "state.json").write_text(f'{{"epoch": {epoch}}}')
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "hyperct").write_text(_FAKE_HYPERCT)
+    (bin_dir / "python").write_text(_FAKE_PYTHON.format(python=sys.executable))
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    calls = tmp_path / "calls.txt"
+    calls.write_text("")
+    env = dict(
+        os.environ,
+        PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        RUNS=str(tmp_path / "runs"),
+        CALLS=str(calls),
+        STAGE1_PHASE=phase,
+    )
+    script = CONFIGS.parent / "scripts" / "train_demo.sh"
+    done = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 3, done.stderr
+    return calls.read_text().replace(str(tmp_path / "runs") + "/", "").splitlines()
+
+
+_BEFORE_METAL = {
+    "demo-backbone-v1": 42,
+    "demo-backbone-v1w-pair-heart": 94,
+    "demo-backbone-v1w-pair-heart-slices": 160,
+    "demo-backbone-window": 172,
+    "demo-backbone-stem": 204,
+}
+
+
+def test_train_demo_metal_phase_goes_on_from_copies_of_the_stem_arm(tmp_path):
+    """STAGE1_PHASE=metal: the stem arm (v0.6's backbone, at 204) is copied and trained on to 224, that
+    copy is copied again and given the metal window, trained to 280; the stem arm itself stays as it is;
+    the probe reads the metal arm."""
+    (tmp_path / "runs" / "demo-backbone-stem").mkdir(parents=True)
+    (tmp_path / "runs" / "demo-backbone-stem" / "mark").write_text("v0.6's backbone")
+    calls = _train_demo_calls(tmp_path, _BEFORE_METAL, "metal")
+    assert calls[:2] == [
+        "hyperct pretrain --resume demo-backbone-stem-224 --until 224 --epochs 240 --set data.prepare_workers=1",
+        "hyperct pretrain --resume demo-backbone-metal --add-hu-window 950 1000 --epochs 280 --until 280 "
+        "--set data.prepare_workers=1 --set data.keep_blocks=false",
+    ]
+    assert len(calls) == 3 and calls[2].startswith(
+        "probe benchmarks/probe_backbone.py --backbone demo-backbone-metal "
+    )
+    runs = tmp_path / "runs"
+    assert (runs / "demo-backbone-stem" / "last" / "state.json").read_text() == '{"epoch": 204}'
+    assert (runs / "demo-backbone-metal" / "mark").read_text() == "v0.6's backbone"
+    # done: a rerun trains nothing more
+    assert _train_demo_calls(tmp_path, {}, "metal") == [calls[2]]
+
+
+def test_train_demo_makes_an_arm_again_when_its_first_epoch_did_not_finish(tmp_path):
+    """An arm interrupted before it finished an epoch after its change (the window already added to
+    its weights) is copied again from its source, not given the window twice; STAGE1_PHASE=stem (v0.6)
+    stops at the stem arm."""
+    runs = dict(_BEFORE_METAL, **{"demo-backbone-stem-224": 224, "demo-backbone-metal": 224})
+    (tmp_path / "runs" / "demo-backbone-metal").mkdir(parents=True)
+    (tmp_path / "runs" / "demo-backbone-metal" / "window-added").write_text("")
+    calls = _train_demo_calls(tmp_path, runs, "metal")
+    assert calls[0] == (
+        "hyperct pretrain --resume demo-backbone-metal --add-hu-window 950 1000 --epochs 280 --until 280 "
+        "--set data.prepare_workers=1 --set data.keep_blocks=false"
+    )
+    assert not (tmp_path / "runs" / "demo-backbone-metal" / "window-added").exists()
+    stem = _train_demo_calls(tmp_path, {}, "stem")
+    assert len(stem) == 1 and stem[0].startswith(
+        "probe benchmarks/probe_backbone.py --backbone demo-backbone-stem "
+    )
+
+
 def _check_replay(run, segments, last: int | None = None) -> None:
     """The segments (until, epochs, settings) stop where the kept run ``run`` cut a block of seeds
     short and run with the settings it had, up to its last epoch (or to epoch ``last`` of a run
