@@ -32,6 +32,27 @@ def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
     raise ModelError(f"unknown device {spec!r}", hint="use auto, cuda, cuda:N or cpu")
 
 
+def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool | None:
+    """Whether this CPU multiplies bf16 in hardware (x86: the avx512_bf16 or amx_bf16 flag; Arm: bf16),
+    from ``/proc/cpuinfo`` (or the text ``cpuinfo``); None where that cannot be read. Without it
+    PyTorch emulates bf16 matmuls: measured 0.4 against 90 GFLOP/s fp32 on an AVX2-only EPYC
+    (benchmarks/results/inference_cpu_demo_v07.json), a bf16-weights pass 9x slower than fp32."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+                cpuinfo = f.read(1 << 20)
+        except OSError:
+            return None
+    flags: set[str] = set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip().lower() in ("flags", "features"):
+            flags.update(value.split())
+    if not flags:
+        return None
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
 def autocast_for(device: torch.device, amp: str = "auto"):
     """The autocast context of a pass on ``device``: ``amp`` "auto" (default) is bf16 on CUDA and
     plain fp32 elsewhere; "bf16" is bf16 on the CPU too; "off" is always fp32."""

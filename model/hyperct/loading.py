@@ -11,14 +11,14 @@ import numpy as np
 import torch
 
 from hyperct.checkpoint import Manifest, load_checkpoint
-from hyperct.device import resolve_device
+from hyperct.device import cpu_has_native_bf16, resolve_device
 from hyperct.errors import CheckpointError
 from hyperct.findings import catalogue
 from hyperct.network.hyperct import HyperCT
 
 # Backbone weight dtypes for inference (``load_model(dtype=...)``, ``--dtype``). "bf16" is for CPUs:
 # the backbone runs in bf16 end to end (``HyperCT.to_inference_dtype``), 1.6-5x faster than fp32 on
-# CPUs with bf16 matmuls, probabilities within ~0.03 of fp32 (demo v0.6: 0.031 at most, inference_cpu_demo_v06.json);
+# CPUs with bf16 matmuls, probabilities within ~0.03 of fp32 (demo v0.7: 0.028 at most, inference_cpu_demo_v07.json);
 # a call within that of its threshold can flip. On a GPU the pass already runs under bf16 autocast.
 WEIGHTS_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -101,12 +101,26 @@ def load_model(
     )
 
 
-def dtype_note(requested: str, loaded: LoadedModel) -> str | None:
+def dtype_note(requested: str, loaded: LoadedModel, cpuinfo: str | None = None) -> str | None:
     """A line for stderr when ``--dtype bf16`` was asked for but the weights stayed fp32 (the model
-    went to a GPU with ``--device auto``); None otherwise."""
-    if requested == "bf16" and loaded.weights_dtype != "bf16":
+    went to a GPU with ``--device auto``), or when they are bf16 on a CPU without bf16 matmuls
+    (``cpu_has_native_bf16``: there bf16 is several times slower than fp32); None otherwise."""
+    if requested != "bf16":
+        return None
+    if loaded.weights_dtype != "bf16":
         return (
             f"--dtype bf16 ignored: the model runs on {loaded.device}, where the pass already uses bf16 "
             "autocast (backbone weights stay fp32)"
+        )
+    return slow_bf16_note(cpuinfo)
+
+
+def slow_bf16_note(cpuinfo: str | None = None) -> str | None:
+    """A line for stderr when bf16 weights will run on this CPU without bf16 matmul instructions
+    (``cpu_has_native_bf16``); None where it has them or that cannot be told."""
+    if cpu_has_native_bf16(cpuinfo) is False:
+        return (
+            "--dtype bf16 is slow on this CPU: it has no bf16 matmul instructions (no AVX512-BF16 or "
+            "AMX flag), so PyTorch emulates them, several times slower than fp32; leave --dtype out"
         )
     return None

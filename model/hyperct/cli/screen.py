@@ -134,6 +134,15 @@ def run(args: argparse.Namespace) -> int:
         )
     findings = finding_ids(args.findings)
     dtype = weights_dtype(args)
+    if dtype == "bf16" and str(args.device or "auto").lower() in ("auto", "cpu"):
+        import torch
+
+        from hyperct.loading import slow_bf16_note
+
+        on_cpu = str(args.device).lower() == "cpu" or not torch.cuda.is_available()
+        note = slow_bf16_note() if on_cpu else None
+        if note:
+            print(f"hyperct screen: {note}", file=sys.stderr)
     if args.archive:
         source = Source(args.archive, None)
     else:
