@@ -8,9 +8,12 @@
 #   V0=v02/assets/demo_model bash scripts/train_demo.sh   # stage 1 v0 = the backbone inside the demo
 #                 # model v0.2 (it froze it: the same weights), not trained again; v0.2 was shipped until
 #                 # v0.3: mkdir v02 && git archive fecca61 assets/demo_model | tar -x -C v02
-#   GATE=0 SHIP=1 VERSION=0.6 bash scripts/train_demo.sh
-#                                              # the shipped v0.6: the whole procedure, gate and target
-#                                              # missed, version 0.6 in the copied manifest
+#   GATE=0 SHIP=1 VERSION=0.7 bash scripts/train_demo.sh
+#                                              # the shipped v0.7: the whole procedure, gate and target
+#                                              # missed, version 0.7 in the copied manifest
+#   GATE=0 SHIP=1 VERSION=0.6 STAGE1_PHASE=stem bash scripts/train_demo.sh
+#                                              # v0.6 (shipped before v0.7): the stem arm at epoch 204,
+#                                              # stage 2 as v0.7's into runs/demo-v1-stem-s3
 #   GATE=0 SHIP=1 VERSION=0.5 STAGE1_PHASE=slices bash scripts/train_demo.sh
 #                                              # v0.5 (shipped before v0.6): the heart-slices backbone
 #                                              # (epoch 160), stage 2 on all 55 images for 12 epochs
@@ -44,11 +47,12 @@
 #    progress/window-arm and progress/stem-arm ran (into runs/demo-backbone-window and -stem): at epoch
 #    160 a fourth, narrow HU window (-15..105 HU, at zero weight at first; `--add-hu-window`) to epoch
 #    172 (~0.5 h), and at 172 a conv stem of width 16 beside the patch embedding (`--add-conv-stem`,
-#    output at zero at first, its lr x10) to epoch 204 (STEM_SEGMENTS; probe 0.867, ~1.5 h). Stage 2 trains
-#    on it into runs/demo-v1-stem-s3 (the shipped v0.6). STAGE1_PHASE=metal goes on from there in
-#    copies as progress/metal-arm ran: the stem arm to epoch 224 (~0.8 h), then a fifth window at the
-#    metal end of the input (950..1000 HU) with the schedule re-planned to 280 epochs (~2.2 h; probe
-#    0.880), stage 2 into runs/demo-v1-metal-s3. STAGE1_PHASE=slices stops at epoch 160 and
+#    output at zero at first, its lr x10) to epoch 204 (STEM_SEGMENTS; probe 0.867, ~1.5 h);
+#    STAGE1_PHASE=stem stops there and trains stage 2 on it into runs/demo-v1-stem-s3 (v0.6). The
+#    default (STAGE1_PHASE=metal, the shipped v0.7) goes on from there in copies as progress/metal-arm
+#    ran: the stem arm to epoch 224 (~0.8 h), then a fifth window at the metal end of the input
+#    (950..1000 HU) with the schedule re-planned to 280 epochs (~2.2 h; probe 0.880), stage 2 into
+#    runs/demo-v1-metal-s3. STAGE1_PHASE=slices stops at epoch 160 and
 #    trains stage 2 on that backbone into runs/demo-v1-hslice (v0.5); STAGE1_PHASE=heart stops at
 #    epoch 94 and trains stage 2 on that backbone into runs/demo-v1 as v0.4.1's ran.
 # 2. the gate: benchmarks/probe_backbone.py (logistic probe on the frozen mean-CLS feature, 800 / 200
@@ -58,10 +62,10 @@
 #    steps, ~3.3 s each measured on one CPU thread beside another job: ~3.3 h, plus four validations of
 #    ~12 min); a rerun resumes an interrupted one; STAGE2_CONFIG=FILE trains FILE into runs/<its name>
 #    instead (configs/demo_v03.yaml: the shipped v0.3, 800 phantoms, 900 steps). v0.5's run: 2.0 h on 2
-#    cores with the input-stage cache (configs/demo_v1.yaml), one validation of ~8 min. v0.6's (the
-#    default, STAGE1_PHASE=stem) adds `train.image_stride=3` (each sample reads every 3rd of its 55
-#    images from a random offset: a step ~3x cheaper) and twice the epochs (24, 7,200 steps),
-#    validated after 12 and 24: 1.8 h on 2 cores;
+#    cores with the input-stage cache (configs/demo_v1.yaml), one validation of ~8 min. v0.6's and
+#    v0.7's (STAGE1_PHASE=stem and the default, metal) add `train.image_stride=3` (each sample reads
+#    every 3rd of its 55 images from a random offset: a step ~3x cheaper) and twice the epochs (24,
+#    7,200 steps), validated after 12 and 24: 1.6-1.8 h on 2 cores;
 # 4. operating thresholds from the 200 validation phantoms (Youden; 99 % specificity for a finding whose
 #    AUC there is not above chance), written into the manifest;
 # 5. the held-out test: 300 fresh phantoms with seeds never used in training (hyperct evaluate);
@@ -77,13 +81,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-runs}
 CACHE=cache/hyperct-demo
-BACKBONE="$RUNS/demo-backbone-v1w-pair-heart"  # stage 1 v1 to epoch 94 (v0.4.1's backbone; v0.5's goes on in $SLICES, v0.6's in $STEM)
+BACKBONE="$RUNS/demo-backbone-v1w-pair-heart"  # stage 1 v1 to epoch 94 (v0.4.1's backbone; v0.5's goes on in $SLICES, v0.6's in $STEM, v0.7's in $METAL)
 STAGE2_CONFIG=${STAGE2_CONFIG:-configs/demo_v1.yaml}
 STAGE2="$RUNS/$(basename "$STAGE2_CONFIG" .yaml | tr _ -)"  # configs/demo_v1.yaml -> runs/demo-v1
-PHASE=${STAGE1_PHASE:-stem}
+PHASE=${STAGE1_PHASE:-metal}
 case "$PHASE" in heart | slices | stem | metal) ;; *) echo "STAGE1_PHASE must be heart, slices, stem or metal, not '$PHASE'" >&2; exit 2 ;; esac
 STAGE2_SETTINGS=()
-if [ "$PHASE" = stem ] || [ "$PHASE" = metal ]; then  # v0.6's stage 2: every 3rd image of a volume per sample, twice the epochs
+if [ "$PHASE" = stem ] || [ "$PHASE" = metal ]; then  # v0.6's and v0.7's stage 2: every 3rd image of a volume per sample, twice the epochs
   STAGE2="$STAGE2-$PHASE-s3"
   STAGE2_SETTINGS=(--set train.image_stride=3 --set train.epochs=24 --set train.valid_every=12)
 elif [ "$PHASE" = slices ]; then
@@ -151,7 +155,7 @@ SLICES_SEGMENTS="
 142 160
 160 160
 "
-# The window and stem arms (STAGE1_PHASE=stem, the shipped v0.6's backbone): copies at epoch 160 and
+# The window and stem arms (STAGE1_PHASE=stem, v0.6's backbone): copies at epoch 160 and
 # 172, as progress/window-arm and progress/stem-arm ran; the stem arm stopped after 191 and 204 (the
 # kept run went on after 204: these folders are the script's own, so a continued runs/stem-arm is not
 # taken for v0.6's backbone).

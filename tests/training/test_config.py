@@ -407,11 +407,11 @@ def _script_settings(script: str, marker: str) -> list[str]:
 
 
 def test_the_shipped_demo_model_was_trained_as_the_one_command_says():
-    """assets/demo_model (v0.6) records the stage-2 configuration it was trained with:
-    configs/demo_v1.yaml with the settings scripts/train_demo.sh adds for its default phase (stride 3,
-    24 epochs, validated every 12; GATE=0 SHIP=1 VERSION=0.6 bash scripts/train_demo.sh), apart from
-    where the run and its backbone lived (the stem arm at epoch 204: the run read a copy of it,
-    runs/sa-e204); its version is the one the script gave it when shipping a model below the
+    """assets/demo_model (v0.7) records the stage-2 configuration it was trained with:
+    configs/demo_v1.yaml with the settings scripts/train_demo.sh adds for its default phase (metal:
+    stride 3, 24 epochs, validated every 12; GATE=0 SHIP=1 VERSION=0.7 bash scripts/train_demo.sh),
+    apart from where the run and its backbone lived (the metal arm at epoch 280: the run read a copy
+    of it, runs/ma-e280); its version is the one the script gave it when shipping a model below the
     issue's target, not the config's 1.0. Keys added since then read as their defaults."""
     import json
 
@@ -423,22 +423,37 @@ def test_the_shipped_demo_model_was_trained_as_the_one_command_says():
     recorded = resolve(manifest["training"]["config"])
     config = load_config(CONFIGS / "demo_v1.yaml", overrides=sets)
     assert (
-        manifest["model_version"] == "0.6"
+        manifest["model_version"] == "0.7"
         and recorded["model"]["version"] == config["model"]["version"] == "1.0"
     )
-    assert _pop_places(recorded) == ("sa-e204", "demo-v1-stem-s3")
+    assert _pop_places(recorded) == ("ma-e280", "demo-v1-metal-s3")
     _pop_places(config)
     assert recorded == config
     assert config["data"]["train"]["count"] == 2400 and config["train"]["epochs"] == 24
     assert config["train"]["embedding_cache"] == "float16" and config["train"]["image_stride"] == 3
     assert "STAGE2_CONFIG=${STAGE2_CONFIG:-configs/demo_v1.yaml}" in script
-    assert "PHASE=${STAGE1_PHASE:-stem}" in script and 'STAGE2="$STAGE2-$PHASE-s3"' in script
+    assert "PHASE=${STAGE1_PHASE:-metal}" in script and 'STAGE2="$STAGE2-$PHASE-s3"' in script
     assert (
         'case "$PHASE" in slices) BACKBONE=$SLICES ;; stem) BACKBONE=$STEM ;; metal) BACKBONE=$METAL ;; esac'
         in script
     )
-    assert "GATE=0 SHIP=1 VERSION=0.6 bash scripts/train_demo.sh" in script
+    assert "GATE=0 SHIP=1 VERSION=0.7 bash scripts/train_demo.sh" in script
     assert 'update_manifest(sys.argv[1], model_version=sys.argv[2])\' assets/demo_model "$VERSION"' in script
+
+
+def test_v06s_stage2_is_the_stem_phases():
+    """STAGE1_PHASE=stem trains stage 2 as v0.6's ran (progress/demo-v1-stem-s3/config.yaml: the
+    configuration its manifest recorded): configs/demo_v1.yaml with the settings the script adds for
+    the stem and metal phases, on the stem arm at epoch 204, into runs/demo-v1-stem-s3."""
+    root = CONFIGS.parent
+    script = (root / "scripts" / "train_demo.sh").read_text()
+    sets = _script_settings(script, 'if [ "$PHASE" = stem ] || [ "$PHASE" = metal ]; then')
+    recorded = resolve(yaml.safe_load((root / "progress" / "demo-v1-stem-s3" / "config.yaml").read_text()))
+    config = load_config(CONFIGS / "demo_v1.yaml", overrides=sets)
+    assert _pop_places(recorded) == ("sa-e204", "demo-v1-stem-s3")
+    _pop_places(config)
+    assert recorded == config
+    assert "GATE=0 SHIP=1 VERSION=0.6 STAGE1_PHASE=stem bash scripts/train_demo.sh" in script
 
 
 def test_v05s_stage2_is_configs_demo_v1_as_it_stands():

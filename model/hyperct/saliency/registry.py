@@ -41,7 +41,7 @@ METHODS: dict[str, Method] = {
             "token_gradient",
             "Token gradient",
             "Fast: how strongly the finding's score responds to each patch token of an early block (the default: "
-            "with demo v0.6 its top tokens move the score most, and it alone follows a moved effusion)",
+            "with demo v0.7 its top tokens move the score most, and it alone follows a moved effusion)",
             True,
             "token",
         ),
