@@ -5,7 +5,7 @@ only the lesion moves, so a map that shows the model's evidence must move with i
 patient's right moves by at least 0.1 in each pair (a map of the anatomy, or of noise, does not move),
 and its peak token lies on the effusion's side in at least 3 of the 4 maps. The peak is one token of
 55 x 9 x 9 and the less robust measure: on demo v0.7 the token gradient's peak for seed 4 with the
-effusion on the left lies near the midline on the right (share 0.526 -> 0.411: the mass moved);
+effusion on the left lies on the right, two tokens from the midline (share 0.526 -> 0.411: the mass moved);
 on v0.6 all four peaks were on the effusion's side. The model card's "Saliency quality" measures
 both on 80 pairs and 23 one-sided findings.
 """

@@ -154,8 +154,6 @@ ARM_BF16 = "processor\t: 0\nFeatures\t: fp asimd sve bf16\n"
 
 
 def test_cpu_bf16_support_is_read_from_the_cpu_flags():
-    from hyperct.device import cpu_has_native_bf16
-
     assert cpu_has_native_bf16(AVX2_ONLY) is False
     assert cpu_has_native_bf16(AVX512_BF16) is True
     assert cpu_has_native_bf16(ARM_BF16) is True
