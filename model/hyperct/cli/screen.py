@@ -135,12 +135,10 @@ def run(args: argparse.Namespace) -> int:
     findings = finding_ids(args.findings)
     dtype = weights_dtype(args)
     if dtype == "bf16" and str(args.device or "auto").lower() in ("auto", "cpu"):
-        import torch
-
+        from hyperct.device import resolve_device
         from hyperct.loading import slow_bf16_note
 
-        on_cpu = str(args.device).lower() == "cpu" or not torch.cuda.is_available()
-        note = slow_bf16_note() if on_cpu else None
+        note = slow_bf16_note() if resolve_device(args.device).type == "cpu" else None
         if note:
             print(f"hyperct screen: {note}", file=sys.stderr)
     if args.archive:
