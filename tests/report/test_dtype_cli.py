@@ -65,7 +65,7 @@ def test_bf16_report_says_bf16_and_stays_within_tolerance(env, fp32_run, bf16_ru
     validate_document(doc)
     assert doc["model"]["weights_dtype"] == "bf16"
     assert "bf16 backbone weights" in stderr  # the model line names them
-    assert ("slow on this CPU" in stderr) == (cpu_has_native_bf16() is False)  # this machine's CPU
+    assert stderr.count("slow on this CPU") == (cpu_has_native_bf16() is False)  # this machine; once
     assert len(list((env / "bf16").glob("*.saliency.cardiomegaly.nii.gz"))) == 1  # saliency runs in bf16
     p32, p16 = _probs(fp32_run[2]), _probs(doc)
     assert p16 and p16.keys() == p32.keys()
@@ -131,7 +131,8 @@ def test_screen_bf16_report_says_bf16(env, fp32_run):
     doc = json.loads(docs[0].read_text())
     validate_document(doc)
     assert doc["model"]["weights_dtype"] == "bf16"
-    assert ("slow on this CPU" in stderr) == (cpu_has_native_bf16() is False)  # this machine's CPU
+    # this machine's CPU; said once (the CLI and the engine each could)
+    assert stderr.count("slow on this CPU") == (cpu_has_native_bf16() is False)
     p32, p16 = _probs(fp32_run[2]), _probs(doc)
     assert p16.keys() == p32.keys() and max(abs(p16[k] - p32[k]) for k in p32) <= PROB_TOL
 
@@ -170,3 +171,16 @@ def test_bf16_on_a_cpu_without_bf16_matmuls_gets_a_note(env):
     assert note and "slow on this CPU" in note and "leave --dtype out" in note
     assert dtype_note("bf16", loaded, cpuinfo=AVX512_BF16) is None
     assert dtype_note("fp32", load_model(env / "ckpt", device="cpu"), cpuinfo=AVX2_ONLY) is None
+
+
+def test_bf16_ignored_on_a_gpu_gets_a_note(env):
+    """``--device auto`` with a GPU keeps fp32 weights (load_model); predict and the screen engine
+    both print dtype_note, which says so (the GPU run itself: test_bf16_on_a_gpu_..., CUDA only)."""
+    import dataclasses
+
+    from hyperct.loading import dtype_note
+
+    on_gpu = dataclasses.replace(load_model(env / "ckpt", device="cpu"), device=torch.device("cuda", 0))
+    note = dtype_note("bf16", on_gpu, cpuinfo=AVX2_ONLY)
+    assert note and note.startswith("--dtype bf16 ignored") and "cuda:0" in note
+    assert "slow on this CPU" not in note

@@ -133,14 +133,7 @@ def run(args: argparse.Namespace) -> int:
             f"the archive does not exist ({args.archive}) -> give a folder, DICOMDIR or image file"
         )
     findings = finding_ids(args.findings)
-    dtype = weights_dtype(args)
-    if dtype == "bf16" and str(args.device or "auto").lower() in ("auto", "cpu"):
-        from hyperct.device import resolve_device
-        from hyperct.loading import slow_bf16_note
-
-        note = slow_bf16_note() if resolve_device(args.device).type == "cpu" else None
-        if note:
-            print(f"hyperct screen: {note}", file=sys.stderr)
+    dtype = weights_dtype(args)  # what became of it (slow CPU, ignored on a GPU): the engine says
     if args.archive:
         source = Source(args.archive, None)
     else:
