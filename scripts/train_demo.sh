@@ -125,6 +125,10 @@ replay() {
     segment "$run" "$until" "$epochs" $settings
   done <<< "$2"
 }
+# copy_unless_past FROM RUN EPOCH: RUN becomes a fresh copy of FROM unless it has finished an epoch past EPOCH.
+copy_unless_past() {
+  [ "$(reached "$2")" -gt "$3" ] || { rm -rf "$2" && cp -r "$1" "$2"; }
+}
 # arm FROM RUN EPOCH UNTIL EPOCHS OPTION...: RUN = a copy of run FROM at EPOCH changed by the `hyperct
 # pretrain --resume` OPTIONs (--add-hu-window, --add-conv-stem, --set), trained to UNTIL with its
 # schedule planned for EPOCHS; a copy that has not finished an epoch past EPOCH is made again (the
@@ -194,7 +198,7 @@ save_backbone(load_checkpoint(sys.argv[1], map_location="cpu")[0].backbone, sys.
   segment "$BACKBONE" 7 40
   replay "$BACKBONE" "$STAGE1_SEGMENTS"
   if [ "$PHASE" != heart ]; then
-    [ "$(reached "$SLICES")" -gt 0 ] || { rm -rf "$SLICES" && cp -r "$BACKBONE" "$SLICES"; }
+    copy_unless_past "$BACKBONE" "$SLICES" 0
     replay "$SLICES" "$SLICES_SEGMENTS"
   fi
   if [ "$PHASE" = stem ] || [ "$PHASE" = metal ]; then
@@ -209,7 +213,7 @@ save_backbone(load_checkpoint(sys.argv[1], map_location="cpu")[0].backbone, sys.
     # the stem arm went on to 224 (in a copy: $STEM stays v0.6's backbone), then the metal arm: a
     # window at the metal end of the input (950..1000 HU, at zero weight at first) from 224, the
     # schedule re-planned to 280 epochs
-    [ "$(reached "$STEM_ON")" -gt 204 ] || { rm -rf "$STEM_ON" && cp -r "$STEM" "$STEM_ON"; }
+    copy_unless_past "$STEM" "$STEM_ON" 204
     segment "$STEM_ON" 224 240
     arm "$STEM_ON" "$METAL" 224 280 280 --add-hu-window 950 1000
     segment "$METAL" 280 280

@@ -228,9 +228,7 @@ def test_train_demo_replays_the_kept_stage1_run_as_it_was_recorded():
     segments = [(7, 40, [])] + _stage1_segments(script)
     _check_replay(root / "progress" / "demo-backbone-v1w-pair-heart", segments)
     # STAGE1_PHASE=slices: the same run copied at epoch 94, then the heart-slices phase
-    assert (
-        '[ "$(reached "$SLICES")" -gt 0 ] || { rm -rf "$SLICES" && cp -r "$BACKBONE" "$SLICES"; }' in script
-    )
+    assert 'copy_unless_past "$BACKBONE" "$SLICES" 0' in script
     slices = _stage1_segments(script, "SLICES_SEGMENTS")
     assert slices[0][0] > segments[-1][0] == 94
     _check_replay(root / "progress" / "demo-backbone-v1w-pair-heart-slices", segments + slices)
@@ -247,9 +245,7 @@ def test_train_demo_replays_the_kept_stage1_run_as_it_was_recorded():
     # (the stem arm went on after epoch 204, v0.6's backbone: this replay ends there)
     _check_replay(root / "progress" / "stem-arm", segments + slices + window + stem, last=204)
     # STAGE1_PHASE=metal: the stem arm on to 224 in a copy, then the metal window from a copy at 224
-    assert (
-        '[ "$(reached "$STEM_ON")" -gt 204 ] || { rm -rf "$STEM_ON" && cp -r "$STEM" "$STEM_ON"; }' in script
-    )
+    assert 'copy_unless_past "$STEM" "$STEM_ON" 204' in script
     assert 'segment "$STEM_ON" 224 240\n' in script
     assert 'arm "$STEM_ON" "$METAL" 224 280 280 --add-hu-window 950 1000\n' in script
     assert 'segment "$METAL" 280 280\n' in script
