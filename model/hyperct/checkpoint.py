@@ -79,7 +79,7 @@ class Manifest:
     @property
     def high_specificity_findings(self) -> list[str]:
         """The findings whose threshold was set for high specificity because the calibration data did
-        not show the model separating them (``threshold_calibration.high_specificity.findings``,
+        not show the model detecting them (``threshold_calibration.high_specificity.findings``,
         written by ``hyperct evaluate --write-thresholds``); only known finding ids, [] when absent
         or malformed (the manifest is untrusted input and this is advisory)."""
         cal = self.raw.get("threshold_calibration")

@@ -15,13 +15,13 @@ CALL_PRESENT, CALL_ABSENT, CALL_NOT_ASSESSED = "present", "absent", "not assesse
 # not the same as "not assessed" (excluded on purpose, e.g. with --findings).
 CALL_NO_SCORE = "no valid score"
 SCORED_CALLS = (CALL_PRESENT, CALL_ABSENT)
-# The operating point of a finding whose score the calibration data do not show separating it from
-# chance (``hyperct evaluate --write-thresholds``), and what a threshold marked "*" means
+# The operating point of a finding whose score the calibration data do not show detecting it (AUC
+# below 0.70 or not above chance: ``hyperct evaluate --write-thresholds``), and what a threshold marked "*" means
 # (FindingResult.high_specificity_threshold), in the viewer, the PDF and the screening summary alike
 HIGH_SPECIFICITY = 0.99
 HIGH_SPECIFICITY_NOTE = (
     f"Threshold set for {HIGH_SPECIFICITY * 100:g} % specificity: on the model's validation data its score "
-    "did not separate this finding from chance, so the model is not shown to detect it."
+    "did not detect this finding reliably (AUC below 0.70, or not above chance), so it is rarely called."
 )
 
 
@@ -54,7 +54,7 @@ class FindingResult:
     call: str
     saliency: SaliencySummary | None = None
     # the threshold was set for high specificity because the model's calibration data did not show it
-    # separating this finding from chance (Manifest.high_specificity_findings)
+    # detecting this finding (Manifest.high_specificity_findings)
     high_specificity_threshold: bool = False
 
     def to_dict(self) -> dict[str, Any]:

@@ -147,6 +147,6 @@ def test_a_high_specificity_threshold_is_marked_in_the_table_and_explained_under
     page1 = re.sub(r"\s+", " ", pages[0])
     threshold = f"{result['lung_nodule'].threshold:.2f} *"
     assert threshold in page1 and page1.count(" *") == 2  # the nodule's row and the legend
-    assert "Threshold set for 99 % specificity" in page1 and "did not separate" in page1
+    assert "Threshold set for 99 % specificity" in page1 and "did not detect" in page1
     # the findings table, legend included, still fits on page 1
     assert catalogue()["right_atrial_filling_pressure"].name in page1

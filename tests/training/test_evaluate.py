@@ -24,6 +24,8 @@ from hyperct.training.metrics import (
 from tests.support.models import save_tiny_checkpoint
 from tests.support.training import CM, PE, SignalDataset
 
+LY = catalogue().index("lymphadenopathy")
+
 
 @pytest.fixture
 def checkpoint(tmp_path):
@@ -86,6 +88,31 @@ def test_a_finding_at_chance_gets_a_high_specificity_threshold_not_youden():
     assert r.operating_thresholds["pleural_effusion"] == r.youden_thresholds["pleural_effusion"]
     ops = r.summary["operating_points"]["lung_nodule"]["specificity_0.99"]
     assert ops["threshold"] == r.operating_thresholds["lung_nodule"] and ops["specificity"] >= 0.99
+
+
+def test_a_finding_above_chance_but_poorly_detected_gets_a_high_specificity_threshold():
+    """v0.7's lymphadenopathy: validation AUC 0.615, CI just above 0.5; at Youden's J it was called on
+    41 % of the test scans, 84 % of the calls false. Below an AUC of 0.70 the threshold is set for
+    specificity 0.99 as at chance; a finding detected at 0.70 or more keeps Youden's J."""
+    rng = np.random.default_rng(3)
+    n = 600
+    labels = np.full((n, 25), -1, dtype=np.int8)
+    probs = np.full((n, 25), np.nan)
+    for col, shift in ((LY, 0.45), (PE, 1.2)):  # AUC ~0.62 and ~0.80
+        labels[:, col] = rng.random(n) < 0.2
+        probs[:, col] = 1 / (1 + np.exp(-(rng.normal(size=n) + shift * labels[:, col])))
+    r = compute_metrics(labels, probs, n_boot=200, seed=1)
+    weak, good = r.by_id("lymphadenopathy"), r.by_id("pleural_effusion")
+    assert 0.5 < weak.ci_low and weak.auc < 0.70 <= good.ci_low  # the setting
+    assert r.high_specificity == ["lymphadenopathy"]
+    y, p = labels[:, LY], probs[:, LY]
+    assert r.operating_thresholds["lymphadenopathy"] == specificity_threshold(y, p, 0.99)
+    assert (
+        (p >= r.operating_thresholds["lymphadenopathy"]).mean()
+        < 0.05
+        < (p >= r.youden_thresholds["lymphadenopathy"]).mean()
+    )
+    assert r.operating_thresholds["pleural_effusion"] == r.youden_thresholds["pleural_effusion"]
 
 
 def test_write_thresholds_flags_the_findings_at_chance(checkpoint):

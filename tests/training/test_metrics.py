@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 from hyperct.training.metrics import (
+    MIN_USEFUL_AUC,
     bootstrap_auc_ci,
+    discriminates,
     finding_metrics,
     labelled,
     macro_auc,
@@ -15,7 +17,6 @@ from hyperct.training.metrics import (
     roc_auc,
     roc_curve,
     sens_spec,
-    separates,
     specificity_threshold,
     youden_threshold,
 )
@@ -138,10 +139,15 @@ def test_specificity_threshold_meets_its_target_on_random_data(seed):
         assert sens_spec(y, s, below)[1] < spec
 
 
-def test_separates_uses_the_ci_and_falls_back_to_the_auc():
-    assert separates(0.62, 0.51) and not separates(0.62, 0.50) and not separates(0.43, 0.33)
-    assert separates(0.87, float("nan")) and not separates(0.5, float("nan"))
-    assert not separates(float("nan"), float("nan"))
+def test_discriminates_asks_for_a_useful_auc_above_chance():
+    assert MIN_USEFUL_AUC == 0.70  # "poor" discrimination below it (Hosmer & Lemeshow)
+    assert discriminates(0.78, 0.66) and not discriminates(0.78, 0.50) and not discriminates(0.43, 0.33)
+    # v0.7's lymphadenopathy on its validation phantoms: its CI just above 0.5, the AUC poor
+    assert not discriminates(0.615, 0.502)
+    assert discriminates(0.70, 0.55) and not discriminates(0.6999, 0.55)
+    # no CI (too few cases): the AUC alone
+    assert discriminates(0.87, float("nan")) and not discriminates(0.62, float("nan"))
+    assert not discriminates(0.5, float("nan")) and not discriminates(float("nan"), float("nan"))
 
 
 def test_net_benefit_formula():

@@ -174,7 +174,7 @@ def test_a_finding_with_a_high_specificity_threshold_says_why_in_its_tooltip(
     qtbot.waitUntil(lambda: widget.result is not None and not widget.jobs.busy, timeout=60000)
     nodule, effusion = widget._items["lung_nodule"], widget._items["pleural_effusion"]
     for col in (1, 2, 3):
-        assert "99 % specificity" in nodule.toolTip(col) and "did not separate" in nodule.toolTip(col)
+        assert "99 % specificity" in nodule.toolTip(col) and "did not detect" in nodule.toolTip(col)
         assert "specificity" not in effusion.toolTip(col)
     assert nodule.text(2).endswith(" *") and not effusion.text(2).endswith("*")
 

@@ -4,9 +4,9 @@ DATA is a manifest CSV, ``ct-rate:ROOT:SPLIT`` (with --labels/--metadata when th
 the CT-RATE layout under ROOT) or ``phantom:N:SEED`` (N fresh phantoms, seeds SEED..SEED+N-1).
 
 ``--write-thresholds`` stores the per-finding Youden thresholds found on DATA in the checkpoint's
-manifest.json (run it on validation data); the weights are not changed. A finding whose AUC's 95 %
-CI on DATA is not above 0.5 (the model does not separate it) gets the lowest threshold with
-specificity >= 0.99 on DATA instead, and the manifest lists it (threshold_calibration).
+manifest.json (run it on validation data); the weights are not changed. A finding whose AUC on DATA is
+below 0.70 or whose 95 % CI is not above 0.5 (the model is not shown to detect it) gets the lowest
+threshold with specificity >= 0.99 on DATA instead, and the manifest lists it (threshold_calibration).
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     from hyperct.training.cache import PreprocessCache
     from hyperct.training.datasets import build_dataset, parse_data_spec
     from hyperct.training.evaluate import evaluate, write_thresholds
-    from hyperct.training.metrics import HIGH_SPECIFICITY, NOT_SEPARATED
+    from hyperct.training.metrics import HIGH_SPECIFICITY, NOT_DETECTED
 
     if args.write_thresholds and not args.model:
         raise ConfigError("--write-thresholds needs --model DIR (the embedded demo model is read-only)")
@@ -105,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
         )
         if report.high_specificity:
             print(
-                f"not separated from chance on these data ({NOT_SEPARATED}), threshold set for "
+                f"not shown detected on these data ({NOT_DETECTED}), threshold set for "
                 f"specificity >= {HIGH_SPECIFICITY:g} instead of Youden's J: {', '.join(report.high_specificity)}"
             )
     return 0

@@ -12,9 +12,9 @@ default) or the checkpoint's own thresholds (``"model"``). Youden thresholds are
 chosen on *validation* data and then written into the checkpoint (``write_thresholds``), so that
 a later evaluation on test data reports sensitivity/specificity at thresholds it did not choose.
 What ``write_thresholds`` writes is ``EvaluationReport.operating_thresholds``: Youden's J where the
-data show the model separating the finding, and for a finding they do not (its AUC's 95 % CI
-not above 0.5: ``metrics.separates``) the lowest threshold with specificity >= 0.99 instead, so that a
-finding the model cannot tell is rarely called rather than called on nearly every scan.
+data show the model detecting the finding, and for a finding they do not (its AUC below 0.70, or its
+95 % CI not above 0.5: ``metrics.discriminates``) the lowest threshold with specificity >= 0.99
+instead, so that a finding the model cannot tell is rarely called rather than called on many scans.
 """
 
 from __future__ import annotations
@@ -37,13 +37,13 @@ from hyperct.training.datasets import IndexedPixels, VolumeDataset
 from hyperct.training.metrics import (
     HIGH_SPECIFICITY,
     MIN_CI_PER_CLASS,
-    NOT_SEPARATED,
+    NOT_DETECTED,
     FindingMetrics,
+    discriminates,
     finding_metrics,
     labelled,
     macro_auc,
     sens_spec,
-    separates,
     specificity_threshold,
 )
 from hyperct.training.progress import progress_bar
@@ -57,7 +57,7 @@ class EvaluationReport:
     macro_auc: dict[str, float]
     youden_thresholds: dict[str, float]
     # what write_thresholds writes: Youden's J, or a high-specificity threshold for the findings in
-    # ``high_specificity`` (the data do not show the model separating them)
+    # ``high_specificity`` (the data do not show the model detecting them)
     operating_thresholds: dict[str, float] = field(default_factory=dict)
     high_specificity: list[str] = field(default_factory=list)
     files: list[Path] = field(default_factory=list)
@@ -205,9 +205,9 @@ def compute_metrics(
         if np.isfinite(thr_j):
             youden[f.id] = thr_j
         spec_thr = specificity_threshold(yl, pl)
-        if np.isfinite(thr_j) and separates(m.auc, m.ci_low):
+        if np.isfinite(thr_j) and discriminates(m.auc, m.ci_low):
             operating[f.id] = thr_j
-        elif np.isfinite(thr_j) and np.isfinite(spec_thr):  # both classes, no separation shown
+        elif np.isfinite(thr_j) and np.isfinite(spec_thr):  # both classes, detection not shown
             operating[f.id] = spec_thr
             high_spec.append(f.id)
         hs, hsp = sens_spec(yl, pl, spec_thr) if np.isfinite(spec_thr) else (float("nan"), float("nan"))
@@ -303,7 +303,7 @@ def evaluate(
     ]
     if report.high_specificity:
         notes.append(
-            f"Not separated from chance on these data ({NOT_SEPARATED}): "
+            f"Not shown detected on these data ({NOT_DETECTED}): "
             f"{', '.join(report.high_specificity)}; --write-thresholds gives them the lowest threshold with "
             f"specificity >= {HIGH_SPECIFICITY:g} here instead of Youden's J."
         )
@@ -385,12 +385,12 @@ def evaluate(
 
 def _high_specificity_block(findings: list[str], data: str) -> dict:
     """Which findings got the high-specificity threshold and why (metrics.json, the manifest)."""
-    return {"findings": findings, "specificity": HIGH_SPECIFICITY, "why": f"{NOT_SEPARATED} on {data}"}
+    return {"findings": findings, "specificity": HIGH_SPECIFICITY, "why": f"{NOT_DETECTED} on {data}"}
 
 
 def write_thresholds(model_dir: str | Path, report: EvaluationReport, *, data_label: str) -> dict:
     """Put the operating thresholds of ``report`` into the checkpoint's manifest (atomic rewrite):
-    Youden's J, and for the findings the data do not show the model separating
+    Youden's J, and for the findings the data do not show the model detecting
     (``report.high_specificity``) the lowest threshold with specificity >= 0.99 there.
 
     Findings without both classes in the evaluated data keep their current threshold. The
@@ -411,7 +411,7 @@ def write_thresholds(model_dir: str | Path, report: EvaluationReport, *, data_la
         f"({max(n.values()) if n else 0} volumes; {len(tuned)} of {len(new)} findings tuned, "
         f"the others keep their previous threshold)"
         + (
-            f"; not separated from chance there ({NOT_SEPARATED}), so set for specificity "
+            f"; not shown detected there ({NOT_DETECTED}), so set for specificity "
             f">= {HIGH_SPECIFICITY:g} instead: {', '.join(hs)}"
             if hs
             else ""

@@ -14,9 +14,11 @@ logit); a case is called positive when ``score >= threshold``.
   (the smallest score called positive at the optimum; on ties of J the highest such threshold, i.e.
   the most specific operating point). Choose it on validation data, not on the test data it is
   reported on.
-* Findings the data do not show the score separating (``separates``: the AUC's CI does not lie above
-  0.5, or, without a CI, the AUC is at most 0.5) get ``specificity_threshold`` instead: Youden's J on a
-  score at chance picks an arbitrary point, often one that calls nearly every case positive.
+* Findings the data do not show the score detecting (``discriminates``: an AUC below
+  ``MIN_USEFUL_AUC`` (0.70), or its CI not above 0.5, or, without a CI, the AUC at most 0.5) get
+  ``specificity_threshold`` instead: Youden's J on a score at or near chance picks an arbitrary
+  point, often one that calls a large share of the cases positive (v0.7's lymphadenopathy: validation
+  AUC 0.615 with its CI just above 0.5, Youden called 41 % of the test scans, 84 % of the calls false).
 * Net benefit at threshold probability pt (Vickers & Elkin 2006):
   NB = TP/n - FP/n * pt / (1 - pt); treat-all: prev - (1 - prev) * pt / (1 - pt); treat-none: 0.
 """
@@ -28,10 +30,14 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.stats import rankdata
 
-from hyperct.results import HIGH_SPECIFICITY  # the operating point of a finding the score does not separate
+from hyperct.results import HIGH_SPECIFICITY  # the operating point of a finding not shown detected
 
 MIN_CI_PER_CLASS = 10  # fewest positives and fewest negatives for a bootstrap AUC interval
-NOT_SEPARATED = "AUC 95 % CI not above 0.5, or no CI and AUC <= 0.5"  # what ``separates`` rejects, in words
+# Below this AUC a score's discrimination is "poor" (0.7-0.8 "acceptable": Hosmer, Lemeshow & Sturdivant,
+# Applied Logistic Regression, 3rd ed., 2013, ch. 5); such a finding is not called at Youden's J
+MIN_USEFUL_AUC = 0.70
+# what ``discriminates`` rejects, in words
+NOT_DETECTED = f"AUC below {MIN_USEFUL_AUC:.2f}, or its 95 % CI not above 0.5 (without a CI: AUC <= 0.5)"
 
 
 def labelled(y: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -144,12 +150,13 @@ def specificity_threshold(y: np.ndarray, score: np.ndarray, specificity: float =
     return float(min(np.nextafter(neg[allowed], np.inf), 1.0))
 
 
-def separates(auc: float, ci_low: float) -> bool:
-    """Whether an AUC shows the score separating the classes: its CI's lower bound above 0.5, or,
-    where there is no CI (too few cases, no resamples), the AUC itself above 0.5."""
-    if np.isfinite(ci_low):
-        return bool(ci_low > 0.5)
-    return bool(np.isfinite(auc) and auc > 0.5)
+def discriminates(auc: float, ci_low: float) -> bool:
+    """Whether an AUC shows the score detecting the finding well enough to call it at Youden's J: the
+    AUC at least ``MIN_USEFUL_AUC`` and its CI's lower bound above 0.5 (where there is no CI: too few
+    cases, no resamples, the AUC alone)."""
+    if not (np.isfinite(auc) and auc >= MIN_USEFUL_AUC):
+        return False
+    return bool(ci_low > 0.5) if np.isfinite(ci_low) else True
 
 
 def net_benefit(y: np.ndarray, prob: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
