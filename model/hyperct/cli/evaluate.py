@@ -51,7 +51,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--write-thresholds",
         action="store_true",
         help="write the Youden thresholds found on DATA into the checkpoint manifest (use validation data; "
-        "findings at chance on DATA get a 99 %% specificity threshold instead)",
+        "findings with an AUC below 0.70 or at chance on DATA get a 99 %% specificity threshold instead)",
     )
     add_overwrite_arg(p, "an existing report in --out")
     return p

@@ -15,7 +15,7 @@ logit); a case is called positive when ``score >= threshold``.
   the most specific operating point). Choose it on validation data, not on the test data it is
   reported on.
 * Findings the data do not show the score detecting (``discriminates``: an AUC below
-  ``MIN_USEFUL_AUC`` (0.70), or its CI not above 0.5, or, without a CI, the AUC at most 0.5) get
+  ``MIN_USEFUL_AUC`` (0.70), or its CI, where there is one, not above 0.5) get
   ``specificity_threshold`` instead: Youden's J on a score at or near chance picks an arbitrary
   point, often one that calls a large share of the cases positive (v0.7's lymphadenopathy: validation
   AUC 0.615 with its CI just above 0.5, Youden called 41 % of the test scans, 84 % of the calls false).
@@ -37,7 +37,7 @@ MIN_CI_PER_CLASS = 10  # fewest positives and fewest negatives for a bootstrap A
 # Applied Logistic Regression, 3rd ed., 2013, ch. 5); such a finding is not called at Youden's J
 MIN_USEFUL_AUC = 0.70
 # what ``discriminates`` rejects, in words
-NOT_DETECTED = f"AUC below {MIN_USEFUL_AUC:.2f}, or its 95 % CI not above 0.5 (without a CI: AUC <= 0.5)"
+NOT_DETECTED = f"AUC below {MIN_USEFUL_AUC:.2f}, or its 95 % CI not above 0.5"
 
 
 def labelled(y: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
