@@ -30,12 +30,10 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.stats import rankdata
 
-from hyperct.results import HIGH_SPECIFICITY  # the operating point of a finding not shown detected
+# the operating point of a finding not shown detected, and the AUC it needs to be shown detected
+from hyperct.results import HIGH_SPECIFICITY, MIN_USEFUL_AUC
 
 MIN_CI_PER_CLASS = 10  # fewest positives and fewest negatives for a bootstrap AUC interval
-# Below this AUC a score's discrimination is "poor" (0.7-0.8 "acceptable": Hosmer, Lemeshow & Sturdivant,
-# Applied Logistic Regression, 3rd ed., 2013, ch. 5); such a finding is not called at Youden's J
-MIN_USEFUL_AUC = 0.70
 # what ``discriminates`` rejects, in words
 NOT_DETECTED = f"AUC below {MIN_USEFUL_AUC:.2f}, or its 95 % CI not above 0.5"
 
