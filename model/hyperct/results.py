@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from hyperct.errors import HyperCTError
+from hyperct.operating_points import HIGH_SPECIFICITY, MIN_USEFUL_AUC
 from hyperct.volume import QCWarning
 
 CALL_PRESENT, CALL_ABSENT, CALL_NOT_ASSESSED = "present", "absent", "not assessed"
@@ -15,17 +16,12 @@ CALL_PRESENT, CALL_ABSENT, CALL_NOT_ASSESSED = "present", "absent", "not assesse
 # not the same as "not assessed" (excluded on purpose, e.g. with --findings).
 CALL_NO_SCORE = "no valid score"
 SCORED_CALLS = (CALL_PRESENT, CALL_ABSENT)
-# The operating point of a finding whose score the calibration data do not show detecting it (an AUC
-# below MIN_USEFUL_AUC or not above chance: ``hyperct evaluate --write-thresholds``), and what a
-# threshold marked "*" means (FindingResult.high_specificity_threshold), in the viewer, the PDF and the
-# screening summary alike. Below MIN_USEFUL_AUC a score's discrimination is "poor" (0.7-0.8
-# "acceptable": Hosmer, Lemeshow & Sturdivant, Applied Logistic Regression, 3rd ed., 2013, ch. 5).
-HIGH_SPECIFICITY = 0.99
-MIN_USEFUL_AUC = 0.70
+# What a threshold marked "*" means (FindingResult.high_specificity_threshold), in the viewer, the PDF
+# and the screening summary alike (the policy: hyperct.operating_points)
 HIGH_SPECIFICITY_NOTE = (
     f"Threshold set for {HIGH_SPECIFICITY * 100:g} % specificity: on the model's validation data its score "
-    f"did not detect this finding reliably (AUC below {MIN_USEFUL_AUC:.2f}, or not above chance), so it is "
-    "rarely called."
+    f"did not detect this finding reliably (AUC below {MIN_USEFUL_AUC:.2f} by default, or not above chance), so "
+    "it is rarely called."
 )
 
 

@@ -115,6 +115,29 @@ def test_a_finding_above_chance_but_poorly_detected_gets_a_high_specificity_thre
     assert r.operating_thresholds["pleural_effusion"] == r.youden_thresholds["pleural_effusion"]
 
 
+def test_min_auc_sets_the_floor_and_the_manifest_says_which(checkpoint):
+    """``--min-auc 0.5`` asks only for the CI above chance (the rule before 2026-12-07): the weak
+    finding keeps Youden's J; a floor of 0.85 sends the 0.80 one to high specificity too; the words
+    written into the manifest name the floor used."""
+    rng = np.random.default_rng(3)
+    n = 600
+    labels = np.full((n, 25), -1, dtype=np.int8)
+    probs = np.full((n, 25), np.nan)
+    for col, shift in ((LY, 0.45), (PE, 1.2)):
+        labels[:, col] = rng.random(n) < 0.2
+        probs[:, col] = 1 / (1 + np.exp(-(rng.normal(size=n) + shift * labels[:, col])))
+    assert compute_metrics(labels, probs, n_boot=200, seed=1, min_auc=0.5).high_specificity == []
+    strict = compute_metrics(labels, probs, n_boot=200, seed=1, min_auc=0.85)
+    assert sorted(strict.high_specificity) == ["lymphadenopathy", "pleural_effusion"]
+    write_thresholds(checkpoint, strict, data_label="synthetic validation")
+    raw = read_manifest(checkpoint).raw
+    assert "AUC below 0.85" in raw["threshold_calibration"]["high_specificity"]["why"]
+    assert "AUC below 0.85" in raw["threshold_method"]
+    for bad in (0.4, 1.0, float("nan")):
+        with pytest.raises(ConfigError, match="minimum AUC"):
+            compute_metrics(labels, probs, n_boot=10, min_auc=bad)
+
+
 def test_write_thresholds_flags_the_findings_at_chance(checkpoint):
     labels, probs, _ = _one_good_one_at_chance()
     r = compute_metrics(labels, probs, n_boot=200, seed=1)
@@ -230,5 +253,7 @@ def test_evaluate_cli_on_phantoms(tmp_path, checkpoint, capsys):
     assert "macro AUC overall" in capsys.readouterr().out
     assert main(args) == 2  # refuses to overwrite the report
     assert "already holds an evaluation" in capsys.readouterr().err
+    assert main(args + ["--overwrite", "--min-auc", "0.3"]) == 2  # refused before the model loads
+    assert "minimum AUC for a Youden threshold is 0.3" in capsys.readouterr().err
     ids = catalogue().ids
     assert set(metrics["findings"]) <= set(ids)

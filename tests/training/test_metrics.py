@@ -148,6 +148,9 @@ def test_discriminates_asks_for_a_useful_auc_above_chance():
     # no CI (too few cases): the AUC alone
     assert discriminates(0.87, float("nan")) and not discriminates(0.62, float("nan"))
     assert not discriminates(0.5, float("nan")) and not discriminates(float("nan"), float("nan"))
+    # min_auc 0.5: only the CI above chance (the rule before 2026-12-07); never a score at chance
+    assert discriminates(0.615, 0.502, min_auc=0.5) and not discriminates(0.62, 0.50, min_auc=0.5)
+    assert not discriminates(0.5, float("nan"), min_auc=0.5)
 
 
 def test_net_benefit_formula():

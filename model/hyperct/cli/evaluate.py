@@ -5,7 +5,7 @@ the CT-RATE layout under ROOT) or ``phantom:N:SEED`` (N fresh phantoms, seeds SE
 
 ``--write-thresholds`` stores the per-finding Youden thresholds found on DATA in the checkpoint's
 manifest.json (run it on validation data); the weights are not changed. A finding whose AUC on DATA is
-below 0.70 or whose 95 % CI is not above 0.5 (the model is not shown to detect it) gets the lowest
+below --min-auc (0.70) or whose 95 % CI is not above 0.5 (the model is not shown to detect it) gets the lowest
 threshold with specificity >= 0.99 on DATA instead, and the manifest lists it (threshold_calibration).
 """
 
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 
 from hyperct.cli.common import add_model_args, add_overwrite_arg
+from hyperct.operating_points import MIN_USEFUL_AUC
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -51,7 +52,15 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--write-thresholds",
         action="store_true",
         help="write the Youden thresholds found on DATA into the checkpoint manifest (use validation data; "
-        "findings with an AUC below 0.70 or at chance on DATA get a 99 %% specificity threshold instead)",
+        "findings with an AUC below --min-auc or at chance on DATA get a 99 %% specificity threshold instead)",
+    )
+    p.add_argument(
+        "--min-auc",
+        type=float,
+        default=MIN_USEFUL_AUC,
+        metavar="X",
+        help=f"the AUC on DATA a finding needs for a Youden threshold (default {MIN_USEFUL_AUC:.2f}: below it "
+        "discrimination is poor and Youden's J calls many scans; 0.5 asks only for the CI above chance)",
     )
     add_overwrite_arg(p, "an existing report in --out")
     return p
@@ -64,13 +73,14 @@ def run(args: argparse.Namespace) -> int:
     from hyperct.progress import progress_enabled
     from hyperct.training.cache import PreprocessCache
     from hyperct.training.datasets import build_dataset, parse_data_spec
-    from hyperct.training.evaluate import evaluate, write_thresholds
-    from hyperct.training.metrics import HIGH_SPECIFICITY, NOT_DETECTED
+    from hyperct.training.evaluate import check_min_auc, evaluate, write_thresholds
+    from hyperct.training.metrics import HIGH_SPECIFICITY, not_detected
 
     if args.write_thresholds and not args.model:
         raise ConfigError("--write-thresholds needs --model DIR (the embedded demo model is read-only)")
     if args.bootstrap < 0 or args.batch_size < 1:
         raise ConfigError("--bootstrap must be >= 0 and --batch-size >= 1")
+    check_min_auc(args.min_auc)
     if args.findings:
         for fid in args.findings:
             try:
@@ -94,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
         data_label=args.data,
         overwrite=args.overwrite,
         progress=progress_enabled(),
+        min_auc=args.min_auc,
     )
     for k, v in report.macro_auc.items():
         print(f"macro AUC {k}: {'n/a' if v != v else f'{v:.4f}'}")
@@ -105,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
         )
         if report.high_specificity:
             print(
-                f"not shown detected on these data ({NOT_DETECTED}), threshold set for "
+                f"not shown detected on these data ({not_detected(report.min_auc)}), threshold set for "
                 f"specificity >= {HIGH_SPECIFICITY:g} instead of Youden's J: {', '.join(report.high_specificity)}"
             )
     return 0

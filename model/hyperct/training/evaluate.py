@@ -37,12 +37,13 @@ from hyperct.training.datasets import IndexedPixels, VolumeDataset
 from hyperct.training.metrics import (
     HIGH_SPECIFICITY,
     MIN_CI_PER_CLASS,
-    NOT_DETECTED,
+    MIN_USEFUL_AUC,
     FindingMetrics,
     discriminates,
     finding_metrics,
     labelled,
     macro_auc,
+    not_detected,
     sens_spec,
     specificity_threshold,
 )
@@ -60,6 +61,8 @@ class EvaluationReport:
     # ``high_specificity`` (the data do not show the model detecting them)
     operating_thresholds: dict[str, float] = field(default_factory=dict)
     high_specificity: list[str] = field(default_factory=list)
+    # the AUC below which a finding is not called at Youden's J (``metrics.discriminates``)
+    min_auc: float = MIN_USEFUL_AUC
     files: list[Path] = field(default_factory=list)
     summary: dict = field(default_factory=dict)
 
@@ -182,10 +185,13 @@ def compute_metrics(
     level: float = 0.95,
     threshold_source: str = "youden",
     model_thresholds: dict[str, float] | None = None,
+    min_auc: float = MIN_USEFUL_AUC,
 ) -> EvaluationReport:
-    """Per-finding metrics for every finding with at least one label and a score."""
+    """Per-finding metrics for every finding with at least one label and a score; ``min_auc``: the
+    AUC a finding needs for its Youden threshold (``metrics.discriminates``), 0.5 to 1."""
     if threshold_source not in ("youden", "model"):
         raise ConfigError(f"threshold source {threshold_source!r}: use youden or model")
+    check_min_auc(min_auc)
     results, youden, extra, operating, high_spec = [], {}, {}, {}, []
     for f in catalogue():
         y = labels[:, f.index]
@@ -205,7 +211,7 @@ def compute_metrics(
         if np.isfinite(thr_j):
             youden[f.id] = thr_j
         spec_thr = specificity_threshold(yl, pl)
-        if np.isfinite(thr_j) and discriminates(m.auc, m.ci_low):
+        if np.isfinite(thr_j) and discriminates(m.auc, m.ci_low, min_auc):
             operating[f.id] = thr_j
         elif np.isfinite(thr_j) and np.isfinite(spec_thr):  # both classes, detection not shown
             operating[f.id] = spec_thr
@@ -232,6 +238,7 @@ def compute_metrics(
         youden_thresholds=youden,
         operating_thresholds=operating,
         high_specificity=high_spec,
+        min_auc=min_auc,
         summary={"operating_points": extra},
     )
 
@@ -252,6 +259,7 @@ def evaluate(
     data_label: str | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    min_auc: float = MIN_USEFUL_AUC,
 ) -> EvaluationReport:
     """Score ``data`` with ``loaded`` (a ``hyperct.loading.LoadedModel``) and write the report."""
     out_dir = Path(out_dir)
@@ -277,6 +285,7 @@ def evaluate(
         level=level,
         threshold_source=threshold_source,
         model_thresholds=loaded.manifest.thresholds,
+        min_auc=min_auc,
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     label = data_label or data.source
@@ -303,7 +312,7 @@ def evaluate(
     ]
     if report.high_specificity:
         notes.append(
-            f"Not shown detected on these data ({NOT_DETECTED}): "
+            f"Not shown detected on these data ({not_detected(report.min_auc)}): "
             f"{', '.join(report.high_specificity)}; --write-thresholds gives them the lowest threshold with "
             f"specificity >= {HIGH_SPECIFICITY:g} here instead of Youden's J."
         )
@@ -373,7 +382,7 @@ def evaluate(
         },
         "youden_thresholds": report.youden_thresholds,
         "operating_thresholds": report.operating_thresholds,
-        "high_specificity": _high_specificity_block(report.high_specificity, "these data"),
+        "high_specificity": _high_specificity_block(report.high_specificity, "these data", report.min_auc),
         "files": [p.name for p in files] + ["metrics.json"],
     }
     report.summary = dict(report.summary, **summary)
@@ -383,9 +392,22 @@ def evaluate(
     return report
 
 
-def _high_specificity_block(findings: list[str], data: str) -> dict:
+def _high_specificity_block(findings: list[str], data: str, min_auc: float) -> dict:
     """Which findings got the high-specificity threshold and why (metrics.json, the manifest)."""
-    return {"findings": findings, "specificity": HIGH_SPECIFICITY, "why": f"{NOT_DETECTED} on {data}"}
+    return {
+        "findings": findings,
+        "specificity": HIGH_SPECIFICITY,
+        "why": f"{not_detected(min_auc)} on {data}",
+    }
+
+
+def check_min_auc(min_auc: float) -> None:
+    """``min_auc`` must lie in [0.5, 1): below 0.5 it would pass scores worse than chance."""
+    if not (isinstance(min_auc, (int, float)) and 0.5 <= min_auc < 1.0):
+        raise ConfigError(
+            f"the minimum AUC for a Youden threshold is {min_auc!r}",
+            hint="give a value from 0.5 (only the CI above chance) to below 1 (default 0.70)",
+        )
 
 
 def write_thresholds(model_dir: str | Path, report: EvaluationReport, *, data_label: str) -> dict:
@@ -411,7 +433,7 @@ def write_thresholds(model_dir: str | Path, report: EvaluationReport, *, data_la
         f"({max(n.values()) if n else 0} volumes; {len(tuned)} of {len(new)} findings tuned, "
         f"the others keep their previous threshold)"
         + (
-            f"; not shown detected there ({NOT_DETECTED}), so set for specificity "
+            f"; not shown detected there ({not_detected(report.min_auc)}), so set for specificity "
             f">= {HIGH_SPECIFICITY:g} instead: {', '.join(hs)}"
             if hs
             else ""
@@ -426,7 +448,7 @@ def write_thresholds(model_dir: str | Path, report: EvaluationReport, *, data_la
             "method": "youden",
             "data": data_label,
             "tuned_findings": tuned,
-            "high_specificity": _high_specificity_block(hs, data_label),
+            "high_specificity": _high_specificity_block(hs, data_label, report.min_auc),
             "n": n,
             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         },

@@ -30,12 +30,15 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.stats import rankdata
 
-# the operating point of a finding not shown detected, and the AUC it needs to be shown detected
-from hyperct.results import HIGH_SPECIFICITY, MIN_USEFUL_AUC
+# the operating-point policy (its constants)
+from hyperct.operating_points import HIGH_SPECIFICITY, MIN_USEFUL_AUC
 
 MIN_CI_PER_CLASS = 10  # fewest positives and fewest negatives for a bootstrap AUC interval
-# what ``discriminates`` rejects, in words
-NOT_DETECTED = f"AUC below {MIN_USEFUL_AUC:.2f}, or its 95 % CI not above 0.5"
+
+
+def not_detected(min_auc: float = MIN_USEFUL_AUC) -> str:
+    """What ``discriminates`` rejects, in words."""
+    return f"AUC below {min_auc:.2f}, or its 95 % CI not above 0.5"
 
 
 def labelled(y: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -148,11 +151,11 @@ def specificity_threshold(y: np.ndarray, score: np.ndarray, specificity: float =
     return float(min(np.nextafter(neg[allowed], np.inf), 1.0))
 
 
-def discriminates(auc: float, ci_low: float) -> bool:
+def discriminates(auc: float, ci_low: float, min_auc: float = MIN_USEFUL_AUC) -> bool:
     """Whether an AUC shows the score detecting the finding well enough to call it at Youden's J: the
-    AUC at least ``MIN_USEFUL_AUC`` and its CI's lower bound above 0.5 (where there is no CI: too few
-    cases, no resamples, the AUC alone)."""
-    if not (np.isfinite(auc) and auc >= MIN_USEFUL_AUC):
+    AUC at least ``min_auc`` (and above 0.5) and its CI's lower bound above 0.5 (where there is no CI:
+    too few cases, no resamples, the AUC alone). ``min_auc`` 0.5 asks only for the CI above chance."""
+    if not (np.isfinite(auc) and auc >= min_auc and auc > 0.5):
         return False
     return bool(ci_low > 0.5) if np.isfinite(ci_low) else True
 
