@@ -67,7 +67,7 @@
 #    every 3rd of its 55 images from a random offset: a step ~3x cheaper) and twice the epochs (24,
 #    7,200 steps), validated after 12 and 24: 1.6-1.8 h on 2 cores;
 # 4. operating thresholds from the 200 validation phantoms (Youden; 99 % specificity for a finding whose
-#    AUC there is not above chance), written into the manifest;
+#    AUC there is below 0.70 or not above chance: hyperct evaluate --min-auc), written into the manifest;
 # 5. the held-out test: 300 fresh phantoms with seeds never used in training (hyperct evaluate);
 # 6. copy the checkpoint into assets/demo_model/ only when the test meets the target (macro AUC
 #    >= 0.90, every finding >= 0.75) or SHIP=1 (VERSION=X.Y then sets its model_version; the model
