@@ -11,6 +11,10 @@
 #   GATE=0 SHIP=1 VERSION=0.7 bash scripts/train_demo.sh
 #                                              # the shipped v0.7: the whole procedure, gate and target
 #                                              # missed, version 0.7 in the copied manifest
+#   GATE=0 STAGE1_PHASE=long bash scripts/train_demo.sh
+#                                              # the candidate after v0.7: the metal arm trained on
+#                                              # (the long arm, to epoch 344), stage 2 as v0.7's into
+#                                              # runs/demo-v1-long-s3
 #   GATE=0 SHIP=1 VERSION=0.6 STAGE1_PHASE=stem bash scripts/train_demo.sh
 #                                              # v0.6 (shipped before v0.7): the stem arm at epoch 204,
 #                                              # stage 2 as v0.7's into runs/demo-v1-stem-s3
@@ -52,7 +56,10 @@
 #    default (STAGE1_PHASE=metal, the shipped v0.7) goes on from there in copies as progress/metal-arm
 #    ran: the stem arm to epoch 224 (~0.8 h), then a fifth window at the metal end of the input
 #    (950..1000 HU) with the schedule re-planned to 280 epochs (~2.2 h; probe 0.880), stage 2 into
-#    runs/demo-v1-metal-s3. STAGE1_PHASE=slices stops at epoch 160 and
+#    runs/demo-v1-metal-s3. STAGE1_PHASE=long goes on from a copy of the metal arm at 280 as
+#    progress/long-arm ran: its schedule re-planned to 360 epochs, stopped after 317 and 333, there
+#    re-planned to end at 344 (~3.6 h; probe 0.887 at 330), stage 2 into runs/demo-v1-long-s3.
+#    STAGE1_PHASE=slices stops at epoch 160 and
 #    trains stage 2 on that backbone into runs/demo-v1-hslice (v0.5); STAGE1_PHASE=heart stops at
 #    epoch 94 and trains stage 2 on that backbone into runs/demo-v1 as v0.4.1's ran.
 # 2. the gate: benchmarks/probe_backbone.py (logistic probe on the frozen mean-CLS feature, 800 / 200
@@ -63,7 +70,7 @@
 #    ~12 min); a rerun resumes an interrupted one; STAGE2_CONFIG=FILE trains FILE into runs/<its name>
 #    instead (configs/demo_v03.yaml: the shipped v0.3, 800 phantoms, 900 steps). v0.5's run: 2.0 h on 2
 #    cores with the input-stage cache (configs/demo_v1.yaml), one validation of ~8 min. v0.6's and
-#    v0.7's (STAGE1_PHASE=stem and the default, metal) add `train.image_stride=3` (each sample reads
+#    v0.7's (STAGE1_PHASE=stem and the default, metal; also long) add `train.image_stride=3` (each sample reads
 #    every 3rd of its 55 images from a random offset: a step ~3x cheaper) and twice the epochs (24,
 #    7,200 steps), validated after 12 and 24: 1.6-1.8 h on 2 cores;
 # 4. operating thresholds from the 200 validation phantoms (Youden; 99 % specificity for a finding whose
@@ -85,9 +92,9 @@ BACKBONE="$RUNS/demo-backbone-v1w-pair-heart"  # stage 1 v1 to epoch 94 (v0.4.1'
 STAGE2_CONFIG=${STAGE2_CONFIG:-configs/demo_v1.yaml}
 STAGE2="$RUNS/$(basename "$STAGE2_CONFIG" .yaml | tr _ -)"  # configs/demo_v1.yaml -> runs/demo-v1
 PHASE=${STAGE1_PHASE:-metal}
-case "$PHASE" in heart | slices | stem | metal) ;; *) echo "STAGE1_PHASE must be heart, slices, stem or metal, not '$PHASE'" >&2; exit 2 ;; esac
+case "$PHASE" in heart | slices | stem | metal | long) ;; *) echo "STAGE1_PHASE must be heart, slices, stem, metal or long, not '$PHASE'" >&2; exit 2 ;; esac
 STAGE2_SETTINGS=()
-if [ "$PHASE" = stem ] || [ "$PHASE" = metal ]; then  # v0.6's and v0.7's stage 2: every 3rd image of a volume per sample, twice the epochs
+if [ "$PHASE" = stem ] || [ "$PHASE" = metal ] || [ "$PHASE" = long ]; then  # v0.6's and v0.7's stage 2: every 3rd image of a volume per sample, twice the epochs
   STAGE2="$STAGE2-$PHASE-s3"
   STAGE2_SETTINGS=(--set train.image_stride=3 --set train.epochs=24 --set train.valid_every=12)
 elif [ "$PHASE" = slices ]; then
@@ -173,6 +180,13 @@ STEM_SEGMENTS="
 # at 224 given a fifth window, as progress/metal-arm ran to epoch 280.
 STEM_ON="$RUNS/demo-backbone-stem-224"
 METAL="$RUNS/demo-backbone-metal"
+# The long arm (STAGE1_PHASE=long): the metal arm's epoch 280 in a copy, its schedule re-planned to 360
+# epochs, as progress/long-arm ran: stopped after 317 and 333, re-planned at 333 to end at 344.
+LONG="$RUNS/demo-backbone-long"
+LONG_SEGMENTS="
+333 360
+344 344
+"
 
 if [ "${STAGE1:-run}" != skip ]; then
   if [ "$(reached "$RUNS/demo-backbone-v1")" = 0 ]; then
@@ -209,7 +223,7 @@ save_backbone(load_checkpoint(sys.argv[1], map_location="cpu")[0].backbone, sys.
     arm "$WINDOW" "$STEM" 172 191 240 --add-conv-stem 16 --set optim.stem_lr_factor=10
     replay "$STEM" "$STEM_SEGMENTS"
   fi
-  if [ "$PHASE" = metal ]; then
+  if [ "$PHASE" = metal ] || [ "$PHASE" = long ]; then
     # the stem arm went on to 224 (in a copy: $STEM stays v0.6's backbone), then the metal arm: a
     # window at the metal end of the input (950..1000 HU, at zero weight at first) from 224, the
     # schedule re-planned to 280 epochs
@@ -218,8 +232,12 @@ save_backbone(load_checkpoint(sys.argv[1], map_location="cpu")[0].backbone, sys.
     arm "$STEM_ON" "$METAL" 224 280 280 --add-hu-window 950 1000
     segment "$METAL" 280 280
   fi
+  if [ "$PHASE" = long ]; then
+    arm "$METAL" "$LONG" 280 317 360
+    replay "$LONG" "$LONG_SEGMENTS"
+  fi
 fi
-case "$PHASE" in slices) BACKBONE=$SLICES ;; stem) BACKBONE=$STEM ;; metal) BACKBONE=$METAL ;; esac
+case "$PHASE" in slices) BACKBONE=$SLICES ;; stem) BACKBONE=$STEM ;; metal) BACKBONE=$METAL ;; long) BACKBONE=$LONG ;; esac
 python benchmarks/probe_backbone.py --backbone "$BACKBONE" --cache "$CACHE" --workers "${PREPARE_WORKERS:-2}" \
   --out "$BACKBONE/probe.json"
 if [ "${GATE:-1}" != 0 ]; then

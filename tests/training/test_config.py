@@ -251,6 +251,11 @@ def test_train_demo_replays_the_kept_stage1_run_as_it_was_recorded():
     assert 'segment "$METAL" 280 280\n' in script
     metal = [(224, 240, []), (280, 280, [])]
     _check_replay(root / "progress" / "metal-arm", segments + slices + window + stem + metal)
+    # STAGE1_PHASE=long: the metal arm's 280 in a copy, re-planned to 360, cut at 317 and 333, then to 344
+    assert 'arm "$METAL" "$LONG" 280 317 360\n' in script and 'replay "$LONG" "$LONG_SEGMENTS"' in script
+    long = [(317, 360, [])] + _stage1_segments(script, "LONG_SEGMENTS")
+    assert long[1:] == [(333, 360, []), (344, 344, [])]
+    _check_replay(root / "progress" / "long-arm", segments + slices + window + stem + metal + long)
 
 
 _FAKE_HYPERCT = """#!/usr/bin/env bash
@@ -332,6 +337,46 @@ def test_train_demo_metal_phase_goes_on_from_copies_of_the_stem_arm(tmp_path):
     assert _train_demo_calls(tmp_path, {}, "metal") == [calls[2]]
 
 
+def test_train_demo_long_phase_goes_on_from_a_copy_of_the_metal_arm(tmp_path):
+    """STAGE1_PHASE=long: the metal arm (v0.7's backbone, at 280) is copied, trained with its schedule
+    re-planned to 360 epochs, stopped where the kept run stopped (317, 333), then to 344 re-planned to
+    end there; the metal arm stays as it is; the probe reads the long arm."""
+    runs = dict(_BEFORE_METAL, **{"demo-backbone-stem-224": 224, "demo-backbone-metal": 280})
+    (tmp_path / "runs" / "demo-backbone-metal").mkdir(parents=True)
+    (tmp_path / "runs" / "demo-backbone-metal" / "mark").write_text("v0.7's backbone")
+    calls = _train_demo_calls(tmp_path, runs, "long")
+    assert calls[:3] == [
+        "hyperct pretrain --resume demo-backbone-long --epochs 360 --until 317 "
+        "--set data.prepare_workers=1 --set data.keep_blocks=false",
+        "hyperct pretrain --resume demo-backbone-long --until 333 --epochs 360 --set data.prepare_workers=1",
+        "hyperct pretrain --resume demo-backbone-long --until 344 --epochs 344 --set data.prepare_workers=1",
+    ]
+    assert len(calls) == 4 and calls[3].startswith(
+        "probe benchmarks/probe_backbone.py --backbone demo-backbone-long "
+    )
+    folder = tmp_path / "runs"
+    assert (folder / "demo-backbone-metal" / "last" / "state.json").read_text() == '{"epoch": 280}'
+    assert (folder / "demo-backbone-long" / "mark").read_text() == "v0.7's backbone"
+    # done: a rerun trains nothing more; the metal phase still stops at the metal arm
+    assert _train_demo_calls(tmp_path, {}, "long") == [calls[3]]
+    metal = _train_demo_calls(tmp_path, {}, "metal")
+    assert len(metal) == 1 and metal[0].startswith(
+        "probe benchmarks/probe_backbone.py --backbone demo-backbone-metal "
+    )
+
+
+def test_train_demo_refuses_an_unknown_phase(tmp_path):
+    """A mistyped STAGE1_PHASE stops the script before it trains anything, naming the phases."""
+    import os
+    import subprocess
+
+    script = CONFIGS.parent / "scripts" / "train_demo.sh"
+    env = dict(os.environ, RUNS=str(tmp_path / "runs"), STAGE1_PHASE="longg")
+    done = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "heart, slices, stem, metal or long, not 'longg'" in done.stderr
+    assert not (tmp_path / "runs").exists()
+
+
 def test_train_demo_makes_an_arm_again_when_its_first_epoch_did_not_finish(tmp_path):
     """An arm interrupted before it finished an epoch after its change (the window already added to
     its weights) is copied again from its source, not given the window twice; STAGE1_PHASE=stem (v0.6)
@@ -390,6 +435,10 @@ def _pop_places(cfg: dict) -> tuple[str, str]:
     return Path(cfg["model"].pop("backbone_weights")).name, Path(cfg.pop("output_dir") or "").name
 
 
+# the line of train_demo.sh that gives stage 2 its settings for the phases that train it on every 3rd image
+_S3_PHASES = 'if [ "$PHASE" = stem ] || [ "$PHASE" = metal ] || [ "$PHASE" = long ]; then'
+
+
 def _script_settings(script: str, marker: str) -> list[str]:
     """The --set values of the first ``STAGE2_SETTINGS=(...)`` line after ``marker`` in train_demo.sh."""
     import shlex
@@ -413,7 +462,7 @@ def test_the_shipped_demo_model_was_trained_as_the_one_command_says():
 
     root = CONFIGS.parent
     script = (root / "scripts" / "train_demo.sh").read_text()
-    sets = _script_settings(script, 'if [ "$PHASE" = stem ] || [ "$PHASE" = metal ]; then')
+    sets = _script_settings(script, _S3_PHASES)
     assert sets == ["train.image_stride=3", "train.epochs=24", "train.valid_every=12"]
     manifest = json.loads((root / "assets" / "demo_model" / "manifest.json").read_text())
     recorded = resolve(manifest["training"]["config"])
@@ -430,7 +479,7 @@ def test_the_shipped_demo_model_was_trained_as_the_one_command_says():
     assert "STAGE2_CONFIG=${STAGE2_CONFIG:-configs/demo_v1.yaml}" in script
     assert "PHASE=${STAGE1_PHASE:-metal}" in script and 'STAGE2="$STAGE2-$PHASE-s3"' in script
     assert (
-        'case "$PHASE" in slices) BACKBONE=$SLICES ;; stem) BACKBONE=$STEM ;; metal) BACKBONE=$METAL ;; esac'
+        'case "$PHASE" in slices) BACKBONE=$SLICES ;; stem) BACKBONE=$STEM ;; metal) BACKBONE=$METAL ;; long) BACKBONE=$LONG ;; esac'
         in script
     )
     assert "GATE=0 SHIP=1 VERSION=0.7 bash scripts/train_demo.sh" in script
@@ -443,7 +492,7 @@ def test_v06s_stage2_is_the_stem_phases():
     the stem and metal phases, on the stem arm at epoch 204, into runs/demo-v1-stem-s3."""
     root = CONFIGS.parent
     script = (root / "scripts" / "train_demo.sh").read_text()
-    sets = _script_settings(script, 'if [ "$PHASE" = stem ] || [ "$PHASE" = metal ]; then')
+    sets = _script_settings(script, _S3_PHASES)
     recorded = resolve(yaml.safe_load((root / "progress" / "demo-v1-stem-s3" / "config.yaml").read_text()))
     config = load_config(CONFIGS / "demo_v1.yaml", overrides=sets)
     assert _pop_places(recorded) == ("sa-e204", "demo-v1-stem-s3")
