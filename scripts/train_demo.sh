@@ -58,7 +58,7 @@
 #    (950..1000 HU) with the schedule re-planned to 280 epochs (~2.2 h; probe 0.880), stage 2 into
 #    runs/demo-v1-metal-s3. STAGE1_PHASE=long goes on from a copy of the metal arm at 280 as
 #    progress/long-arm ran: its schedule re-planned to 360 epochs, stopped after 317 and 333, there
-#    re-planned to end at 344 (~3.6 h; probe 0.887 at 330), stage 2 into runs/demo-v1-long-s3.
+#    re-planned to end at 344 (~3.5 h on 2 cores; probe 0.889), stage 2 into runs/demo-v1-long-s3.
 #    STAGE1_PHASE=slices stops at epoch 160 and
 #    trains stage 2 on that backbone into runs/demo-v1-hslice (v0.5); STAGE1_PHASE=heart stops at
 #    epoch 94 and trains stage 2 on that backbone into runs/demo-v1 as v0.4.1's ran.
