@@ -3,9 +3,12 @@ equal (up to float summation order) to a single-process run of the same global b
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import socket
 import time
+import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -29,7 +32,15 @@ def _data():
     return SignalDataset(8, 21), SignalDataset(6, 22)
 
 
+_HANG_S = 200  # a rank still running after this long prints its stacks and exits (a run takes ~15 s)
+
+
 def _worker(rank: int, world: int, port: int, out: str) -> None:
+    # A hung rank writes every thread's stack to stacks-rank<r>.txt and exits with status 1, so the
+    # test can say where it hung. A raw descriptor: a file object would be closed while the
+    # interpreter shuts down, and a hang there would leave the file empty.
+    stacks = os.open(os.path.join(out, f"stacks-rank{rank}.txt"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    faulthandler.dump_traceback_later(_HANG_S, exit=True, file=stacks)
     os.environ.update(
         RANK=str(rank),
         LOCAL_RANK=str(rank),
@@ -52,15 +63,51 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     save_file(state, os.path.join(out, f"rank{rank}.safetensors"))
 
 
+def _stacks(folder: Path) -> str:
+    """What each rank left: its stacks if it hung, or that it never reached ``_worker``."""
+    parts = []
+    for rank in range(2):
+        dump = folder / f"stacks-rank{rank}.txt"
+        if not dump.exists():
+            parts.append(f"rank {rank} never started its worker (stuck while its process started)")
+        elif dump.read_text().strip():
+            parts.append(f"rank {rank}:\n{dump.read_text()}")
+    return "\n".join(parts)
+
+
+def _run_ranks(folder: Path) -> str | None:
+    """Run the two ranks into ``folder``; None when both finished, else where they hung."""
+    folder.mkdir()
+    ctx = mp.spawn(_worker, args=(2, _free_port(), str(folder)), nprocs=2, join=False)
+    deadline = time.monotonic() + _HANG_S + 120
+    try:
+        while not ctx.join(timeout=5):  # re-raises a rank's exception
+            if time.monotonic() > deadline:
+                for proc in ctx.processes:
+                    proc.kill()
+                return f"the ranks did not finish within {_HANG_S + 120} s\n{_stacks(folder)}"
+    except mp.ProcessExitedException as exc:
+        stacks = _stacks(folder)
+        if not stacks:
+            raise  # a crash, not a hang
+        return f"{exc}\n{stacks}"
+    return None
+
+
 @pytest.mark.slow
 def test_two_gloo_processes_keep_identical_parameters(tmp_path):
-    ctx = mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=False)
-    deadline = time.monotonic() + 300
-    while not ctx.join(timeout=5):  # re-raises a rank's exception
-        if time.monotonic() > deadline:
-            for proc in ctx.processes:
-                proc.kill()
-            pytest.fail("the two gloo ranks did not finish within 300 s")
+    # CI has twice seen the ranks hang (silently, in a full run on 2 busy cores; never in 25 runs
+    # of this test alone). A hang is retried once with a fresh port, its stacks kept as a warning;
+    # a second hang, a rank's exception or a wrong result fails.
+    hung = _run_ranks(tmp_path / "try1")
+    if hung is not None:
+        warnings.warn(f"the two gloo ranks hung; retried once:\n{hung}", stacklevel=1)
+        hung = _run_ranks(tmp_path / "try2")
+        if hung is not None:
+            pytest.fail(f"the two gloo ranks hung twice:\n{hung}")
+        tmp_path = tmp_path / "try2"
+    else:
+        tmp_path = tmp_path / "try1"
     r0 = load_file(tmp_path / "rank0.safetensors")
     r1 = load_file(tmp_path / "rank1.safetensors")
     assert r0.keys() == r1.keys()
