@@ -24,8 +24,13 @@ from call_burden import read_predictions  # noqa: E402
 from hyperct.training.metrics import macro_auc, roc_auc  # noqa: E402
 
 
+def _aucs(y: np.ndarray, p: np.ndarray) -> list[float]:
+    """Each finding's AUC over its labelled volumes."""
+    return [roc_auc(y[y[:, j] >= 0, j], p[y[:, j] >= 0, j]) for j in range(y.shape[1])]
+
+
 def _macro(y: np.ndarray, p: np.ndarray) -> float:
-    return macro_auc([roc_auc(y[y[:, j] >= 0, j], p[y[:, j] >= 0, j]) for j in range(y.shape[1])])
+    return macro_auc(_aucs(y, p))
 
 
 def compare(old: Path, new: Path, rounds: int = 2000, seed: int = 0) -> dict:
@@ -39,14 +44,9 @@ def compare(old: Path, new: Path, rounds: int = 2000, seed: int = 0) -> dict:
         idx = rng.integers(0, len(y), len(y))
         diffs[i] = _macro(y[idx], p_new[idx]) - _macro(y[idx], p_old[idx])
     diffs = diffs[np.isfinite(diffs)]
-    per = {
-        f: {
-            "old": roc_auc(y[y[:, j] >= 0, j], p_old[y[:, j] >= 0, j]),
-            "new": roc_auc(y[y[:, j] >= 0, j], p_new[y[:, j] >= 0, j]),
-        }
-        for j, f in enumerate(ids)
-    }
-    old_m, new_m = _macro(y, p_old), _macro(y, p_new)
+    a_old, a_new = _aucs(y, p_old), _aucs(y, p_new)
+    per = {f: {"old": a_old[j], "new": a_new[j]} for j, f in enumerate(ids)}
+    old_m, new_m = macro_auc(a_old), macro_auc(a_new)
     return {
         "benchmark": "paired_macro_auc_difference",
         "old": str(old),
