@@ -93,6 +93,12 @@ STAGE2_CONFIG=${STAGE2_CONFIG:-configs/demo_v1.yaml}
 STAGE2="$RUNS/$(basename "$STAGE2_CONFIG" .yaml | tr _ -)"  # configs/demo_v1.yaml -> runs/demo-v1
 PHASE=${STAGE1_PHASE:-metal}
 case "$PHASE" in heart | slices | stem | metal | long) ;; *) echo "STAGE1_PHASE must be heart, slices, stem, metal or long, not '$PHASE'" >&2; exit 2 ;; esac
+# reaches P: the chosen phase is P or a later one (each phase trains what the one before it did, then goes on)
+reaches() {
+  local order=" heart slices stem metal long "
+  local chosen=${order%% "$PHASE" *} wanted=${order%% "$1" *}
+  [ ${#chosen} -ge ${#wanted} ]
+}
 STAGE2_SETTINGS=()
 if [ "$PHASE" = stem ] || [ "$PHASE" = metal ] || [ "$PHASE" = long ]; then  # v0.6's and v0.7's stage 2: every 3rd image of a volume per sample, twice the epochs
   STAGE2="$STAGE2-$PHASE-s3"
@@ -211,11 +217,11 @@ save_backbone(load_checkpoint(sys.argv[1], map_location="cpu")[0].backbone, sys.
   fi
   segment "$BACKBONE" 7 40
   replay "$BACKBONE" "$STAGE1_SEGMENTS"
-  if [ "$PHASE" != heart ]; then
+  if reaches slices; then
     copy_unless_past "$BACKBONE" "$SLICES" 0
     replay "$SLICES" "$SLICES_SEGMENTS"
   fi
-  if [ "$PHASE" = stem ] || [ "$PHASE" = metal ]; then
+  if reaches stem; then
     # the window arm: a narrow soft-tissue window (-15..105 HU, at zero weight at first) from 160
     arm "$SLICES" "$WINDOW" 160 172 210 --add-hu-window -15 105
     segment "$WINDOW" 172 210
@@ -223,7 +229,7 @@ save_backbone(load_checkpoint(sys.argv[1], map_location="cpu")[0].backbone, sys.
     arm "$WINDOW" "$STEM" 172 191 240 --add-conv-stem 16 --set optim.stem_lr_factor=10
     replay "$STEM" "$STEM_SEGMENTS"
   fi
-  if [ "$PHASE" = metal ] || [ "$PHASE" = long ]; then
+  if reaches metal; then
     # the stem arm went on to 224 (in a copy: $STEM stays v0.6's backbone), then the metal arm: a
     # window at the metal end of the input (950..1000 HU, at zero weight at first) from 224, the
     # schedule re-planned to 280 epochs
@@ -232,7 +238,7 @@ save_backbone(load_checkpoint(sys.argv[1], map_location="cpu")[0].backbone, sys.
     arm "$STEM_ON" "$METAL" 224 280 280 --add-hu-window 950 1000
     segment "$METAL" 280 280
   fi
-  if [ "$PHASE" = long ]; then
+  if reaches long; then
     arm "$METAL" "$LONG" 280 317 360
     replay "$LONG" "$LONG_SEGMENTS"
   fi

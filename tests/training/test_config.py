@@ -275,9 +275,10 @@ exec {python} "$@"
 """
 
 
-def _train_demo_calls(tmp_path, runs: dict[str, int], phase: str) -> list[str]:
+def _train_demo_calls(tmp_path, runs: dict[str, int], phase: str | None) -> list[str]:
     """Run scripts/train_demo.sh up to its probe gate with a fake ``hyperct`` that records its calls,
-    the stage-1 folders ``runs`` (name: epoch reached) made beforehand; returns the recorded calls."""
+    the stage-1 folders ``runs`` (name: epoch reached) made beforehand, STAGE1_PHASE=``phase`` (None:
+    unset, the script's default); returns the recorded calls."""
     import os
     import subprocess
     import sys
@@ -298,8 +299,10 @@ def _train_demo_calls(tmp_path, runs: dict[str, int], phase: str) -> list[str]:
         PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
         RUNS=str(tmp_path / "runs"),
         CALLS=str(calls),
-        STAGE1_PHASE=phase,
     )
+    env.pop("STAGE1_PHASE", None)
+    if phase is not None:
+        env["STAGE1_PHASE"] = phase
     script = CONFIGS.parent / "scripts" / "train_demo.sh"
     done = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 3, done.stderr
@@ -363,6 +366,32 @@ def test_train_demo_long_phase_goes_on_from_a_copy_of_the_metal_arm(tmp_path):
     assert len(metal) == 1 and metal[0].startswith(
         "probe benchmarks/probe_backbone.py --backbone demo-backbone-metal "
     )
+
+
+def test_train_demo_long_phase_trains_every_arm_on_a_fresh_machine(tmp_path):
+    """With no runs yet, STAGE1_PHASE=long trains each stage-1 run in the order the kept runs grew
+    (v0, v1, v1w, heart slices, window, stem, stem on to 224, metal, long) and probes the long arm: a
+    later phase also trains the arms of the phases before it."""
+    calls = _train_demo_calls(tmp_path, {}, "long")
+    runs = []
+    for call in calls[:-1]:
+        words = call.split()
+        assert words[:2] == ["hyperct", "pretrain"], call
+        for flag in ("--out", "--resume"):
+            if flag in words and (run := words[words.index(flag) + 1]) not in runs:
+                runs.append(run)
+    assert runs == [
+        "demo-backbone-v0",
+        "demo-backbone-v1",
+        "demo-backbone-v1w-pair-heart",
+        "demo-backbone-v1w-pair-heart-slices",
+        "demo-backbone-window",
+        "demo-backbone-stem",
+        "demo-backbone-stem-224",
+        "demo-backbone-metal",
+        "demo-backbone-long",
+    ]
+    assert calls[-1].startswith("probe benchmarks/probe_backbone.py --backbone demo-backbone-long ")
 
 
 def test_train_demo_refuses_an_unknown_phase(tmp_path):
@@ -452,11 +481,11 @@ def _script_settings(script: str, marker: str) -> list[str]:
 
 
 def test_the_shipped_demo_model_was_trained_as_the_one_command_says():
-    """assets/demo_model (v0.7) records the stage-2 configuration it was trained with:
-    configs/demo_v1.yaml with the settings scripts/train_demo.sh adds for its default phase (metal:
-    stride 3, 24 epochs, validated every 12; GATE=0 SHIP=1 VERSION=0.7 bash scripts/train_demo.sh),
-    apart from where the run and its backbone lived (the metal arm at epoch 280: the run read a copy
-    of it, runs/ma-e280); its version is the one the script gave it when shipping a model below the
+    """assets/demo_model (v0.8) records the stage-2 configuration it was trained with:
+    configs/demo_v1.yaml with the settings scripts/train_demo.sh adds for its default phase (long:
+    stride 3, 24 epochs, validated every 12; GATE=0 SHIP=1 VERSION=0.8 bash scripts/train_demo.sh),
+    apart from where the run and its backbone lived (the long arm at epoch 344: the run read a copy
+    of it, runs/la-e344); its version is the one the script gave it when shipping a model below the
     issue's target, not the config's 1.0. Keys added since then read as their defaults."""
     import json
 
