@@ -51,6 +51,7 @@ from hyperct.saliency import METHODS, method_maps  # noqa: E402
 from hyperct.saliency.evaluation import (  # noqa: E402
     grid_shape,
     hit_table,
+    lateral_share,
     lesion_side,
     side_columns,
     token_fraction,
@@ -384,9 +385,7 @@ def main() -> None:
         return c.columns[peak_token(c.maps[m])[2]] == c.side
 
     def side_share(c, m):  # of the map's energy left or right of the midline, the lesion side's share
-        mp = np.maximum(c.maps[m], 0).sum(axis=(0, 1))
-        lateral = mp[c.columns != ""].sum()
-        return float(mp[c.columns == c.side].sum() / lateral) if lateral > 0 else None
+        return lateral_share(c.maps[m], c.columns, c.side)
 
     per_method = {}
     per_finding = defaultdict(dict)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hyperct.saliency.evaluation import grid_shape, hit_table, side_columns, token_fraction
+from hyperct.saliency.evaluation import grid_shape, hit_table, lateral_share, side_columns, token_fraction
 from hyperct.volume import CTVolume
 
 
@@ -51,3 +51,17 @@ def test_side_columns_at_patch_8_split_each_patch_16_column_without_changing_sid
         if side:
             assert list(c8[2 * col : 2 * col + 2]) == [side, side]
     assert (c8 == "R").sum() >= 2 * (c16 == "R").sum() and (c8 == "").sum() <= (c16 == "").sum()
+
+
+def test_lateral_share_counts_positive_mass_on_one_side_and_leaves_the_midline_column_out():
+    columns = np.array(["R", "R", "R", "R", "", "L", "L", "L", "L"])
+    m = np.zeros((55, 9, 9), np.float32)
+    m[3, 4, 1] = 3.0  # right
+    m[10, 2, 7] = 1.0  # left
+    m[20, 5, 4] = 50.0  # the column straddling the midline: on neither side
+    m[30, 1, 8] = -7.0  # negative evidence counts as none
+    assert lateral_share(m, columns, "R") == pytest.approx(0.75)
+    assert lateral_share(m, columns, "L") == pytest.approx(0.25)
+    only_midline = np.zeros_like(m)
+    only_midline[:, :, 4] = 1.0
+    assert lateral_share(only_midline, columns, "R") is None

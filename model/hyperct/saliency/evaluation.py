@@ -63,6 +63,15 @@ def side_columns(volume, patch: int = TOKEN_PIXELS) -> np.ndarray:
     return np.where(hi <= mid, "R", np.where(lo >= mid, "L", ""))
 
 
+def lateral_share(token_map: np.ndarray, columns: np.ndarray, side: str) -> float | None:
+    """Share of a (55, G, G) token map's positive mass in the columns wholly on ``side`` ('R' or 'L';
+    ``columns`` from ``side_columns``) out of its mass in the columns wholly on either side (those
+    straddling the midline left out); None when that mass is zero."""
+    per_column = np.maximum(token_map, 0).sum(axis=(0, 1))
+    lateral = per_column[columns != ""].sum()
+    return float(per_column[columns == side].sum() / lateral) if lateral > 0 else None
+
+
 def lesion_side(mask: np.ndarray, volume) -> str | None:
     """'R' or 'L' when >= 90 % of the mask lies on one side of the body's midline, else None."""
     per_i = mask.sum(axis=(0, 1)).astype(np.float64)
