@@ -8,13 +8,14 @@
 #   V0=v02/assets/demo_model bash scripts/train_demo.sh   # stage 1 v0 = the backbone inside the demo
 #                 # model v0.2 (it froze it: the same weights), not trained again; v0.2 was shipped until
 #                 # v0.3: mkdir v02 && git archive fecca61 assets/demo_model | tar -x -C v02
-#   GATE=0 SHIP=1 VERSION=0.7 bash scripts/train_demo.sh
-#                                              # the shipped v0.7: the whole procedure, gate and target
-#                                              # missed, version 0.7 in the copied manifest
-#   GATE=0 STAGE1_PHASE=long bash scripts/train_demo.sh
-#                                              # the candidate after v0.7: the metal arm trained on
-#                                              # (the long arm, to epoch 344), stage 2 as v0.7's into
-#                                              # runs/demo-v1-long-s3
+#   GATE=0 SHIP=1 VERSION=0.8 bash scripts/train_demo.sh
+#                                              # the shipped v0.8: the whole procedure, gate and target
+#                                              # missed, version 0.8 in the copied manifest (the metal
+#                                              # arm trained on: the long arm, to epoch 344; stage 2
+#                                              # as v0.7's into runs/demo-v1-long-s3)
+#   GATE=0 SHIP=1 VERSION=0.7 STAGE1_PHASE=metal bash scripts/train_demo.sh
+#                                              # v0.7 (shipped before v0.8): the metal arm at epoch
+#                                              # 280, stage 2 into runs/demo-v1-metal-s3
 #   GATE=0 SHIP=1 VERSION=0.6 STAGE1_PHASE=stem bash scripts/train_demo.sh
 #                                              # v0.6 (shipped before v0.7): the stem arm at epoch 204,
 #                                              # stage 2 as v0.7's into runs/demo-v1-stem-s3
@@ -52,11 +53,11 @@
 #    160 a fourth, narrow HU window (-15..105 HU, at zero weight at first; `--add-hu-window`) to epoch
 #    172 (~0.5 h), and at 172 a conv stem of width 16 beside the patch embedding (`--add-conv-stem`,
 #    output at zero at first, its lr x10) to epoch 204 (STEM_SEGMENTS; probe 0.867, ~1.5 h);
-#    STAGE1_PHASE=stem stops there and trains stage 2 on it into runs/demo-v1-stem-s3 (v0.6). The
-#    default (STAGE1_PHASE=metal, the shipped v0.7) goes on from there in copies as progress/metal-arm
-#    ran: the stem arm to epoch 224 (~0.8 h), then a fifth window at the metal end of the input
-#    (950..1000 HU) with the schedule re-planned to 280 epochs (~2.2 h; probe 0.880), stage 2 into
-#    runs/demo-v1-metal-s3. STAGE1_PHASE=long goes on from a copy of the metal arm at 280 as
+#    STAGE1_PHASE=stem stops there and trains stage 2 on it into runs/demo-v1-stem-s3 (v0.6).
+#    STAGE1_PHASE=metal (v0.7) goes on from there in copies as progress/metal-arm ran: the stem arm to
+#    epoch 224 (~0.8 h), then a fifth window at the metal end of the input (950..1000 HU) with the
+#    schedule re-planned to 280 epochs (~2.2 h; probe 0.880), stage 2 into runs/demo-v1-metal-s3. The
+#    default (STAGE1_PHASE=long, the shipped v0.8) goes on from a copy of the metal arm at 280 as
 #    progress/long-arm ran: its schedule re-planned to 360 epochs, stopped after 317 and 333, there
 #    re-planned to end at 344 (~3.5 h on 2 cores; probe 0.889), stage 2 into runs/demo-v1-long-s3.
 #    STAGE1_PHASE=slices stops at epoch 160 and
@@ -69,8 +70,8 @@
 #    steps, ~3.3 s each measured on one CPU thread beside another job: ~3.3 h, plus four validations of
 #    ~12 min); a rerun resumes an interrupted one; STAGE2_CONFIG=FILE trains FILE into runs/<its name>
 #    instead (configs/demo_v03.yaml: the shipped v0.3, 800 phantoms, 900 steps). v0.5's run: 2.0 h on 2
-#    cores with the input-stage cache (configs/demo_v1.yaml), one validation of ~8 min. v0.6's and
-#    v0.7's (STAGE1_PHASE=stem and the default, metal; also long) add `train.image_stride=3` (each sample reads
+#    cores with the input-stage cache (configs/demo_v1.yaml), one validation of ~8 min. v0.6's, v0.7's
+#    and v0.8's (STAGE1_PHASE=stem, metal and the default, long) add `train.image_stride=3` (each sample reads
 #    every 3rd of its 55 images from a random offset: a step ~3x cheaper) and twice the epochs (24,
 #    7,200 steps), validated after 12 and 24: 1.6-1.8 h on 2 cores;
 # 4. operating thresholds from the 200 validation phantoms (Youden; 99 % specificity for a finding whose
@@ -88,10 +89,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-runs}
 CACHE=cache/hyperct-demo
-BACKBONE="$RUNS/demo-backbone-v1w-pair-heart"  # stage 1 v1 to epoch 94 (v0.4.1's backbone; v0.5's goes on in $SLICES, v0.6's in $STEM, v0.7's in $METAL)
+BACKBONE="$RUNS/demo-backbone-v1w-pair-heart"  # stage 1 v1 to epoch 94 (v0.4.1's backbone; v0.5's goes on in $SLICES, v0.6's in $STEM, v0.7's in $METAL, v0.8's in $LONG)
 STAGE2_CONFIG=${STAGE2_CONFIG:-configs/demo_v1.yaml}
 STAGE2="$RUNS/$(basename "$STAGE2_CONFIG" .yaml | tr _ -)"  # configs/demo_v1.yaml -> runs/demo-v1
-PHASE=${STAGE1_PHASE:-metal}
+PHASE=${STAGE1_PHASE:-long}
 case "$PHASE" in heart | slices | stem | metal | long) ;; *) echo "STAGE1_PHASE must be heart, slices, stem, metal or long, not '$PHASE'" >&2; exit 2 ;; esac
 # reaches P: the chosen phase is P or a later one (each phase trains what the one before it did, then goes on)
 reaches() {
@@ -100,7 +101,7 @@ reaches() {
   [ ${#chosen} -ge ${#wanted} ]
 }
 STAGE2_SETTINGS=()
-if [ "$PHASE" = stem ] || [ "$PHASE" = metal ] || [ "$PHASE" = long ]; then  # v0.6's and v0.7's stage 2: every 3rd image of a volume per sample, twice the epochs
+if [ "$PHASE" = stem ] || [ "$PHASE" = metal ] || [ "$PHASE" = long ]; then  # v0.6's, v0.7's and v0.8's stage 2: every 3rd image of a volume per sample, twice the epochs
   STAGE2="$STAGE2-$PHASE-s3"
   STAGE2_SETTINGS=(--set train.image_stride=3 --set train.epochs=24 --set train.valid_every=12)
 elif [ "$PHASE" = slices ]; then

@@ -368,11 +368,11 @@ def test_train_demo_long_phase_goes_on_from_a_copy_of_the_metal_arm(tmp_path):
     )
 
 
-def test_train_demo_long_phase_trains_every_arm_on_a_fresh_machine(tmp_path):
-    """With no runs yet, STAGE1_PHASE=long trains each stage-1 run in the order the kept runs grew
-    (v0, v1, v1w, heart slices, window, stem, stem on to 224, metal, long) and probes the long arm: a
-    later phase also trains the arms of the phases before it."""
-    calls = _train_demo_calls(tmp_path, {}, "long")
+def test_train_demo_default_phase_trains_every_arm_on_a_fresh_machine(tmp_path):
+    """With no runs yet, the default phase (long, the shipped v0.8) trains each stage-1 run in the
+    order the kept runs grew (v0, v1, v1w, heart slices, window, stem, stem on to 224, metal, long) and
+    probes the long arm: a later phase also trains the arms of the phases before it."""
+    calls = _train_demo_calls(tmp_path, {}, None)
     runs = []
     for call in calls[:-1]:
         words = call.split()
@@ -497,22 +497,37 @@ def test_the_shipped_demo_model_was_trained_as_the_one_command_says():
     recorded = resolve(manifest["training"]["config"])
     config = load_config(CONFIGS / "demo_v1.yaml", overrides=sets)
     assert (
-        manifest["model_version"] == "0.7"
+        manifest["model_version"] == "0.8"
         and recorded["model"]["version"] == config["model"]["version"] == "1.0"
     )
-    assert _pop_places(recorded) == ("ma-e280", "demo-v1-metal-s3")
+    assert _pop_places(recorded) == ("la-e344", "demo-v1-long-s3")
     _pop_places(config)
     assert recorded == config
     assert config["data"]["train"]["count"] == 2400 and config["train"]["epochs"] == 24
     assert config["train"]["embedding_cache"] == "float16" and config["train"]["image_stride"] == 3
     assert "STAGE2_CONFIG=${STAGE2_CONFIG:-configs/demo_v1.yaml}" in script
-    assert "PHASE=${STAGE1_PHASE:-metal}" in script and 'STAGE2="$STAGE2-$PHASE-s3"' in script
+    assert "PHASE=${STAGE1_PHASE:-long}" in script and 'STAGE2="$STAGE2-$PHASE-s3"' in script
     assert (
         'case "$PHASE" in slices) BACKBONE=$SLICES ;; stem) BACKBONE=$STEM ;; metal) BACKBONE=$METAL ;; long) BACKBONE=$LONG ;; esac'
         in script
     )
-    assert "GATE=0 SHIP=1 VERSION=0.7 bash scripts/train_demo.sh" in script
+    assert "GATE=0 SHIP=1 VERSION=0.8 bash scripts/train_demo.sh" in script
     assert 'update_manifest(sys.argv[1], model_version=sys.argv[2])\' assets/demo_model "$VERSION"' in script
+
+
+def test_v07s_stage2_is_the_metal_phases():
+    """STAGE1_PHASE=metal trains stage 2 as v0.7's ran (progress/demo-v1-metal-s3/config.yaml: the
+    configuration its manifest recorded): configs/demo_v1.yaml with the settings the script adds for
+    the stem, metal and long phases, on the metal arm at epoch 280, into runs/demo-v1-metal-s3."""
+    root = CONFIGS.parent
+    script = (root / "scripts" / "train_demo.sh").read_text()
+    sets = _script_settings(script, _S3_PHASES)
+    recorded = resolve(yaml.safe_load((root / "progress" / "demo-v1-metal-s3" / "config.yaml").read_text()))
+    config = load_config(CONFIGS / "demo_v1.yaml", overrides=sets)
+    assert _pop_places(recorded) == ("ma-e280", "demo-v1-metal-s3")
+    _pop_places(config)
+    assert recorded == config
+    assert "GATE=0 SHIP=1 VERSION=0.7 STAGE1_PHASE=metal bash scripts/train_demo.sh" in script
 
 
 def test_v06s_stage2_is_the_stem_phases():

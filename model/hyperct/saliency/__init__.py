@@ -3,11 +3,11 @@
 Methods (``METHODS``; the default is the one the saliency benchmark measured best, see
 ``benchmarks/bench_saliency.py`` and the model card):
 
-* ``attention``: gradient-weighted attention relevance (Chefer et al., ICCV 2021), ``attention.py``
-  (the default until demo v0.4);
+* ``attention`` (default): gradient-weighted attention relevance (Chefer et al., ICCV 2021),
+  ``attention.py`` (also the default until demo v0.4; the token gradient from v0.4 to v0.7);
 * ``gradcam``: captum Grad-CAM on the last block's tokens with per-volume channel weights,
   ``gradcam.py``;
-* ``token_gradient`` (default): gradient norm per patch token at an early block (fast),
+* ``token_gradient``: gradient norm per patch token at an early block (fast),
   ``gradients.py``;
 * ``input_x_gradient``: captum |input x gradient| on the pixels, ``gradients.py``;
 * ``integrated_gradients``: captum integrated gradients from the blurred scan, ``integrated.py``;

@@ -32,16 +32,16 @@ METHODS: dict[str, Method] = {
             "attention",
             "Attention relevance",
             "Gradient-weighted attention (Chefer et al. 2021): which patches feed the CLS token the "
-            "finding is read from, through every block (the default until demo v0.4: best on the benchmark with v0.2 "
-            "and v0.3)",
+            "finding is read from, through every block (the default: with demo v0.8 its peak lies inside the "
+            "lesion most often; also the default until v0.4)",
             True,
             "token",
         ),
         Method(
             "token_gradient",
             "Token gradient",
-            "Fast: how strongly the finding's score responds to each patch token of an early block (the default: "
-            "with demo v0.7 its top tokens move the score most, and it alone follows a moved effusion)",
+            "Fast: how strongly the finding's score responds to each patch token of an early block (the default "
+            "from demo v0.4 to v0.7; with v0.8 its top tokens move the score more than attention's)",
             True,
             "token",
         ),
@@ -69,4 +69,4 @@ METHODS: dict[str, Method] = {
         ),
     )
 }
-DEFAULT_METHOD = "token_gradient"  # benchmarks/results/saliency_demo_v04.json; the model card says why
+DEFAULT_METHOD = "attention"  # benchmarks/results/saliency_demo_v08*.json; the model card says why
