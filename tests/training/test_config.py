@@ -515,34 +515,25 @@ def test_the_shipped_demo_model_was_trained_as_the_one_command_says():
     assert 'update_manifest(sys.argv[1], model_version=sys.argv[2])\' assets/demo_model "$VERSION"' in script
 
 
-def test_v07s_stage2_is_the_metal_phases():
-    """STAGE1_PHASE=metal trains stage 2 as v0.7's ran (progress/demo-v1-metal-s3/config.yaml: the
-    configuration its manifest recorded): configs/demo_v1.yaml with the settings the script adds for
-    the stem, metal and long phases, on the metal arm at epoch 280, into runs/demo-v1-metal-s3."""
+@pytest.mark.parametrize(
+    "version,phase,backbone",
+    [("0.7", "metal", "ma-e280"), ("0.6", "stem", "sa-e204")],
+)
+def test_earlier_s3_versions_stage2_is_their_phases(version, phase, backbone):
+    """STAGE1_PHASE=metal and =stem train stage 2 as v0.7's and v0.6's ran
+    (progress/demo-v1-<phase>-s3/config.yaml: the configuration their manifests recorded):
+    configs/demo_v1.yaml with the settings the script adds for the stem, metal and long phases, on
+    the metal arm at epoch 280 and the stem arm at epoch 204, into runs/demo-v1-<phase>-s3."""
     root = CONFIGS.parent
     script = (root / "scripts" / "train_demo.sh").read_text()
     sets = _script_settings(script, _S3_PHASES)
-    recorded = resolve(yaml.safe_load((root / "progress" / "demo-v1-metal-s3" / "config.yaml").read_text()))
+    run = f"demo-v1-{phase}-s3"
+    recorded = resolve(yaml.safe_load((root / "progress" / run / "config.yaml").read_text()))
     config = load_config(CONFIGS / "demo_v1.yaml", overrides=sets)
-    assert _pop_places(recorded) == ("ma-e280", "demo-v1-metal-s3")
+    assert _pop_places(recorded) == (backbone, run)
     _pop_places(config)
     assert recorded == config
-    assert "GATE=0 SHIP=1 VERSION=0.7 STAGE1_PHASE=metal bash scripts/train_demo.sh" in script
-
-
-def test_v06s_stage2_is_the_stem_phases():
-    """STAGE1_PHASE=stem trains stage 2 as v0.6's ran (progress/demo-v1-stem-s3/config.yaml: the
-    configuration its manifest recorded): configs/demo_v1.yaml with the settings the script adds for
-    the stem and metal phases, on the stem arm at epoch 204, into runs/demo-v1-stem-s3."""
-    root = CONFIGS.parent
-    script = (root / "scripts" / "train_demo.sh").read_text()
-    sets = _script_settings(script, _S3_PHASES)
-    recorded = resolve(yaml.safe_load((root / "progress" / "demo-v1-stem-s3" / "config.yaml").read_text()))
-    config = load_config(CONFIGS / "demo_v1.yaml", overrides=sets)
-    assert _pop_places(recorded) == ("sa-e204", "demo-v1-stem-s3")
-    _pop_places(config)
-    assert recorded == config
-    assert "GATE=0 SHIP=1 VERSION=0.6 STAGE1_PHASE=stem bash scripts/train_demo.sh" in script
+    assert f"GATE=0 SHIP=1 VERSION={version} STAGE1_PHASE={phase} bash scripts/train_demo.sh" in script
 
 
 def test_v05s_stage2_is_configs_demo_v1_as_it_stands():
