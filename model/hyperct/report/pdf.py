@@ -699,8 +699,8 @@ def render_pdf(doc: dict, volume=None, saliency=None, *, key_findings: list[str]
         Paragraph(
             "Axial slice through the saliency peak of each "
             + ("selected" if key_findings is not None else "positive")
-            + " finding (up to four). The overlay shows where the model's score is most sensitive, "
-            "normalised to the scan's maximum; it is not a lesion outline.",
+            + " finding (up to four). The overlay shows where the model's evidence for the finding lies (the "
+            "method is named under each image), normalised to the scan's maximum; it is not a lesion outline.",
             st["muted"],
         )
     )
