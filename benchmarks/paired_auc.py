@@ -21,12 +21,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _output import emit_json  # noqa: E402
 from call_burden import read_predictions  # noqa: E402
 
-from hyperct.training.metrics import macro_auc, roc_auc  # noqa: E402
+from hyperct.training.metrics import labelled, macro_auc, roc_auc  # noqa: E402
 
 
 def _aucs(y: np.ndarray, p: np.ndarray) -> list[float]:
     """Each finding's AUC over its labelled volumes."""
-    return [roc_auc(y[y[:, j] >= 0, j], p[y[:, j] >= 0, j]) for j in range(y.shape[1])]
+    return [roc_auc(*labelled(y[:, j], p[:, j])) for j in range(y.shape[1])]
 
 
 def _macro(y: np.ndarray, p: np.ndarray) -> float:
