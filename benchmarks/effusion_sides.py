@@ -25,13 +25,8 @@ from hyperct.findings import catalogue  # noqa: E402
 from hyperct.loading import load_model  # noqa: E402
 from hyperct.phantom import generate  # noqa: E402
 from hyperct.preprocess import preprocess  # noqa: E402
-from hyperct.saliency import method_maps, token_grid  # noqa: E402
-from hyperct.saliency.evaluation import lateral_share, side_columns  # noqa: E402
-from hyperct.saliency.maps import peak_token  # noqa: E402
-
-# (seed, lesion_variant with the effusion on the right only, variant with it on the left only):
-# the oracle test's pairs
-PAIRS = [(4, 0, 4), (7, 4, 5)]
+from hyperct.saliency import method_maps  # noqa: E402
+from hyperct.saliency.evaluation import EFFUSION_SIDE_PAIRS, map_sides  # noqa: E402
 
 
 def _case(model, task: int, methods: list[str], seed: int, variant: int, matrix: int) -> dict:
@@ -39,7 +34,6 @@ def _case(model, task: int, methods: list[str], seed: int, variant: int, matrix:
     px = preprocess(ph.volume).pixel_values[None]
     with torch.no_grad():
         prob = float(torch.sigmoid(model(px, torch.tensor([task])).float())[0, 0])
-    cols = side_columns(ph.volume)
     case = {
         "seed": seed,
         "lesion_variant": variant,
@@ -48,11 +42,10 @@ def _case(model, task: int, methods: list[str], seed: int, variant: int, matrix:
         "probability": round(prob, 4),
     }
     for m in methods:
-        saliency = method_maps(model, px, [task], m)[0]
-        share = lateral_share(token_grid(saliency), cols, "R")
+        share, peak_side = map_sides(method_maps(model, px, [task], m)[0], ph.volume)
         case[m] = {
             "share_right": None if share is None else round(share, 3),
-            "peak_side": str(cols[peak_token(saliency)[2]]) or "midline",
+            "peak_side": peak_side or "midline",
         }
     return case
 
@@ -72,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     task = catalogue().index("pleural_effusion")
     methods = [m for m in args.methods.split(",") if m]
     pairs = []
-    for seed, right, left in PAIRS:
+    for seed, right, left in EFFUSION_SIDE_PAIRS:
         r = _case(model, task, methods, seed, right, 128)
         l_ = _case(model, task, methods, seed, left, 128)
         pairs.append(

@@ -21,12 +21,8 @@ from hyperct.findings import catalogue
 from hyperct.loading import load_model
 from hyperct.phantom import generate
 from hyperct.preprocess import preprocess
-from hyperct.saliency import DEFAULT_METHOD, method_maps, token_grid
-from hyperct.saliency.evaluation import lateral_share, side_columns
-from hyperct.saliency.maps import peak_token
-
-# (seed, lesion_variant with the effusion on the right only, variant with it on the left only)
-PAIRS = [(4, 0, 4), (7, 4, 5)]
+from hyperct.saliency import DEFAULT_METHOD, method_maps
+from hyperct.saliency.evaluation import EFFUSION_SIDE_PAIRS, map_sides
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +34,7 @@ def demo():
 def test_the_default_map_moves_to_the_side_of_the_effusion(demo):
     task = catalogue().index("pleural_effusion")
     peaks_on_side = 0
-    for seed, right, left in PAIRS:
+    for seed, right, left in EFFUSION_SIDE_PAIRS:
         share_right, peak_sides = _pair(demo, task, seed, right, left)
         assert share_right["R"] - share_right["L"] >= 0.1, (seed, share_right)
         peaks_on_side += sum(peak_sides[side] == side for side in ("R", "L"))
@@ -55,7 +51,5 @@ def _pair(demo, task, seed, right, left):
         with torch.no_grad():
             assert torch.sigmoid(demo(px, torch.tensor([task])))[0, 0] > 0.5  # detected both times
         saliency = method_maps(demo, px, [task], DEFAULT_METHOD)[0]
-        cols = side_columns(ph.volume)
-        share_right[side] = lateral_share(token_grid(saliency), cols, "R")
-        peak_sides[side] = str(cols[peak_token(saliency)[2]])
+        share_right[side], peak_sides[side] = map_sides(saliency, ph.volume)
     return share_right, peak_sides

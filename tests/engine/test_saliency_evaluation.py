@@ -6,7 +6,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hyperct.saliency.evaluation import grid_shape, hit_table, lateral_share, side_columns, token_fraction
+from hyperct.saliency.evaluation import (
+    grid_shape,
+    hit_table,
+    lateral_share,
+    map_sides,
+    side_columns,
+    token_fraction,
+)
 from hyperct.volume import CTVolume
 
 
@@ -65,3 +72,17 @@ def test_lateral_share_counts_positive_mass_on_one_side_and_leaves_the_midline_c
     only_midline = np.zeros_like(m)
     only_midline[:, :, 4] = 1.0
     assert lateral_share(only_midline, columns, "R") is None
+
+
+def test_map_sides_reads_a_pixel_map_by_the_patients_side_of_its_mass_and_of_its_peak():
+    hu = np.full((10, 144, 144), -1000.0, np.float32)
+    hu[:, 20:124, 20:124] = 40.0  # body centred on column 71.5
+    vol = CTVolume(hu=hu, spacing=(2.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0))
+    cols = side_columns(vol)
+    right, left, middle = list(cols).index("R"), list(cols).index("L"), list(cols).index("")
+    pixels = np.zeros((165, 144, 144), np.float32)  # a pixel map, as the gradient methods give
+    pixels[30, 70, right * 16 + 3] = 3.0
+    pixels[90, 40, left * 16 + 8] = 1.0
+    assert map_sides(pixels, vol) == (pytest.approx(0.75), "R")
+    pixels[60, 60, middle * 16 + 5] = 9.0  # the peak across the midline: no side, share unchanged
+    assert map_sides(pixels, vol) == (pytest.approx(0.75), "")

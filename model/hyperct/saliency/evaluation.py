@@ -9,7 +9,12 @@ import numpy as np
 from scipy.ndimage import distance_transform_edt
 
 from hyperct.preprocess import IMAGE_SIZE, N_IMAGES, model_to_source_coords, resample_hu
-from hyperct.saliency.maps import TOKEN_PIXELS
+from hyperct.saliency.maps import TOKEN_PIXELS, peak_token, token_grid
+
+# Phantom seeds with a lesion variant that draws the pleural effusion on the patient's right only and
+# one that draws it on the left only (seed, right, left), at matrix 128: the effusion oracle of
+# tests/engine/test_saliency_demo.py and benchmarks/effusion_sides.py (the test checks the sides).
+EFFUSION_SIDE_PAIRS = [(4, 0, 4), (7, 4, 5)]
 
 
 def grid_shape(patch: int = TOKEN_PIXELS) -> tuple[int, int, int]:
@@ -70,6 +75,14 @@ def lateral_share(token_map: np.ndarray, columns: np.ndarray, side: str) -> floa
     per_column = np.maximum(token_map, 0).sum(axis=(0, 1))
     lateral = per_column[columns != ""].sum()
     return float(per_column[columns == side].sum() / lateral) if lateral > 0 else None
+
+
+def map_sides(saliency, volume) -> tuple[float | None, str]:
+    """A saliency map (one finding's, as ``method_maps`` gives it) of ``volume`` read for laterality:
+    the share of its lateral mass on the patient's right (``lateral_share``) and the side of its peak
+    token ('R', 'L', or '' for a column across the midline)."""
+    cols = side_columns(volume)
+    return lateral_share(token_grid(saliency), cols, "R"), str(cols[peak_token(saliency)[2]])
 
 
 def lesion_side(mask: np.ndarray, volume) -> str | None:
