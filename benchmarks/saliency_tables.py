@@ -5,8 +5,8 @@ python benchmarks/saliency_tables.py benchmarks/results/saliency_demo.json
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 
 ROWS = [
     ("laterality_effusion_peak_on_side", "(a) peak on the effusion's side, detected one-sided effusions"),
@@ -61,4 +61,6 @@ def main(path: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("result", help="a bench_saliency.py JSON")
+    main(parser.parse_args().result)
