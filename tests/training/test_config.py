@@ -259,26 +259,41 @@ def test_train_demo_replays_the_kept_stage1_run_as_it_was_recorded():
 
 
 _FAKE_HYPERCT = """#!/usr/bin/env bash
-# records its arguments; a pretrain run "reaches" --until (else --epochs), as its state.json says
+# records its arguments; a pretrain run "reaches" --until (else --epochs), a train run its
+# train.epochs setting, as its state.json says; a train run leaves the files a run folder has
 echo "hyperct $*" >> "$CALLS"
-run= until= epochs=
+command=$1 run= until= epochs=
 while [ $# -gt 0 ]; do
-  case "$1" in --resume | --out) run=$2 ;; --until) until=$2 ;; --epochs) epochs=$2 ;; esac
+  case "$1" in
+    --resume | --out) run=$2 ;; --until) until=$2 ;; --epochs) epochs=$2 ;;
+    train.epochs=*) epochs=${1#train.epochs=} ;;
+  esac
   shift
 done
-mkdir -p "$run/last" && echo "{\\"epoch\\": ${until:-$epochs}}" > "$run/last/state.json"
+[ "$command" = evaluate ] && exit 0
+if [ -n "${until:-$epochs}" ]; then
+  mkdir -p "$run/last" && echo "{\\"epoch\\": ${until:-$epochs}}" > "$run/last/state.json"
+fi
+if [ "$command" = train ]; then mkdir -p "$run/best" && touch "$run/config.yaml" "$run/log.jsonl"; fi
 """
 _FAKE_PYTHON = """#!/usr/bin/env bash
-# the probe gate stops the script here; any other python runs
-if [ "$1" = benchmarks/probe_backbone.py ]; then echo "probe $*" >> "$CALLS"; exit 3; fi
+# the probe gate stops the script here (unless PROBE_PASSES=1); any other python runs
+if [ "$1" = benchmarks/probe_backbone.py ]; then
+  echo "probe $*" >> "$CALLS"
+  [ "${{PROBE_PASSES:-0}}" = 1 ] && exit 0
+  exit 3
+fi
 exec {python} "$@"
 """
 
 
-def _train_demo_calls(tmp_path, runs: dict[str, int], phase: str | None) -> list[str]:
+def _train_demo_calls(
+    tmp_path, runs: dict[str, int], phase: str | None, *, stage2: dict[str, str] | None = None
+) -> list[str]:
     """Run scripts/train_demo.sh up to its probe gate with a fake ``hyperct`` that records its calls,
     the stage-1 folders ``runs`` (name: epoch reached) made beforehand, STAGE1_PHASE=``phase`` (None:
-    unset, the script's default); returns the recorded calls."""
+    unset, the script's default); returns the recorded calls. ``stage2`` (environment settings): the
+    probe passes (GATE=0) and the script runs to its end (stage 2, the reports, not shipped)."""
     import os
     import subprocess
     import sys
@@ -300,12 +315,17 @@ def _train_demo_calls(tmp_path, runs: dict[str, int], phase: str | None) -> list
         RUNS=str(tmp_path / "runs"),
         CALLS=str(calls),
     )
-    env.pop("STAGE1_PHASE", None)
+    for name in ("STAGE1_PHASE", "STAGE2_EPOCHS", "GATE", "SHIP", "VERSION"):
+        env.pop(name, None)
     if phase is not None:
         env["STAGE1_PHASE"] = phase
+    if stage2 is not None:
+        env.update(stage2, PROBE_PASSES="1", GATE="0")
     script = CONFIGS.parent / "scripts" / "train_demo.sh"
     done = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 3, done.stderr
+    assert done.returncode == (3 if stage2 is None else 0), done.stderr
+    if stage2 is not None:
+        assert "target not met: assets/demo_model left as it is" in done.stdout
     return calls.read_text().replace(str(tmp_path / "runs") + "/", "").splitlines()
 
 
@@ -368,8 +388,61 @@ def test_train_demo_long_phase_goes_on_from_a_copy_of_the_metal_arm(tmp_path):
     )
 
 
+_LONG_DONE = dict(
+    _BEFORE_METAL,
+    **{"demo-backbone-stem-224": 224, "demo-backbone-metal": 280, "demo-backbone-long": 344},
+)
+
+
+def test_train_demo_long_phase_stage2_goes_on_to_36_epochs_in_a_copy(tmp_path):
+    """The default phase's stage 2 (v0.9): 24 epochs into runs/demo-v1-long-s3 (v0.8's run), then a copy
+    of it resumed with the schedule re-planned to 36 epochs into runs/demo-v1-long-s3-e36, as
+    progress/demo-v1-long-s3-e36 ran; the thresholds and the test are that copy's, and the 24-epoch
+    run stays at 24. A rerun does not copy the finished run again."""
+    calls = _train_demo_calls(tmp_path, _LONG_DONE, None, stage2={})
+    data = "--phantom-matrix 192 --cache cache/hyperct-demo"
+    assert calls[1:] == [
+        "hyperct train --config configs/demo_v1.yaml --out demo-v1-long-s3 --overwrite "
+        "--set model.backbone_weights=demo-backbone-long --set train.image_stride=3 "
+        "--set train.epochs=24 --set train.valid_every=12",
+        "hyperct train --resume demo-v1-long-s3-e36 --set output_dir=demo-v1-long-s3-e36 "
+        "--set train.epochs=36 --set train.valid_every=12",
+        f"hyperct evaluate --model demo-v1-long-s3-e36/best --data phantom:200:200000 {data} "
+        "--out demo-v1-long-s3-e36/valid-report --write-thresholds --overwrite",
+        f"hyperct evaluate --model demo-v1-long-s3-e36/best --data phantom:300:300000 {data} "
+        "--thresholds model --out demo-v1-long-s3-e36/test-report --overwrite",
+    ]
+    runs = tmp_path / "runs"
+    assert (runs / "demo-v1-long-s3" / "last" / "state.json").read_text().strip() == '{"epoch": 24}'
+    assert (runs / "demo-v1-long-s3-e36" / "last" / "state.json").read_text().strip() == '{"epoch": 36}'
+    (runs / "demo-v1-long-s3-e36" / "mark").write_text("the finished copy")
+    again = _train_demo_calls(tmp_path, {}, None, stage2={})
+    assert again[1:] == ["hyperct train --resume demo-v1-long-s3", calls[2], *calls[3:]]
+    assert (runs / "demo-v1-long-s3-e36" / "mark").is_file()
+
+
+def test_train_demo_stage2_epochs_24_gives_v08s_run(tmp_path):
+    """STAGE2_EPOCHS=24 (v0.8): no re-planned copy; the thresholds and the test are the 24-epoch
+    run's. Any other value is refused before anything is trained."""
+    calls = _train_demo_calls(tmp_path, _LONG_DONE, None, stage2={"STAGE2_EPOCHS": "24"})
+    assert [c.split()[:4] for c in calls[1:]] == [
+        ["hyperct", "train", "--config", "configs/demo_v1.yaml"],
+        ["hyperct", "evaluate", "--model", "demo-v1-long-s3/best"],
+        ["hyperct", "evaluate", "--model", "demo-v1-long-s3/best"],
+    ]
+    assert not (tmp_path / "runs" / "demo-v1-long-s3-e36").exists()
+    import os
+    import subprocess
+
+    script = CONFIGS.parent / "scripts" / "train_demo.sh"
+    env = dict(os.environ, RUNS=str(tmp_path / "fresh"), STAGE2_EPOCHS="48")
+    done = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "STAGE2_EPOCHS must be 24 or 36, not '48'" in done.stderr
+    assert not (tmp_path / "fresh").exists()
+
+
 def test_train_demo_default_phase_trains_every_arm_on_a_fresh_machine(tmp_path):
-    """With no runs yet, the default phase (long, the shipped v0.8) trains each stage-1 run in the
+    """With no runs yet, the default phase (long, the shipped v0.9) trains each stage-1 run in the
     order the kept runs grew (v0, v1, v1w, heart slices, window, stem, stem on to 224, metal, long) and
     probes the long arm: a later phase also trains the arms of the phases before it."""
     calls = _train_demo_calls(tmp_path, {}, None)
@@ -481,38 +554,62 @@ def _script_settings(script: str, marker: str) -> list[str]:
 
 
 def test_the_shipped_demo_model_was_trained_as_the_one_command_says():
-    """assets/demo_model (v0.8) records the stage-2 configuration it was trained with:
+    """assets/demo_model (v0.9) records the stage-2 configuration it was trained with:
     configs/demo_v1.yaml with the settings scripts/train_demo.sh adds for its default phase (long:
-    stride 3, 24 epochs, validated every 12; GATE=0 SHIP=1 VERSION=0.8 bash scripts/train_demo.sh),
-    apart from where the run and its backbone lived (the long arm at epoch 344: the run read a copy
-    of it, runs/la-e344); its version is the one the script gave it when shipping a model below the
-    issue's target, not the config's 1.0. Keys added since then read as their defaults."""
+    stride 3, 24 epochs, validated every 12), then re-planned to 36 epochs in a copy as the script's
+    resume does (GATE=0 SHIP=1 VERSION=0.9 bash scripts/train_demo.sh), apart from where the run and
+    its backbone lived (the long arm at epoch 344: the run read a copy of it, runs/la-e344; the run
+    was runs/demo-v1-long-s3-e36, where the script puts it); its version is the one the script gave it
+    when shipping a model below the issue's target, not the config's 1.0. Keys added since then read
+    as their defaults."""
     import json
 
     root = CONFIGS.parent
     script = (root / "scripts" / "train_demo.sh").read_text()
     sets = _script_settings(script, _S3_PHASES)
     assert sets == ["train.image_stride=3", "train.epochs=24", "train.valid_every=12"]
+    replan = (
+        'hyperct train --resume "$run" --set "output_dir=$run" --set "train.epochs=$epochs" '
+        "--set train.valid_every=12"
+    )
+    assert replan in script and "  for epochs in 36; do" in script
+    assert 'run="$STAGE2-e$epochs"' in script
     manifest = json.loads((root / "assets" / "demo_model" / "manifest.json").read_text())
     recorded = resolve(manifest["training"]["config"])
-    config = load_config(CONFIGS / "demo_v1.yaml", overrides=sets)
+    config = load_config(CONFIGS / "demo_v1.yaml", overrides=[*sets, "train.epochs=36"])
     assert (
-        manifest["model_version"] == "0.8"
+        manifest["model_version"] == "0.9"
         and recorded["model"]["version"] == config["model"]["version"] == "1.0"
     )
-    assert _pop_places(recorded) == ("la-e344", "demo-v1-long-s3")
+    assert _pop_places(recorded) == ("la-e344", "demo-v1-long-s3-e36")
     _pop_places(config)
     assert recorded == config
-    assert config["data"]["train"]["count"] == 2400 and config["train"]["epochs"] == 24
+    assert manifest["training"]["epochs"] == 36
+    assert config["data"]["train"]["count"] == 2400 and config["train"]["epochs"] == 36
     assert config["train"]["embedding_cache"] == "float16" and config["train"]["image_stride"] == 3
     assert "STAGE2_CONFIG=${STAGE2_CONFIG:-configs/demo_v1.yaml}" in script
     assert "PHASE=${STAGE1_PHASE:-long}" in script and 'STAGE2="$STAGE2-$PHASE-s3"' in script
+    assert "STAGE2_EPOCHS=${STAGE2_EPOCHS:-36}" in script
     assert (
         'case "$PHASE" in slices) BACKBONE=$SLICES ;; stem) BACKBONE=$STEM ;; metal) BACKBONE=$METAL ;; long) BACKBONE=$LONG ;; esac'
         in script
     )
-    assert "GATE=0 SHIP=1 VERSION=0.8 bash scripts/train_demo.sh" in script
+    assert "GATE=0 SHIP=1 VERSION=0.9 bash scripts/train_demo.sh" in script
     assert 'update_manifest(sys.argv[1], model_version=sys.argv[2])\' assets/demo_model "$VERSION"' in script
+
+
+def test_v08s_stage2_is_the_24_epoch_run():
+    """STAGE2_EPOCHS=24 trains stage 2 as v0.8's ran (progress/demo-v1-long-s3/config.yaml, the
+    configuration its manifest recorded): the script's settings for the long phase, no re-plan."""
+    root = CONFIGS.parent
+    script = (root / "scripts" / "train_demo.sh").read_text()
+    sets = _script_settings(script, _S3_PHASES)
+    recorded = resolve(yaml.safe_load((root / "progress" / "demo-v1-long-s3" / "config.yaml").read_text()))
+    config = load_config(CONFIGS / "demo_v1.yaml", overrides=sets)
+    assert _pop_places(recorded) == ("la-e344", "demo-v1-long-s3")
+    _pop_places(config)
+    assert recorded == config
+    assert "GATE=0 SHIP=1 VERSION=0.8 STAGE2_EPOCHS=24 bash scripts/train_demo.sh" in script
 
 
 @pytest.mark.parametrize(

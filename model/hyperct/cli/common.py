@@ -92,7 +92,7 @@ BACKBONE_HELP = "DINOv3 backbone folder, for checkpoints with external backbone 
 DEVICE_HELP = "auto (default), cuda, cuda:N or cpu"
 DTYPE_HELP = (
     "backbone weights for inference: fp32 (default) or bf16 (CPUs only: faster on CPUs with bf16 "
-    "matmuls, e.g. AVX-512 BF16/AMX, probabilities within ~0.03 of fp32, so a call near its threshold can "
+    "matmuls, e.g. AVX-512 BF16/AMX, probabilities within ~0.04 of fp32, so a call near its threshold can "
     "differ; recorded in the reports as model.weights_dtype). On a GPU the pass already runs under bf16 "
     "autocast: bf16 with --device cuda is refused, with --device auto on a GPU it is ignored (a note says "
     "so). The CPU time estimate printed before a long run is the fp32 one"
