@@ -281,10 +281,7 @@ if [ "$PHASE" = long ]; then
   for epochs in 36; do  # the re-plans the kept runs went through
     [ "$epochs" -le "$STAGE2_EPOCHS" ] || break
     run="$STAGE2-e$epochs"
-    if [ "$(reached "$run")" -le "$from" ]; then  # not yet past the copy's epoch: (re)copy it
-      rm -rf "$run" && mkdir -p "$run"
-      cp -r "$FINAL/config.yaml" "$FINAL/log.jsonl" "$FINAL/best" "$FINAL/last" "$run/"
-    fi
+    copy_unless_past "$FINAL" "$run" "$from"  # reports come along; the final run's are rewritten below
     hyperct train --resume "$run" --set "output_dir=$run" --set "train.epochs=$epochs" --set train.valid_every=12
     FINAL=$run from=$epochs
   done
