@@ -38,9 +38,14 @@ def test_a_model_better_on_one_finding_is_found_better_and_a_copy_is_not(tmp_pat
     assert r["difference"] == pytest.approx(gain, abs=1e-3)
     low, high = r["difference_ci95"]
     assert 0 < low < r["difference"] < high and r["share_new_above_old"] == 1.0
+    for which in ("old", "new"):  # each model's own macro sits inside its interval, which is wider
+        lo, hi = r[f"macro_auc_{which}_ci95"]
+        assert lo < r[f"macro_auc_{which}"] < hi and hi - lo > high - low
+    assert r["macro_auc_new_ci95"][0] > r["macro_auc_old_ci95"][0]
 
     same = mod.compare(tmp_path / "old", tmp_path / "copy", rounds=100)
     assert same["difference"] == 0 and same["difference_ci95"] == [0, 0] and same["share_new_above_old"] == 0
+    assert same["macro_auc_new_ci95"] == same["macro_auc_old_ci95"]
 
 
 def test_reports_of_different_volumes_are_refused(tmp_path):
@@ -53,3 +58,16 @@ def test_reports_of_different_volumes_are_refused(tmp_path):
     _report(tmp_path / "b", y2, rng.random(y.shape))
     with pytest.raises(SystemExit, match="not of the same volumes"):
         mod.compare(tmp_path / "a", tmp_path / "b", rounds=10)
+
+
+def test_the_json_file_is_kept_when_stdout_is_closed(tmp_path, monkeypatch):
+    """`paired_auc.py ... --out F | head` closes stdout early: the file is written before printing."""
+    output = load_benchmark("_output")
+
+    def closed_pipe(*args, **kwargs):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr("builtins.print", closed_pipe)
+    with pytest.raises(BrokenPipeError):
+        output.emit_json({"macro_auc_new": 0.9}, str(tmp_path / "sub" / "r.json"))
+    assert json.loads((tmp_path / "sub" / "r.json").read_text()) == {"macro_auc_new": 0.9}
