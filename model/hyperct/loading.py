@@ -18,7 +18,7 @@ from hyperct.network.hyperct import HyperCT
 
 # Backbone weight dtypes for inference (``load_model(dtype=...)``, ``--dtype``). "bf16" is for CPUs:
 # the backbone runs in bf16 end to end (``HyperCT.to_inference_dtype``), 1.6-5x faster than fp32 on
-# CPUs with bf16 matmuls, probabilities within ~0.04 of fp32 (demo v0.9: 0.035 at most, v0.8: 0.029; inference_cpu_demo_v09.json);
+# CPUs with bf16 matmuls, probabilities within ~0.04 of fp32 (demo v0.10: 0.025 at most, v0.9: 0.035, v0.8: 0.029; inference_cpu_demo_v010.json);
 # a call within that of its threshold can flip. On a GPU the pass already runs under bf16 autocast.
 WEIGHTS_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 

@@ -6,9 +6,9 @@ patient's right moves by at least 0.1 in each pair (a map of the anatomy, or of 
 and its peak token lies on the effusion's side in at least 3 of the 4 maps. The peak is one token of
 55 x 9 x 9 and the less robust measure: on demo v0.7 the token gradient's peak (then the default)
 for seed 4 with the effusion on the left lay on the right, two tokens from the midline (share 0.526 ->
-0.411: the mass moved). Since v0.8 the default is attention relevance: on v0.9 it moves 0.202 and
-0.141, all four peaks on the effusion's side (token gradient 0.151 and 0.219, four; Grad-CAM fails:
--0.111 for seed 7, three peaks; v0.8: attention 0.164 and 0.160; ``python
+0.411: the mass moved). Since v0.8 the default is attention relevance: on v0.10 it moves 0.191 and
+0.156, all four peaks on the effusion's side (token gradient 0.149 and 0.234, four; Grad-CAM fails:
+-0.009 for seed 7, three peaks; v0.9: attention 0.202 and 0.141, v0.8: 0.164 and 0.160; ``python
 benchmarks/effusion_sides.py``). The model card's "Saliency quality" measures both on 80 pairs and 23
 one-sided findings.
 """

@@ -394,11 +394,12 @@ _LONG_DONE = dict(
 )
 
 
-def test_train_demo_long_phase_stage2_goes_on_to_36_epochs_in_a_copy(tmp_path):
-    """The default phase's stage 2 (v0.9): 24 epochs into runs/demo-v1-long-s3 (v0.8's run), then a copy
-    of it resumed with the schedule re-planned to 36 epochs into runs/demo-v1-long-s3-e36, as
-    progress/demo-v1-long-s3-e36 ran; the thresholds and the test are that copy's, and the 24-epoch
-    run stays at 24. A rerun does not copy the finished run again."""
+def test_train_demo_long_phase_stage2_goes_on_to_48_epochs_in_copies(tmp_path):
+    """The default phase's stage 2 (v0.10): 24 epochs into runs/demo-v1-long-s3 (v0.8's run), then a
+    copy of it resumed with the schedule re-planned to 36 epochs into runs/demo-v1-long-s3-e36 (v0.9's),
+    then a copy of that re-planned to 48 into runs/demo-v1-long-s3-e48, as the kept progress/ runs
+    ran; the thresholds and the test are the last copy's, and the runs before it stay where they
+    ended. A rerun does not copy the finished runs again."""
     calls = _train_demo_calls(tmp_path, _LONG_DONE, None, stage2={})
     data = "--phantom-matrix 192 --cache cache/hyperct-demo"
     assert calls[1:] == [
@@ -407,42 +408,52 @@ def test_train_demo_long_phase_stage2_goes_on_to_36_epochs_in_a_copy(tmp_path):
         "--set train.epochs=24 --set train.valid_every=12",
         "hyperct train --resume demo-v1-long-s3-e36 --set output_dir=demo-v1-long-s3-e36 "
         "--set train.epochs=36 --set train.valid_every=12",
-        f"hyperct evaluate --model demo-v1-long-s3-e36/best --data phantom:200:200000 {data} "
-        "--out demo-v1-long-s3-e36/valid-report --write-thresholds --overwrite",
-        f"hyperct evaluate --model demo-v1-long-s3-e36/best --data phantom:300:300000 {data} "
-        "--thresholds model --out demo-v1-long-s3-e36/test-report --overwrite",
+        "hyperct train --resume demo-v1-long-s3-e48 --set output_dir=demo-v1-long-s3-e48 "
+        "--set train.epochs=48 --set train.valid_every=12",
+        f"hyperct evaluate --model demo-v1-long-s3-e48/best --data phantom:200:200000 {data} "
+        "--out demo-v1-long-s3-e48/valid-report --write-thresholds --overwrite",
+        f"hyperct evaluate --model demo-v1-long-s3-e48/best --data phantom:300:300000 {data} "
+        "--thresholds model --out demo-v1-long-s3-e48/test-report --overwrite",
     ]
     runs = tmp_path / "runs"
-    assert (runs / "demo-v1-long-s3" / "last" / "state.json").read_text().strip() == '{"epoch": 24}'
-    assert (runs / "demo-v1-long-s3-e36" / "last" / "state.json").read_text().strip() == '{"epoch": 36}'
-    (runs / "demo-v1-long-s3-e36" / "mark").write_text("the finished copy")
+    for run, epoch in (("demo-v1-long-s3", 24), ("demo-v1-long-s3-e36", 36), ("demo-v1-long-s3-e48", 48)):
+        assert (runs / run / "last" / "state.json").read_text().strip() == f'{{"epoch": {epoch}}}'
+        (runs / run / "mark").write_text("the finished run")
     again = _train_demo_calls(tmp_path, {}, None, stage2={})
-    assert again[1:] == ["hyperct train --resume demo-v1-long-s3", calls[2], *calls[3:]]
-    assert (runs / "demo-v1-long-s3-e36" / "mark").is_file()
+    assert again[1:] == ["hyperct train --resume demo-v1-long-s3", *calls[2:]]
+    for run in ("demo-v1-long-s3", "demo-v1-long-s3-e36", "demo-v1-long-s3-e48"):
+        assert (runs / run / "mark").is_file()
 
 
-def test_train_demo_stage2_epochs_24_gives_v08s_run(tmp_path):
-    """STAGE2_EPOCHS=24 (v0.8): no re-planned copy; the thresholds and the test are the 24-epoch
-    run's. Any other value is refused before anything is trained."""
-    calls = _train_demo_calls(tmp_path, _LONG_DONE, None, stage2={"STAGE2_EPOCHS": "24"})
+@pytest.mark.parametrize(
+    "epochs,final,absent",
+    [("24", "demo-v1-long-s3", "demo-v1-long-s3-e36"), ("36", "demo-v1-long-s3-e36", "demo-v1-long-s3-e48")],
+)
+def test_train_demo_stage2_epochs_gives_earlier_versions_runs(tmp_path, epochs, final, absent):
+    """STAGE2_EPOCHS=24 (v0.8): no re-planned copy; STAGE2_EPOCHS=36 (v0.9): the first re-plan only;
+    the thresholds and the test are that run's. Any other value is refused before anything is
+    trained."""
+    calls = _train_demo_calls(tmp_path, _LONG_DONE, None, stage2={"STAGE2_EPOCHS": epochs})
+    resumed = [] if epochs == "24" else [["hyperct", "train", "--resume", "demo-v1-long-s3-e36"]]
     assert [c.split()[:4] for c in calls[1:]] == [
         ["hyperct", "train", "--config", "configs/demo_v1.yaml"],
-        ["hyperct", "evaluate", "--model", "demo-v1-long-s3/best"],
-        ["hyperct", "evaluate", "--model", "demo-v1-long-s3/best"],
+        *resumed,
+        ["hyperct", "evaluate", "--model", f"{final}/best"],
+        ["hyperct", "evaluate", "--model", f"{final}/best"],
     ]
-    assert not (tmp_path / "runs" / "demo-v1-long-s3-e36").exists()
+    assert not (tmp_path / "runs" / absent).exists()
     import os
     import subprocess
 
     script = CONFIGS.parent / "scripts" / "train_demo.sh"
-    env = dict(os.environ, RUNS=str(tmp_path / "fresh"), STAGE2_EPOCHS="48")
+    env = dict(os.environ, RUNS=str(tmp_path / "fresh"), STAGE2_EPOCHS="60")
     done = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 2 and "STAGE2_EPOCHS must be 24 or 36, not '48'" in done.stderr
+    assert done.returncode == 2 and "STAGE2_EPOCHS must be 24, 36 or 48, not '60'" in done.stderr
     assert not (tmp_path / "fresh").exists()
 
 
 def test_train_demo_default_phase_trains_every_arm_on_a_fresh_machine(tmp_path):
-    """With no runs yet, the default phase (long, the shipped v0.9) trains each stage-1 run in the
+    """With no runs yet, the default phase (long, the shipped v0.10) trains each stage-1 run in the
     order the kept runs grew (v0, v1, v1w, heart slices, window, stem, stem on to 224, metal, long) and
     probes the long arm: a later phase also trains the arms of the phases before it."""
     calls = _train_demo_calls(tmp_path, {}, None)
@@ -554,12 +565,12 @@ def _script_settings(script: str, marker: str) -> list[str]:
 
 
 def test_the_shipped_demo_model_was_trained_as_the_one_command_says():
-    """assets/demo_model (v0.9) records the stage-2 configuration it was trained with:
+    """assets/demo_model (v0.10) records the stage-2 configuration it was trained with:
     configs/demo_v1.yaml with the settings scripts/train_demo.sh adds for its default phase (long:
-    stride 3, 24 epochs, validated every 12), then re-planned to 36 epochs in a copy as the script's
-    resume does (GATE=0 SHIP=1 VERSION=0.9 bash scripts/train_demo.sh), apart from where the run and
-    its backbone lived (the long arm at epoch 344: the run read a copy of it, runs/la-e344; the run
-    was runs/demo-v1-long-s3-e36, where the script puts it); its version is the one the script gave it
+    stride 3, 24 epochs, validated every 12), then re-planned to 36 and 48 epochs in copies as the
+    script's resumes do (GATE=0 SHIP=1 VERSION=0.10 bash scripts/train_demo.sh), apart from where the
+    run and its backbone lived (the long arm at epoch 344: the run read a copy of it, runs/la-e344;
+    the run was runs/demo-v1-long-s3-e48, where the script puts it); its version is the one the script gave it
     when shipping a model below the issue's target, not the config's 1.0. Keys added since then read
     as their defaults."""
     import json
@@ -572,44 +583,51 @@ def test_the_shipped_demo_model_was_trained_as_the_one_command_says():
         'hyperct train --resume "$run" --set "output_dir=$run" --set "train.epochs=$epochs" '
         "--set train.valid_every=12"
     )
-    assert replan in script and "  for epochs in 36; do" in script
+    assert replan in script and "  for epochs in 36 48; do" in script
     assert 'run="$STAGE2-e$epochs"' in script
     manifest = json.loads((root / "assets" / "demo_model" / "manifest.json").read_text())
     recorded = resolve(manifest["training"]["config"])
-    config = load_config(CONFIGS / "demo_v1.yaml", overrides=[*sets, "train.epochs=36"])
+    config = load_config(CONFIGS / "demo_v1.yaml", overrides=[*sets, "train.epochs=48"])
     assert (
-        manifest["model_version"] == "0.9"
+        manifest["model_version"] == "0.10"
         and recorded["model"]["version"] == config["model"]["version"] == "1.0"
     )
-    assert _pop_places(recorded) == ("la-e344", "demo-v1-long-s3-e36")
+    assert _pop_places(recorded) == ("la-e344", "demo-v1-long-s3-e48")
     _pop_places(config)
     assert recorded == config
-    assert manifest["training"]["epochs"] == 36
-    assert config["data"]["train"]["count"] == 2400 and config["train"]["epochs"] == 36
+    assert manifest["training"]["epochs"] == 48
+    assert config["data"]["train"]["count"] == 2400 and config["train"]["epochs"] == 48
     assert config["train"]["embedding_cache"] == "float16" and config["train"]["image_stride"] == 3
     assert "STAGE2_CONFIG=${STAGE2_CONFIG:-configs/demo_v1.yaml}" in script
     assert "PHASE=${STAGE1_PHASE:-long}" in script and 'STAGE2="$STAGE2-$PHASE-s3"' in script
-    assert "STAGE2_EPOCHS=${STAGE2_EPOCHS:-36}" in script
+    assert "STAGE2_EPOCHS=${STAGE2_EPOCHS:-48}" in script
     assert (
         'case "$PHASE" in slices) BACKBONE=$SLICES ;; stem) BACKBONE=$STEM ;; metal) BACKBONE=$METAL ;; long) BACKBONE=$LONG ;; esac'
         in script
     )
-    assert "GATE=0 SHIP=1 VERSION=0.9 bash scripts/train_demo.sh" in script
+    assert "GATE=0 SHIP=1 VERSION=0.10 bash scripts/train_demo.sh" in script
     assert 'update_manifest(sys.argv[1], model_version=sys.argv[2])\' assets/demo_model "$VERSION"' in script
 
 
-def test_v08s_stage2_is_the_24_epoch_run():
-    """STAGE2_EPOCHS=24 trains stage 2 as v0.8's ran (progress/demo-v1-long-s3/config.yaml, the
-    configuration its manifest recorded): the script's settings for the long phase, no re-plan."""
+@pytest.mark.parametrize(
+    "version,epochs,run", [("0.8", None, "demo-v1-long-s3"), ("0.9", 36, "demo-v1-long-s3-e36")]
+)
+def test_earlier_long_phase_versions_stage2_runs(version, epochs, run):
+    """STAGE2_EPOCHS=24 trains stage 2 as v0.8's ran, STAGE2_EPOCHS=36 as v0.9's
+    (progress/<run>/config.yaml, the configuration their manifests recorded): the script's settings
+    for the long phase, with no re-plan and with the re-plan to 36 epochs."""
     root = CONFIGS.parent
     script = (root / "scripts" / "train_demo.sh").read_text()
     sets = _script_settings(script, _S3_PHASES)
-    recorded = resolve(yaml.safe_load((root / "progress" / "demo-v1-long-s3" / "config.yaml").read_text()))
-    config = load_config(CONFIGS / "demo_v1.yaml", overrides=sets)
-    assert _pop_places(recorded) == ("la-e344", "demo-v1-long-s3")
+    recorded = resolve(yaml.safe_load((root / "progress" / run / "config.yaml").read_text()))
+    replan = [] if epochs is None else [f"train.epochs={epochs}"]
+    config = load_config(CONFIGS / "demo_v1.yaml", overrides=[*sets, *replan])
+    assert _pop_places(recorded) == ("la-e344", run)
     _pop_places(config)
     assert recorded == config
-    assert "GATE=0 SHIP=1 VERSION=0.8 STAGE2_EPOCHS=24 bash scripts/train_demo.sh" in script
+    assert (
+        f"GATE=0 SHIP=1 VERSION={version} STAGE2_EPOCHS={epochs or 24} bash scripts/train_demo.sh" in script
+    )
 
 
 @pytest.mark.parametrize(

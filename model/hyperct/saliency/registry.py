@@ -33,7 +33,8 @@ METHODS: dict[str, Method] = {
             "Attention relevance",
             "Gradient-weighted attention (Chefer et al. 2021): which patches feed the CLS token the "
             "finding is read from, through every block (the default: with demo v0.8 and v0.9 its peak lies "
-            "inside the lesion most often; also the default until v0.4)",
+            "inside the lesion most often, with v0.10 as often as the token gradient's; also the default "
+            "until v0.4)",
             True,
             "token",
         ),
@@ -41,7 +42,7 @@ METHODS: dict[str, Method] = {
             "token_gradient",
             "Token gradient",
             "Fast: how strongly the finding's score responds to each patch token of an early block (the default "
-            "from demo v0.4 to v0.7; with v0.8 and v0.9 its top tokens move the score more than attention's)",
+            "from demo v0.4 to v0.7; with v0.8 to v0.10 its top tokens move the score more than attention's)",
             True,
             "token",
         ),
